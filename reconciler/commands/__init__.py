@@ -1,0 +1,1 @@
+"""One module per `pmsctl` subcommand; each exposes `register(subparsers)` and sets `func`."""
