@@ -1,0 +1,42 @@
+"""The contract between the engine and the writeback path.
+
+The engine (operator or `pmsctl up`) knows each practice's current spec, what it resolved in the
+PMS, and holds the practice's driver (whose HTTP client carries the practice's rate budget). The
+writeback path asks it for a `WritebackTarget` by practice id each time it decides or delivers, so
+a setting changed in the spec takes effect for the next request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pms_drivers.base import PmsDriver
+from reconciler.spec import DocumentType, PracticeSpec, WritebackType
+
+
+@dataclass(frozen=True)
+class WritebackTarget:
+    """What the writeback path needs to know about one practice, right now."""
+
+    key: str  # namespace/name of the resource (or file-based key in local mode)
+    spec: PracticeSpec
+    #: The verified active provider id, or None when the provider is not (yet) verified.
+    provider_id: str | None
+    #: Resolved PMS note type id for each allowed writeback type whose name resolved.
+    note_type_ids: Mapping[WritebackType, str] = field(default_factory=dict)
+    #: Resolved PMS document category id (the `writeTo` mapping) per document type.
+    document_category_ids: Mapping[DocumentType, str] = field(default_factory=dict)
+    #: The practice's driver; None while the PMS has not been reached yet.
+    driver: PmsDriver | None = None
+
+    @property
+    def practice_id(self) -> str:
+        return self.spec.practice_id
+
+
+class PracticeDirectory(Protocol):
+    """Looks practices up by `spec.practiceId`; implemented by the engine."""
+
+    def target(self, practice_id: str) -> WritebackTarget | None: ...
