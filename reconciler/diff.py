@@ -13,6 +13,7 @@ sync).
 
 from __future__ import annotations
 
+import html
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -202,6 +203,13 @@ def _q(value: object) -> str:
     return "none" if value is None else f"'{value}'"
 
 
+def _interval(seconds: float) -> str:
+    """Seconds below two minutes as `60s`/`90s` (how the defaults are written), else Go-style."""
+    if seconds < 120 and seconds == int(seconds):
+        return f"{int(seconds)}s"
+    return format_duration(seconds)
+
+
 def _factor(x: float) -> str:
     return f"{round(x, 2):g}x"
 
@@ -291,10 +299,10 @@ def _sync_changes(base: PracticeSpec, head: PracticeSpec) -> list[Change]:
             out.append(
                 Change(
                     ChangeKind.SYNC_ENABLED,
-                    f"{words} sync enabled (every {format_duration(h.interval_seconds)})",
+                    f"{words} sync enabled (every {_interval(h.interval_seconds)})",
                     path,
                     None,
-                    format_duration(h.interval_seconds),
+                    _interval(h.interval_seconds),
                     risk=below,
                 )
             )
@@ -302,15 +310,15 @@ def _sync_changes(base: PracticeSpec, head: PracticeSpec) -> list[Change]:
             out.append(
                 Change(
                     ChangeKind.SYNC_DISABLED,
-                    f"{words} sync disabled (was every {format_duration(b.interval_seconds)})",
+                    f"{words} sync disabled (was every {_interval(b.interval_seconds)})",
                     path,
-                    format_duration(b.interval_seconds),
+                    _interval(b.interval_seconds),
                     None,
                 )
             )
         elif b.enabled and h.enabled and b.interval_seconds != h.interval_seconds:
             factor = b.interval_seconds / h.interval_seconds
-            bs, hs = format_duration(b.interval_seconds), format_duration(h.interval_seconds)
+            bs, hs = _interval(b.interval_seconds), _interval(h.interval_seconds)
             out.append(
                 Change(
                     ChangeKind.SYNC_INTERVAL,
@@ -415,8 +423,7 @@ def describe(spec: PracticeSpec) -> str:
     notes = sorted(WRITEBACK_WORDS[w] for w in spec.allowed_note_types())
     parts.append("writes back " + ", ".join(notes) if notes else "no writeback")
     polls = [
-        f"{SYNC_WORDS[k]} every {format_duration(v)}"
-        for k, v in sorted(spec.enabled_sync().items())
+        f"{SYNC_WORDS[k]} every {_interval(v)}" for k, v in sorted(spec.enabled_sync().items())
     ]
     parts.append("polls " + ", ".join(polls) if polls else "no sync")
     if spec.suspend:
@@ -564,7 +571,7 @@ def render_text(report: DiffReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-_MD_SPECIAL = str.maketrans({c: f"\\{c}" for c in "\\`*_[]<>|#"})
+_MD_SPECIAL = str.maketrans({c: f"\\{c}" for c in "\\`*_[]<|"})
 
 
 def _md(text: str) -> str:
@@ -601,9 +608,9 @@ def render_markdown(report: DiffReport, *, limit: int = MARKDOWN_LIMIT) -> str:
     for i, p in enumerate(report.practices):
         warn = " :warning:" if p.risks else ""
         files = p.head_file or p.base_file
-        where = f" — `{_md(files)}`" if files else ""
+        where = f" — <code>{html.escape(files)}</code>" if files else ""
         block = [
-            f"<details><summary><code>{_md(names[p.key])}</code> {p.status.value}"
+            f"<details><summary><code>{html.escape(names[p.key])}</code> {p.status.value}"
             f"{warn}{where}</summary>",
             "",
         ]
