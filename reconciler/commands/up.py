@@ -1,17 +1,118 @@
-"""`pmsctl up`: not built yet (see the open issues)."""
+"""`pmsctl up [PATH]`: run the engine locally on a folder of practice files (see
+`reconciler.up`), against the embedded PMS simulator by default or against real PMSes with
+credentials from a local file or the environment.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("up", help="(not built yet)")
+    """Add `up` to the `pmsctl` subcommands."""
+    p = sub.add_parser(
+        "up",
+        help="reconcile a folder of practices locally (simulated PMS by default) and watch it",
+        description=(
+            "Validate and reconcile every PracticeWriteback in PATH with the operator's engine, "
+            "run the pollers, show a live status table, and pick up edits to the folder. "
+            "Ctrl-C stops cleanly; a second run resumes from the saved cursors."
+        ),
+    )
+    p.add_argument(
+        "path",
+        nargs="?",
+        default="practices",
+        type=Path,
+        metavar="PATH",
+        help="a folder of *.yaml/*.yml files, or one file (default: practices)",
+    )
+    p.add_argument(
+        "--simulate",
+        dest="simulate",
+        action="store_true",
+        default=None,
+        help="start the embedded PMS simulator and point every practice at it "
+        "(default when no credentials are given)",
+    )
+    p.add_argument(
+        "--no-simulate",
+        dest="simulate",
+        action="store_false",
+        help="talk to the PMS URLs in the files, with credentials from --credentials/env",
+    )
+    p.add_argument(
+        "--credentials",
+        type=Path,
+        metavar="FILE",
+        help="YAML/JSON: Secret name -> {key: value} (or Secret manifests); "
+        "env PMSCTL_CREDENTIALS_<SECRET_NAME>='{...}' also works",
+    )
+    p.add_argument(
+        "--events",
+        type=Path,
+        metavar="FILE",
+        help="append events as JSON lines here (default: STATE_DIR/events.jsonl)",
+    )
+    p.add_argument(
+        "--sink",
+        dest="sink_url",
+        metavar="URL",
+        help="post events as CloudEvents batches to this URL instead of a file",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(".pmsctl"),
+        metavar="DIR",
+        help="cursors, simulator data and the default events file (default: .pmsctl)",
+    )
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="reconcile everything, print the table once and exit: 0 when every "
+        "practice is Ready and every file valid, else 1",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="with --once: how long to wait for Ready (default 30)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=("auto", "table", "lines", "json"),
+        default="auto",
+        help="table (repainted in place), lines (one per change), json (one object "
+        "per change); auto: table on a terminal, lines otherwise",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    print("pmsctl up: not built yet", file=sys.stderr)
-    return 2
+    """Run `pmsctl up`; exit 0 on a clean stop, 1 for a failed --once, 2 when it cannot start."""
+    import asyncio
+
+    from reconciler.up import UpError, UpOptions, run_up
+
+    options = UpOptions(
+        path=args.path,
+        simulate=args.simulate,
+        credentials=args.credentials,
+        events=args.events,
+        sink_url=args.sink_url,
+        state_dir=args.state_dir,
+        once=args.once,
+        once_timeout=args.timeout,
+        output=args.output,
+    )
+    try:
+        return asyncio.run(run_up(options))
+    except UpError as exc:
+        print(f"pmsctl up: {exc}", file=sys.stderr)
+        return 2
