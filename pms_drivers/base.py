@@ -91,6 +91,9 @@ class NoteType:
     id: str
     name: str
     hidden: bool = False
+    #: Where the PMS files notes of this type, when it has more than one place (Dentrix:
+    #: "OfficeJournal" or "PatientNotes"); None elsewhere.
+    target: str | None = None
 
 
 @dataclass(frozen=True)
@@ -185,9 +188,13 @@ class PmsDriver(Protocol):
 
     async def appointments_since(self, cursor: str | None) -> Page[Appointment]: ...
 
-    async def appointment_status_since(self, cursor: str | None) -> Page[AppointmentStatusChange]: ...
+    async def appointment_status_since(
+        self, cursor: str | None
+    ) -> Page[AppointmentStatusChange]: ...
 
-    async def patients_since(self, cursor: str | None, *, photos: bool = False) -> Page[Patient]: ...
+    async def patients_since(
+        self, cursor: str | None, *, photos: bool = False
+    ) -> Page[Patient]: ...
 
     async def write_note(self, note: NoteWrite) -> WriteResult: ...
 
@@ -195,6 +202,4 @@ class PmsDriver(Protocol):
 
 
 class DriverFactory(Protocol):
-    def __call__(
-        self, client: Any, base_url: str, credentials: Credentials
-    ) -> PmsDriver: ...
+    def __call__(self, client: Any, base_url: str, credentials: Credentials) -> PmsDriver: ...

@@ -1,0 +1,611 @@
+"""The Open Dental driver: the documented REST API (`/api/v1`), as the simulator serves it too.
+
+Wire facts it relies on (see `shared/reference/pms-facts.md`): `Authorization: ODFHIR dev/customer`,
+PascalCase fields, booleans as "true"/"false", times `yyyy-MM-dd HH:mm:ss` in office local time,
+JSON arrays with `serverDateTime` on every item, Limit/Offset paging capped at 100 rows (first
+call without them; page while a full page comes back), `DateTStamp` change filters.
+
+Decisions (longer in docs/drivers.md):
+- Change reads keep a `pms_drivers.stamp_cursor.StampCursor`: re-read with a 2 s overlap,
+  de-duplicate by (primary key, DateTStamp); the cursor string carries that memory.
+- Patient flow (confirmed/arrived/seated/dismissed) is derived from changed appointments:
+  `Confirmed` is a DefNum resolved against definition category 2, the others are
+  DateTimeArrived/Seated/Dismissed. The cursor remembers what was already emitted per appointment.
+- Commlogs have no provider column and no idempotency key. The note ends with the trailer line
+  `[pmsctl provider=<ProvNum> writeback=<id>]`; before POSTing, the driver reads the patient's
+  commlogs and returns the existing one when the marker is there. Documents carry ProvNum and the
+  same marker at the end of `Description`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime
+from pathlib import PurePosixPath
+from typing import Any, Final, TypedDict
+
+import httpx
+
+from pms_drivers.base import (
+    Appointment,
+    AppointmentStatusChange,
+    Credentials,
+    DocumentCategory,
+    DocumentUpload,
+    NoteType,
+    NoteWrite,
+    Page,
+    Patient,
+    Provider,
+    ServerInfo,
+    WriteResult,
+)
+from pms_drivers.errors import PermanentPmsError, TemporaryPmsError
+from pms_drivers.stamp_cursor import (
+    EMPTY_TIME,
+    OD_TIME,
+    CursorError,
+    FlowState,
+    Row,
+    StampCursor,
+    advance,
+    flow_changes,
+)
+from pms_drivers.wire import call, json_of
+
+log = logging.getLogger(__name__)
+
+PMS: Final = "OpenDental"
+PAGE_CAP: Final = 100  # the Remote API's row cap per call
+MAX_PAGES: Final = 1000  # a runaway guard: 100k rows in one read means something is wrong
+DEFAULT_OVERLAP_SECONDS: Final = 2.0
+
+CATEGORY_APPT_CONFIRMED: Final = 2
+CATEGORY_IMAGE_CATS: Final = 18
+CATEGORY_COMMLOG_TYPES: Final = 27
+
+#: Writeback kind -> (Mode_, SentOrReceived), as issue 4 specifies.
+COMMLOG_MODES: Final[Mapping[str, tuple[str, str]]] = {
+    "outgoingSms": ("Text", "Sent"),
+    "incomingSms": ("Text", "Received"),
+    "outgoingEmail": ("Email", "Sent"),
+    "outgoingCall": ("Phone", "Sent"),
+    "incomingCall": ("Phone", "Received"),
+    "missedCall": ("Phone", "Received"),
+    "patientNote": ("None", "Neither"),
+    "taskNote": ("None", "Neither"),
+    "insuranceVerification": ("None", "Neither"),
+}
+
+_MARKER_ID = re.compile(r"^[A-Za-z0-9._:/-]{1,128}$")
+_MARKER = re.compile(
+    r"\[pmsctl provider=(?P<provider>[^\s\]]+) writeback=(?P<writeback>[^\s\]]+)\]"
+)
+
+
+def marker(provider_id: str, writeback_id: str) -> str:
+    """The idempotency/provider marker Open Dental notes and document descriptions end with."""
+    return f"[pmsctl provider={provider_id} writeback={writeback_id}]"
+
+
+def find_marker(text: str | None) -> tuple[str, str] | None:
+    """The (provider, writeback id) of the last marker in `text`, if any."""
+    found = list(_MARKER.finditer(text or ""))
+    if not found:
+        return None
+    last = found[-1]
+    return last["provider"], last["writeback"]
+
+
+def note_with_marker(text: str, provider_id: str, writeback_id: str) -> str:
+    """The commlog `Note`: the text, then the marker on a line of its own."""
+    body = text.rstrip()
+    return (
+        f"{body}\n{marker(provider_id, writeback_id)}"
+        if body
+        else marker(provider_id, writeback_id)
+    )
+
+
+def is_confirmed_name(name: str) -> bool:
+    """Whether an ApptConfirmed definition (category 2) means the patient confirmed."""
+    n = name.lower()
+    return "confirmed" in n and "unconfirmed" not in n and "not confirmed" not in n
+
+
+def od_bool(value: object) -> bool:
+    """Open Dental's "true"/"false" strings (real booleans tolerated)."""
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() == "true"
+
+
+def od_to_iso(value: object) -> str | None:
+    """`yyyy-MM-dd HH:mm:ss` -> ISO 8601 (`T` separator); the empty time `0001-01-01...` -> None."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not text or text.startswith("0001-01-01"):
+        return None
+    return text.replace(" ", "T", 1)
+
+
+def iso_to_od(value: str) -> str:
+    """An ISO 8601 date-time -> Open Dental's `yyyy-MM-dd HH:mm:ss` (office local; an offset is dropped)."""
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an ISO 8601 date-time") from exc
+    return when.replace(tzinfo=None).strftime(OD_TIME)
+
+
+class ODDefinition(TypedDict, total=False):
+    DefNum: int | str
+    Category: int | str
+    ItemName: str
+    ItemValue: str
+    isHidden: str
+    serverDateTime: str
+
+
+class ODProvider(TypedDict, total=False):
+    ProvNum: int | str
+    Abbr: str
+    FName: str
+    LName: str
+    Suffix: str
+    IsHidden: str
+    ProvStatus: str
+    serverDateTime: str
+
+
+class ODAppointment(TypedDict, total=False):
+    AptNum: int | str
+    PatNum: int | str
+    AptDateTime: str
+    AptStatus: str
+    ProvNum: int | str
+    Confirmed: int | str
+    DateTimeArrived: str
+    DateTimeSeated: str
+    DateTimeDismissed: str
+    DateTStamp: str
+    serverDateTime: str
+
+
+class ODPatient(TypedDict, total=False):
+    PatNum: int | str
+    FName: str
+    LName: str
+    DateTStamp: str
+    serverDateTime: str
+
+
+def provider_name(row: Mapping[str, Any]) -> str:
+    """A provider's display name from FName/LName (and Suffix), falling back to Abbr."""
+    name = " ".join(
+        p for p in (str(row.get("FName") or "").strip(), str(row.get("LName") or "").strip()) if p
+    )
+    suffix = str(row.get("Suffix") or "").strip()
+    if name and suffix:
+        name = f"{name}, {suffix}"
+    return name or str(row.get("Abbr") or row.get("ProvNum") or "")
+
+
+def provider_active(row: Mapping[str, Any]) -> bool:
+    """Active unless hidden or not `ProvStatus` Active (Deleted, ...)."""
+    status = str(row.get("ProvStatus") or "Active")
+    return not od_bool(row.get("IsHidden", "false")) and status.lower() == "active"
+
+
+def _id(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+def _int_id(value: str, what: str, *, operation: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise PermanentPmsError(
+            f"{what} {value!r} is not an Open Dental number", pms=PMS, operation=operation
+        ) from None
+
+
+class KeyedLocks:
+    """One asyncio.Lock per key, dropped when nobody holds or waits for it.
+
+    Two tasks writing the same writeback id at once must not both miss the marker and both POST.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+class OpenDentalDriver:
+    """`PmsDriver` for Open Dental's REST API. One per practice, on the practice's shared client."""
+
+    pms: str = PMS
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        base_url: str,
+        credentials: Credentials,
+        *,
+        overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
+    ) -> None:
+        developer = credentials.require("developerKey", PMS)
+        customer = credentials.require("customerKey", PMS)
+        self._client = client
+        self._base = base_url.rstrip("/")
+        self._headers = {
+            "Authorization": f"ODFHIR {developer}/{customer}",
+            "Accept": "application/json",
+        }
+        self._secrets = (developer, customer)
+        self._overlap = overlap_seconds
+        self._confirm_names: dict[str, str] = {}
+        self._write_locks = KeyedLocks()
+
+    def __repr__(self) -> str:
+        return f"OpenDentalDriver(base_url={self._base!r})"
+
+    # ---- HTTP -------------------------------------------------------------------------------
+
+    async def _get(
+        self, operation: str, path: str, params: Mapping[str, str | int] | None = None
+    ) -> Any:
+        response = await call(
+            self._client,
+            "GET",
+            f"{self._base}{path}",
+            pms=PMS,
+            operation=operation,
+            headers=self._headers,
+            params=params,
+            secrets=self._secrets,
+        )
+        return json_of(response, pms=PMS, operation=operation)
+
+    async def _get_all(
+        self, operation: str, path: str, params: Mapping[str, str | int] | None = None
+    ) -> list[dict[str, Any]]:
+        """Every row of a list call: first without Limit/Offset, then Offset=100, 200, ... until a short page."""
+        rows: list[dict[str, Any]] = []
+        base = dict(params or {})
+        for page in range(MAX_PAGES):
+            query = base if page == 0 else {**base, "Limit": PAGE_CAP, "Offset": page * PAGE_CAP}
+            body = await self._get(operation, path, query)
+            if not isinstance(body, list):
+                raise TemporaryPmsError(
+                    f"expected a JSON array from {path}, got {type(body).__name__}",
+                    pms=PMS,
+                    operation=operation,
+                )
+            rows.extend(item for item in body if isinstance(item, dict))
+            if len(body) < PAGE_CAP:
+                return rows
+        raise TemporaryPmsError(
+            f"{path} still had full pages after {MAX_PAGES * PAGE_CAP} rows",
+            pms=PMS,
+            operation=operation,
+        )
+
+    async def _post(self, operation: str, path: str, body: Mapping[str, Any]) -> Any:
+        response = await call(
+            self._client,
+            "POST",
+            f"{self._base}{path}",
+            pms=PMS,
+            operation=operation,
+            headers=self._headers,
+            json_body=dict(body),
+            secrets=self._secrets,
+        )
+        return json_of(response, pms=PMS, operation=operation)
+
+    async def _definitions(self, operation: str, category: int) -> list[ODDefinition]:
+        rows = await self._get_all(
+            operation, "/definitions", {"Category": category, "includeHidden": "true"}
+        )
+        return [ODDefinition(**r) for r in rows]  # type: ignore[typeddict-item]
+
+    # ---- reads --------------------------------------------------------------------------------
+
+    async def server_info(self) -> ServerInfo:
+        """Reachability and the office clock: reads the (small) ApptConfirmed definitions.
+
+        The REST API has no version resource, so `version` says which API this is.
+        """
+        defs = await self._definitions("server info", CATEGORY_APPT_CONFIRMED)
+        self._remember_confirm_names(defs)
+        server_time = next((d.get("serverDateTime") for d in defs if d.get("serverDateTime")), None)
+        return ServerInfo(
+            pms=PMS,
+            version="Open Dental API v1",
+            server_time=od_to_iso(server_time) or "",
+        )
+
+    async def list_providers(self) -> list[Provider]:
+        rows = await self._get_all("list providers", "/providers")
+        return [
+            Provider(id=_id(r.get("ProvNum")), name=provider_name(r), active=provider_active(r))
+            for r in rows
+            if r.get("ProvNum") is not None
+        ]
+
+    async def list_note_types(self) -> list[NoteType]:
+        defs = await self._definitions("list note types", CATEGORY_COMMLOG_TYPES)
+        return [
+            NoteType(
+                id=_id(d.get("DefNum")),
+                name=str(d.get("ItemName", "")),
+                hidden=od_bool(d.get("isHidden", "false")),
+            )
+            for d in defs
+        ]
+
+    async def list_document_categories(self) -> list[DocumentCategory]:
+        defs = await self._definitions("list document categories", CATEGORY_IMAGE_CATS)
+        return [
+            DocumentCategory(
+                id=_id(d.get("DefNum")),
+                name=str(d.get("ItemName", "")),
+                hidden=od_bool(d.get("isHidden", "false")),
+                flags=str(d.get("ItemValue") or ""),
+            )
+            for d in defs
+        ]
+
+    def _remember_confirm_names(self, defs: Sequence[ODDefinition]) -> None:
+        self._confirm_names = {_id(d.get("DefNum")): str(d.get("ItemName", "")) for d in defs}
+
+    async def _confirm_name(self, defnum: str, operation: str) -> str | None:
+        if defnum in ("", "0"):
+            return None
+        if defnum not in self._confirm_names:
+            self._remember_confirm_names(
+                await self._definitions(operation, CATEGORY_APPT_CONFIRMED)
+            )
+        return self._confirm_names.get(defnum)
+
+    def _cursor(self, text: str | None, operation: str) -> StampCursor:
+        try:
+            return StampCursor.decode(text)
+        except CursorError as exc:
+            raise PermanentPmsError(str(exc), pms=PMS, operation=operation) from exc
+
+    async def _changed(
+        self,
+        operation: str,
+        path: str,
+        pk: str,
+        cursor: StampCursor,
+        params: Mapping[str, str | int] | None = None,
+    ) -> tuple[list[dict[str, Any]], StampCursor]:
+        query = dict(params or {})
+        since = cursor.since(self._overlap)
+        if since is not None:
+            query["DateTStamp"] = since
+        rows = await self._get_all(operation, path, query)
+        keyed = [
+            Row(
+                pk=_id(r.get(pk)),
+                stamp=str(r.get("DateTStamp") or ""),
+                server_time=r.get("serverDateTime"),
+            )
+            for r in rows
+        ]
+        fresh, after = advance(cursor, keyed, overlap=self._overlap)
+        return [rows[i] for i in fresh], after
+
+    async def appointments_since(self, cursor: str | None) -> Page[Appointment]:
+        operation = "read changed appointments"
+        rows, after = await self._changed(
+            operation, "/appointments", "AptNum", self._cursor(cursor, operation)
+        )
+        out = []
+        for r in rows:
+            confirmed = _id(r.get("Confirmed"))
+            out.append(
+                Appointment(
+                    id=_id(r.get("AptNum")),
+                    patient_id=_id(r.get("PatNum")),
+                    start=od_to_iso(r.get("AptDateTime")) or "",
+                    status=str(r.get("AptStatus") or ""),
+                    provider_id=_id(r.get("ProvNum"))
+                    if _id(r.get("ProvNum")) not in ("", "0")
+                    else None,
+                    changed_at=od_to_iso(r.get("DateTStamp")) or "",
+                    confirmed=(await self._confirm_name(confirmed, operation))
+                    or (confirmed or None),
+                )
+            )
+        return Page(records=out, cursor=after.encode())
+
+    async def appointment_status_since(self, cursor: str | None) -> Page[AppointmentStatusChange]:
+        """Patient-flow changes derived from changed appointments; each change is emitted once."""
+        operation = "read appointment status changes"
+        rows, after = await self._changed(
+            operation, "/appointments", "AptNum", self._cursor(cursor, operation)
+        )
+        states = []
+        for r in rows:
+            statuses: dict[str, str] = {}
+            name = await self._confirm_name(_id(r.get("Confirmed")), operation)
+            if name is not None and is_confirmed_name(name):
+                statuses["confirmed"] = od_to_iso(r.get("DateTStamp")) or ""
+            for status, column in (
+                ("arrived", "DateTimeArrived"),
+                ("seated", "DateTimeSeated"),
+                ("dismissed", "DateTimeDismissed"),
+            ):
+                when = od_to_iso(r.get(column))
+                if when is not None:
+                    statuses[status] = when
+            states.append(
+                FlowState(
+                    appointment_id=_id(r.get("AptNum")),
+                    patient_id=_id(r.get("PatNum")),
+                    day=str(r.get("AptDateTime") or EMPTY_TIME)[:10],
+                    statuses=statuses,
+                )
+            )
+        today = (after.server_time or EMPTY_TIME)[:10]
+        changes, flow = flow_changes(after.flow, states, today=today)
+        records = sorted(
+            (
+                AppointmentStatusChange(
+                    appointment_id=state.appointment_id,
+                    patient_id=state.patient_id,
+                    status=status,
+                    at=state.statuses[status],
+                )
+                for state, status in changes
+            ),
+            key=lambda c: (c.at, c.appointment_id),
+        )
+        cursor_after = StampCursor(server_time=after.server_time, seen=after.seen, flow=flow)
+        return Page(records=records, cursor=cursor_after.encode())
+
+    async def patients_since(self, cursor: str | None, *, photos: bool = False) -> Page[Patient]:
+        """Changed patients. With `photos`, `photo_ref` is the documents query for the patient's
+        pictures (the category flagged `P`); the REST API cannot say cheaply whether one exists."""
+        operation = "read changed patients"
+        rows, after = await self._changed(
+            operation, "/patients/Simple", "PatNum", self._cursor(cursor, operation)
+        )
+        picture_category: str | None = None
+        if photos:
+            categories = await self.list_document_categories()
+            picture_category = next(
+                (c.id for c in categories if "P" in c.flags and not c.hidden), None
+            )
+        out = [
+            Patient(
+                id=_id(r.get("PatNum")),
+                first_name=str(r.get("FName") or ""),
+                last_name=str(r.get("LName") or ""),
+                changed_at=od_to_iso(r.get("DateTStamp")) or "",
+                photo_ref=(
+                    f"/documents?PatNum={_id(r.get('PatNum'))}&DocCategory={picture_category}"
+                    if picture_category
+                    else None
+                ),
+            )
+            for r in rows
+        ]
+        return Page(records=out, cursor=after.encode())
+
+    # ---- writes -------------------------------------------------------------------------------
+
+    def _check_marker_inputs(self, writeback_id: str, provider_id: str, operation: str) -> None:
+        for what, value in (("writeback id", writeback_id), ("provider id", provider_id)):
+            if not _MARKER_ID.match(value):
+                raise PermanentPmsError(
+                    f"{what} {value!r} cannot go in the note marker (use letters, digits and . _ : / -)",
+                    pms=PMS,
+                    operation=operation,
+                )
+
+    async def write_note(self, note: NoteWrite) -> WriteResult:
+        """POST /commlogs, unless a commlog of this patient already carries the writeback's marker."""
+        operation = "write note"
+        try:
+            mode, direction = COMMLOG_MODES[note.kind]
+        except KeyError:
+            raise PermanentPmsError(
+                f"unknown writeback kind {note.kind!r}; expected one of {', '.join(COMMLOG_MODES)}",
+                pms=PMS,
+                operation=operation,
+            ) from None
+        self._check_marker_inputs(note.writeback_id, note.provider_id, operation)
+        patnum = _int_id(note.patient_id, "patient id", operation=operation)
+        try:
+            when = iso_to_od(note.occurred_at)
+        except ValueError as exc:
+            raise PermanentPmsError(str(exc), pms=PMS, operation=operation) from exc
+        async with self._write_locks.hold(note.writeback_id):
+            existing = await self._get_all(operation, "/commlogs", {"PatNum": patnum})
+            for row in existing:
+                found = find_marker(str(row.get("Note") or ""))
+                if found is not None and found[1] == note.writeback_id:
+                    log.info(
+                        "commlog %s already carries writeback %s; not writing again",
+                        row.get("CommlogNum"),
+                        note.writeback_id,
+                    )
+                    return WriteResult(id=_id(row.get("CommlogNum")), created=False)
+            body = {
+                "PatNum": patnum,
+                "CommDateTime": when,
+                "CommType": _int_id(note.note_type_id, "note type id", operation=operation),
+                "Mode_": mode,
+                "SentOrReceived": direction,
+                "Note": note_with_marker(note.text, note.provider_id, note.writeback_id),
+            }
+            created = await self._post(operation, "/commlogs", body)
+        if not isinstance(created, dict) or created.get("CommlogNum") is None:
+            raise TemporaryPmsError(
+                "created a commlog but did not say its CommlogNum", pms=PMS, operation=operation
+            )
+        return WriteResult(id=_id(created["CommlogNum"]), created=True)
+
+    async def upload_document(self, doc: DocumentUpload) -> WriteResult:
+        """POST /documents/Upload with ProvNum and the marker in Description, unless already there."""
+        operation = "upload document"
+        self._check_marker_inputs(doc.writeback_id, doc.provider_id, operation)
+        patnum = _int_id(doc.patient_id, "patient id", operation=operation)
+        try:
+            when = iso_to_od(doc.occurred_at)
+        except ValueError as exc:
+            raise PermanentPmsError(str(exc), pms=PMS, operation=operation) from exc
+        suffix = PurePosixPath(doc.filename).suffix or (
+            ".pdf" if doc.content_type == "application/pdf" else ""
+        )
+        async with self._write_locks.hold(doc.writeback_id):
+            existing = await self._get_all(operation, "/documents", {"PatNum": patnum})
+            for row in existing:
+                found = find_marker(str(row.get("Description") or ""))
+                if found is not None and found[1] == doc.writeback_id:
+                    return WriteResult(id=_id(row.get("DocNum")), created=False)
+            body = {
+                "PatNum": patnum,
+                "rawBase64": base64.b64encode(doc.content).decode("ascii"),
+                "extension": suffix,
+                "Description": f"{PurePosixPath(doc.filename).stem} {marker(doc.provider_id, doc.writeback_id)}",
+                "DateCreated": when,
+                "DocCategory": _int_id(
+                    doc.category_id, "document category id", operation=operation
+                ),
+                "ImgType": "Photo" if doc.content_type.startswith("image/") else "Document",
+                "ProvNum": _int_id(doc.provider_id, "provider id", operation=operation),
+            }
+            created = await self._post(operation, "/documents/Upload", body)
+        if not isinstance(created, dict) or created.get("DocNum") is None:
+            raise TemporaryPmsError(
+                "uploaded a document but did not say its DocNum", pms=PMS, operation=operation
+            )
+        return WriteResult(id=_id(created["DocNum"]), created=True)

@@ -1,0 +1,179 @@
+"""The per-practice HTTP client: one `httpx.AsyncClient` whose transport holds the practice's rate budget.
+
+`new_client()` builds the client every user of a practice shares (reconcile, pollers, writes).
+Its transport, `RateLimitedTransport`, wraps a real `httpx.AsyncHTTPTransport` and takes a token
+from ONE `TokenBucket` before every request, so the practice's total request rate stays under the
+budget however many tasks use the client. When the PMS answers 429 or 503 with `Retry-After`, the
+transport pauses the whole bucket until then: every caller waits, not just the one that was told.
+
+The transport neither retries nor raises on HTTP statuses: drivers map statuses to
+`pms_drivers.errors`, and `pms_drivers.retry.with_retry` is the one place that retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import math
+import time
+from collections.abc import Callable
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+#: Statuses whose `Retry-After` pauses the practice's whole bucket.
+PAUSING_STATUSES = frozenset({429, 503})
+#: A `Retry-After` longer than this is clamped (a misbehaving server must not park a practice for hours).
+MAX_PAUSE_SECONDS = 300.0
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a `Retry-After` header (delta-seconds or an HTTP date); None if absent/bad."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_PAUSE_SECONDS)
+
+
+class TokenBucket:
+    """A token bucket: `rate` tokens per second, at most `burst` saved up, pausable as a whole.
+
+    `acquire()` waits until a token is available (and any pause is over) and takes it. Waiters are
+    served in arrival order (one lock), so a busy poller cannot starve a write.
+    `rate <= 0` or `math.inf` means unlimited (pauses still apply).
+    """
+
+    def __init__(
+        self, rate: float, burst: int, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if burst < 1:
+            raise ValueError(f"burst must be at least 1, got {burst}")
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._tokens = float(burst)
+        self._stamp = clock()
+        self._paused_until = 0.0
+        self._lock = asyncio.Lock()
+
+    @property
+    def unlimited(self) -> bool:
+        return self.rate <= 0 or math.isinf(self.rate)
+
+    @property
+    def paused_for(self) -> float:
+        """Seconds left on the current pause (0 when not paused)."""
+        return max(0.0, self._paused_until - self._clock())
+
+    def pause(self, seconds: float) -> None:
+        """Stop handing out tokens for `seconds` from now (extends, never shortens, a pause)."""
+        until = self._clock() + max(0.0, seconds)
+        if until > self._paused_until:
+            self._paused_until = until
+            # Nothing was saved up while the server told us to stop.
+            self._tokens = min(self._tokens, 1.0)
+            self._stamp = max(self._stamp, until)
+
+    def _refill(self, now: float) -> None:
+        if now > self._stamp:
+            self._tokens = min(float(self.burst), self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+
+    async def acquire(self) -> None:
+        """Wait for the pause to end and a token to be free, then take it."""
+        async with self._lock:
+            while True:
+                now = self._clock()
+                wait = self._paused_until - now
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue
+                if self.unlimited:
+                    return
+                self._refill(now)
+                if self._tokens >= 1.0:
+                    self._tokens -= 1.0
+                    return
+                await asyncio.sleep((1.0 - self._tokens) / self.rate)
+
+
+class RateLimitedTransport(httpx.AsyncBaseTransport):
+    """An httpx transport that spends one token of the practice's bucket per request.
+
+    On a 429 or 503 carrying `Retry-After` it pauses the bucket for that long, so every request
+    through this client (from any task) waits; the response itself is returned unchanged.
+    """
+
+    def __init__(self, bucket: TokenBucket, inner: httpx.AsyncBaseTransport) -> None:
+        self.bucket = bucket
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await self.bucket.acquire()
+        response = await self._inner.handle_async_request(request)
+        if response.status_code in PAUSING_STATUSES:
+            delay = parse_retry_after(response.headers.get("Retry-After"))
+            if delay is not None:
+                log.info(
+                    "%s %s answered %d: pausing this practice's requests for %.1fs",
+                    request.method,
+                    request.url.copy_with(query=None),
+                    response.status_code,
+                    delay,
+                )
+                self.bucket.pause(delay)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def new_client(
+    base_url: str,
+    *,
+    timeout: float,
+    rate_per_second: float,
+    burst: int,
+    inner: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """The practice's shared client: `timeout` seconds per request, `rate_per_second` with `burst`.
+
+    `inner` replaces the real network transport (tests may pass `httpx.MockTransport`); by default
+    it is an `httpx.AsyncHTTPTransport` with a connection pool sized for a few concurrent pollers.
+    Close the client (`await client.aclose()`) when the practice goes away.
+    """
+    if timeout <= 0:
+        raise ValueError(f"timeout must be positive, got {timeout}")
+    transport = RateLimitedTransport(
+        TokenBucket(rate_per_second, burst),
+        inner
+        or httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(max_connections=8, max_keepalive_connections=4)
+        ),
+    )
+    return httpx.AsyncClient(
+        base_url=base_url,
+        timeout=httpx.Timeout(timeout),
+        transport=transport,
+        follow_redirects=False,
+    )
+
+
+def bucket_of(client: httpx.AsyncClient) -> TokenBucket | None:
+    """The token bucket behind a client made by `new_client()` (None for any other client)."""
+    transport = client._transport
+    return transport.bucket if isinstance(transport, RateLimitedTransport) else None

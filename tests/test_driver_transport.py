@@ -1,0 +1,236 @@
+"""The per-practice client's token bucket and the one retry loop.
+
+Real: an aiohttp app on a loopback port answers the requests, httpx sends them through
+`RateLimitedTransport`, and time is the real monotonic clock (the waits are a few hundred ms).
+The retry schedule tests inject `sleep` and `rng` so the exact waits can be asserted; nothing
+else is faked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from aiohttp import web
+
+from pms_drivers.errors import (
+    PermanentPmsError,
+    PmsAuthError,
+    PmsNotFoundError,
+    RateLimitedError,
+    TemporaryPmsError,
+)
+from pms_drivers.retry import RetryPolicy, with_retry
+from pms_drivers.transport import TokenBucket, bucket_of, new_client, parse_retry_after
+
+
+@pytest.fixture
+async def tiny_app() -> AsyncIterator[tuple[str, dict[str, int]]]:
+    """A loopback server: /ok answers 200, /limited answers 429 Retry-After: 1 on its first call."""
+    hits: dict[str, int] = {"ok": 0, "limited": 0}
+
+    async def ok(request: web.Request) -> web.Response:
+        hits["ok"] += 1
+        return web.json_response({"ok": True})
+
+    async def limited(request: web.Request) -> web.Response:
+        hits["limited"] += 1
+        if hits["limited"] == 1:
+            return web.Response(status=429, text="slow down", headers={"Retry-After": "1"})
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/ok", ok)
+    app.router.add_get("/limited", limited)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}", hits
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("3", 3.0),
+        ("0.5", 0.5),
+        ("-4", 0.0),
+        ("nonsense", None),
+        ("99999", 300.0),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
+    ],
+)
+def test_retry_after_is_read_as_seconds_or_an_http_date(
+    header: str | None, expected: float | None
+) -> None:
+    assert parse_retry_after(header) == expected
+
+
+def test_retry_after_http_date_in_the_future_counts_from_now() -> None:
+    now = 1_445_412_470.0  # 10 s before Wed, 21 Oct 2015 07:28:00 GMT
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=now) == pytest.approx(10.0)
+
+
+async def test_bucket_spaces_requests_at_the_configured_rate(
+    tiny_app: tuple[str, dict[str, int]],
+) -> None:
+    url, hits = tiny_app
+    async with new_client(url, timeout=5, rate_per_second=20, burst=1) as client:
+        started = time.monotonic()
+        await asyncio.gather(*(client.get("/ok") for _ in range(11)))
+        elapsed = time.monotonic() - started
+    assert hits["ok"] == 11
+    # 1 from the burst, then 10 at 20/s: at least 0.5 s (less a little for timer slack).
+    assert elapsed >= 0.45
+
+
+async def test_burst_lets_the_first_requests_through_at_once(
+    tiny_app: tuple[str, dict[str, int]],
+) -> None:
+    url, _ = tiny_app
+    async with new_client(url, timeout=5, rate_per_second=1, burst=5) as client:
+        started = time.monotonic()
+        await asyncio.gather(*(client.get("/ok") for _ in range(5)))
+        assert time.monotonic() - started < 0.9
+
+
+async def test_429_with_retry_after_pauses_every_request_of_the_practice(
+    tiny_app: tuple[str, dict[str, int]],
+) -> None:
+    url, hits = tiny_app
+    async with new_client(url, timeout=5, rate_per_second=100, burst=10) as client:
+        first = await client.get("/limited")
+        assert first.status_code == 429
+        bucket = bucket_of(client)
+        assert bucket is not None and bucket.paused_for > 0.5
+        started = time.monotonic()
+        # A different path, a different task: it still waits for the pause.
+        second = await client.get("/ok")
+        assert second.status_code == 200
+        assert time.monotonic() - started >= 0.8
+    assert hits == {"ok": 1, "limited": 1}
+
+
+async def test_a_pause_is_never_shortened_by_a_later_shorter_one() -> None:
+    bucket = TokenBucket(10, 1)
+    bucket.pause(2.0)
+    bucket.pause(0.1)
+    assert bucket.paused_for > 1.5
+
+
+def test_client_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="timeout"):
+        new_client("http://127.0.0.1:1", timeout=0, rate_per_second=1, burst=1)
+    with pytest.raises(ValueError, match="burst"):
+        new_client("http://127.0.0.1:1", timeout=1, rate_per_second=1, burst=0)
+
+
+def _temporary(retry_after: float | None = None) -> TemporaryPmsError:
+    return TemporaryPmsError("flaky", pms="OpenDental", operation="test", retry_after=retry_after)
+
+
+async def test_retry_waits_capped_exponential_backoff_with_full_jitter() -> None:
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    calls = 0
+
+    async def op() -> str:
+        nonlocal calls
+        calls += 1
+        if calls < 6:
+            raise _temporary()
+        return "done"
+
+    policy = RetryPolicy(max_attempts=6, base_delay=1.0, max_delay=5.0)
+    assert await with_retry(op, policy=policy, sleep=sleep, rng=lambda: 0.5) == "done"
+    # ceilings 1, 2, 4, 5 (capped), 5 (capped); full jitter at rng=0.5 halves them.
+    assert waits == [0.5, 1.0, 2.0, 2.5, 2.5]
+
+
+async def test_retry_never_waits_less_than_the_servers_retry_after() -> None:
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    errors = [RateLimitedError("429", pms="Dentrix", operation="x", retry_after=7.0)]
+
+    async def op() -> int:
+        if errors:
+            raise errors.pop()
+        return 1
+
+    await with_retry(op, policy=RetryPolicy(base_delay=0.1), sleep=sleep, rng=lambda: 1.0)
+    assert waits == [7.0]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PermanentPmsError("bad", pms="OpenDental", operation="x", status=400),
+        PmsNotFoundError("gone", pms="OpenDental", operation="x", status=404),
+        PmsAuthError("who", pms="OpenDental", operation="x", status=401),
+    ],
+)
+async def test_retry_gives_up_at_once_on_errors_retrying_cannot_fix(error: Exception) -> None:
+    calls = 0
+
+    async def op() -> None:
+        nonlocal calls
+        calls += 1
+        raise error
+
+    with pytest.raises(type(error)):
+        await with_retry(op, policy=RetryPolicy(max_attempts=5, base_delay=0))
+    assert calls == 1
+
+
+async def test_retry_reraises_the_last_temporary_error_when_attempts_run_out() -> None:
+    seen: list[int] = []
+
+    async def op() -> None:
+        raise _temporary()
+
+    with pytest.raises(TemporaryPmsError):
+        await with_retry(
+            op,
+            policy=RetryPolicy(max_attempts=3, base_delay=0),
+            on_retry=lambda attempt, exc, wait: seen.append(attempt),
+        )
+    assert seen == [1, 2]
+
+
+def test_retry_policy_refuses_nonsense() -> None:
+    with pytest.raises(ValueError, match="max_attempts"):
+        RetryPolicy(max_attempts=0)
+
+
+async def test_transport_errors_become_temporary_through_the_driver_wire() -> None:
+    """A closed port: httpx's ConnectError becomes a TemporaryPmsError, chained."""
+    from pms_drivers.wire import call
+
+    async with httpx.AsyncClient(timeout=2) as client:
+        with pytest.raises(TemporaryPmsError) as caught:
+            await call(
+                client,
+                "GET",
+                "http://127.0.0.1:9/api/v1/providers?customerKey=s3cret",
+                pms="OpenDental",
+                operation="list providers",
+                headers={},
+            )
+    assert isinstance(caught.value.__cause__, httpx.ConnectError)
+    assert "s3cret" not in str(caught.value)
+    assert "OpenDental list providers" in str(caught.value)
