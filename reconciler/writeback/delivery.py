@@ -1,0 +1,341 @@
+"""The drainer: delivers stored writebacks to each practice's PMS, in order, fairly, with retries.
+
+Scheduling (in memory; the queue itself is the SQLite file, so nothing here needs to survive):
+
+- Per practice, strict FIFO by arrival (`seq`): a practice's next record is not attempted before
+  the one ahead of it is sent or has failed, so the order per patient is kept.
+- Practices take turns round-robin: a turn delivers at most `quantum` records, then the practice
+  goes to the back of the ready line. At most `max_concurrent_practices` turns run at once.
+- A temporary error (5xx, timeout, 429, and also a refused credential, which staff may fix) is
+  retried within the turn with `pms_drivers.retry.with_retry`; if it still fails, the record goes
+  back to `pending` with a `next_attempt_at` and the practice is parked until then, freeing its
+  slot for other practices. Every HTTP try counts in the record's durable `attempts`; at
+  `max_attempts` the record is `failed` (RetriesExhausted) and the next one goes.
+- A permanent error (400/404) fails the record at once, with the PMS's reason.
+- While the practice is suspended or its driver is not ready, the practice is parked (records
+  wait; they are not skipped: the caller was told they would be written).
+- A sweep every `sweep_interval` seconds picks up practices with open records that nobody
+  announced: records left `pending`/`sending` by a previous process (a restart resumes them;
+  the drivers' writes are idempotent by writeback id, so re-sending an interrupted write cannot
+  make a second note) and records put back by `pmsctl writebacks retry` on the file.
+
+The rate budget is not enforced here: every driver call goes through the practice's own HTTP
+client, whose transport holds the practice's token bucket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from pms_drivers.base import DocumentUpload, NoteWrite, WriteResult
+from pms_drivers.errors import PermanentPmsError, PmsAuthError, PmsError, TemporaryPmsError
+from pms_drivers.retry import RetryPolicy, with_retry
+from reconciler.writeback import store as ops
+from reconciler.writeback.metrics import WritebackMetrics
+from reconciler.writeback.model import FailReason, Kind, WritebackRecord
+from reconciler.writeback.store import Store
+from reconciler.writeback.target import PracticeDirectory, WritebackTarget
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """How the drainer paces itself; the defaults suit a production operator."""
+
+    max_concurrent_practices: int = 64
+    quantum: int = 8  # records per turn before the next practice gets a go
+    retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(3, 0.5, 10.0))
+    max_attempts: int = 12  # HTTP tries per record, across turns and restarts, before `failed`
+    defer_base: float = 5.0  # after a turn's retries ran out: wait this, doubling per turn ...
+    defer_max: float = 300.0  # ... up to this
+    not_ready_delay: float = 2.0  # practice suspended or driver not built yet: look again after
+    sweep_interval: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.max_concurrent_practices < 1 or self.quantum < 1 or self.max_attempts < 1:
+            raise ValueError(
+                "DeliveryPolicy: max_concurrent_practices, quantum and max_attempts must be >= 1"
+            )
+
+    def defer_delay(self, attempts: int) -> float:
+        """Seconds to park a practice after its head record's turn ran out of retries."""
+        rounds = max(1, attempts // max(1, self.retry.max_attempts))
+        ceiling = min(self.defer_max, self.defer_base * 2.0 ** (rounds - 1))
+        return float(ceiling * (0.5 + random.random() / 2))
+
+
+Turn = tuple[Literal["idle", "more", "parked"], float]
+
+
+class Drainer:
+    """Runs delivery turns for every practice with open records; `start()`, `notify()`, `stop()`."""
+
+    def __init__(
+        self,
+        store: Store,
+        directory: PracticeDirectory,
+        *,
+        policy: DeliveryPolicy | None = None,
+        metrics: WritebackMetrics | None = None,
+        clock: Callable[[], float] = ops.now,
+    ) -> None:
+        self.store = store
+        self.directory = directory
+        self.policy = policy or DeliveryPolicy()
+        self.metrics = metrics or WritebackMetrics.create()
+        self._clock = clock
+        self._ready: deque[str] = deque()
+        self._state: dict[str, Literal["queued", "running", "parked"]] = {}
+        self._dirty: set[str] = set()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._turns: dict[str, asyncio.Task[Turn]] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    # --- lifecycle ---
+
+    async def start(self) -> None:
+        """Start dispatching, and sweep the file once for work a previous process left."""
+        self._stopping = False
+        await self.sweep()
+        self._tasks = [
+            asyncio.create_task(self._dispatch(), name="writeback-dispatch"),
+            asyncio.create_task(self._sweeper(), name="writeback-sweep"),
+        ]
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop starting turns; give running ones `grace` seconds, then cancel them.
+
+        A cancelled write is left `sending` in the file and re-sent by the next process.
+        """
+        self._stopping = True
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks = []
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        running = list(self._turns.values())
+        if running:
+            _, late = await asyncio.wait(running, timeout=grace)
+            for turn in late:
+                turn.cancel()
+            for turn in late:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await turn
+        self._turns.clear()
+        self._ready.clear()
+        self._state.clear()
+        self._dirty.clear()
+
+    # --- scheduling ---
+
+    def notify(self, practice_id: str, *, now: bool = False) -> None:
+        """Practice `practice_id` may have new work; `now=True` also wakes it from a pause."""
+        if self._stopping:
+            return
+        state = self._state.get(practice_id)
+        if state == "running":
+            self._dirty.add(practice_id)
+        elif state == "parked" and now:
+            self._timers.pop(practice_id).cancel()
+            self._queue(practice_id)
+        elif state is None:
+            self._queue(practice_id)
+
+    def _queue(self, practice_id: str) -> None:
+        self._state[practice_id] = "queued"
+        self._ready.append(practice_id)
+        self._wake.set()
+
+    def _unpark(self, practice_id: str) -> None:
+        self._timers.pop(practice_id, None)
+        if self._state.get(practice_id) == "parked":
+            self._queue(practice_id)
+
+    async def _dispatch(self) -> None:
+        limit = self.policy.max_concurrent_practices
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._ready and len(self._turns) < limit:
+                pid = self._ready.popleft()
+                self._state[pid] = "running"
+                self._dirty.discard(pid)
+                task = asyncio.create_task(self._turn(pid), name=f"writeback-turn-{pid}")
+                self._turns[pid] = task
+                task.add_done_callback(functools.partial(self._turn_done, pid))
+
+    def _turn_done(self, pid: str, task: asyncio.Task[Turn]) -> None:
+        self._turns.pop(pid, None)
+        if self._stopping:
+            return
+        if task.cancelled():
+            outcome: Turn = ("parked", self.policy.not_ready_delay)
+        elif task.exception() is not None:
+            log.error("writeback turn for practice %s crashed", pid, exc_info=task.exception())
+            outcome = ("parked", self.policy.not_ready_delay)
+        else:
+            outcome = task.result()
+        kind, delay = outcome
+        if kind == "more" or (kind == "idle" and pid in self._dirty):
+            self._state.pop(pid, None)
+            self._queue(pid)
+        elif kind == "parked":
+            self._state[pid] = "parked"
+            self._timers[pid] = asyncio.get_running_loop().call_later(
+                max(0.0, delay), self._unpark, pid
+            )
+        else:
+            self._state.pop(pid, None)
+        self._dirty.discard(pid)
+        self._wake.set()  # a slot is free
+
+    async def sweep(self) -> None:
+        """Announce every practice with open records (and refresh the queue-depth gauge)."""
+
+        def op(conn: object) -> tuple[list[str], int]:
+            return ops.practices_with_open(conn), ops.open_count(conn)  # type: ignore[arg-type]
+
+        practices, depth = await asyncio.to_thread(self.store.read, op)
+        self.metrics.queue_depth.set(depth)
+        for pid in practices:
+            self.notify(pid)
+
+    async def _sweeper(self) -> None:
+        while True:
+            await asyncio.sleep(self.policy.sweep_interval)
+            try:
+                await self.sweep()
+            except Exception:  # the file may be busy; the next sweep tries again
+                log.exception("writeback sweep failed")
+
+    # --- one practice's turn ---
+
+    async def _turn(self, pid: str) -> Turn:
+        quantum = self.policy.quantum
+        head = await asyncio.to_thread(self.store.read, lambda c: ops.open_head(c, pid, quantum))
+        for record in head:
+            wait = record.next_attempt_at - self._clock()
+            if wait > 0:
+                return ("parked", wait)
+            target = self.directory.target(pid)
+            if target is None:
+                await self._fail(record, None, FailReason.PRACTICE_GONE,
+                                 f"practice {pid!r} is no longer configured")  # fmt: skip
+                continue
+            if target.spec.suspend or target.driver is None:
+                return ("parked", self.policy.not_ready_delay)
+            parked = await self._deliver(record, target)
+            if parked is not None:
+                return ("parked", parked)
+        return ("more", 0.0) if len(head) == quantum else ("idle", 0.0)
+
+    async def _deliver(self, record: WritebackRecord, target: WritebackTarget) -> float | None:
+        """Deliver one record; returns seconds to park the practice, or None to go on."""
+        policy = self.policy
+        wid = record.id
+        attempt = await self.store.run(lambda c: ops.mark_sending(c, wid, now=self._clock()))
+        if attempt == 0:  # someone else settled it meanwhile (a failed-then-retried race)
+            return None
+        pms = target.spec.pms.type.value
+        tries = attempt
+
+        async def on_retry(n: int, exc: TemporaryPmsError, wait: float) -> None:
+            nonlocal tries
+            self.metrics.attempts.labels(pms, "temporary").inc()
+            tries = await self.store.run(lambda c: ops.mark_sending(c, wid, now=self._clock()))
+
+        remaining = max(1, policy.max_attempts - attempt + 1)
+        retry = replace(policy.retry, max_attempts=min(policy.retry.max_attempts, remaining))
+        try:
+            result = await with_retry(lambda: self._write(record, target), policy=retry,
+                                      on_retry=on_retry)  # fmt: skip
+        except PermanentPmsError as exc:
+            self.metrics.attempts.labels(pms, "permanent").inc()
+            await self._fail(record, pms, FailReason.REJECTED, str(exc))
+            return None
+        except (TemporaryPmsError, PmsAuthError, PmsError) as exc:
+            self.metrics.attempts.labels(pms, "temporary").inc()
+            reason = (
+                FailReason.AUTH if isinstance(exc, PmsAuthError) else FailReason.RETRIES_EXHAUSTED
+            )
+            if tries >= policy.max_attempts:
+                await self._fail(record, pms, reason, f"after {tries} attempts: {exc}")
+                return None
+            delay = policy.defer_delay(tries)
+            if isinstance(exc, TemporaryPmsError) and exc.retry_after:
+                delay = max(delay, exc.retry_after)
+            until = self._clock() + delay
+            why = str(exc)
+            await self.store.run(lambda c: ops.defer(c, wid, until, why, now=self._clock()))
+            log.info("writeback %s to %s deferred %.1fs: %s", wid, target.key, delay, exc)
+            return delay
+        self.metrics.attempts.labels(pms, "ok").inc()
+        sent_at = self._clock()
+        await self.store.run(lambda c: ops.mark_sent(c, wid, result.id, now=sent_at))
+        self.metrics.writebacks.labels(record.request.kind.value, record.request.type, "sent").inc()
+        self.metrics.delivery_seconds.labels(pms).observe(max(0.0, sent_at - record.created_at))
+        self.metrics.queue_depth.dec()
+        return None
+
+    async def _write(self, record: WritebackRecord, target: WritebackTarget) -> WriteResult:
+        driver = target.driver
+        assert driver is not None
+        req = record.request
+        # The decision at intake fixed the note type / category and the provider the caller was
+        # told about; delivery writes exactly that.
+        type_id = record.target_type_id or ""
+        provider = record.provider_id or ""
+        if req.kind is Kind.NOTE:
+            return await driver.write_note(
+                NoteWrite(
+                    writeback_id=record.id,
+                    kind=req.type,
+                    patient_id=req.patient_id,
+                    note_type_id=type_id,
+                    provider_id=provider,
+                    occurred_at=req.occurred_at,
+                    text=req.text,
+                )
+            )
+        return await driver.upload_document(
+            DocumentUpload(
+                writeback_id=record.id,
+                kind=req.type,
+                patient_id=req.patient_id,
+                category_id=type_id,
+                provider_id=provider,
+                occurred_at=req.occurred_at,
+                filename=req.filename or "document",
+                content=req.content or b"",
+                content_type=req.content_type or "application/octet-stream",
+            )
+        )
+
+    async def _fail(
+        self, record: WritebackRecord, pms: str | None, reason: FailReason, message: str
+    ) -> None:
+        wid = record.id
+        await self.store.run(
+            lambda c: ops.mark_failed(c, wid, reason.value, message, now=self._clock())
+        )
+        log.warning("writeback %s for practice %s failed (%s): %s", wid, record.practice_id,
+                    reason.value, message)  # fmt: skip
+        self.metrics.writebacks.labels(
+            record.request.kind.value, record.request.type, "failed"
+        ).inc()
+        self.metrics.queue_depth.dec()

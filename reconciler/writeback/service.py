@@ -1,0 +1,134 @@
+"""`WritebackService`: the queue file, the drainer and the HTTP API, started and stopped as one.
+
+The operator and `pmsctl up` each build one over their engine (a `PracticeDirectory`):
+
+    service = WritebackService(engine, db_path, load_token())
+    url = await service.start("0.0.0.0", 8081)     # opens the file, resumes delivery, serves
+    ...
+    status_counts = service.counts(practice_id)    # {sent, skipped, pending, failed}
+    await service.stop()
+
+`start(host=None)` runs everything but the listener; then mount `service.app` in an aiohttp
+runner of your own.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from reconciler.writeback import store as ops
+from reconciler.writeback.api import WritebackApi
+from reconciler.writeback.delivery import DeliveryPolicy, Drainer
+from reconciler.writeback.errors import WritebackConfigError
+from reconciler.writeback.metrics import WritebackMetrics
+from reconciler.writeback.model import DB_PATH_ENV, DEFAULT_DB_PATH, DEFAULT_MAX_BODY_BYTES
+from reconciler.writeback.store import Store
+from reconciler.writeback.target import PracticeDirectory
+
+TOKEN_ENV = "PMSCTL_WRITEBACK_TOKEN"
+TOKEN_FILE_ENV = "PMSCTL_WRITEBACK_TOKEN_FILE"
+MIN_TOKEN_CHARS = 16
+
+
+def load_token(token: str | None = None, token_file: str | os.PathLike[str] | None = None) -> str:
+    """The bearer token: `token`, else `token_file`, else $PMSCTL_WRITEBACK_TOKEN, else the file
+    named by $PMSCTL_WRITEBACK_TOKEN_FILE (a mounted Secret key). WritebackConfigError if none."""
+    source = "the token argument"
+    if token is None and token_file is None:
+        token = os.environ.get(TOKEN_ENV) or None
+        source = f"${TOKEN_ENV}"
+        if token is None and os.environ.get(TOKEN_FILE_ENV):
+            token_file = os.environ[TOKEN_FILE_ENV]
+    if token is None and token_file is not None:
+        source = f"token file {os.fspath(token_file)}"
+        try:
+            token = Path(token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise WritebackConfigError(
+                f"{os.fspath(token_file)}: cannot read the writeback token: {exc.strerror}"
+            ) from exc
+    if not token:
+        raise WritebackConfigError(
+            f"no writeback token: set ${TOKEN_ENV}, or ${TOKEN_FILE_ENV} to a file holding it "
+            "(in the cluster: a Secret key mounted as a file)"
+        )
+    if len(token) < MIN_TOKEN_CHARS:
+        raise WritebackConfigError(
+            f"the writeback token from {source} is {len(token)} characters; use at least "
+            f"{MIN_TOKEN_CHARS} (e.g. `openssl rand -hex 32`)"
+        )
+    return token
+
+
+def default_db_path() -> str:
+    """$PMSCTL_WRITEBACK_DB, else `.pmsctl/writebacks.db`."""
+    return os.environ.get(DB_PATH_ENV) or DEFAULT_DB_PATH
+
+
+class WritebackService:
+    """The writeback path for one process: queue file + drainer + HTTP API."""
+
+    def __init__(
+        self,
+        directory: PracticeDirectory,
+        db_path: str | os.PathLike[str],
+        token: str,
+        *,
+        policy: DeliveryPolicy | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        registry: CollectorRegistry | None = None,
+        synchronous: str = "FULL",
+    ) -> None:
+        if not token:
+            raise WritebackConfigError("WritebackService needs a token (see load_token())")
+        self.directory = directory
+        self.store = Store(db_path, synchronous=synchronous)
+        self.metrics = WritebackMetrics.create(registry)
+        self.drainer = Drainer(self.store, directory, policy=policy, metrics=self.metrics)
+        self.api = WritebackApi(
+            store=self.store,
+            drainer=self.drainer,
+            directory=directory,
+            token=token,
+            metrics=self.metrics,
+            max_body_bytes=max_body_bytes,
+        )
+        self.app: web.Application = self.api.app()
+        self.url: str | None = None
+        self._runner: web.AppRunner | None = None
+
+    async def start(self, host: str | None = "127.0.0.1", port: int = 8081) -> str | None:
+        """Open the queue, resume delivery, and (unless host is None) serve the API.
+
+        Returns the base URL it listens on (port 0 picks a free port), or None without a listener.
+        """
+        self.store.open()
+        await self.drainer.start()
+        if host is None:
+            return None
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        bound = sockets[0].getsockname()[1] if sockets else port
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{bound}"
+        return self.url
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop serving, let running deliveries finish (up to `grace` s), close the queue file."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.drainer.stop(grace)
+        self.store.close()
+
+    def counts(self, practice_id: str) -> dict[str, int]:
+        """{sent, skipped, pending, failed} for one practice (one indexed query; cheap)."""
+        return self.store.read(lambda c: ops.counts(c, practice_id))

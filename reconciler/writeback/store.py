@@ -1,0 +1,466 @@
+"""The durable writeback queue: one SQLite file in WAL mode, written by one thread with group commit.
+
+Every change goes through `Store.run(op)`: the op (a plain function over a `sqlite3.Connection`,
+defined in this module) is queued to the single writer thread, which takes every op waiting,
+runs them in ONE transaction (each in its own savepoint, so one failing op does not undo the
+others), commits with `synchronous=FULL` (fsync), and only then resolves the callers' futures.
+So an accepted request is on disk before its 202 is sent, and a burst of a thousand requests
+costs a handful of fsyncs instead of a thousand.
+
+The ops are module-level functions so `pmsctl writebacks` can run the very same SQL on its own
+connection (`connect()` + `with conn:`), e.g. while the service is stopped; `busy_timeout` lets
+the CLI and a running service share the file.
+
+`(practice_id, caller_id)` is unique: `insert` returns the existing record for a replay and never
+makes a second row, so a caller id can never become a second note.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from reconciler.writeback.errors import StoreError
+from reconciler.writeback.model import (
+    OPEN_STATUSES,
+    Kind,
+    Status,
+    WritebackRecord,
+    WritebackRequest,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Op = Callable[[sqlite3.Connection], T]
+
+SCHEMA_VERSION = 1
+_DDL = """
+CREATE TABLE IF NOT EXISTS writebacks (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    practice_id TEXT NOT NULL,
+    caller_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    type TEXT NOT NULL,
+    patient_id TEXT NOT NULL,
+    occurred_at TEXT NOT NULL,
+    text TEXT NOT NULL,
+    filename TEXT,
+    content_type TEXT,
+    content BLOB,
+    status TEXT NOT NULL,
+    reason TEXT,
+    message TEXT,
+    target_type_id TEXT,
+    provider_id TEXT,
+    pms_id TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    sent_at REAL,
+    UNIQUE (practice_id, caller_id)
+);
+CREATE INDEX IF NOT EXISTS writebacks_by_practice ON writebacks (practice_id, status, seq);
+CREATE INDEX IF NOT EXISTS writebacks_by_status ON writebacks (status, seq);
+"""
+_COLUMNS = (
+    "seq, id, practice_id, caller_id, fingerprint, kind, type, patient_id, occurred_at, text, "
+    "filename, content_type, {content}, status, reason, message, target_type_id, provider_id, "
+    "pms_id, attempts, next_attempt_at, created_at, updated_at, sent_at"
+)
+_WITH_CONTENT = _COLUMNS.format(content="content")
+_WITHOUT_CONTENT = _COLUMNS.format(content="NULL")
+_OPEN = tuple(s.value for s in OPEN_STATUSES)
+
+
+def connect(path: str | os.PathLike[str], *, synchronous: str = "FULL") -> sqlite3.Connection:
+    """Open (and create or migrate) the queue file; the caller owns the connection."""
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreError(f"{path}: cannot open the writeback queue: {exc}") from exc
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute("PRAGMA foreign_keys=ON")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{path}: the queue has schema version {version}, this pmsctl knows "
+                f"{SCHEMA_VERSION}; use a newer pmsctl"
+            )
+        conn.executescript(_DDL)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    except sqlite3.Error as exc:
+        conn.close()
+        raise StoreError(f"{path}: cannot use the writeback queue: {exc}") from exc
+    return conn
+
+
+def _row(row: Sequence[Any]) -> WritebackRecord:
+    (seq, id_, practice_id, caller_id, fingerprint, kind, type_, patient_id, occurred_at, text,
+     filename, content_type, content, status, reason, message, target_type_id, provider_id,
+     pms_id, attempts, next_attempt_at, created_at, updated_at, sent_at) = row  # fmt: skip
+    request = WritebackRequest(
+        practice_id=practice_id,
+        caller_id=caller_id,
+        kind=Kind(kind),
+        type=type_,
+        patient_id=patient_id,
+        occurred_at=occurred_at,
+        text=text,
+        filename=filename,
+        content_type=content_type,
+        content=bytes(content) if content is not None else None,
+    )
+    assert request.id == id_, f"row {seq}: stored id {id_} does not match its practice/caller id"
+    return WritebackRecord(
+        seq=seq,
+        request=request,
+        status=Status(status),
+        fingerprint=fingerprint,
+        created_at=created_at,
+        updated_at=updated_at,
+        reason=reason,
+        message=message,
+        target_type_id=target_type_id,
+        provider_id=provider_id,
+        pms_id=pms_id,
+        attempts=attempts,
+        next_attempt_at=next_attempt_at,
+        sent_at=sent_at,
+    )
+
+
+# --- ops: plain functions over a connection, run inside a transaction by the caller ---
+
+
+def insert(
+    conn: sqlite3.Connection,
+    request: WritebackRequest,
+    *,
+    status: Status,
+    now: float,
+    reason: str | None = None,
+    message: str | None = None,
+    target_type_id: str | None = None,
+    provider_id: str | None = None,
+) -> tuple[WritebackRecord, bool]:
+    """Store a new request, or return the one already stored for its caller id (created=False)."""
+    cur = conn.execute(
+        "INSERT INTO writebacks (id, practice_id, caller_id, fingerprint, kind, type, patient_id,"
+        " occurred_at, text, filename, content_type, content, status, reason, message,"
+        " target_type_id, provider_id, created_at, updated_at)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+        " ON CONFLICT (practice_id, caller_id) DO NOTHING",
+        (
+            request.id,
+            request.practice_id,
+            request.caller_id,
+            request.fingerprint(),
+            request.kind.value,
+            request.type,
+            request.patient_id,
+            request.occurred_at,
+            request.text,
+            request.filename,
+            request.content_type,
+            request.content,
+            status.value,
+            reason,
+            message,
+            target_type_id,
+            provider_id,
+            now,
+            now,
+        ),
+    )
+    created = cur.rowcount == 1
+    record = get(conn, request.id)
+    assert record is not None
+    return record, created
+
+
+def get(
+    conn: sqlite3.Connection, writeback_id: str, *, content: bool = False
+) -> WritebackRecord | None:
+    """One record by id (without the document bytes unless asked)."""
+    cols = _WITH_CONTENT if content else _WITHOUT_CONTENT
+    row = conn.execute(f"SELECT {cols} FROM writebacks WHERE id = ?", (writeback_id,)).fetchone()
+    return _row(row) if row else None
+
+
+def list_records(
+    conn: sqlite3.Connection,
+    *,
+    statuses: Sequence[str] = (),
+    practice_id: str | None = None,
+    limit: int = 500,
+    after_seq: int = 0,
+) -> list[WritebackRecord]:
+    """Records in arrival order, filtered by status and practice (no document bytes)."""
+    where = ["seq > ?"]
+    args: list[Any] = [after_seq]
+    if statuses:
+        where.append(f"status IN ({','.join('?' * len(statuses))})")
+        args.extend(statuses)
+    if practice_id is not None:
+        where.append("practice_id = ?")
+        args.append(practice_id)
+    args.append(limit)
+    rows = conn.execute(
+        f"SELECT {_WITHOUT_CONTENT} FROM writebacks WHERE {' AND '.join(where)}"
+        " ORDER BY seq LIMIT ?",
+        args,
+    ).fetchall()
+    return [_row(r) for r in rows]
+
+
+def open_head(conn: sqlite3.Connection, practice_id: str, limit: int) -> list[WritebackRecord]:
+    """The practice's oldest undelivered records, in arrival order, with their document bytes."""
+    rows = conn.execute(
+        f"SELECT {_WITH_CONTENT} FROM writebacks WHERE practice_id = ? AND status IN (?, ?)"
+        " ORDER BY seq LIMIT ?",
+        (practice_id, *_OPEN, limit),
+    ).fetchall()
+    return [_row(r) for r in rows]
+
+
+def practices_with_open(conn: sqlite3.Connection) -> list[str]:
+    """Every practice with something still to deliver."""
+    rows = conn.execute(
+        "SELECT DISTINCT practice_id FROM writebacks WHERE status IN (?, ?)", _OPEN
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def mark_sending(conn: sqlite3.Connection, writeback_id: str, *, now: float) -> int:
+    """Record that an attempt starts; returns the attempt number (durable, so a crash loop is capped)."""
+    row = conn.execute(
+        "UPDATE writebacks SET status = ?, attempts = attempts + 1, updated_at = ?"
+        " WHERE id = ? AND status IN (?, ?) RETURNING attempts",
+        (Status.SENDING.value, now, writeback_id, *_OPEN),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def mark_sent(conn: sqlite3.Connection, writeback_id: str, pms_id: str, *, now: float) -> bool:
+    """The PMS has it: keep its id, drop the document bytes (no longer needed)."""
+    cur = conn.execute(
+        "UPDATE writebacks SET status = ?, pms_id = ?, sent_at = ?, updated_at = ?, reason = NULL,"
+        " message = NULL, content = NULL WHERE id = ? AND status IN (?, ?)",
+        (Status.SENT.value, pms_id, now, now, writeback_id, *_OPEN),
+    )
+    return cur.rowcount == 1
+
+
+def mark_failed(
+    conn: sqlite3.Connection, writeback_id: str, reason: str, message: str, *, now: float
+) -> bool:
+    """Delivery gave up: keep the reason for `pmsctl writebacks list --failed`."""
+    cur = conn.execute(
+        "UPDATE writebacks SET status = ?, reason = ?, message = ?, updated_at = ?"
+        " WHERE id = ? AND status IN (?, ?)",
+        (Status.FAILED.value, reason, message, now, writeback_id, *_OPEN),
+    )
+    return cur.rowcount == 1
+
+
+def defer(
+    conn: sqlite3.Connection, writeback_id: str, until: float, message: str, *, now: float
+) -> bool:
+    """Back to pending until `until` (a temporary error); the message says what went wrong."""
+    cur = conn.execute(
+        "UPDATE writebacks SET status = ?, next_attempt_at = ?, message = ?, updated_at = ?"
+        " WHERE id = ? AND status IN (?, ?)",
+        (Status.PENDING.value, until, message, now, writeback_id, *_OPEN),
+    )
+    return cur.rowcount == 1
+
+
+def retry(conn: sqlite3.Connection, writeback_id: str, *, now: float) -> WritebackRecord | None:
+    """Put a failed record back in its practice's queue (attempts start over); None if not failed."""
+    cur = conn.execute(
+        "UPDATE writebacks SET status = ?, attempts = 0, next_attempt_at = 0, reason = NULL,"
+        " updated_at = ? WHERE id = ? AND status = ?",
+        (Status.PENDING.value, now, writeback_id, Status.FAILED.value),
+    )
+    return get(conn, writeback_id) if cur.rowcount == 1 else None
+
+
+def retry_all(conn: sqlite3.Connection, *, practice_id: str | None = None, now: float) -> list[str]:
+    """Retry every failed record (of one practice, or all); returns their ids."""
+    args: list[Any] = [Status.PENDING.value, now, Status.FAILED.value]
+    where = "status = ?"
+    if practice_id is not None:
+        where += " AND practice_id = ?"
+        args.append(practice_id)
+    rows = conn.execute(
+        "UPDATE writebacks SET status = ?, attempts = 0, next_attempt_at = 0, reason = NULL,"
+        f" updated_at = ? WHERE {where} RETURNING id",
+        args,
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def counts(conn: sqlite3.Connection, practice_id: str | None = None) -> dict[str, int]:
+    """{sent, skipped, pending, failed} for one practice (or all); `sending` counts as pending."""
+    out = {"sent": 0, "skipped": 0, "pending": 0, "failed": 0}
+    if practice_id is None:
+        rows = conn.execute("SELECT status, count(*) FROM writebacks GROUP BY status").fetchall()
+    else:
+        rows = conn.execute(
+            "SELECT status, count(*) FROM writebacks WHERE practice_id = ? GROUP BY status",
+            (practice_id,),
+        ).fetchall()
+    for status, n in rows:
+        key = Status.PENDING.value if status == Status.SENDING.value else status
+        out[key] = out.get(key, 0) + int(n)
+    return out
+
+
+def open_count(conn: sqlite3.Connection) -> int:
+    """How many records are still to deliver (all practices): the queue depth."""
+    row = conn.execute("SELECT count(*) FROM writebacks WHERE status IN (?, ?)", _OPEN).fetchone()
+    return int(row[0])
+
+
+# --- the writer thread ---
+
+
+class Store:
+    """The queue file with one writer thread; `await store.run(op)` runs an op in a group commit."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, synchronous: str = "FULL", max_batch: int = 1000
+    ) -> None:
+        self.path = os.fspath(path)
+        self._synchronous = synchronous
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[
+            tuple[Callable[[sqlite3.Connection], Any], Future[Any]] | None
+        ] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self.commits = 0  # group commits so far (for the benchmark)
+
+    def open(self) -> None:
+        """Open the file (creating it) and start the writer thread."""
+        if self._thread is not None:
+            return
+        self._conn = connect(self.path, synchronous=self._synchronous)
+        self._thread = threading.Thread(target=self._writer, name="writeback-store", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Finish what is queued, stop the writer thread and close the file."""
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        self._thread.join()
+        self._thread = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        with self._readers_lock:
+            for reader in self._readers:
+                reader.close()
+            self._readers.clear()
+        self._local = threading.local()
+
+    async def run(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `op(conn)` in the next group commit; returns once it is committed."""
+        if self._thread is None:
+            raise StoreError(f"{self.path}: the writeback queue is not open")
+        fut: Future[T] = Future()
+        self._queue.put((op, fut))
+        return await asyncio.wrap_future(fut)
+
+    def read(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read-only op now, on this thread's own connection (WAL readers never block)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, synchronous=self._synchronous)
+            conn.execute("PRAGMA query_only=ON")
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return op(conn)
+
+    def _writer(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self._max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._commit(conn, batch)
+
+    def _commit(
+        self,
+        conn: sqlite3.Connection,
+        batch: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]],
+    ) -> None:
+        results: list[tuple[Future[Any], bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op, fut in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = op(conn)
+                except Exception as exc:  # one op's failure must not undo its neighbours
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    results.append((fut, False, exc))
+                else:
+                    conn.execute("RELEASE op")
+                    results.append((fut, True, value))
+            conn.execute("COMMIT")
+            self.commits += 1
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            log.error("writeback queue %s: commit failed: %s", self.path, exc)
+            error = StoreError(f"{self.path}: commit failed: {exc}")
+            results = [(fut, False, error) for _, fut in batch]
+        # Only now, after the commit, are the callers told.
+        for fut, ok, value in results:
+            if fut.set_running_or_notify_cancel():
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+
+
+def now() -> float:
+    """Wall-clock seconds (records carry wall times; delays use the same clock)."""
+    return time.time()
