@@ -642,15 +642,17 @@ def _make_sink(options: UpOptions) -> Any:
     from reconciler import sink
 
     if options.sink_url:
-        return sink.HttpSink(options.sink_url)
-    options.events_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return sink.sink_from_url(options.sink_url)
+        except ValueError as exc:
+            raise UpError(str(exc)) from None
     return sink.JsonlSink(options.events_path)
 
 
 async def run_up(options: UpOptions, out: TextIO | None = None) -> int:
     """Run `pmsctl up` until SIGINT/SIGTERM (or once, with `options.once`); the exit code."""
     from reconciler.engine import Engine
-    from reconciler.store import CursorStore
+    from reconciler.store import SqliteCursorStore
 
     out = out if out is not None else sys.stdout
     if not options.path.exists():
@@ -674,7 +676,7 @@ async def run_up(options: UpOptions, out: TextIO | None = None) -> int:
                 )
                 _info(f"simulator on {sim.server_url} (every practice points here)")
             sink = _make_sink(options)
-            store = CursorStore(options.state_dir / "state.db")
+            store = SqliteCursorStore(options.state_dir / "state.db")
             engine = Engine(
                 sink=sink,
                 store=store,

@@ -84,6 +84,13 @@ def register(sub: Any) -> None:
         help="with --once: how long to wait for Ready (default 30)",
     )
     p.add_argument(
+        "--tick-seconds",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="with --simulate: seconds between simulated office changes (default 2)",
+    )
+    p.add_argument(
         "-o",
         "--output",
         choices=("auto", "table", "lines", "json"),
@@ -110,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         once=args.once,
         once_timeout=args.timeout,
         output=args.output,
+        tick_seconds=args.tick_seconds,
     )
     try:
         return asyncio.run(run_up(options))

@@ -1,0 +1,257 @@
+"""`pmsctl up --simulate` end to end, as a user runs it: a real subprocess on a temporary copy of
+`practices/`, with the real validator, engine, scheduler, drivers, SQLite cursor store and JSONL
+sink, talking HTTP on loopback to the embedded PMS simulator it starts.
+
+Nothing is faked. To keep each test within ~20 s, the copy of the examples has every enabled
+sync interval set to 5 s (the schema's minimum) and the simulator ticks every second; the
+behaviour under test does not depend on the interval's length.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+EVENT_TYPES = {
+    "dev.dental.pmsctl.appointment-status.changed",
+    "dev.dental.pmsctl.appointment.changed",
+    "dev.dental.pmsctl.patient.changed",
+}
+
+
+class UpProcess:
+    """A running `pmsctl up`; collects stdout/stderr lines on threads so waits can time out."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PMSCTL_CREDENTIALS_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "reconciler.cli", "up", *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._changed = threading.Condition()
+        for stream, sink in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
+            threading.Thread(target=self._read, args=(stream, sink), daemon=True).start()
+
+    def _read(self, stream, sink: list[str]) -> None:
+        for line in stream:
+            with self._changed:
+                sink.append(line.rstrip("\n"))
+                self._changed.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float, *, start: int = 0, stream: str = "out") -> str:
+        """The first line from index `start` matching `pattern` (a regex), within `timeout` s."""
+        lines = self.out if stream == "out" else self.err
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in lines[start:]:
+                    if rx.search(line):
+                        return line
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"no line matching {pattern!r} within {timeout}s; exit={self.proc.poll()}\n"
+                        f"stdout:\n"
+                        + "\n".join(self.out[-40:])
+                        + "\nstderr:\n"
+                        + "\n".join(self.err[-40:])
+                    )
+                self._changed.wait(min(left, 0.5))
+
+    def wait_ready(self, names: list[str], timeout: float) -> None:
+        for name in names:
+            self.wait_for(rf"^\S+ {re.escape(name)} Ready=True ", timeout)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGINT (Ctrl-C), then wait for the exit code."""
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def simulator_url(self) -> str:
+        line = self.wait_for(r"simulator on http://", 20, stream="err")
+        return re.search(r"(http://\S+)", line).group(1)  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def run_up(tmp_path: Path) -> Iterator[Callable[..., UpProcess]]:
+    """Starts `pmsctl up` subprocesses in tmp_path; kills whatever is still running after the test."""
+    started: list[UpProcess] = []
+
+    def start(*args: str) -> UpProcess:
+        p = UpProcess(list(args), cwd=tmp_path)
+        started.append(p)
+        return p
+
+    try:
+        yield start
+    finally:
+        for p in started:
+            p.kill()
+
+
+def example_files() -> list[Path]:
+    return sorted(p for p in (REPO / "practices").rglob("*") if p.suffix in (".yaml", ".yml"))
+
+
+def fast_copy(dst: Path) -> dict[str, str]:
+    """Copy practices/ to dst with every enabled interval at 5s; returns file name -> practice name."""
+    names: dict[str, str] = {}
+    dst.mkdir()
+    for src in example_files():
+        docs = [d for d in yaml.safe_load_all(src.read_text()) if d]
+        for doc in docs:
+            for setting in (doc["spec"].get("sync") or {}).values():
+                if setting.get("enabled"):
+                    setting["interval"] = "5s"
+            names[src.name] = doc["metadata"]["name"]
+        (dst / src.name).write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    assert len(names) >= 3, "the test wants one example per PMS in practices/"
+    return names
+
+
+def read_events(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def port_closed(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        socket.create_connection((parts.hostname, parts.port), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
+def test_up_reconciles_watches_edits_removals_breakage_and_stops_cleanly(
+    tmp_path: Path, run_up: Callable[..., UpProcess]
+) -> None:
+    folder = tmp_path / "practices"
+    names = fast_copy(folder)
+    files = sorted(names)
+    practice_ids = {
+        f: yaml.safe_load((folder / f).read_text())["spec"]["practiceId"] for f in files
+    }
+    events = tmp_path / ".pmsctl" / "events.jsonl"
+    up = run_up("--simulate", "practices", "--tick-seconds", "1")
+    sim_url = up.simulator_url()
+    up.wait_ready(list(names.values()), timeout=30)
+
+    # Edit an interval: the new interval shows within seconds.
+    edited, edited_name = folder / files[0], names[files[0]]
+    mark = len(up.out)
+    edited.write_text(edited.read_text().replace("interval: 5s", "interval: 7s", 1))
+    up.wait_for(rf"^\S+ {re.escape(edited_name)} Ready=True .*=7s", 10, start=mark)
+
+    # Break a file: reported with file:line:col, the practice keeps its last good version.
+    broken, broken_name = folder / files[1], names[files[1]]
+    mark = len(up.out)
+    broken.write_text(re.sub(r"type: \w+", "type: OpenDentl", broken.read_text(), count=1))
+    line = up.wait_for(r" invalid ", 10, start=mark)
+    assert f"practices/{files[1]}:" in line and "OpenDentl" in line
+
+    # Remove a file: its practice goes.
+    removed_name = names[files[2]]
+    mark = len(up.out)
+    (folder / files[2]).unlink()
+    up.wait_for(rf"^\S+ {re.escape(removed_name)} removed$", 10, start=mark)
+    assert not any(f" {broken_name} removed" in ln for ln in up.out)
+
+    # The others keep running, the broken one at its last good version: new events keep
+    # arriving from both.
+    count_before = len(read_events(events))
+    kept = {practice_ids[files[0]], practice_ids[files[1]]}
+    wait_until(
+        lambda: (
+            kept <= {e["practiceid"] for e in read_events(events)[count_before:]}
+            and {e["type"] for e in read_events(events)} >= EVENT_TYPES
+        ),
+        20,
+        "events of every type, and new events from the practices still running",
+    )
+
+    assert up.stop() == 0
+    assert "stopped cleanly" in "\n".join(up.err)
+    assert port_closed(sim_url), "the simulator must not outlive pmsctl up"
+
+    evs = read_events(events)
+    ids = [e["id"] for e in evs]
+    assert len(ids) == len(set(ids)), "the same change was emitted twice"
+    assert {e["type"] for e in evs} >= EVENT_TYPES
+
+
+def test_second_run_resumes_from_saved_cursors(
+    tmp_path: Path, run_up: Callable[..., UpProcess]
+) -> None:
+    names = fast_copy(tmp_path / "practices")
+    events = tmp_path / ".pmsctl" / "events.jsonl"
+
+    first = run_up("practices", "--tick-seconds", "1")
+    first.wait_ready(list(names.values()), timeout=30)
+    wait_until(lambda: len(read_events(events)) > 0, 15, "the first run's events")
+    assert first.stop() == 0
+    before = read_events(events)
+    seen = {e["id"] for e in before}
+
+    second = run_up("practices", "--tick-seconds", "1")
+    second.wait_ready(list(names.values()), timeout=30)
+    wait_until(lambda: len(read_events(events)) > len(before), 15, "the second run's new events")
+    assert second.stop() == 0
+
+    again = [e for e in read_events(events)[len(before) :] if e["id"] in seen]
+    assert again == [], f"{len(again)} events of the first run were emitted again"
+
+
+def test_once_exits_zero_when_all_ready_and_one_with_an_invalid_file(
+    tmp_path: Path, run_up: Callable[..., UpProcess]
+) -> None:
+    names = fast_copy(tmp_path / "practices")
+    ok = run_up("--once", "practices")
+    assert ok.proc.wait(timeout=40) == 0, "\n".join(ok.out + ok.err)
+    assert ok.out[0].split()[:5] == ["PRACTICE", "PMS", "PROVIDER", "READY", "REASON"]
+    for name in names.values():
+        assert any(ln.startswith(name + " ") and " True " in ln for ln in ok.out), ok.out
+
+    bad = tmp_path / "practices" / "zz-bad.yaml"
+    bad.write_text(
+        "apiVersion: writeback.dental.dev/v1alpha1\nkind: PracticeWriteback\nmetadata: {name: x}\nspec: {}\n"
+    )
+    failed = run_up("--once", "practices")
+    assert failed.proc.wait(timeout=40) == 1
+    assert any("practices/zz-bad.yaml:" in ln for ln in failed.out), failed.out
