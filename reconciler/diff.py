@@ -597,7 +597,13 @@ def render_markdown(report: DiffReport, *, limit: int = MARKDOWN_LIMIT) -> str:
         out.append(f"| {kind.value} | {count} |")
     out.append("")
     if report.risky:
-        out.append(f"**:warning: {len(report.risky)} risky**")
+        risky = report.risky
+        word = "practice" if len(risky) == 1 else "practices"
+        out.append(f"**:warning: {len(risky)} risky {word}**")
+        out.append("")
+        shown = [f"`{names[p.key]}` ({', '.join(r.value for r in p.risks)})" for p in risky[:20]]
+        more = f" and {len(risky) - 20} more" if len(risky) > 20 else ""
+        out.append(", ".join(shown) + more)
         out.append("")
         out += ["| Risk | Practices |", "|---|---:|"]
         out += [f"| :warning: {r.value} | {n} |" for r, n in report.risk_counts.items()]
