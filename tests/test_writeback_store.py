@@ -1,0 +1,126 @@
+"""The writeback queue file: group commit, idempotent intake, state changes, reopening.
+
+Real: SQLite files in a temporary directory, the writer thread, the asyncio loop. Nothing faked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from reconciler.writeback import store as ops
+from reconciler.writeback.errors import StoreError
+from reconciler.writeback.model import Status, parse_request
+from reconciler.writeback.store import Store
+
+
+def request(caller: str, practice: str = "p1", text: str = "hi", patient: str = "7"):  # type: ignore[no-untyped-def]
+    return parse_request(
+        practice,
+        {"callerId": caller, "type": "outgoingSms", "patientId": patient,
+         "occurredAt": "2026-11-26T09:15:00Z", "text": text},
+    )  # fmt: skip
+
+
+async def test_concurrent_inserts_share_commits_and_all_land_in_arrival_order(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "q.db")
+    store.open()
+    try:
+        results = await asyncio.gather(
+            *(store.run(lambda c, i=i: ops.insert(c, request(f"c{i}"), status=Status.PENDING, now=1.0))
+              for i in range(300))
+        )  # fmt: skip
+        assert all(created for _, created in results)
+        assert store.commits < 300  # group commit: many requests per fsync
+        head = store.read(lambda c: ops.open_head(c, "p1", 1000))
+        assert [r.request.caller_id for r in head] == [f"c{i}" for i in range(300)]
+    finally:
+        store.close()
+
+
+async def test_a_replayed_caller_id_returns_the_stored_record_and_adds_no_row(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "q.db")
+    store.open()
+    try:
+        first, created = await store.run(
+            lambda c: ops.insert(c, request("same"), status=Status.PENDING, now=1.0)
+        )
+        again, created_again = await store.run(
+            lambda c: ops.insert(c, request("same", text="other"), status=Status.SKIPPED, now=2.0)
+        )
+        assert created and not created_again
+        assert again.id == first.id and again.status is Status.PENDING
+        assert again.fingerprint != request("same", text="other").fingerprint()
+        assert store.read(lambda c: ops.counts(c, "p1")) == {
+            "sent": 0, "skipped": 0, "pending": 1, "failed": 0,
+        }  # fmt: skip
+    finally:
+        store.close()
+
+
+async def test_one_failing_op_does_not_undo_the_others_in_its_batch(tmp_path: Path) -> None:
+    store = Store(tmp_path / "q.db")
+    store.open()
+    try:
+
+        def boom(conn: sqlite3.Connection) -> None:
+            ops.insert(conn, request("bad"), status=Status.PENDING, now=1.0)
+            raise RuntimeError("no")
+
+        outcomes = await asyncio.gather(
+            store.run(lambda c: ops.insert(c, request("a"), status=Status.PENDING, now=1.0)),
+            store.run(boom),
+            store.run(lambda c: ops.insert(c, request("b"), status=Status.PENDING, now=1.0)),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[1], RuntimeError)
+        ids = [r.request.caller_id for r in store.read(lambda c: ops.list_records(c))]
+        assert ids == ["a", "b"]
+    finally:
+        store.close()
+
+
+async def test_records_move_through_sending_sent_failed_and_retry(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    store = Store(path)
+    store.open()
+    a = request("a")
+    b = request("b")
+    await store.run(lambda c: ops.insert(c, a, status=Status.PENDING, now=1.0))
+    await store.run(lambda c: ops.insert(c, b, status=Status.PENDING, now=1.0))
+    assert await store.run(lambda c: ops.mark_sending(c, a.id, now=2.0)) == 1
+    assert await store.run(lambda c: ops.mark_sending(c, a.id, now=2.0)) == 2
+    assert await store.run(lambda c: ops.mark_sent(c, a.id, "900", now=3.0))
+    await store.run(lambda c: ops.mark_failed(c, b.id, "PmsRejected", "HTTP 400", now=3.0))
+    assert await store.run(lambda c: ops.mark_sending(c, a.id, now=4.0)) == 0  # sent stays sent
+    store.close()
+
+    # Reopened: everything is still there.
+    store = Store(path)
+    store.open()
+    try:
+        sent = store.read(lambda c: ops.get(c, a.id))
+        assert sent is not None and sent.status is Status.SENT and sent.pms_id == "900"
+        assert sent.attempts == 2
+        failed = store.read(lambda c: ops.list_records(c, statuses=["failed"]))
+        assert [f.message for f in failed] == ["HTTP 400"]
+        back = await store.run(lambda c: ops.retry(c, b.id, now=5.0))
+        assert back is not None and back.status is Status.PENDING and back.attempts == 0
+        assert await store.run(lambda c: ops.retry(c, a.id, now=5.0)) is None  # not failed
+        assert store.read(lambda c: ops.practices_with_open(c)) == ["p1"]
+    finally:
+        store.close()
+
+
+def test_a_queue_file_that_cannot_be_created_is_named_in_the_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError, match=r"file/q\.db: cannot open the writeback queue"):
+        ops.connect(blocker / "q.db")
