@@ -1,0 +1,638 @@
+"""The engine both adapters share: the operator (`reconciler.operator`) and `pmsctl up`.
+
+The engine holds every practice it was given: its spec, its PMS client and driver (one
+`httpx.AsyncClient` per practice whose transport carries the practice's token bucket, shared by
+reconcile, pollers and writebacks), what the PMS last reported, and its status. It owns one
+`Scheduler` for all pollers plus one drift re-check per practice, the event sink and the cursor
+store (it closes them in `stop()`).
+
+    engine = Engine(sink=JsonlSink("events.jsonl"), store=SqliteCursorStore("state.db"),
+                    secrets=my_secret_source, on_status=patch_status)
+    await engine.start()
+    status = await engine.apply("clinics/acme", PracticeSpec.from_resource(body), generation=3)
+    ...
+    await engine.remove("clinics/acme")
+    await engine.stop()
+
+A reconcile (`apply`, a drift re-check every `drift_interval`, a Secret change via `refresh`):
+read the credentials (`SecretSource`, or `connection_override`), (re)build the client when the
+URL or credentials changed, ask the PMS for its version, providers, note types and document
+categories, let `reconciler.core.decide` compute pollers and status, then start, reschedule or
+stop pollers to match. PMS errors never escape `apply`: they become conditions (`last_error(key)`
+keeps the exception for adapters that want to retry, e.g. as `kopf.TemporaryError`).
+
+Pollers read changes since their cursor, publish them to the sink as CloudEvents and save the
+cursor only after the sink accepted them. A poll that fails with a PMS error flips PMSReachable;
+the first success after that triggers a reconcile so every condition recovers.
+
+`on_status(key, status, transitions)` is called promptly when a condition changes (and after every
+`apply`), and at most every `status_interval` seconds for poller counters alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from pms_drivers.base import (
+    Credentials,
+    DocumentCategory,
+    NoteType,
+    PmsDriver,
+    Provider,
+)
+from pms_drivers.errors import (
+    PmsAuthError,
+    PmsError,
+    RateLimitedError,
+    TemporaryPmsError,
+)
+from pms_drivers.registry import create_driver
+from pms_drivers.retry import RetryPolicy, with_retry
+from pms_drivers.transport import new_client
+from reconciler import metrics
+from reconciler.core import (
+    PMS_LABEL,
+    Condition,
+    Decision,
+    Observed,
+    PollerState,
+    PracticeStatus,
+    ReachError,
+    ReachFailure,
+    Transition,
+    decide,
+)
+from reconciler.scheduler import Scheduler
+from reconciler.sink import (
+    CloudEvent,
+    EventSink,
+    appointment_event,
+    appointment_status_event,
+    patient_event,
+)
+from reconciler.spec import PracticeSpec, SyncKind
+from reconciler.store import CursorStore
+from reconciler.writeback.target import WritebackTarget
+
+log = logging.getLogger(__name__)
+
+#: The scheduler kind of the per-practice drift re-check (not a sync kind).
+DRIFT = "drift"
+
+
+class EngineError(Exception):
+    """Base of the engine's own errors (PMS errors are `pms_drivers.errors.PmsError`)."""
+
+
+class SecretNotFoundError(EngineError):
+    """The practice's credentials Secret does not exist (or cannot be read)."""
+
+
+class SecretSource(Protocol):
+    """Where credentials come from: Kubernetes Secrets (operator) or local files (`pmsctl up`)."""
+
+    async def get(self, key: str, secret_name: str) -> Credentials:
+        """The credentials in `secret_name` for practice `key` ("namespace/name");
+        raises SecretNotFoundError when there is no such Secret."""
+        ...
+
+
+#: Called with (key, status, transitions); transitions are empty for counter-only updates.
+StatusListener = Callable[[str, PracticeStatus, Sequence[Transition]], Awaitable[None]]
+ConnectionOverride = Callable[[PracticeSpec], "tuple[str, Credentials] | None"]
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Engine-wide knobs; every default is what the operator runs with."""
+
+    #: Seconds between PMS re-checks of each practice (renamed note types, inactive providers).
+    drift_interval: float = 300.0
+    #: Seconds between status updates that only carry poller counters.
+    status_interval: float = 10.0
+    #: Per-practice request budget shared by reconcile, pollers and writebacks.
+    rate_per_second: float = 5.0
+    burst: int = 10
+    #: Retries of reconcile calls (pollers do not retry: their next period is the retry).
+    retry_policy: RetryPolicy = field(
+        default_factory=lambda: RetryPolicy(max_attempts=3, base_delay=0.5, max_delay=5.0)
+    )
+    #: Polls in flight at once, across all practices.
+    poll_workers: int = 64
+    #: First poll of a new poller waits U(0, first_poll_jitter * interval) seconds (max_jitter cap).
+    first_poll_jitter: float = 1.0
+    jitter: float = 0.1
+    max_jitter: float = 30.0
+    max_backoff: float = 300.0
+    #: Poll failures in a row before PollersRunning turns False.
+    failure_threshold: int = 3
+
+
+@dataclass
+class _Practice:
+    key: str
+    spec: PracticeSpec
+    generation: int = 1
+    token: str | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    publish_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    connection: tuple[str, Credentials] | None = None
+    client_timeout: int | None = None
+    client: Any = None  # httpx.AsyncClient, kept opaque: httpx stays in drivers and the sink
+    driver: PmsDriver | None = None
+    providers: Sequence[Provider] | None = None
+    note_types: Sequence[NoteType] | None = None
+    document_categories: Sequence[DocumentCategory] | None = None
+    pms_version: str | None = None
+    checked_at: datetime | None = None
+    reach_error: ReachError | None = None
+    reconcile_error: str | None = None
+    last_error: BaseException | None = None
+    previous_conditions: Sequence[Condition] = ()
+    writebacks: dict[str, int] = field(default_factory=dict)
+    decision: Decision | None = None
+    dirty: bool = False
+    recovering: bool = False
+    removed: bool = False
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _classify(exc: BaseException) -> ReachError:
+    msg = str(exc)
+    if isinstance(exc, SecretNotFoundError):
+        return ReachError(ReachFailure.SECRET_NOT_FOUND, msg)
+    if isinstance(exc, PmsAuthError):
+        if exc.operation == "configure":
+            return ReachError(ReachFailure.SECRET_INCOMPLETE, msg)
+        return ReachError(ReachFailure.AUTH, f"{msg}; fix the credentials in the practice's Secret")
+    if isinstance(exc, RateLimitedError):
+        return ReachError(ReachFailure.RATE_LIMITED, msg)
+    if isinstance(exc, TemporaryPmsError):
+        return ReachError(ReachFailure.UNREACHABLE, msg)
+    return ReachError(ReachFailure.PMS_ERROR, msg)
+
+
+class Engine:
+    """Reconciles practices against their PMS and runs their pollers (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        sink: EventSink,
+        store: CursorStore,
+        secrets: SecretSource,
+        settings: EngineSettings | None = None,
+        on_status: StatusListener | None = None,
+        connection_override: ConnectionOverride | None = None,
+    ) -> None:
+        self.settings = settings or EngineSettings()
+        self._sink = sink
+        self._store = store
+        self._secrets = secrets
+        self._on_status = on_status
+        self._override = connection_override
+        self._practices: dict[str, _Practice] = {}
+        self._by_practice_id: dict[str, str] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._flusher: asyncio.Task[None] | None = None
+        s = self.settings
+        self.scheduler = Scheduler(
+            workers=s.poll_workers,
+            jitter=s.jitter,
+            first_jitter=s.first_poll_jitter,
+            max_jitter=s.max_jitter,
+            max_backoff=s.max_backoff,
+            on_result=self._on_poll_result,
+            on_lag=lambda kind, lag: metrics.POLL_LAG.labels(kind).observe(lag),
+        )
+
+    # ----- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the scheduler and the throttled status writer."""
+        await self.scheduler.start()
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_loop(), name="pmsctl-status")
+
+    async def stop(self) -> None:
+        """Stop every poller, write the last statuses, close clients, the sink and the store."""
+        await self.scheduler.close()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        for p in list(self._practices.values()):
+            if p.dirty and not p.removed:
+                with contextlib.suppress(Exception):
+                    await self._publish(p, self._decide(p), force=True)
+            await self._close_client(p)
+        await self._sink.close()
+        self._store.close()
+        metrics.PRACTICES.set(0)
+        for kind in SyncKind:
+            metrics.POLLERS_RUNNING.labels(str(kind)).set(0)
+
+    # ----- the API the adapters call ---------------------------------------------------------
+
+    async def apply(
+        self,
+        key: str,
+        spec: PracticeSpec,
+        *,
+        generation: int = 1,
+        reconcile_token: str | None = None,
+        previous_status: Mapping[str, Any] | None = None,
+    ) -> PracticeStatus:
+        """Reconcile `key` now against `spec`; returns the new status (never raises PmsError).
+
+        `previous_status` (the resource's current `status`, optional) keeps lastTransitionTime
+        across operator restarts.
+        """
+        p = self._practices.get(key)
+        if p is None:
+            p = _Practice(key=key, spec=spec)
+            if previous_status:
+                p.previous_conditions = tuple(
+                    Condition.from_dict(c) for c in previous_status.get("conditions") or ()
+                )
+                p.token = previous_status.get("lastHandledReconcileAt")
+            self._practices[key] = p
+            metrics.PRACTICES.set(len(self._practices))
+        async with p.lock:
+            p.removed = False
+            old_id = p.spec.practice_id
+            if self._by_practice_id.get(old_id) == key and old_id != spec.practice_id:
+                del self._by_practice_id[old_id]
+            p.spec = spec
+            p.generation = generation
+            if reconcile_token is not None:
+                p.token = reconcile_token
+            self._by_practice_id[spec.practice_id] = key
+            await self._reconcile(p)
+            assert p.decision is not None
+            return p.decision.status
+
+    async def refresh(self, key: str) -> PracticeStatus | None:
+        """Reconcile `key` again with its current spec (after its Secret changed, say)."""
+        p = self._practices.get(key)
+        if p is None:
+            return None
+        async with p.lock:
+            if p.removed:
+                return None
+            await self._reconcile(p)
+            return p.decision.status if p.decision else None
+
+    async def remove(self, key: str) -> None:
+        """Forget `key`: stop its pollers and drift check, close its client (cursors are kept)."""
+        p = self._practices.get(key)
+        if p is None:
+            return
+        async with p.lock:
+            p.removed = True
+            await self.scheduler.stop_practice(key)
+            await self._close_client(p)
+            self._practices.pop(key, None)
+            if self._by_practice_id.get(p.spec.practice_id) == key:
+                del self._by_practice_id[p.spec.practice_id]
+        metrics.PRACTICES.set(len(self._practices))
+        self._count_pollers()
+
+    def status(self, key: str) -> PracticeStatus | None:
+        """The latest status of `key` (None when unknown)."""
+        p = self._practices.get(key)
+        return p.decision.status if p is not None and p.decision is not None else None
+
+    def keys(self) -> list[str]:
+        """Every practice key the engine holds, sorted."""
+        return sorted(self._practices)
+
+    def spec(self, key: str) -> PracticeSpec | None:
+        p = self._practices.get(key)
+        return p.spec if p is not None else None
+
+    def last_error(self, key: str) -> BaseException | None:
+        """The error that made the last reconcile of `key` fail (None when it succeeded)."""
+        p = self._practices.get(key)
+        return p.last_error if p is not None else None
+
+    def keys_using_secret(self, namespace: str, secret_name: str) -> list[str]:
+        """Practices in `namespace` whose spec references `secret_name`."""
+        return sorted(
+            k
+            for k, p in self._practices.items()
+            if k.split("/", 1)[0] == namespace and p.spec.pms.credentials_secret == secret_name
+        )
+
+    def record_writebacks(self, practice_id: str, counts: Mapping[str, int]) -> None:
+        """Let the writeback path report its counters (sent, skipped, pending, failed)."""
+        key = self._by_practice_id.get(practice_id)
+        p = self._practices.get(key) if key else None
+        if p is not None and dict(counts) != p.writebacks:
+            p.writebacks = dict(counts)
+            p.dirty = True
+
+    def target(self, practice_id: str) -> WritebackTarget | None:
+        """What the writeback path needs for `practice_id` right now (PracticeDirectory)."""
+        key = self._by_practice_id.get(practice_id)
+        p = self._practices.get(key) if key else None
+        if p is None or p.decision is None:
+            return None
+        d = p.decision
+        return WritebackTarget(
+            key=p.key,
+            spec=p.spec,
+            provider_id=d.provider_id,
+            note_type_ids=dict(d.note_type_ids),
+            document_category_ids=dict(d.document_category_ids),
+            driver=p.driver,
+        )
+
+    # ----- reconcile -------------------------------------------------------------------------
+
+    async def _connection(self, p: _Practice) -> tuple[str, Credentials]:
+        if self._override is not None:
+            conn = self._override(p.spec)
+            if conn is not None:
+                return conn
+        creds = await self._secrets.get(p.key, p.spec.pms.credentials_secret)
+        return p.spec.pms.url, creds
+
+    async def _reconcile(self, p: _Practice) -> None:
+        """One reconcile of `p` (caller holds p.lock)."""
+        spec = p.spec
+        p.last_error = None
+        try:
+            conn = await self._connection(p)
+            if (
+                conn != p.connection
+                or p.driver is None
+                or p.client_timeout != spec.pms.timeout_seconds
+            ):
+                await self._close_client(p)
+                url, creds = conn
+                client = new_client(
+                    url,
+                    timeout=float(spec.pms.timeout_seconds),
+                    rate_per_second=self.settings.rate_per_second,
+                    burst=self.settings.burst,
+                )
+                try:
+                    p.driver = create_driver(spec.pms.type, client, url, creds)
+                except BaseException:
+                    await client.aclose()
+                    raise
+                p.client, p.connection, p.client_timeout = client, conn, spec.pms.timeout_seconds
+            if not spec.suspend:
+                await self._check_pms(p)
+            p.reach_error = None
+            p.reconcile_error = None
+        except (PmsError, SecretNotFoundError) as exc:
+            p.last_error = exc
+            p.reach_error = _classify(exc)
+            p.reconcile_error = p.reach_error.message
+            if isinstance(exc, SecretNotFoundError) or (
+                isinstance(exc, PmsAuthError) and exc.operation == "configure"
+            ):
+                await self._close_client(p)
+        except ValueError as exc:  # e.g. an unknown PMS type: the spec needs a fix
+            p.last_error = exc
+            p.reach_error = ReachError(ReachFailure.PMS_ERROR, str(exc))
+            p.reconcile_error = str(exc)
+        metrics.RECONCILES.labels("error" if p.last_error else "ok").inc()
+        decision = self._decide(p)
+        await self._apply_pollers(p, decision)
+        await self._publish(p, self._decide(p), force=True)
+
+    async def _check_pms(self, p: _Practice) -> None:
+        driver = p.driver
+        assert driver is not None
+        pms = PMS_LABEL[p.spec.pms.type]
+
+        async def call(operation: str, fn: Callable[[], Awaitable[Any]]) -> Any:
+            try:
+                result = await with_retry(fn, policy=self.settings.retry_policy)
+            except PmsError as exc:
+                metrics.PMS_CALLS.labels(pms, operation, type(exc).__name__).inc()
+                raise
+            metrics.PMS_CALLS.labels(pms, operation, "ok").inc()
+            return result
+
+        info = await call("server_info", driver.server_info)
+        providers = await call("list_providers", driver.list_providers)
+        note_types = await call("list_note_types", driver.list_note_types)
+        categories = await call("list_document_categories", driver.list_document_categories)
+        p.pms_version = info.version
+        p.providers = tuple(providers)
+        p.note_types = tuple(note_types)
+        p.document_categories = tuple(categories)
+        p.checked_at = _now()
+
+    def _decide(self, p: _Practice) -> Decision:
+        conditions = p.decision.status.conditions if p.decision else p.previous_conditions
+        pollers: dict[SyncKind, PollerState] = {}
+        for kind in SyncKind:
+            state = self.scheduler.state(p.key, str(kind))
+            if state is not None:
+                pollers[kind] = state
+        return decide(
+            p.spec,
+            Observed(
+                now=_now(),
+                generation=p.generation,
+                reach_error=p.reach_error,
+                reconcile_error=p.reconcile_error,
+                pms_version=p.pms_version,
+                checked_at=p.checked_at,
+                providers=p.providers,
+                note_types=p.note_types,
+                document_categories=p.document_categories,
+                pollers=pollers,
+                previous_conditions=conditions,
+                reconcile_token=p.token,
+                writebacks=p.writebacks,
+                failure_threshold=self.settings.failure_threshold,
+            ),
+        )
+
+    async def _apply_pollers(self, p: _Practice, decision: Decision) -> None:
+        key = p.key
+        wanted = {str(k): v for k, v in decision.pollers.items()}
+        if p.driver is None:
+            wanted = {}
+        for kind in self.scheduler.kinds(key):
+            if kind != DRIFT and kind not in wanted:
+                await self.scheduler.stop(key, kind)
+        for kind, interval in wanted.items():
+            self.scheduler.ensure(key, kind, interval, self._poll_fn(p, SyncKind(kind)))
+        if p.spec.suspend:
+            await self.scheduler.stop(key, DRIFT)
+        else:
+            self.scheduler.ensure(key, DRIFT, self.settings.drift_interval, self._drift_fn(p))
+        self._count_pollers()
+
+    def _count_pollers(self) -> None:
+        counts = {str(k): 0 for k in SyncKind}
+        for k in self._practices:
+            for kind in self.scheduler.kinds(k):
+                if kind in counts:
+                    counts[kind] += 1
+        for kind, n in counts.items():
+            metrics.POLLERS_RUNNING.labels(kind).set(n)
+
+    def _drift_fn(self, p: _Practice) -> Callable[[], Awaitable[int]]:
+        async def drift() -> int:
+            async with p.lock:
+                if not p.removed:
+                    await self._reconcile(p)
+            return 0
+
+        return drift
+
+    async def _close_client(self, p: _Practice) -> None:
+        client, p.client, p.driver, p.connection = p.client, None, None, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+    # ----- pollers ---------------------------------------------------------------------------
+
+    def _poll_fn(self, p: _Practice, kind: SyncKind) -> Callable[[], Awaitable[int]]:
+        async def poll() -> int:
+            return await self._poll(p, kind)
+
+        return poll
+
+    async def _poll(self, p: _Practice, kind: SyncKind) -> int:
+        driver = p.driver
+        if driver is None:
+            raise EngineError(f"{p.key}: no PMS client (the last reconcile failed)")
+        spec = p.spec
+        pms = PMS_LABEL[spec.pms.type]
+        cursor = self._store.get(p.key, str(kind))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        events: list[CloudEvent]
+        try:
+            if kind == SyncKind.APPOINTMENT_STATUS:
+                op = "appointment_status_since"
+                sp = await driver.appointment_status_since(cursor)
+                events = [appointment_status_event(spec.practice_id, pms, r) for r in sp.records]
+                next_cursor = sp.cursor
+            elif kind == SyncKind.APPOINTMENTS:
+                op = "appointments_since"
+                ap = await driver.appointments_since(cursor)
+                events = [appointment_event(spec.practice_id, pms, r) for r in ap.records]
+                next_cursor = ap.cursor
+            else:
+                op = "patients_since"
+                photos = spec.patient_profile_photos
+                pp = await driver.patients_since(cursor, photos=photos)
+                events = [
+                    patient_event(spec.practice_id, pms, r, photos=photos) for r in pp.records
+                ]
+                next_cursor = pp.cursor
+        except PmsError as exc:
+            metrics.PMS_CALLS.labels(pms, str(kind), type(exc).__name__).inc()
+            raise
+        metrics.PMS_CALLS.labels(pms, op, "ok").inc()
+        if events:
+            await self._sink.publish(events)
+            metrics.EVENTS_EMITTED.labels(str(kind)).inc(len(events))
+        # Only now, with the events accepted, does the cursor move.
+        if next_cursor and next_cursor != cursor:
+            self._store.put(p.key, str(kind), next_cursor)
+        metrics.POLL_DURATION.labels(str(kind)).observe(loop.time() - started)
+        return len(events)
+
+    def _on_poll_result(
+        self, key: str, kind: str, state: PollerState, error: BaseException | None
+    ) -> None:
+        p = self._practices.get(key)
+        if p is None or p.removed or kind == DRIFT:
+            return
+        if isinstance(error, PmsError):
+            reach = _classify(error)
+            if (
+                reach != p.reach_error
+                or state.consecutive_failures == self.settings.failure_threshold
+            ):
+                p.reach_error = reach
+                self._spawn(self._recompute(p))
+            else:
+                p.dirty = True
+        elif error is None and p.reach_error is not None and not p.recovering:
+            # The PMS answers again: reconcile fully so every condition recovers together.
+            p.recovering = True
+            self._spawn(self._recover(p))
+        elif error is not None and state.consecutive_failures == self.settings.failure_threshold:
+            self._spawn(self._recompute(p))
+        else:
+            p.dirty = True
+
+    async def _recompute(self, p: _Practice) -> None:
+        if not p.removed:
+            await self._publish(p, self._decide(p))
+
+    async def _recover(self, p: _Practice) -> None:
+        try:
+            async with p.lock:
+                if not p.removed:
+                    await self._reconcile(p)
+        finally:
+            p.recovering = False
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ----- status ----------------------------------------------------------------------------
+
+    async def _publish(self, p: _Practice, decision: Decision, *, force: bool = False) -> None:
+        p.decision = decision
+        if not (force or decision.transitions):
+            p.dirty = True
+            return
+        p.dirty = False
+        for t in decision.transitions:
+            log.info(
+                "%s: %s %s -> %s (%s): %s",
+                p.key,
+                t.type,
+                t.old_status,
+                t.new_status,
+                t.reason,
+                t.message,
+            )
+        if self._on_status is None:
+            return
+        async with p.publish_lock:
+            # Always hand over the newest status: an older one may have waited on the lock.
+            latest = p.decision.status if p.decision else decision.status
+            try:
+                await self._on_status(p.key, latest, decision.transitions)
+            except Exception:
+                log.exception("%s: the status listener failed", p.key)
+                p.dirty = True
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.status_interval)
+            for p in list(self._practices.values()):
+                if p.dirty and not p.removed:
+                    await self._publish(p, self._decide(p), force=True)

@@ -1,0 +1,42 @@
+"""Prometheus metrics of the engine (shared by the operator and the local mode).
+
+    pmsctl_reconciles_total{result}                 reconciles by result (ok, error)
+    pmsctl_pms_calls_total{pms, operation, status}  PMS calls by operation and outcome
+                                                    (ok, or the error class: TemporaryPmsError, ...)
+    pmsctl_poll_lag_seconds{kind}                   how late a poll started versus its due time
+    pmsctl_poll_duration_seconds{kind}              how long a poll took (read + publish + cursor)
+    pmsctl_events_emitted_total{kind}               CloudEvents accepted by the sink
+    pmsctl_pollers_running{kind}                    pollers scheduled right now
+    pmsctl_practices                                practices the engine holds
+
+The metric objects live in the default registry (one set per process); `serve(port)` exposes them.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+RECONCILES = Counter("pmsctl_reconciles_total", "Reconciles by result.", ["result"])
+PMS_CALLS = Counter(
+    "pmsctl_pms_calls_total", "PMS calls by operation and outcome.", ["pms", "operation", "status"]
+)
+POLL_LAG = Histogram(
+    "pmsctl_poll_lag_seconds",
+    "Seconds a poll started after it was due.",
+    ["kind"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+POLL_DURATION = Histogram(
+    "pmsctl_poll_duration_seconds",
+    "Seconds one poll took.",
+    ["kind"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+EVENTS_EMITTED = Counter("pmsctl_events_emitted_total", "Events accepted by the sink.", ["kind"])
+POLLERS_RUNNING = Gauge("pmsctl_pollers_running", "Pollers scheduled right now.", ["kind"])
+PRACTICES = Gauge("pmsctl_practices", "Practices the engine holds.")
+
+
+def serve(port: int, addr: str = "0.0.0.0") -> None:
+    """Expose /metrics on `port` (a daemon thread; returns at once)."""
+    start_http_server(port, addr=addr)

@@ -1,0 +1,268 @@
+"""One poller scheduler for the whole process, shared by the operator and the local mode.
+
+Exactly one poller exists per (practice key, kind). A single dispatcher task keeps every poller's
+next due time in a heap and hands due pollers to a bounded pool of runs (`workers` at a time), so
+10,000 practices x 3 kinds cost one heap entry each instead of 30,000 sleeping tasks
+(`bench/bench_scale.py --mode tasks` measures the difference).
+
+Timing rules:
+- The first run of a new poller is delayed by a random fraction of its interval (`first_jitter`,
+  capped at `max_jitter` seconds) so pollers created together do not fire together.
+- After a success the next start is `start + interval + U(0, jitter * interval)` (capped at
+  `max_jitter`): starts are never closer than the interval, and periods drift apart.
+- After a failure the delay is `interval * 2**(failures-1)` capped at `max(interval, max_backoff)`,
+  and never less than the error's `retry_after` (when it carries one) nor the interval itself.
+- `ensure()` with a new interval reschedules the same poller (no second poller): the next start
+  becomes `last start + new interval` (or now, if that is already past).
+- A poller never runs twice at once; `stop()` cancels an in-flight run and waits for it.
+
+The clock is `loop.time()`; wall-clock times (for status) come from `time.time()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from reconciler.core import PollerState
+
+log = logging.getLogger(__name__)
+
+#: A poll: returns how many events it emitted; raises to report a failure.
+PollFn = Callable[[], Awaitable[int]]
+#: Called after every run with (key, kind, state, error or None).
+ResultListener = Callable[[str, str, PollerState, BaseException | None], None]
+
+
+@dataclass
+class _Poller:
+    key: str
+    kind: str
+    interval: float
+    poll_fn: PollFn
+    version: int = 0
+    due: float = 0.0
+    last_start: float | None = None
+    last_success: datetime | None = None
+    last_error: str | None = None
+    consecutive_failures: int = 0
+    events_emitted: int = 0
+    runs: int = 0
+    task: asyncio.Task[None] | None = None
+    stopped: bool = False
+
+    def state(self) -> PollerState:
+        return PollerState(
+            interval_seconds=self.interval,
+            running=not self.stopped,
+            last_success=self.last_success,
+            last_error=self.last_error,
+            consecutive_failures=self.consecutive_failures,
+            events_emitted=self.events_emitted,
+        )
+
+
+@dataclass
+class SchedulerStats:
+    """Counters for metrics and the benchmark; `lags` holds the recent schedule lags (seconds)."""
+
+    runs: int = 0
+    failures: int = 0
+    lags: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
+
+
+class Scheduler:
+    """Heap-driven scheduler of periodic async polls with a bounded number in flight."""
+
+    def __init__(
+        self,
+        *,
+        workers: int = 64,
+        jitter: float = 0.1,
+        first_jitter: float = 1.0,
+        max_jitter: float = 30.0,
+        max_backoff: float = 300.0,
+        on_result: ResultListener | None = None,
+        on_lag: Callable[[str, float], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._workers = asyncio.Semaphore(workers) if workers > 0 else None
+        self._jitter = jitter
+        self._first_jitter = first_jitter
+        self._max_jitter = max_jitter
+        self._max_backoff = max_backoff
+        self._on_result = on_result
+        self._on_lag = on_lag
+        self._rng = rng or random.Random()
+        self._pollers: dict[tuple[str, str], _Poller] = {}
+        self._heap: list[tuple[float, int, str, str, int]] = []
+        self._seq = 0
+        self._wake = asyncio.Event()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self.stats = SchedulerStats()
+
+    # ----- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the dispatcher (idempotent)."""
+        if self._dispatcher is None or self._dispatcher.done():
+            self._dispatcher = asyncio.create_task(self._dispatch(), name="pmsctl-scheduler")
+
+    async def close(self) -> None:
+        """Stop every poller (cancelling in-flight runs) and the dispatcher."""
+        for key, kind in list(self._pollers):
+            await self.stop(key, kind)
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+            self._dispatcher = None
+
+    # ----- pollers ---------------------------------------------------------------------------
+
+    def ensure(self, key: str, kind: str, interval: float, poll_fn: PollFn) -> None:
+        """Make sure exactly one poller runs `poll_fn` every `interval` seconds for (key, kind)."""
+        loop_now = asyncio.get_running_loop().time()
+        p = self._pollers.get((key, kind))
+        if p is None:
+            p = _Poller(key=key, kind=kind, interval=interval, poll_fn=poll_fn)
+            self._pollers[(key, kind)] = p
+            spread = min(interval * self._first_jitter, self._max_jitter)
+            self._push(p, loop_now + self._rng.uniform(0, spread))
+            return
+        p.poll_fn = poll_fn
+        if p.interval != interval:
+            p.interval = interval
+            base = p.last_start if p.last_start is not None else loop_now
+            if p.task is None:  # an in-flight run reschedules itself when it finishes
+                self._push(p, max(loop_now, base + interval))
+
+    async def stop(self, key: str, kind: str) -> None:
+        """Stop the poller for (key, kind), cancelling a run in flight; no-op when absent."""
+        p = self._pollers.pop((key, kind), None)
+        if p is None:
+            return
+        p.stopped = True
+        p.version += 1
+        if p.task is not None and not p.task.done():
+            p.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await p.task
+
+    async def stop_practice(self, key: str) -> None:
+        """Stop every poller of one practice."""
+        for k, kind in [pk for pk in self._pollers if pk[0] == key]:
+            await self.stop(k, kind)
+
+    def kinds(self, key: str) -> dict[str, float]:
+        """The kinds that have a poller for `key`, with their intervals."""
+        return {kind: p.interval for (k, kind), p in self._pollers.items() if k == key}
+
+    def state(self, key: str, kind: str) -> PollerState | None:
+        p = self._pollers.get((key, kind))
+        return p.state() if p is not None else None
+
+    def __len__(self) -> int:
+        return len(self._pollers)
+
+    def in_flight(self) -> int:
+        return sum(1 for p in self._pollers.values() if p.task is not None)
+
+    # ----- internals -------------------------------------------------------------------------
+
+    def _push(self, p: _Poller, due: float) -> None:
+        p.version += 1
+        p.due = due
+        self._seq += 1
+        heapq.heappush(self._heap, (due, self._seq, p.key, p.kind, p.version))
+        if self._heap[0][1] == self._seq:
+            self._wake.set()
+
+    async def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._heap:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            due, _, key, kind, version = self._heap[0]
+            delay = due - loop.time()
+            if delay > 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                continue
+            heapq.heappop(self._heap)
+            p = self._pollers.get((key, kind))
+            if p is None or p.version != version or p.task is not None:
+                continue  # stale entry: rescheduled, stopped, or still running
+            if self._workers is not None:
+                await self._workers.acquire()
+                if p.stopped or p.version != version:
+                    self._workers.release()
+                    continue
+            lag = loop.time() - due
+            self.stats.lags.append(lag)
+            if self._on_lag is not None:
+                self._on_lag(kind, lag)
+            p.task = asyncio.create_task(self._run(p), name=f"poll {key} {kind}")
+
+    async def _run(self, p: _Poller) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        p.last_start = start
+        error: BaseException | None = None
+        try:
+            emitted = await p.poll_fn()
+        except asyncio.CancelledError:
+            p.task = None
+            if self._workers is not None:
+                self._workers.release()
+            raise
+        except Exception as exc:
+            error = exc
+            emitted = 0
+        finally:
+            p.runs += 1
+            self.stats.runs += 1
+        if self._workers is not None:
+            self._workers.release()
+        p.task = None
+        if p.stopped:
+            return
+        now = loop.time()
+        if error is None:
+            p.consecutive_failures = 0
+            p.last_error = None
+            p.last_success = datetime.fromtimestamp(time.time(), UTC)
+            p.events_emitted += int(emitted or 0)
+            spread = min(p.interval * self._jitter, self._max_jitter)
+            due = start + p.interval + self._rng.uniform(0, spread)
+        else:
+            self.stats.failures += 1
+            p.consecutive_failures += 1
+            p.last_error = str(error) or type(error).__name__
+            backoff = min(
+                p.interval * 2 ** (p.consecutive_failures - 1), max(p.interval, self._max_backoff)
+            )
+            retry_after = getattr(error, "retry_after", None)
+            if isinstance(retry_after, int | float) and retry_after > backoff:
+                backoff = float(retry_after)
+            due = start + max(backoff, p.interval)
+            log.debug(
+                "poll %s %s failed (%d in a row): %s", p.key, p.kind, p.consecutive_failures, error
+            )
+        self._push(p, max(due, now))
+        if self._on_result is not None:
+            try:
+                self._on_result(p.key, p.kind, p.state(), error)
+            except Exception:  # a listener bug must not kill the poller
+                log.exception("poller result listener failed for %s %s", p.key, p.kind)

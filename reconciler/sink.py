@@ -1,0 +1,252 @@
+"""The operator-wide event sink: what pollers saw, as CloudEvents 1.0 (JSON).
+
+Every change a poller reads becomes one CloudEvent with a stable id: the same change (practice,
+kind, record id, change stamp or status) always gets the same id, so delivery is at-least-once and
+consumers de-duplicate on `id`. Event types:
+
+    dev.dental.pmsctl.appointment-status.changed   a patient-flow status (confirmed, arrived, ...)
+    dev.dental.pmsctl.appointment.changed          an appointment row changed
+    dev.dental.pmsctl.patient.changed              a patient changed (with `photoRef` when
+                                                   spec.patientProfilePhotos is true)
+
+Sinks (a `publish()` returns only once the events are accepted, and raises `SinkError` if not;
+the engine saves a cursor only after that):
+- `JsonlSink(path)`: appends one JSON object per line (flushed, fsynced by default).
+- `HttpSink(url)`: POSTs batches with httpx as `application/cloudevents-batch+json`, retrying a
+  few times; any 2xx accepts the batch.
+`sink_from_url("file:PATH" | "http(s)://...")` builds one from the `--sink` flag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypedDict
+
+import httpx
+
+from pms_drivers.base import Appointment, AppointmentStatusChange, Patient
+
+TYPE_APPOINTMENT_STATUS = "dev.dental.pmsctl.appointment-status.changed"
+TYPE_APPOINTMENT = "dev.dental.pmsctl.appointment.changed"
+TYPE_PATIENT = "dev.dental.pmsctl.patient.changed"
+BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+
+
+class CloudEvent(TypedDict):
+    """A CloudEvents 1.0 event in structured JSON form (`practiceid`, `pms` are extensions)."""
+
+    specversion: str
+    id: str
+    source: str
+    type: str
+    subject: str
+    time: str
+    datacontenttype: str
+    practiceid: str
+    pms: str
+    data: dict[str, Any]
+
+
+class SinkError(Exception):
+    """The sink did not accept the events; the poller keeps its cursor and retries later."""
+
+
+class EventSink(Protocol):
+    """Where events go. `publish` returns once every event is accepted (or raises SinkError)."""
+
+    async def publish(self, events: Sequence[CloudEvent]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def event_id(practice_id: str, kind: str, record_id: str, stamp: str) -> str:
+    """The stable id of one change: same practice, kind, record and stamp -> same id."""
+    raw = "\x1f".join((practice_id, kind, record_id, stamp)).encode()
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+def _event(
+    *,
+    practice_id: str,
+    pms: str,
+    type_: str,
+    kind: str,
+    subject: str,
+    stamp: str,
+    time: str,
+    data: dict[str, Any],
+) -> CloudEvent:
+    return CloudEvent(
+        specversion="1.0",
+        id=event_id(practice_id, kind, subject, stamp),
+        source=f"/pmsctl/practices/{practice_id}",
+        type=type_,
+        subject=subject,
+        time=time,
+        datacontenttype="application/json",
+        practiceid=practice_id,
+        pms=pms,
+        data=data,
+    )
+
+
+def appointment_status_event(practice_id: str, pms: str, c: AppointmentStatusChange) -> CloudEvent:
+    """One patient-flow status change; the id covers the appointment, the status and its time."""
+    return _event(
+        practice_id=practice_id,
+        pms=pms,
+        type_=TYPE_APPOINTMENT_STATUS,
+        kind="appointmentStatus",
+        subject=c.appointment_id,
+        stamp=f"{c.status}@{c.at}",
+        time=c.at,
+        data={
+            "appointmentId": c.appointment_id,
+            "patientId": c.patient_id,
+            "status": c.status,
+            "at": c.at,
+        },
+    )
+
+
+def appointment_event(practice_id: str, pms: str, a: Appointment) -> CloudEvent:
+    """One appointment row change; the id covers the appointment and its change stamp."""
+    return _event(
+        practice_id=practice_id,
+        pms=pms,
+        type_=TYPE_APPOINTMENT,
+        kind="appointments",
+        subject=a.id,
+        stamp=a.changed_at,
+        time=a.changed_at,
+        data={
+            "id": a.id,
+            "patientId": a.patient_id,
+            "start": a.start,
+            "status": a.status,
+            "providerId": a.provider_id,
+            "confirmed": a.confirmed,
+            "changedAt": a.changed_at,
+        },
+    )
+
+
+def patient_event(practice_id: str, pms: str, p: Patient, *, photos: bool) -> CloudEvent:
+    """One patient change; `photoRef` is included only when the practice asks for photos."""
+    data: dict[str, Any] = {
+        "id": p.id,
+        "firstName": p.first_name,
+        "lastName": p.last_name,
+        "changedAt": p.changed_at,
+    }
+    if photos:
+        data["photoRef"] = p.photo_ref
+    return _event(
+        practice_id=practice_id,
+        pms=pms,
+        type_=TYPE_PATIENT,
+        kind="patients",
+        subject=p.id,
+        stamp=p.changed_at,
+        time=p.changed_at,
+        data=data,
+    )
+
+
+class JsonlSink:
+    """Appends events to a file, one JSON object per line; safe for many concurrent pollers."""
+
+    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fsync = fsync
+        self._lock = asyncio.Lock()
+        self._file = self.path.open("a", encoding="utf-8")
+
+    async def publish(self, events: Sequence[CloudEvent]) -> None:
+        if not events:
+            return
+        text = "".join(json.dumps(e, separators=(",", ":"), sort_keys=True) + "\n" for e in events)
+        async with self._lock:
+            try:
+                self._file.write(text)
+                self._file.flush()
+                if self._fsync:
+                    await asyncio.to_thread(os.fsync, self._file.fileno())
+            except OSError as exc:
+                raise SinkError(f"cannot append events to {self.path}: {exc}") from exc
+
+    async def close(self) -> None:
+        async with self._lock:
+            self._file.close()
+
+    def __repr__(self) -> str:
+        return f"JsonlSink({str(self.path)!r})"
+
+
+class HttpSink:
+    """POSTs events in batches (`application/cloudevents-batch+json`) to one URL."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        batch_size: int = 500,
+        attempts: int = 3,
+        timeout: float = 10.0,
+        headers: Mapping[str, str] | None = None,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.url = url
+        self._batch_size = batch_size
+        self._attempts = attempts
+        self._client = client or httpx.AsyncClient(timeout=timeout, headers=dict(headers or {}))
+        self._owns_client = client is None
+
+    async def publish(self, events: Sequence[CloudEvent]) -> None:
+        for i in range(0, len(events), self._batch_size):
+            await self._post(events[i : i + self._batch_size])
+
+    async def _post(self, batch: Sequence[CloudEvent]) -> None:
+        body = json.dumps(list(batch), separators=(",", ":")).encode()
+        last = ""
+        for attempt in range(self._attempts):
+            try:
+                r = await self._client.post(
+                    self.url, content=body, headers={"Content-Type": BATCH_CONTENT_TYPE}
+                )
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            else:
+                if 200 <= r.status_code < 300:
+                    return
+                last = f"HTTP {r.status_code}"
+                if r.status_code < 500 and r.status_code not in (408, 429):
+                    break  # the receiver rejected the batch: retrying the same body will not help
+            await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
+        raise SinkError(f"event sink {self.url} did not accept {len(batch)} event(s): {last}")
+
+    async def close(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    def __repr__(self) -> str:
+        return f"HttpSink({self.url!r})"
+
+
+def sink_from_url(url: str) -> EventSink:
+    """`file:PATH` (or a plain path) -> JsonlSink; `http://` / `https://` -> HttpSink."""
+    if url.startswith(("http://", "https://")):
+        return HttpSink(url)
+    if url.startswith("file:"):
+        url = url[len("file:") :]
+        if url.startswith("//"):
+            url = url[2:]
+    if not url:
+        raise ValueError("--sink: give file:PATH or an http(s):// URL")
+    return JsonlSink(url)

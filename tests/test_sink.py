@@ -1,0 +1,170 @@
+"""Event sinks and the cursor store, with real files, real SQLite and a real HTTP receiver.
+
+`HttpSink` posts to an aiohttp app on a loopback port that records every batch and can answer
+503 or 400 on demand; `JsonlSink` writes to a temporary file; the store is a SQLite file that is
+closed and reopened to show cursors survive a restart. Nothing is faked.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from pms_drivers.base import Appointment, AppointmentStatusChange, Patient
+from reconciler.sink import (
+    BATCH_CONTENT_TYPE,
+    TYPE_APPOINTMENT,
+    TYPE_APPOINTMENT_STATUS,
+    TYPE_PATIENT,
+    HttpSink,
+    JsonlSink,
+    SinkError,
+    appointment_event,
+    appointment_status_event,
+    patient_event,
+    sink_from_url,
+)
+from reconciler.store import SqliteCursorStore
+
+PATIENT = Patient("42", "Ana", "Diaz", "2026-11-26T09:00:00", photo_ref="doc:77")
+
+
+def test_same_change_gets_the_same_id_and_a_new_change_a_new_one() -> None:
+    a = patient_event("acme", "Open Dental", PATIENT, photos=False)
+    b = patient_event("acme", "Open Dental", PATIENT, photos=True)
+    assert a["id"] == b["id"]
+    later = Patient("42", "Ana", "Diaz", "2026-11-26T09:05:00")
+    assert patient_event("acme", "Open Dental", later, photos=False)["id"] != a["id"]
+    assert patient_event("other", "Open Dental", PATIENT, photos=False)["id"] != a["id"]
+    s1 = appointment_status_event(
+        "acme", "Dentrix", AppointmentStatusChange("9", "42", "arrived", "2026-11-26T09:01:00")
+    )
+    s2 = appointment_status_event(
+        "acme", "Dentrix", AppointmentStatusChange("9", "42", "seated", "2026-11-26T09:01:00")
+    )
+    assert s1["id"] != s2["id"]
+
+
+def test_events_are_cloudevents_and_photos_only_when_asked() -> None:
+    e = patient_event("acme", "Open Dental", PATIENT, photos=False)
+    assert e["specversion"] == "1.0"
+    assert e["type"] == TYPE_PATIENT
+    assert e["source"] == "/pmsctl/practices/acme"
+    assert e["subject"] == "42"
+    assert "photoRef" not in e["data"]
+    assert (
+        patient_event("acme", "Open Dental", PATIENT, photos=True)["data"]["photoRef"] == "doc:77"
+    )
+    a = appointment_event(
+        "acme",
+        "Eaglesoft",
+        Appointment("7", "42", "2026-11-26T10:00:00", "Scheduled", "DCM", "2026-11-26T08:00:00"),
+    )
+    assert a["type"] == TYPE_APPOINTMENT and a["data"]["providerId"] == "DCM"
+    s = appointment_status_event(
+        "acme", "Eaglesoft", AppointmentStatusChange("7", "42", "confirmed", "2026-11-26T08:30:00")
+    )
+    assert s["type"] == TYPE_APPOINTMENT_STATUS and s["time"] == "2026-11-26T08:30:00"
+
+
+async def test_jsonl_sink_appends_one_event_per_line_across_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "out" / "events.jsonl"
+    sink = JsonlSink(path)
+    await sink.publish([patient_event("acme", "OD", PATIENT, photos=False)])
+    await sink.publish([])
+    await sink.close()
+    sink = sink_from_url(f"file:{path}")
+    assert isinstance(sink, JsonlSink)
+    await sink.publish([patient_event("b", "OD", PATIENT, photos=False)] * 2)
+    await sink.close()
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [e["practiceid"] for e in lines] == ["acme", "b", "b"]
+
+
+class Receiver:
+    """A CloudEvents batch receiver on loopback that can refuse on demand."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[dict[str, object]]] = []
+        self.content_types: list[str] = []
+        self.answers: list[int] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        status = self.answers.pop(0) if self.answers else 202
+        self.content_types.append(request.content_type)
+        if status < 300:
+            self.batches.append(await request.json())
+        return web.Response(status=status)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
+    rec = Receiver()
+    app = web.Application()
+    app.router.add_post("/events", rec.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield rec, f"http://127.0.0.1:{port}/events"
+    finally:
+        await runner.cleanup()
+
+
+async def test_http_sink_posts_batches_and_retries_a_503(receiver: tuple[Receiver, str]) -> None:
+    rec, url = receiver
+    rec.answers = [503]
+    sink = HttpSink(url, batch_size=2)
+    events = [
+        patient_event("acme", "OD", Patient(str(i), "A", "B", "t"), photos=False) for i in range(3)
+    ]
+    try:
+        await sink.publish(events)
+    finally:
+        await sink.close()
+    assert [len(b) for b in rec.batches] == [2, 1]
+    assert [e["id"] for b in rec.batches for e in b] == [e["id"] for e in events]
+    assert set(rec.content_types) == {BATCH_CONTENT_TYPE}
+
+
+async def test_http_sink_raises_when_the_receiver_rejects(receiver: tuple[Receiver, str]) -> None:
+    rec, url = receiver
+    rec.answers = [400]
+    sink = HttpSink(url)
+    try:
+        with pytest.raises(SinkError, match=r"did not accept 1 event\(s\): HTTP 400"):
+            await sink.publish([patient_event("acme", "OD", PATIENT, photos=False)])
+    finally:
+        await sink.close()
+    assert rec.batches == []
+
+
+async def test_http_sink_raises_when_nobody_listens() -> None:
+    sink = HttpSink("http://127.0.0.1:9/events", attempts=2)
+    try:
+        with pytest.raises(SinkError, match="ConnectError"):
+            await sink.publish([patient_event("acme", "OD", PATIENT, photos=False)])
+    finally:
+        await sink.close()
+
+
+def test_cursors_survive_reopening_the_store(tmp_path: Path) -> None:
+    db = tmp_path / "state" / "cursors.db"
+    store = SqliteCursorStore(db)
+    assert store.get("ns/a", "patients") is None
+    store.put("ns/a", "patients", "c1")
+    store.put("ns/a", "patients", "c2")
+    store.put("ns/a", "appointments", "x")
+    store.put("ns/b", "patients", "y")
+    store.close()
+    store = SqliteCursorStore(db)
+    assert store.get("ns/a", "patients") == "c2"
+    store.forget("ns/a")
+    assert store.all() == {("ns/b", "patients"): "y"}
+    store.close()
