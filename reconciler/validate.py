@@ -1,0 +1,722 @@
+"""Validate PracticeWriteback files: the one JSON Schema plus what a schema cannot say.
+
+Real: the packaged JSON Schema (`load_schema()`, a byte copy of `schemas/`), the `jsonschema`
+library (draft 2020-12) for the explanation of every finding, and `reconciler.yamlsource` for
+bounded loading with positions. Around the schema this module adds the rules that span
+documents or need the file: YAML syntax errors, duplicate keys, empty files, another kind or
+apiVersion, the same `practiceId` or namespace/name in two documents.
+
+Speed: a document is first checked by a boolean checker compiled from the same schema into
+closures (`_compile`); only a document it rejects is run through `jsonschema` to produce the
+messages. Tests prove that the two agree on every case in `tests/cases/`.
+
+Public API (used by `pmsctl validate`, `pmsctl diff`, `pmsctl up`):
+`Problem`, `ValidDocument`, `Report`, `validate_paths()`, `validate_text()`, `validate_body()`,
+`load_practices()`, `load_schema()`, `PracticeFilesInvalid`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from reconciler import API_VERSION, KIND
+from reconciler.spec import PracticeSpec
+from reconciler.yamlsource import (
+    DEFAULT_LIMITS,
+    Limits,
+    PathKey,
+    SourceDocument,
+    YamlSourceError,
+    load_documents,
+    read_text,
+)
+
+SCHEMA_RESOURCE = "practicewriteback.v1alpha1.schema.json"
+FILE_PATH = "<file>"
+DOCUMENT_PATH = "<document>"
+CREDENTIALS_MESSAGE = "do not put credentials in the resource; reference a Secret with spec.pms.credentialsSecretRef.name"
+_CREDENTIAL_KEY = re.compile(
+    r"(pass(word|wd)?|secret|token|api[-_]?key|customer[-_]?key|developer[-_]?key|credential|bearer|auth)",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding: where (file, 1-based line and col, field path) and what to do about it."""
+
+    file: str
+    line: int
+    col: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}: {self.path}: {self.message}"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON output shape."""
+        return {
+            "file": self.file,
+            "line": self.line,
+            "col": self.col,
+            "path": self.path,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A document of another kind, skipped under `--skip-other-kinds`."""
+
+    file: str
+    line: int
+    col: int
+    kind: str
+    api_version: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}: skipped {self.kind or '(no kind)'} ({self.api_version or 'no apiVersion'})"
+
+
+@dataclass(frozen=True)
+class ValidDocument:
+    """A PracticeWriteback document that passed every check, with where it came from."""
+
+    file: str
+    line: int
+    col: int
+    index: int
+    body: Mapping[str, Any] = field(repr=False)
+    namespace: str | None
+    name: str
+    source: SourceDocument = field(repr=False, compare=False)
+
+    @property
+    def practice_id(self) -> str:
+        """The document's spec.practiceId."""
+        return str(self.body["spec"]["practiceId"])
+
+    def spec(self) -> PracticeSpec:
+        """The frozen desired state (defaults applied) of this document."""
+        return PracticeSpec.from_resource(self.body)
+
+    def position(self, path: PathKey) -> tuple[int, int]:
+        """The (line, col) of a field path such as ("spec", "providerId") in the file."""
+        return self.source.position(path)
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything `validate_paths()` found: problems, valid documents and skipped documents."""
+
+    files: tuple[str, ...]
+    documents: tuple[ValidDocument, ...]
+    problems: tuple[Problem, ...]
+    skipped: tuple[Skipped, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when there is no problem at all."""
+        return not self.problems
+
+
+class PracticeFilesInvalid(Exception):
+    """`load_practices()` found problems; `report` holds them (str() lists them)."""
+
+    def __init__(self, report: Report) -> None:
+        self.report = report
+        lines = [str(p) for p in report.problems]
+        super().__init__(f"{len(lines)} problem(s) in practice files:\n" + "\n".join(lines))
+
+
+class UsageError(Exception):
+    """A path does not exist or holds no YAML files (exit code 2)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The schema and the two validators compiled from it
+
+
+@functools.cache
+def load_schema() -> dict[str, Any]:
+    """The PracticeWriteback JSON Schema (draft 2020-12), from the installed package."""
+    text = (
+        resources.files("reconciler")
+        .joinpath("schema", SCHEMA_RESOURCE)
+        .read_text(encoding="utf-8")
+    )
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+@functools.cache
+def _regex(pattern: str) -> re.Pattern[str]:
+    # Kubernetes evaluates patterns with RE2, where `$` is the end of the text; in Python `$`
+    # also matches before a final newline, so the trailing anchor becomes `\Z`.
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern)
+
+
+_DURATION_PART = re.compile(r"([0-9]+)(?:\.([0-9]+))?(h|ms|m|s)")
+_UNIT_NS = {"h": 3_600_000_000_000, "m": 60_000_000_000, "s": 1_000_000_000, "ms": 1_000_000}
+
+
+def duration_ns(text: str) -> int:
+    """Exact nanoseconds of a duration the schema's pattern accepts (Go's time.ParseDuration
+    arithmetic: integer nanoseconds, fractions truncated)."""
+    total = 0
+    for whole, frac, unit in _DURATION_PART.findall(text):
+        scale = _UNIT_NS[unit]
+        total += int(whole) * scale
+        if frac:
+            total += int(Decimal(int(frac)) * scale / (10 ** len(frac)))
+    return total
+
+
+def _duration_error(bounds: Mapping[str, str], value: Any) -> str | None:
+    if not isinstance(value, str) or not _regex("^([0-9]+(\\.[0-9]+)?(h|m|s|ms))+$").match(value):
+        return None  # the pattern keyword reports malformed durations
+    ns = duration_ns(value)
+    if ns < duration_ns(bounds["minimum"]):
+        return f"{value!r} is below the minimum of {bounds['minimum']}"
+    if ns > duration_ns(bounds["maximum"]):
+        return f"{value!r} is above the maximum of {bounds['maximum']}"
+    return None
+
+
+def _jsonschema_validator() -> Any:
+    import jsonschema
+    from jsonschema.exceptions import ValidationError
+
+    def pattern(validator: Any, patrn: str, instance: Any, schema: Any) -> Iterator[Any]:
+        if validator.is_type(instance, "string") and not _regex(patrn).search(instance):
+            yield ValidationError(f"{instance!r} does not match {patrn!r}")
+
+    def duration(
+        validator: Any, bounds: Mapping[str, str], instance: Any, schema: Any
+    ) -> Iterator[Any]:
+        message = _duration_error(bounds, instance)
+        if message:
+            yield ValidationError(message)
+
+    cls = jsonschema.validators.extend(
+        jsonschema.Draft202012Validator, {"pattern": pattern, "x-duration": duration}
+    )
+    return cls(load_schema())
+
+
+_jsonschema = functools.cache(_jsonschema_validator)
+
+Check = Callable[[Any], bool]
+
+
+def _is_type(value: Any, name: str) -> bool:
+    if name == "string":
+        return isinstance(value, str)
+    if name == "object":
+        return isinstance(value, dict)
+    if name == "boolean":
+        return isinstance(value, bool)
+    if name == "integer":
+        return not isinstance(value, bool) and (
+            isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        )
+    if name == "number":
+        return not isinstance(value, bool) and isinstance(value, int | float)
+    if name == "array":
+        return isinstance(value, list)
+    if name == "null":
+        return value is None
+    raise ValueError(f"unknown type {name!r}")
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    return bool(a == b)
+
+
+_ANNOTATIONS = {
+    "description",
+    "default",
+    "title",
+    "$schema",
+    "$id",
+    "$defs",
+    "$comment",
+    "format",
+    "x-messages",
+    "x-rule",
+}
+_ANNOTATIONS |= {"x-kubernetes-list-type", "x-kubernetes-list-map-keys"}
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float)
+
+
+def _compile(node: Mapping[str, Any], root: Mapping[str, Any]) -> Check:
+    """Compile a schema node into a boolean check with jsonschema's semantics for the keywords
+    the PracticeWriteback schema uses; any other keyword is a programming error."""
+    checks = [c for key, arg in node.items() if (c := _keyword(key, arg, node, root)) is not None]
+
+    def check(value: Any) -> bool:
+        return all(c(value) for c in checks)
+
+    return check
+
+
+def _keyword(key: str, arg: Any, node: Mapping[str, Any], root: Mapping[str, Any]) -> Check | None:
+    """One keyword's check (None for annotations and for `then`, which `if` handles)."""
+    if key in _ANNOTATIONS or key == "then":
+        return None
+    if key == "$ref":
+        return _lazy(root["$defs"][arg.removeprefix("#/$defs/")], root)
+    if key == "type":
+        return lambda v: _is_type(v, arg)
+    if key == "const":
+        return lambda v: _equal(v, arg)
+    if key == "enum":
+        options = tuple(arg)
+        return lambda v: any(_equal(v, o) for o in options)
+    if key == "pattern":
+        search = _regex(arg).search
+        return lambda v: not isinstance(v, str) or search(v) is not None
+    if key == "minLength":
+        return lambda v: not isinstance(v, str) or len(v) >= arg
+    if key == "maxLength":
+        return lambda v: not isinstance(v, str) or len(v) <= arg
+    if key == "minimum":
+        return lambda v: not _is_number(v) or v >= arg
+    if key == "maximum":
+        return lambda v: not _is_number(v) or v <= arg
+    if key == "minProperties":
+        return lambda v: not isinstance(v, dict) or len(v) >= arg
+    if key == "maxProperties":
+        return lambda v: not isinstance(v, dict) or len(v) <= arg
+    if key == "required":
+        names = tuple(arg)
+        return lambda v: not isinstance(v, dict) or all(n in v for n in names)
+    if key == "properties":
+        props = {k: _compile(s, root) for k, s in arg.items()}
+        return lambda v: not isinstance(v, dict) or all(props[k](v[k]) for k in props if k in v)
+    if key == "additionalProperties":
+        known = frozenset(node.get("properties", ()))
+        if arg is False:
+            return lambda v: not isinstance(v, dict) or all(x in known for x in v)
+        extra = _compile(arg, root)
+        return lambda v: (
+            not isinstance(v, dict) or all(extra(y) for x, y in v.items() if x not in known)
+        )
+    if key == "items":
+        item = _compile(arg, root)
+        return lambda v: not isinstance(v, list) or all(item(x) for x in v)
+    if key == "allOf":
+        subs = [_compile(s, root) for s in arg]
+        return lambda v: all(s(v) for s in subs)
+    if key == "if":
+        cond, then = _compile(arg, root), _compile(node.get("then", {}), root)
+        return lambda v: not cond(v) or then(v)
+    if key == "x-duration":
+        return lambda v: _duration_error(arg, v) is None
+    raise ValueError(f"the fast checker does not know the keyword {key!r}")
+
+
+def _lazy(target: Mapping[str, Any], root: Mapping[str, Any]) -> Check:
+    compiled: list[Check] = []
+
+    def check(value: Any) -> bool:
+        if not compiled:
+            compiled.append(_compile(target, root))
+        return compiled[0](value)
+
+    return check
+
+
+@functools.cache
+def _fast_check() -> Check:
+    schema = load_schema()
+    return _compile(schema, schema)
+
+
+def is_valid_body(body: Any) -> bool:
+    """The schema's verdict on one resource body, fast (no messages)."""
+    return _fast_check()(body)
+
+
+# ---------------------------------------------------------------------------------------------
+# Turning jsonschema errors into Problems
+
+
+def format_path(path: Iterable[str | int]) -> str:
+    """`("spec", "sync", "patients", "interval")` -> `spec.sync.patients.interval`."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or DOCUMENT_PATH
+
+
+def _schema_node(path: Sequence[Any]) -> tuple[Mapping[str, Any], Mapping[str, Any] | None]:
+    """Follow a jsonschema schema path through $refs; return the node and the innermost
+    allOf item that carries an `x-rule`, if the path went through one."""
+    root = load_schema()
+    node: Any = root
+    rule: Mapping[str, Any] | None = None
+    for step in path:
+        while isinstance(node, Mapping) and "$ref" in node and step not in node:
+            node = root["$defs"][node["$ref"].removeprefix("#/$defs/")]
+        node = node[step]
+        if isinstance(node, Mapping) and "x-rule" in node:
+            rule = node["x-rule"]
+    return node, rule
+
+
+_TYPE_NAMES = {
+    "string": "a string",
+    "integer": "an integer",
+    "boolean": "a boolean (true or false)",
+    "object": "a mapping",
+}
+_TYPE_NAMES |= {"array": "a list", "number": "a number", "null": "null"}
+
+
+def _describe_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, list):
+        return "a list"
+    return "a mapping"
+
+
+def _problems_from_error(error: Any, file: str, doc: SourceDocument) -> list[Problem]:
+    path: PathKey = tuple(error.absolute_path)
+    keyword = error.validator
+    schema = error.schema if isinstance(error.schema, Mapping) else {}
+    value = error.instance
+    rule = None
+    if "then" in error.absolute_schema_path or keyword in ("required", "additionalProperties"):
+        _, rule = _schema_node(list(error.absolute_schema_path)[:-1])
+
+    def at(p: PathKey, message: str) -> Problem:
+        line, col = doc.position(p)
+        return Problem(file, line, col, format_path(p), message)
+
+    custom = (schema.get("x-messages") or {}).get(keyword)
+    if keyword == "required":
+        missing = [n for n in error.validator_value if isinstance(value, dict) and n not in value]
+        out = []
+        for name in missing:
+            line, col = doc.position(path)  # the parent's key: the missing field has no position
+            out.append(
+                Problem(
+                    file,
+                    line,
+                    col,
+                    format_path((*path, name)),
+                    rule["message"] if rule else "is required",
+                )
+            )
+        return out
+    if keyword == "additionalProperties":
+        allowed = sorted(schema.get("properties", ()))
+        extras = [k for k in value if k not in allowed] if isinstance(value, dict) else []
+        out = []
+        for key in extras:
+            if _CREDENTIAL_KEY.search(str(key)):
+                msg = CREDENTIALS_MESSAGE
+            else:
+                msg = f"unknown field {key!r}" + (
+                    f"; allowed fields: {', '.join(allowed)}" if allowed else ""
+                )
+            out.append(at((*path, key), msg))
+        return out
+    if rule is not None:
+        return [
+            at(path, f"{value!r}: {rule['message']}" if isinstance(value, str) else rule["message"])
+        ]
+    if keyword == "type":
+        expected = error.validator_value
+        names = " or ".join(
+            _TYPE_NAMES.get(t, t) for t in ([expected] if isinstance(expected, str) else expected)
+        )
+        msg = f"expected {names}, got {_describe_value(value)}"
+    elif keyword == "enum":
+        msg = f"{value!r} is not one of {', '.join(map(str, error.validator_value))}"
+    elif keyword == "const":
+        msg = f"{value!r} must be {error.validator_value!r}"
+    elif keyword == "pattern":
+        if path[-2:] == ("pms", "url") and isinstance(value, str) and _url_has_userinfo(value):
+            msg = CREDENTIALS_MESSAGE + " (no user or password in the URL)"
+        else:
+            msg = f"{value!r} " + (custom or f"does not match the pattern {error.validator_value}")
+    elif keyword == "minLength":
+        msg = (
+            "must not be empty"
+            if error.validator_value == 1
+            else f"{value!r} is shorter than {error.validator_value} characters"
+        )
+    elif keyword == "maxLength":
+        msg = f"is {len(value)} characters long, more than the maximum of {error.validator_value}"
+    elif keyword == "minimum":
+        msg = f"{value} is below the minimum of {error.validator_value}"
+    elif keyword == "maximum":
+        msg = f"{value} is above the maximum of {error.validator_value}"
+    elif custom:
+        msg = custom
+    else:
+        msg = error.message
+    return [at(path, msg)]
+
+
+def _url_has_userinfo(url: str) -> bool:
+    _, sep, rest = url.partition("://")
+    return bool(sep) and "@" in rest.split("/", 1)[0]
+
+
+def schema_problems(body: Any, file: str, doc: SourceDocument) -> list[Problem]:
+    """Every schema finding on one document, with positions from `doc`."""
+    if is_valid_body(body):
+        return []
+    problems: list[Problem] = []
+    for error in _jsonschema().iter_errors(body):
+        problems.extend(_problems_from_error(error, file, doc))
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Documents, files and folders
+
+
+@dataclass
+class _Seen:
+    practice_ids: dict[str, str] = field(default_factory=dict)
+    names: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+def _document_problems(
+    doc: SourceDocument, file: str, skip_other_kinds: bool, skipped: list[Skipped]
+) -> tuple[list[Problem], bool]:
+    """(problems, is_ours) for one document before the schema runs."""
+    body = doc.value
+
+    def at(p: PathKey, message: str) -> Problem:
+        line, col = doc.position(p)
+        return Problem(file, line, col, format_path(p), message)
+
+    if not isinstance(body, dict):
+        return [
+            at(
+                (),
+                f"expected a PracticeWriteback resource (a mapping), got {_describe_value(body)}",
+            )
+        ], False
+    kind, api_version = body.get("kind"), body.get("apiVersion")
+    if kind != KIND:
+        if skip_other_kinds and isinstance(kind, str) and kind:
+            skipped.append(Skipped(file, doc.line, doc.col, kind, str(api_version or "")))
+            return [], False
+        if kind is None:
+            return [at(("kind",), f"kind is required: kind: {KIND}")], False
+        hint = "" if skip_other_kinds else " (pass --skip-other-kinds to skip other kinds)"
+        return [at(("kind",), f"{kind!r} is not {KIND}{hint}")], False
+    if api_version != API_VERSION:
+        if api_version is None:
+            return [at(("apiVersion",), f"apiVersion is required: apiVersion: {API_VERSION}")], True
+        return [at(("apiVersion",), f"{api_version!r} is not supported; use {API_VERSION}")], True
+    return [], True
+
+
+def _check_documents(
+    docs: list[SourceDocument],
+    file: str,
+    seen: _Seen,
+    skip_other_kinds: bool,
+    skipped: list[Skipped],
+) -> tuple[list[ValidDocument], list[Problem]]:
+    valid: list[ValidDocument] = []
+    problems: list[Problem] = []
+    for doc in docs:
+        if doc.value is None:
+            continue  # an empty document between separators (`---` at the end of a file)
+        issues = [Problem(file, i.line, i.col, format_path(i.path), i.message) for i in doc.issues]
+        found, ours = _document_problems(doc, file, skip_other_kinds, skipped)
+        found = issues + found
+        if ours and not found:
+            found = schema_problems(doc.value, file, doc)
+        if ours:
+            found.extend(_duplicates(doc, file, seen))
+        problems.extend(found)
+        if ours and not found:
+            meta = doc.value["metadata"]
+            valid.append(
+                ValidDocument(
+                    file,
+                    doc.line,
+                    doc.col,
+                    doc.index,
+                    doc.value,
+                    meta.get("namespace"),
+                    meta["name"],
+                    doc,
+                )
+            )
+    if not any(d.value is not None for d in docs):
+        problems.append(
+            Problem(file, 1, 1, FILE_PATH, f"the file is empty; expected a {KIND} document")
+        )
+    return valid, problems
+
+
+def _duplicates(doc: SourceDocument, file: str, seen: _Seen) -> list[Problem]:
+    body = doc.value
+    out: list[Problem] = []
+    spec, meta = body.get("spec"), body.get("metadata")
+    here_line = doc.position(("metadata", "name"))[0]
+    practice_id = spec.get("practiceId") if isinstance(spec, dict) else None
+    if isinstance(practice_id, str):
+        line, col = doc.position(("spec", "practiceId"))
+        where = f"{file}:{line}"
+        first = seen.practice_ids.setdefault(practice_id, where)
+        if first != where:
+            out.append(
+                Problem(
+                    file,
+                    line,
+                    col,
+                    "spec.practiceId",
+                    f"practiceId {practice_id!r} is also used at {first}",
+                )
+            )
+    name = meta.get("name") if isinstance(meta, dict) else None
+    if isinstance(name, str):
+        namespace = meta.get("namespace") if isinstance(meta.get("namespace"), str) else ""
+        line, col = doc.position(("metadata", "name"))
+        where = f"{file}:{here_line}"
+        first = seen.names.setdefault((namespace, name), where)
+        if first != where:
+            shown = f"{namespace}/{name}" if namespace else f"{name} (no namespace)"
+            out.append(
+                Problem(file, line, col, "metadata.name", f"{shown} is also defined at {first}")
+            )
+    return out
+
+
+def validate_text(
+    text: str,
+    filename: str,
+    *,
+    skip_other_kinds: bool = False,
+    limits: Limits = DEFAULT_LIMITS,
+) -> tuple[list[ValidDocument], list[Problem]]:
+    """Validate the YAML text of one file (every document in it, duplicates among them too)."""
+    valid, problems, _ = _validate_one(text, filename, _Seen(), skip_other_kinds, [], limits)
+    return valid, problems
+
+
+def _validate_one(
+    text: str,
+    filename: str,
+    seen: _Seen,
+    skip_other_kinds: bool,
+    skipped: list[Skipped],
+    limits: Limits,
+) -> tuple[list[ValidDocument], list[Problem], None]:
+    docs, error = load_documents(text, limits=limits)
+    valid, problems = (
+        _check_documents(docs, filename, seen, skip_other_kinds, skipped)
+        if docs or not error
+        else ([], [])
+    )
+    if error is not None:
+        problems.append(
+            Problem(filename, max(error.line, 1), max(error.col, 1), FILE_PATH, error.message)
+        )
+    problems.sort(key=lambda p: (p.line, p.col, p.path))
+    return valid, problems, None
+
+
+def iter_yaml_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
+    """The YAML files named or found (recursively, sorted) under `paths`; UsageError when a
+    path does not exist or a folder has no YAML files."""
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()
+            )
+            if not found:
+                raise UsageError(f"{path}: no *.yaml or *.yml files in this folder")
+            yield from found
+        elif path.is_file():
+            yield path
+        else:
+            raise UsageError(f"{path}: no such file or folder")
+
+
+def validate_paths(
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    skip_other_kinds: bool = False,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Report:
+    """Validate files and folders (recursive `*.yaml`/`*.yml`, multi-document), including the
+    duplicate checks across all of them. Raises UsageError for a missing path."""
+    files = list(dict.fromkeys(iter_yaml_files(paths)))
+    seen = _Seen()
+    skipped: list[Skipped] = []
+    documents: list[ValidDocument] = []
+    problems: list[Problem] = []
+    for path in files:
+        name = str(path)
+        try:
+            text = read_text(path, limits=limits)
+        except YamlSourceError as exc:
+            problems.append(
+                Problem(name, max(exc.line, 1), max(exc.col, 1), FILE_PATH, exc.message)
+            )
+            continue
+        valid, found, _ = _validate_one(text, name, seen, skip_other_kinds, skipped, limits)
+        documents.extend(valid)
+        problems.extend(found)
+    return Report(tuple(str(p) for p in files), tuple(documents), tuple(problems), tuple(skipped))
+
+
+def validate_body(body: Mapping[str, Any], name: str = "<object>") -> list[Problem]:
+    """Schema findings for a resource body that did not come from a file (line and col 0)."""
+    doc = SourceDocument(0, 0, 0, body, {})
+    found, ours = _document_problems(doc, name, False, [])
+    if ours and not found:
+        found = schema_problems(dict(body), name, doc)
+    return found
+
+
+def load_practices(
+    paths: Iterable[str | os.PathLike[str]], *, skip_other_kinds: bool = True
+) -> list[ValidDocument]:
+    """Every PracticeWriteback under `paths`, validated; raises PracticeFilesInvalid listing
+    every problem when any file is invalid (and UsageError for a missing path). Call
+    `.spec()` on an item for its PracticeSpec; `.namespace`/`.name` are the metadata."""
+    report = validate_paths(paths, skip_other_kinds=skip_other_kinds)
+    if not report.ok:
+        raise PracticeFilesInvalid(report)
+    return list(report.documents)
