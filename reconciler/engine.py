@@ -225,20 +225,23 @@ class Engine:
 
     async def stop(self) -> None:
         """Stop every poller, write the last statuses, close clients, the sink and the store."""
-        await self.scheduler.close()
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
             self._flusher = None
+        # The last counters go out while the pollers still exist (after, they would read as
+        # stopped, which is not what the practice's spec asks for).
+        for p in list(self._practices.values()):
+            if p.dirty and not p.removed:
+                with contextlib.suppress(Exception):
+                    await self._publish(p, self._decide(p), force=True)
+        await self.scheduler.close()
         for task in list(self._background):
             task.cancel()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         for p in list(self._practices.values()):
-            if p.dirty and not p.removed:
-                with contextlib.suppress(Exception):
-                    await self._publish(p, self._decide(p), force=True)
             await self._close_client(p)
         await self._sink.close()
         self._store.close()
