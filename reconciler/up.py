@@ -33,7 +33,9 @@ import inspect
 import json
 import os
 import re
+import secrets
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +47,9 @@ import yaml
 
 from pms_drivers.base import Credentials
 from reconciler import uptable
+from reconciler.engine import SecretNotFoundError
 from reconciler.spec import PmsType, PracticeSpec
+from reconciler.yamlsource import DEFAULT_LIMITS
 
 #: Environment variable prefix for credentials: PMSCTL_CREDENTIALS_<SECRET_NAME> = JSON object.
 ENV_PREFIX = "PMSCTL_CREDENTIALS_"
@@ -57,7 +61,7 @@ class UpError(Exception):
     """A problem `pmsctl up` cannot start with (bad flags, unreadable credentials file); exit 2."""
 
 
-class CredentialsNotFound(LookupError):
+class CredentialsNotFound(SecretNotFoundError):
     """No credentials for a practice's Secret name in the credentials file or environment."""
 
 
@@ -118,6 +122,7 @@ def plan(applied: Mapping[str, Applied], files: Mapping[str, FileResult]) -> Pla
     """
     problems: dict[str, list[str]] = {}
     desired: dict[str, LoadedPractice] = {}
+    by_practice_id: dict[str, LoadedPractice] = {}
     for path in sorted(files):
         result = files[path]
         if not result.valid:
@@ -139,7 +144,15 @@ def plan(applied: Mapping[str, Applied], files: Mapping[str, FileResult]) -> Pla
                     f"{path}: {practice.key} is also defined in {where}; this copy is not applied"
                 )
                 continue
+            same_id = by_practice_id.get(practice.spec.practice_id)
+            if same_id is not None:
+                problems.setdefault(path, []).append(
+                    f"{path}: {practice.key}: spec.practiceId {practice.spec.practice_id!r} is "
+                    f"also used by {same_id.key} in {same_id.path}; not applied"
+                )
+                continue
             desired[practice.key] = practice
+            by_practice_id[practice.spec.practice_id] = practice
     # Keys whose source file is currently invalid stay as they are.
     frozen = {
         key: a
@@ -187,13 +200,13 @@ def load_text(text: str, path: str) -> FileResult:
     and turn its documents into practices; any problem makes the whole file not applied."""
     from reconciler import validate
 
-    problems = validate.validate_text(text, path)
+    documents, problems = validate.validate_text(text, path)
     if problems:
-        return FileResult(path=path, problems=tuple(str(p) for p in problems))
+        return FileResult(path=path, problems=tuple(dict.fromkeys(str(p) for p in problems)))
     practices = []
-    for body in validate.load_documents(text, path):
-        key, name = practice_key(body.get("metadata") or {})
-        practices.append(LoadedPractice(key, name, path, PracticeSpec.from_resource(body)))
+    for doc in documents:
+        key, name = practice_key({"name": doc.name, "namespace": doc.namespace})
+        practices.append(LoadedPractice(key, name, path, doc.spec()))
     return FileResult(path=path, practices=tuple(practices))
 
 
@@ -249,6 +262,11 @@ class FolderWatcher:
                 cached = self._cache.get(shown)
                 if cached is not None and cached.stat == stamp:
                     seen[shown] = cached
+                    continue
+                if st.st_size > DEFAULT_LIMITS.max_bytes:
+                    too_big = f"{shown}:1:1: <file>: file is {st.st_size} bytes, more than the limit of {DEFAULT_LIMITS.max_bytes} bytes"
+                    seen[shown] = _Cached(stamp, "", FileResult(shown, problems=(too_big,)))
+                    changed = changed or cached is None or cached.result != seen[shown].result
                     continue
                 data = path.read_bytes()
             except FileNotFoundError:
@@ -470,8 +488,13 @@ class Display:
         statuses: Mapping[str, Mapping[str, Any]],
         problems: Mapping[str, tuple[str, ...]],
         now: datetime,
+        present: Iterable[str] = (),
+        kept: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
-        """Show the current state; only changes print in `lines` and `json` modes."""
+        """Show the current state; only changes print in `lines` and `json` modes. `present` is
+        the files in the folder now; `kept` the practices still running from each invalid file."""
+        in_folder = set(present)
+        kept = kept or {}
         names = {r.name for r in rows}
         out: list[str] = []
         for name in sorted(set(self._signatures) - names):
@@ -486,17 +509,22 @@ class Display:
             if before == after:
                 continue
             if not after:
-                out.append(
-                    uptable.json_line("valid", now, file=path)
-                    if self.mode == "json"
-                    else uptable.fixed_line(path, now)
+                if path in in_folder:  # fixed; a deleted file needs no line of its own
+                    out.append(
+                        uptable.json_line("valid", now, file=path)
+                        if self.mode == "json"
+                        else uptable.fixed_line(path, now)
+                    )
+                continue
+            running = list(kept.get(path, ()))
+            if self.mode == "json":
+                out.extend(
+                    uptable.json_line("invalid", now, file=path, problem=p, running=running)
+                    for p in after
                 )
-            for problem in after:
-                out.append(
-                    uptable.json_line("invalid", now, file=path, problem=problem)
-                    if self.mode == "json"
-                    else uptable.problem_line(problem, now)
-                )
+            else:
+                out.extend(uptable.problem_line(p, now) for p in after)
+                out.append(uptable.kept_line(path, running, now))
         self._problems = dict(problems)
         for row in sorted(rows, key=lambda r: r.name):
             sig = uptable.signature(row)
@@ -537,7 +565,9 @@ class Display:
             )
             self._emit(uptable.json_line("invalid", now, problem=p) for p in flat)
             return
-        self._emit([*uptable.render_table(rows, now), *uptable.render_problems(flat)])
+        self._emit(
+            [*uptable.render_table(rows, now), *uptable.render_problems(flat, "Not applied:")]
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -559,6 +589,8 @@ class UpOptions:
     output: OutputMode = "auto"
     scan_seconds: float = 1.0
     tick_seconds: float = 2.0
+    #: The writeback API's port on 127.0.0.1 (0: a free port; None: no writeback service).
+    writeback_port: int | None = 8081
 
     @property
     def events_path(self) -> Path:
@@ -577,20 +609,28 @@ class LocalRunner:
     """Keeps the engine matched to the folder: scan, plan, apply/remove, show."""
 
     def __init__(
-        self, engine: Any, watcher: FolderWatcher, display: Display, sim: SimulatedPms | None
+        self,
+        engine: Any,
+        watcher: FolderWatcher,
+        display: Display,
+        sim: SimulatedPms | None,
+        writebacks: Any = None,
     ) -> None:
         self.engine = engine
         self.watcher = watcher
         self.display = display
         self.sim = sim
+        self.writebacks = writebacks
         self.applied: dict[str, Applied] = {}
         self.problems: dict[str, tuple[str, ...]] = {}
+        self.files: set[str] = set()
 
     async def sync_folder(self) -> None:
         """Scan the folder; when something changed, apply and remove to match it."""
         # Planning is cheap (spec equality), so it runs every scan: an apply that failed is
         # retried on the next one without waiting for the file to change.
         files, _ = self.watcher.scan()
+        self.files = set(files)
         result = plan(self.applied, files)
         next_applied = dict(result.applied)
         problems = {k: list(v) for k, v in result.problems.items()}
@@ -630,12 +670,52 @@ class LocalRunner:
         return rows, statuses
 
     def show(self) -> None:
+        """Report writeback counters to the engine, then show the current statuses."""
+        if self.writebacks is not None:
+            for entry in self.applied.values():
+                pid = entry.practice.spec.practice_id
+                self.engine.record_writebacks(pid, self.writebacks.counts(pid))
         rows, statuses = self.rows()
-        self.display.update(rows, statuses, self.problems, _now())
+        kept: dict[str, list[str]] = {}
+        for entry in self.applied.values():
+            kept.setdefault(entry.practice.path, []).append(entry.practice.name)
+        self.display.update(rows, statuses, self.problems, _now(), self.files, kept)
 
     def all_ready(self) -> bool:
         rows, _ = self.rows()
         return bool(rows) and all(r.ready == "True" for r in rows)
+
+
+def writeback_token(state_dir: Path, environ: Mapping[str, str]) -> tuple[str, str]:
+    """(token, where it came from) for the local writeback API: $PMSCTL_WRITEBACK_TOKEN or
+    $PMSCTL_WRITEBACK_TOKEN_FILE when set, else `STATE_DIR/writeback-token`, made once (0600)."""
+    from reconciler.writeback.errors import WritebackConfigError
+    from reconciler.writeback.service import TOKEN_ENV, TOKEN_FILE_ENV, load_token
+
+    try:
+        if environ.get(TOKEN_ENV) or environ.get(TOKEN_FILE_ENV):
+            token = load_token()
+            return token, f"${TOKEN_ENV}" if environ.get(TOKEN_ENV) else environ[TOKEN_FILE_ENV]
+        path = state_dir / "writeback-token"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(secrets.token_hex(32) + "\n")
+        return load_token(token_file=path), str(path)
+    except WritebackConfigError as exc:
+        raise UpError(str(exc)) from None
+
+
+def free_or_zero(port: int) -> int:
+    """`port` when 127.0.0.1:port can be bound now, else 0 (the OS picks a free one)."""
+    if port == 0:
+        return 0
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return 0
+    return port
 
 
 def _make_sink(options: UpOptions) -> Any:
@@ -649,6 +729,34 @@ def _make_sink(options: UpOptions) -> Any:
     return sink.JsonlSink(options.events_path)
 
 
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def _settle_once(
+    runner: LocalRunner, display: Display, stop: asyncio.Event, timeout: float
+) -> int:
+    """`--once`: wait (bounded) for every practice to be Ready, print the table; the exit code."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not runner.all_ready() and not stop.is_set():
+        if asyncio.get_running_loop().time() >= deadline:
+            break
+        await _wait(stop, 0.2)
+    rows, _ = runner.rows()
+    display.table_once(rows, runner.problems, _now())
+    return 0 if runner.all_ready() and not runner.problems else 1
+
+
+async def _watch(runner: LocalRunner, stop: asyncio.Event, scan_seconds: float) -> None:
+    """Show, wait a scan period, re-read the folder; until SIGINT/SIGTERM."""
+    while not stop.is_set():
+        runner.show()
+        await _wait(stop, scan_seconds)
+        if not stop.is_set():
+            await runner.sync_folder()
+
+
 async def run_up(options: UpOptions, out: TextIO | None = None) -> int:
     """Run `pmsctl up` until SIGINT/SIGTERM (or once, with `options.once`); the exit code."""
     from reconciler.engine import Engine
@@ -659,14 +767,15 @@ async def run_up(options: UpOptions, out: TextIO | None = None) -> int:
         raise UpError(
             f"{options.path}: no such file or folder (pass the folder of practice YAML files)"
         )
-    secrets = LocalSecrets.load(options.credentials, os.environ)
-    simulate = options.simulate if options.simulate is not None else not secrets.available
+    credentials = LocalSecrets.load(options.credentials, os.environ)
+    simulate = options.simulate if options.simulate is not None else not credentials.available
     options.state_dir.mkdir(parents=True, exist_ok=True)
     display = Display(out, options.output)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    code = 0
     try:
         async with contextlib.AsyncExitStack() as stack:
             sim: SimulatedPms | None = None
@@ -680,7 +789,7 @@ async def run_up(options: UpOptions, out: TextIO | None = None) -> int:
             engine = Engine(
                 sink=sink,
                 store=store,
-                secrets=secrets,
+                secrets=credentials,
                 connection_override=sim.override if sim is not None else None,
             )
             _info(
@@ -688,28 +797,28 @@ async def run_up(options: UpOptions, out: TextIO | None = None) -> int:
                 f"cursors in {options.state_dir / 'state.db'}"
             )
             await engine.start()
+            service: Any = None
             try:
-                runner = LocalRunner(engine, FolderWatcher(options.path), display, sim)
+                if options.writeback_port is not None:
+                    from reconciler.writeback.service import WritebackService
+
+                    token, token_from = writeback_token(options.state_dir, os.environ)
+                    service = WritebackService(engine, options.state_dir / "writebacks.db", token)
+                    url = await service.start("127.0.0.1", free_or_zero(options.writeback_port))
+                    _info(f"writeback API on {url} (bearer token: {token_from})")
+                runner = LocalRunner(engine, FolderWatcher(options.path), display, sim, service)
                 await runner.sync_folder()
                 if options.once:
-                    deadline = loop.time() + options.once_timeout
-                    while not runner.all_ready() and loop.time() < deadline and not stop.is_set():
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(stop.wait(), 0.2)
-                    rows, _ = runner.rows()
-                    display.table_once(rows, runner.problems, _now())
-                    return 0 if runner.all_ready() and not runner.problems else 1
-                while not stop.is_set():
-                    runner.show()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), options.scan_seconds)
-                    if not stop.is_set():
-                        await runner.sync_folder()
+                    code = await _settle_once(runner, display, stop, options.once_timeout)
+                else:
+                    await _watch(runner, stop, options.scan_seconds)
             finally:
-                _info("stopping: pollers, sink flush, cursors")
+                _info("stopping: writebacks, pollers, sink flush, cursors")
+                if service is not None:
+                    await service.stop()
                 await engine.stop()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     _info("stopped cleanly")
-    return 0
+    return code

@@ -175,15 +175,14 @@ def render_table(rows: Iterable[Row], now: datetime) -> list[str]:
     ]
 
 
-def render_problems(problems: Sequence[str]) -> list[str]:
+KEEP_RUNNING_HEADER = "Not applied (fix the file; the last good version keeps running):"
+
+
+def render_problems(problems: Sequence[str], header: str = KEEP_RUNNING_HEADER) -> list[str]:
     """The block under the table that lists files not applied (empty when there are none)."""
     if not problems:
         return []
-    return [
-        "",
-        "Not applied (fix the file; the last good version keeps running):",
-        *(f"  {p}" for p in problems),
-    ]
+    return ["", header, *(f"  {p}" for p in problems)]
 
 
 def redraw(lines: Sequence[str], previous_height: int) -> str:
@@ -228,8 +227,18 @@ def removed_line(name: str, now: datetime) -> str:
 
 
 def problem_line(problem: str, now: datetime) -> str:
-    """The line printed when a file is invalid and was not applied."""
-    return f"{format_time(now)} invalid {problem} (not applied; last good version keeps running)"
+    """The line printed for each problem of a file that is invalid and was not applied."""
+    return f"{format_time(now)} invalid {problem}"
+
+
+def kept_line(path: str, names: Sequence[str], now: datetime) -> str:
+    """The line after a file's problems: not applied, and which practices keep running."""
+    running = (
+        f"{', '.join(names)} keep{'s' if len(names) == 1 else ''} running at the last good version"
+        if names
+        else "nothing from it is running"
+    )
+    return f"{format_time(now)} {path} not applied; {running}"
 
 
 def fixed_line(path: str, now: datetime) -> str:

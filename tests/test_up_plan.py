@@ -299,3 +299,15 @@ def test_no_credentials_means_simulate_by_default(tmp_path: Path) -> None:
 def test_unreadable_credentials_file_is_a_startup_error(tmp_path: Path) -> None:
     with pytest.raises(UpError, match="cannot read"):
         LocalSecrets.load(tmp_path / "missing.yaml", {})
+
+
+def test_same_practice_id_under_two_names_is_reported_not_applied_twice() -> None:
+    a = practice("a", "p/1.yaml")
+    b = LoadedPractice("default/b", "b", "p/2.yaml", a.spec)
+    result = plan({}, {"p/1.yaml": ok("p/1.yaml", a), "p/2.yaml": ok("p/2.yaml", b)})
+    assert [x.practice.key for x in result.apply] == ["default/a"]
+    assert result.problems == {
+        "p/2.yaml": (
+            "p/2.yaml: default/b: spec.practiceId 'a' is also used by default/a in p/1.yaml; not applied",
+        )
+    }

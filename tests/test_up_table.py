@@ -140,6 +140,7 @@ def test_problems_block_is_empty_without_problems_and_lists_them_otherwise() -> 
     block = uptable.render_problems(["p/a.yaml:3:5: spec.pms.type: 'X' is not one of ..."])
     assert block[-1] == "  p/a.yaml:3:5: spec.pms.type: 'X' is not one of ..."
     assert "last good version keeps running" in block[1]
+    assert uptable.render_problems(["x"], header="Not applied:")[1] == "Not applied:"
 
 
 def test_redraw_moves_up_over_the_previous_frame_and_clears_below() -> None:
@@ -207,8 +208,18 @@ def test_change_line_of_a_not_ready_practice_carries_the_message_and_errors() ->
 
 def test_removed_problem_and_fixed_lines() -> None:
     assert uptable.removed_line("a", NOW) == "2026-11-26T19:01:02Z a removed"
-    assert uptable.problem_line("p/a.yaml:1:1: x", NOW).startswith(
-        "2026-11-26T19:01:02Z invalid p/a.yaml:1:1: x"
+    assert (
+        uptable.problem_line("p/a.yaml:1:1: x", NOW)
+        == "2026-11-26T19:01:02Z invalid p/a.yaml:1:1: x"
+    )
+    assert uptable.kept_line("p/a.yaml", ["a"], NOW) == (
+        "2026-11-26T19:01:02Z p/a.yaml not applied; a keeps running at the last good version"
+    )
+    assert uptable.kept_line("p/ab.yaml", ["a", "b"], NOW).endswith(
+        "a, b keep running at the last good version"
+    )
+    assert uptable.kept_line("p/new.yaml", [], NOW).endswith(
+        "p/new.yaml not applied; nothing from it is running"
     )
     assert uptable.fixed_line("p/a.yaml", NOW) == "2026-11-26T19:01:02Z valid p/a.yaml"
 

@@ -91,6 +91,21 @@ def register(sub: Any) -> None:
         help="with --simulate: seconds between simulated office changes (default 2)",
     )
     p.add_argument(
+        "--writeback-port",
+        type=int,
+        default=8081,
+        metavar="PORT",
+        help="serve the writeback API on 127.0.0.1:PORT (default 8081, a free port if taken; "
+        "0: any free port)",
+    )
+    p.add_argument(
+        "--no-writeback",
+        dest="writeback_port",
+        action="store_const",
+        const=None,
+        help="do not start the writeback API",
+    )
+    p.add_argument(
         "-o",
         "--output",
         choices=("auto", "table", "lines", "json"),
@@ -118,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         once_timeout=args.timeout,
         output=args.output,
         tick_seconds=args.tick_seconds,
+        writeback_port=args.writeback_port,
     )
     try:
         return asyncio.run(run_up(options))
