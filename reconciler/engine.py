@@ -174,7 +174,7 @@ def _classify(exc: BaseException) -> ReachError:
         if exc.operation == "configure":
             return ReachError(ReachFailure.SECRET_INCOMPLETE, msg)
         return ReachError(ReachFailure.AUTH, f"{msg}; fix the credentials in the practice's Secret")
-    if isinstance(exc, RateLimitedError):
+    if isinstance(exc, RateLimitedError) and exc.status == 429:
         return ReachError(ReachFailure.RATE_LIMITED, msg)
     if isinstance(exc, TemporaryPmsError):
         return ReachError(ReachFailure.UNREACHABLE, msg)

@@ -1,0 +1,411 @@
+"""The engine against the real PMS simulator on a loopback port, with real SQLite and a JSONL sink.
+
+Real: the simulator's HTTP server and data (Open Dental and Dentrix flavours), the drivers and their
+rate-limited httpx clients, the scheduler, the SQLite cursor store, the JSONL event file.
+The secret source is a dict (`DictSecrets`), a complete implementation of the `SecretSource`
+protocol, not a fake of Kubernetes (the operator tests use real Secrets). Intervals are 1 s here
+(below the schema's 5 s minimum, which applies to resources, not to the engine) to keep each test
+to a few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pms_drivers.base import Credentials
+from pms_simulator import Simulator
+from reconciler.core import ConditionType, PracticeStatus, Reason, Transition
+from reconciler.engine import Engine, EngineSettings, SecretNotFoundError
+from reconciler.sink import JsonlSink
+from reconciler.spec import PracticeSpec, WritebackType
+from reconciler.store import SqliteCursorStore
+
+FAST = EngineSettings(
+    first_poll_jitter=0.0,
+    jitter=0.0,
+    drift_interval=60.0,
+    status_interval=0.5,
+    rate_per_second=50.0,
+    burst=50,
+    max_backoff=2.0,
+)
+
+
+class DictSecrets:
+    """SecretSource over a dict of secret name -> values."""
+
+    def __init__(self, secrets: dict[str, dict[str, str]] | None = None) -> None:
+        self.secrets = secrets or {}
+
+    async def get(self, key: str, secret_name: str) -> Credentials:
+        ns = key.split("/", 1)[0]
+        if secret_name not in self.secrets:
+            raise SecretNotFoundError(f"Secret {ns}/{secret_name} not found")
+        return Credentials(self.secrets[secret_name])
+
+
+class Statuses:
+    """A status listener that keeps every call, for assertions."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, PracticeStatus, tuple[Transition, ...]]] = []
+
+    async def __call__(
+        self, key: str, status: PracticeStatus, transitions: Sequence[Transition]
+    ) -> None:
+        self.calls.append((key, status, tuple(transitions)))
+
+    def transitions(self, ctype: str) -> list[Transition]:
+        return [t for _, _, ts in self.calls for t in ts if t.type == ctype]
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    s = Simulator(rate_limit_per_second=1000, burst=1000)
+    s.add_practice("acme", "OpenDental")
+    s.add_practice("bright", "Dentrix")
+    async with s.serve():
+        yield s
+    s.close()
+
+
+def spec_for(sim: Simulator, pid: str = "acme", **over: Any) -> PracticeSpec:
+    pms = "OpenDental" if pid == "acme" else "Dentrix"
+    body: dict[str, Any] = {
+        "practiceId": pid,
+        "pms": {
+            "type": pms,
+            "url": sim.base_url(pms),
+            "credentialsSecretRef": {"name": f"{pid}-pms"},
+        },
+        "providerId": "1" if pms == "OpenDental" else "DDS1",
+        "writeback": {"outgoingSms": {"allow": True, "noteType": "Text Message"}},
+        "documents": {"accountStatement": {"writeTo": "Statements"}},
+        "sync": {
+            "appointmentStatus": {"enabled": True, "interval": "1s"},
+            "appointments": {"enabled": True, "interval": "1s"},
+            "patients": {"enabled": True, "interval": "1s"},
+        },
+    }
+    body.update(over)
+    return PracticeSpec.from_spec(body)
+
+
+def make_engine(
+    sim: Simulator,
+    tmp_path: Path,
+    listener: Statuses | None = None,
+    settings: EngineSettings = FAST,
+    **kw: Any,
+) -> Engine:
+    secrets = DictSecrets({f"{pid}-pms": sim.credentials(pid) for pid, _ in sim.practices()})
+    return Engine(
+        sink=JsonlSink(tmp_path / "events.jsonl", fsync=False),
+        store=SqliteCursorStore(tmp_path / "state.db"),
+        secrets=kw.pop("secrets", secrets),
+        settings=settings,
+        on_status=listener,
+        **kw,
+    )
+
+
+def events(tmp_path: Path) -> list[dict[str, Any]]:
+    path = tmp_path / "events.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def missing(sim: Simulator, tmp_path: Path, pid: str = "acme") -> dict[str, set[str]]:
+    """Record ids the simulator changed that no event carries yet, per kind (appointments, patients)."""
+    seen: dict[str, set[str]] = {"appointments": set(), "patients": set()}
+    for e in events(tmp_path):
+        if e["practiceid"] != pid:
+            continue
+        kind = {
+            "dev.dental.pmsctl.appointment.changed": "appointments",
+            "dev.dental.pmsctl.patient.changed": "patients",
+        }.get(e["type"])
+        if kind:
+            seen[kind].add(f"{e['subject']}@{e['data']['changedAt']}")
+    out: dict[str, set[str]] = {}
+    for kind in seen:
+        latest: dict[str, str] = {}
+        for c in sim.changes(pid, kind):
+            latest[str(c["id"])] = str(c["changed_at"])
+        out[kind] = {f"{i}@{t}" for i, t in latest.items()} - seen[kind]
+    return out
+
+
+async def eventually(
+    check: Callable[[], Any], timeout: float = 10.0, what: str = "condition"
+) -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+def cond(engine: Engine, key: str, ctype: str) -> tuple[str, str, str]:
+    status = engine.status(key)
+    assert status is not None
+    c = status.condition(ctype)
+    assert c is not None
+    return c.status, c.reason, c.message
+
+
+async def test_practices_become_ready_and_pollers_emit_every_change(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    listener = Statuses()
+    engine = make_engine(sim, tmp_path, listener)
+    await engine.start()
+    try:
+        od = await engine.apply("clinics/acme", spec_for(sim), generation=3)
+        dx = await engine.apply("clinics/bright", spec_for(sim, "bright"))
+        assert od.ready and dx.ready, (od.to_dict(), dx.to_dict())
+        s = od.to_dict()
+        assert s["observedGeneration"] == 3
+        assert s["provider"]["id"] == "1" and s["provider"]["active"] is True
+        assert (
+            s["noteTypes"]["outgoingSms"]["name"] == "Text Message"
+            and s["noteTypes"]["outgoingSms"]["id"]
+        )
+        assert s["documentTypes"]["accountStatement"]["writeTo"]["name"] == "Statements"
+        target = engine.target("acme")
+        assert target is not None and target.key == "clinics/acme" and target.provider_id == "1"
+        assert (
+            target.note_type_ids[WritebackType.OUTGOING_SMS] == s["noteTypes"]["outgoingSms"]["id"]
+        )
+        assert target.driver is not None
+        assert engine.target("nobody") is None
+        assert listener.calls and listener.calls[0][0] == "clinics/acme"
+        sim.advance(90)
+        await eventually(
+            lambda: not any(missing(sim, tmp_path).values()), what="every acme change emitted"
+        )
+        await eventually(
+            lambda: not any(missing(sim, tmp_path, "bright").values()),
+            what="every bright change emitted",
+        )
+        await eventually(
+            lambda: (
+                engine.status("clinics/acme").to_dict()["pollers"]["patients"]["eventsEmitted"]
+                >= 300
+            )
+        )  # type: ignore[union-attr]
+    finally:
+        await engine.stop()
+    ids = [e["id"] for e in events(tmp_path)]
+    assert len(ids) == len(set(ids)), "a page was emitted twice"
+
+
+async def test_outage_flips_pms_reachable_and_every_change_made_during_it_is_emitted(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    listener = Statuses()
+    engine = make_engine(sim, tmp_path, listener)
+    await engine.start()
+    try:
+        assert (await engine.apply("clinics/acme", spec_for(sim))).ready
+        await eventually(lambda: not any(missing(sim, tmp_path).values()), what="initial catch-up")
+        sim.set_faults("acme", outage=True)
+        await eventually(
+            lambda: cond(engine, "clinics/acme", ConditionType.PMS_REACHABLE)[0] == "False",
+            what="PMSReachable False",
+        )
+        status, reason, message = cond(engine, "clinics/acme", ConditionType.PMS_REACHABLE)
+        assert reason == Reason.UNREACHABLE and "503" in message
+        assert not engine.status("clinics/acme").ready  # type: ignore[union-attr]
+        sim.advance(120)  # the office keeps working during the outage
+        assert any(missing(sim, tmp_path).values())
+        await asyncio.sleep(1.5)
+        sim.set_faults("acme")
+        await eventually(
+            lambda: engine.status("clinics/acme").ready, timeout=12, what="Ready again"
+        )  # type: ignore[union-attr]
+        await eventually(
+            lambda: not any(missing(sim, tmp_path).values()),
+            timeout=12,
+            what="outage changes emitted",
+        )
+    finally:
+        await engine.stop()
+    flips = [
+        (t.old_status, t.new_status) for t in listener.transitions(ConditionType.PMS_REACHABLE)
+    ]
+    assert ("True", "False") in flips and ("False", "True") in flips
+
+
+async def test_restart_resumes_from_saved_cursors_without_losing_or_replaying(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    engine = make_engine(sim, tmp_path)
+    await engine.start()
+    assert (await engine.apply("clinics/acme", spec_for(sim))).ready
+    await eventually(lambda: not any(missing(sim, tmp_path).values()), what="first run catch-up")
+    await engine.stop()
+    before = len(events(tmp_path))
+    sim.advance(60)  # changes while no engine runs
+    engine = make_engine(sim, tmp_path)
+    await engine.start()
+    try:
+        await engine.apply("clinics/acme", spec_for(sim))
+        await eventually(
+            lambda: not any(missing(sim, tmp_path).values()), what="catch-up after restart"
+        )
+    finally:
+        await engine.stop()
+    after = events(tmp_path)[before:]
+    assert 0 < len(after) < 200, "the restarted engine re-read from the beginning"
+    patients_again = [e for e in after if e["type"].endswith("patient.changed")]
+    assert len(patients_again) < 100
+
+
+async def test_renamed_note_type_flips_the_condition_within_the_drift_interval(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    listener = Statuses()
+    settings = EngineSettings(**{**FAST.__dict__, "drift_interval": 1.0})
+    engine = make_engine(sim, tmp_path, listener, settings=settings)
+    await engine.start()
+    try:
+        assert (await engine.apply("clinics/acme", spec_for(sim))).ready
+        sim.rename_note_type("acme", "Text Message", "Texting")
+        await eventually(
+            lambda: cond(engine, "clinics/acme", ConditionType.NOTE_TYPES_RESOLVED)[0] == "False",
+            timeout=5,
+            what="drift noticed",
+        )
+        _, reason, message = cond(engine, "clinics/acme", ConditionType.NOTE_TYPES_RESOLVED)
+        assert reason == Reason.NOTE_TYPE_NOT_FOUND
+        assert (
+            "outgoingSms: commlog type 'Text Message' not found in Open Dental; available:"
+            in message
+        )
+        assert "Texting" in message
+        assert any(
+            t.new_status == "False" for t in listener.transitions(ConditionType.NOTE_TYPES_RESOLVED)
+        )
+        assert engine.target("acme").note_type_ids == {}  # type: ignore[union-attr]
+        sim.inactivate_provider("acme", "1")
+        await eventually(
+            lambda: (
+                cond(engine, "clinics/acme", ConditionType.PROVIDER_VERIFIED)[1]
+                == Reason.PROVIDER_INACTIVE
+            ),
+            timeout=5,
+        )
+    finally:
+        await engine.stop()
+
+
+def request_times(sim: Simulator, pid: str, fragment: str) -> list[float]:
+    return [r.at for r in sim.requests(pid) if fragment in r.path]
+
+
+async def test_interval_change_disable_and_suspend_change_what_the_pms_sees(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    engine = make_engine(sim, tmp_path)
+    await engine.start()
+    try:
+        await engine.apply("clinics/acme", spec_for(sim))
+        await asyncio.sleep(2.5)
+        sync_fast = {
+            "patients": {"enabled": True, "interval": "1s"},
+            "appointments": {"enabled": True, "interval": "3s"},
+        }
+        await engine.apply("clinics/acme", spec_for(sim, sync=sync_fast))
+        sim.clear_requests("acme")
+        await asyncio.sleep(3.2)
+        patients = request_times(sim, "acme", "/patients")
+        appointments = request_times(sim, "acme", "/appointments")
+        assert 3 <= len(patients) <= 4, patients  # every 1 s
+        assert 1 <= len(appointments) <= 3, (
+            appointments
+        )  # every 3 s now; appointmentStatus disabled too
+        gaps = [b - a for a, b in zip(patients, patients[1:], strict=False)]
+        assert min(gaps) >= 0.95  # one poller, not two
+        assert set(engine.scheduler.kinds("clinics/acme")) == {"patients", "appointments", "drift"}
+        await engine.apply("clinics/acme", spec_for(sim, sync=sync_fast, suspend=True))
+        sim.clear_requests("acme")
+        await asyncio.sleep(2.0)
+        assert sim.requests("acme") == []
+        assert engine.scheduler.kinds("clinics/acme") == {}
+        assert cond(engine, "clinics/acme", ConditionType.SUSPENDED)[0] == "True"
+        await engine.apply("clinics/acme", spec_for(sim, sync=sync_fast))
+        await eventually(
+            lambda: request_times(sim, "acme", "/patients"), timeout=3, what="resumed polling"
+        )
+        await engine.remove("clinics/acme")
+        sim.clear_requests("acme")
+        await asyncio.sleep(1.5)
+        assert sim.requests("acme") == []
+        assert engine.keys() == [] and len(engine.scheduler) == 0
+    finally:
+        await engine.stop()
+
+
+async def test_missing_secret_and_wrong_provider_say_how_to_fix_and_fixing_makes_ready(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    secrets = DictSecrets()
+    engine = make_engine(sim, tmp_path, secrets=secrets)
+    await engine.start()
+    try:
+        st = await engine.apply("clinics/acme", spec_for(sim, providerId="4"))
+        assert not st.ready
+        assert cond(engine, "clinics/acme", ConditionType.PMS_REACHABLE)[:2] == (
+            "False",
+            Reason.SECRET_NOT_FOUND,
+        )
+        assert cond(engine, "clinics/acme", ConditionType.READY)[1] == Reason.SECRET_NOT_FOUND
+        assert isinstance(engine.last_error("clinics/acme"), SecretNotFoundError)
+        assert engine.scheduler.kinds("clinics/acme") == {"drift": FAST.drift_interval}
+        secrets.secrets["acme-pms"] = {"developerKey": "x", "customerKey": "wrong"}
+        await engine.refresh("clinics/acme")
+        status, reason, message = cond(engine, "clinics/acme", ConditionType.PMS_REACHABLE)
+        assert (status, reason) == ("False", Reason.CREDENTIALS_REJECTED)
+        assert "wrong" not in message and "fix the credentials" in message
+        secrets.secrets["acme-pms"] = sim.credentials("acme")
+        await engine.refresh("clinics/acme")
+        status, reason, message = cond(engine, "clinics/acme", ConditionType.PROVIDER_VERIFIED)
+        assert (status, reason) == ("False", Reason.PROVIDER_INACTIVE)
+        assert "active provider: 1 (" in message
+        st = await engine.apply("clinics/acme", spec_for(sim), generation=2)
+        assert st.ready and st.observed_generation == 2
+        assert engine.last_error("clinics/acme") is None
+    finally:
+        await engine.stop()
+
+
+async def test_connection_override_points_a_practice_at_the_simulator(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    def override(spec: PracticeSpec) -> tuple[str, Credentials] | None:
+        return sim.base_url(spec.pms.type), Credentials(sim.credentials(spec.practice_id))
+
+    engine = make_engine(sim, tmp_path, secrets=DictSecrets(), connection_override=override)
+    await engine.start()
+    try:
+        spec = spec_for(
+            sim,
+            pms={
+                "type": "OpenDental",
+                "url": "https://api.opendental.com/api/v1",
+                "credentialsSecretRef": {"name": "nope"},
+            },
+        )
+        assert (await engine.apply("local/acme", spec)).ready
+    finally:
+        await engine.stop()
