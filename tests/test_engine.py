@@ -11,6 +11,7 @@ to a few seconds.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -223,7 +224,7 @@ async def test_outage_flips_pms_reachable_and_every_change_made_during_it_is_emi
             lambda: cond(engine, "clinics/acme", ConditionType.PMS_REACHABLE)[0] == "False",
             what="PMSReachable False",
         )
-        status, reason, message = cond(engine, "clinics/acme", ConditionType.PMS_REACHABLE)
+        _status, reason, message = cond(engine, "clinics/acme", ConditionType.PMS_REACHABLE)
         assert reason == Reason.UNREACHABLE and "503" in message
         assert not engine.status("clinics/acme").ready  # type: ignore[union-attr]
         sim.advance(120)  # the office keeps working during the outage
@@ -334,7 +335,7 @@ async def test_interval_change_disable_and_suspend_change_what_the_pms_sees(
         assert 1 <= len(appointments) <= 3, (
             appointments
         )  # every 3 s now; appointmentStatus disabled too
-        gaps = [b - a for a, b in zip(patients, patients[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(patients)]
         assert min(gaps) >= 0.95  # one poller, not two
         assert set(engine.scheduler.kinds("clinics/acme")) == {"patients", "appointments", "drift"}
         await engine.apply("clinics/acme", spec_for(sim, sync=sync_fast, suspend=True))
