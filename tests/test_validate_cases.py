@@ -56,7 +56,7 @@ def test_invalid_case_reports_the_expected_path_and_line(path: Path) -> None:
     text = path.read_text(encoding="utf-8")
     expected = EXPECT.findall(text)
     assert expected, f"{path.name} declares no '# expect: path @ line'"
-    docs, problems = validate.validate_text(text, str(path))
+    _, problems = validate.validate_text(text, str(path))
     found = {(p.path, p.line) for p in problems}
     for field_path, line in expected:
         assert (field_path, int(line)) in found, (
