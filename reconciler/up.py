@@ -29,7 +29,6 @@ import base64
 import binascii
 import contextlib
 import hashlib
-import inspect
 import json
 import os
 import re
@@ -188,11 +187,23 @@ def plan(applied: Mapping[str, Applied], files: Mapping[str, FileResult]) -> Pla
 
 
 def practice_key(metadata: Mapping[str, Any]) -> tuple[str, str]:
-    """(engine key, display name) from a resource's metadata: `namespace/name`, and the name
-    alone when the namespace is absent or `default`."""
+    """(engine key, name) from a resource's metadata: `namespace/name` (namespace `default`
+    when absent, as kubectl would apply it) and `metadata.name`."""
     name = str(metadata.get("name") or "")
     namespace = str(metadata.get("namespace") or "default")
-    return f"{namespace}/{name}", name if namespace == "default" else f"{namespace}/{name}"
+    return f"{namespace}/{name}", name
+
+
+def display_names(applied: Mapping[str, Applied]) -> dict[str, str]:
+    """key -> what the PRACTICE column shows: the name, like `kubectl get`, or `namespace/name`
+    for a name that two namespaces use."""
+    counts: dict[str, int] = {}
+    for entry in applied.values():
+        counts[entry.practice.name] = counts.get(entry.practice.name, 0) + 1
+    return {
+        key: entry.practice.name if counts[entry.practice.name] == 1 else key
+        for key, entry in applied.items()
+    }
 
 
 def load_text(text: str, path: str) -> FileResult:
@@ -434,22 +445,23 @@ class SimulatedPms:
     @classmethod
     @contextlib.asynccontextmanager
     async def start(cls, db: Path, tick_seconds: float = 2.0) -> AsyncIterator[SimulatedPms]:
-        """Start the simulator on a free loopback port; stops it on exit."""
+        """Start the simulator on a free loopback port; stops it and closes its database on exit."""
         from pms_simulator import Simulator
 
         sim = Simulator(db=str(db), autotick=True, tick_seconds=tick_seconds)
-        async with sim.serve(host="127.0.0.1", port=0) as server_url:
-            yield cls(sim, str(server_url))
+        try:
+            async with sim.serve(host="127.0.0.1", port=0) as server_url:
+                yield cls(sim, str(server_url))
+        finally:
+            sim.close()
 
     async def ensure(self, spec: PracticeSpec) -> None:
-        """Register the practice with the simulator (seeded from its id) unless already known
-        with this PMS type."""
+        """Register the practice with the simulator (seeded from its id on first use) unless
+        already known with this PMS type. Seeding writes SQLite, so it runs off the loop."""
         known = self._creds.get(spec.practice_id)
         if known is not None and known[0] == spec.pms.type.value:
             return
-        made = self.sim.add_practice(spec.practice_id, spec.pms.type.value)
-        if inspect.isawaitable(made):
-            made = await made
+        made = await asyncio.to_thread(self.sim.add_practice, spec.practice_id, spec.pms.type.value)
         self._creds[spec.practice_id] = (spec.pms.type.value, Credentials(dict(made)))
 
     def override(self, spec: PracticeSpec) -> tuple[str, Credentials] | None:
@@ -601,6 +613,14 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _local_settings() -> Any:
+    from reconciler.engine import EngineSettings
+
+    # A handful of practices on a laptop: poll at once instead of spreading first polls over an
+    # interval, and refresh counters every second so the table is live.
+    return EngineSettings(first_poll_jitter=0.0, status_interval=1.0)
+
+
 def _info(message: str) -> None:
     print(f"pmsctl up: {message}", file=sys.stderr, flush=True)
 
@@ -657,16 +677,15 @@ class LocalRunner:
     def rows(self) -> tuple[list[uptable.Row], dict[str, Mapping[str, Any]]]:
         """The table rows and status dicts of every applied practice, from the engine."""
         rows, statuses = [], {}
+        shown = display_names(self.applied)
         for key, entry in sorted(self.applied.items()):
             status = self.engine.status(key)
             as_dict: Mapping[str, Any] = status.to_dict() if status is not None else {}
             spec = entry.practice.spec
             rows.append(
-                uptable.row_from_status(
-                    entry.practice.name, spec.pms.type.value, spec.provider_id, as_dict
-                )
+                uptable.row_from_status(shown[key], spec.pms.type.value, spec.provider_id, as_dict)
             )
-            statuses[entry.practice.name] = as_dict
+            statuses[shown[key]] = as_dict
         return rows, statuses
 
     def show(self) -> None:
@@ -677,13 +696,22 @@ class LocalRunner:
                 self.engine.record_writebacks(pid, self.writebacks.counts(pid))
         rows, statuses = self.rows()
         kept: dict[str, list[str]] = {}
-        for entry in self.applied.values():
-            kept.setdefault(entry.practice.path, []).append(entry.practice.name)
+        shown = display_names(self.applied)
+        for key, entry in sorted(self.applied.items()):
+            kept.setdefault(entry.practice.path, []).append(shown[key])
         self.display.update(rows, statuses, self.problems, _now(), self.files, kept)
 
     def all_ready(self) -> bool:
+        """Every applied practice is Ready (and there is at least one)."""
         rows, _ = self.rows()
         return bool(rows) and all(r.ready == "True" for r in rows)
+
+    def settled(self) -> bool:
+        """Every practice Ready and every running poller past its first poll (success or not)."""
+        rows, _ = self.rows()
+        return self.all_ready() and all(
+            p.last_success or p.consecutive_failures for r in rows for p in r.pollers if p.running
+        )
 
 
 def writeback_token(state_dir: Path, environ: Mapping[str, str]) -> tuple[str, str]:
@@ -737,9 +765,10 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
 async def _settle_once(
     runner: LocalRunner, display: Display, stop: asyncio.Event, timeout: float
 ) -> int:
-    """`--once`: wait (bounded) for every practice to be Ready, print the table; the exit code."""
+    """`--once`: wait (bounded) for every practice to be Ready and its pollers' first polls,
+    print the table; the exit code."""
     deadline = asyncio.get_running_loop().time() + timeout
-    while not runner.all_ready() and not stop.is_set():
+    while not runner.settled() and not stop.is_set():
         if asyncio.get_running_loop().time() >= deadline:
             break
         await _wait(stop, 0.2)
@@ -790,6 +819,7 @@ async def run_up(options: UpOptions, out: TextIO | None = None) -> int:
                 sink=sink,
                 store=store,
                 secrets=credentials,
+                settings=_local_settings(),
                 connection_override=sim.override if sim is not None else None,
             )
             _info(

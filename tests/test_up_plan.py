@@ -24,6 +24,7 @@ from reconciler.up import (
     LoadedPractice,
     LocalSecrets,
     UpError,
+    display_names,
     env_var_name,
     parse_credentials_env,
     parse_credentials_file,
@@ -154,7 +155,7 @@ def test_practice_moved_to_another_file_with_the_same_spec_is_not_reapplied() ->
     [
         ({"name": "a"}, ("default/a", "a")),
         ({"name": "a", "namespace": "default"}, ("default/a", "a")),
-        ({"name": "a", "namespace": "dental"}, ("dental/a", "dental/a")),
+        ({"name": "a", "namespace": "dental"}, ("dental/a", "a")),
     ],
 )
 def test_practice_key_is_namespace_and_name(metadata: dict, expected: tuple[str, str]) -> None:
@@ -310,4 +311,16 @@ def test_same_practice_id_under_two_names_is_reported_not_applied_twice() -> Non
         "p/2.yaml": (
             "p/2.yaml: default/b: spec.practiceId 'a' is also used by default/a in p/1.yaml; not applied",
         )
+    }
+
+
+def test_display_names_are_plain_names_unless_two_namespaces_share_one() -> None:
+    a = LoadedPractice("clinics/a", "a", "p/1.yaml", spec("a1"))
+    a2 = LoadedPractice("other/a", "a", "p/2.yaml", spec("a2"))
+    b = LoadedPractice("clinics/b", "b", "p/3.yaml", spec("b"))
+    applied = {x.key: Applied(x, 1) for x in (a, a2, b)}
+    assert display_names(applied) == {
+        "clinics/a": "clinics/a",
+        "other/a": "other/a",
+        "clinics/b": "b",
     }
