@@ -1,0 +1,66 @@
+"""Shared pytest fixtures.
+
+The Kubernetes fixtures (harness in `tests/testenv.py`, guide in `docs/testenv.md`):
+
+- `kube` (session): a `testenv.Cluster` - a real etcd + kube-apiserver started for the session
+  on free loopback ports, or the cluster named by `PMSCTL_TEST_KUBECONFIG` (kind, k3d). It has
+  `.kubeconfig`, `.server`, `.kubectl(*args, input=None, check=True)`, `.api_client` and
+  `.environ()`. When the testenv binaries are missing it builds them (`hack/testenv/build.sh`);
+  a failed build fails the tests, it never skips them.
+- `crd_installed` (session): the CRDs from `crds/` applied server-side, Established and served;
+  the value is the list of CRD names.
+- `kube_namespace` (per test): a fresh namespace name, deleted with what the test left in it.
+
+Mark every test that uses them `@pytest.mark.kube`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import testenv
+
+
+@pytest.fixture(scope="session")
+def kube(request: pytest.FixtureRequest) -> Iterator[testenv.Cluster]:
+    """A real API server for the session (or PMSCTL_TEST_KUBECONFIG's cluster)."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    progress = testenv.default_progress()
+    external = os.environ.get(testenv.ENV_KUBECONFIG)
+    # Build progress goes straight to the terminal: a first build takes minutes.
+    with capture.global_and_fixture_disabled():
+        if external:
+            cluster = testenv.connect_existing(Path(external), progress)
+        else:
+            bin_dir = testenv.testenv_binaries(progress)
+    if external:
+        try:
+            yield cluster
+        finally:
+            cluster.close()
+        return
+    with testenv.start_control_plane(bin_dir) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def crd_installed(kube: testenv.Cluster) -> list[str]:
+    """Install every CRD in crds/ once per session and wait until each is Established."""
+    return testenv.install_crds(kube, testenv.REPO / "crds")
+
+
+@pytest.fixture
+def kube_namespace(kube: testenv.Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A namespace of the test's own, deleted (with its objects) after the test."""
+    from kubernetes import client
+
+    name = testenv.namespace_name(request.node.name)
+    namespace = client.V1Namespace(metadata=client.V1ObjectMeta(name=name))
+    client.CoreV1Api(kube.api_client).create_namespace(namespace)
+    try:
+        yield name
+    finally:
+        testenv.delete_namespace(kube, name)
