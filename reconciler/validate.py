@@ -629,7 +629,7 @@ def validate_text(
     limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[list[ValidDocument], list[Problem]]:
     """Validate the YAML text of one file (every document in it, duplicates among them too)."""
-    valid, problems, _ = _validate_one(text, filename, _Seen(), skip_other_kinds, [], limits)
+    valid, problems = _validate_one(text, filename, _Seen(), skip_other_kinds, [], limits)
     return valid, problems
 
 
@@ -640,7 +640,7 @@ def _validate_one(
     skip_other_kinds: bool,
     skipped: list[Skipped],
     limits: Limits,
-) -> tuple[list[ValidDocument], list[Problem], None]:
+) -> tuple[list[ValidDocument], list[Problem]]:
     docs, error = load_documents(text, limits=limits)
     valid, problems = (
         _check_documents(docs, filename, seen, skip_other_kinds, skipped)
@@ -652,7 +652,7 @@ def _validate_one(
             Problem(filename, max(error.line, 1), max(error.col, 1), FILE_PATH, error.message)
         )
     problems.sort(key=lambda p: (p.line, p.col, p.path))
-    return valid, problems, None
+    return valid, problems
 
 
 def iter_yaml_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
@@ -695,7 +695,7 @@ def validate_paths(
                 Problem(name, max(exc.line, 1), max(exc.col, 1), FILE_PATH, exc.message)
             )
             continue
-        valid, found, _ = _validate_one(text, name, seen, skip_other_kinds, skipped, limits)
+        valid, found = _validate_one(text, name, seen, skip_other_kinds, skipped, limits)
         documents.extend(valid)
         problems.extend(found)
     return Report(tuple(str(p) for p in files), tuple(documents), tuple(problems), tuple(skipped))
