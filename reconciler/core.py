@@ -636,3 +636,19 @@ def _ready(spec: PracticeSpec, v: Mapping[ConditionType, _Verdict]) -> _Verdict:
             status = "Unknown" if verdict.status == "Unknown" else "False"
             return _Verdict(status, verdict.reason, f"{ctype}: {verdict.message}")
     return _Verdict("True", Reason.READY, "provider verified, names resolved, pollers running")
+
+
+def events_for(transitions: Sequence[Transition]) -> list[Transition]:
+    """The transitions worth a Kubernetes Event.
+
+    A condition's first appearance is only news when it is not good (a practice created healthy
+    gets one `Ready` event, not eight); every later change of status or reason is news.
+    """
+    out: list[Transition] = []
+    for t in transitions:
+        if t.old_status is None and t.type != ConditionType.READY and not t.warning:
+            continue
+        if t.old_status is None and t.type == ConditionType.SUSPENDED and t.new_status == "False":
+            continue
+        out.append(t)
+    return out

@@ -1,0 +1,187 @@
+"""The Kubernetes adapter: read Secrets, patch PracticeWriteback status, post Events.
+
+This module and `reconciler.operator` are the only ones that talk to the API server. It uses the
+official `kubernetes` client (synchronous; every call runs in a worker thread so the event loop
+never blocks). Kopf itself gets its connection from `connection_info()`, built from the same
+configuration, so the operator and this adapter always talk to the same cluster as the same user.
+
+    api = load_api_client(kubeconfig=None)        # in-cluster, else $KUBECONFIG / ~/.kube/config
+    secrets = KubeSecrets(api)                    # the engine's SecretSource
+    writer = StatusWriter(api)                    # the engine's StatusListener
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from pms_drivers.base import Credentials
+from reconciler.core import PracticeStatus, Transition, events_for
+from reconciler.engine import SecretNotFoundError
+
+log = logging.getLogger(__name__)
+
+GROUP = "writeback.dental.dev"
+VERSION = "v1alpha1"
+PLURAL = "practicewritebacks"
+KIND = "PracticeWriteback"
+COMPONENT = "pmsctl-operator"
+
+_SECRET_KEYS_HINT = "developerKey and customerKey for Open Dental, token for Eaglesoft/Dentrix"
+
+
+def load_api_client(kubeconfig: str | None = None) -> Any:
+    """A `kubernetes.client.ApiClient`: from `kubeconfig`, else in-cluster, else the default file."""
+    from kubernetes import client, config
+
+    if kubeconfig:
+        return config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        cfg = client.Configuration()
+        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        return client.ApiClient(cfg)
+    return config.new_client_from_config()  # type: ignore[no-untyped-call]
+
+
+def connection_info(api: Any) -> dict[str, Any]:
+    """Keyword arguments for `kopf.ConnectionInfo`, from the ApiClient's configuration."""
+    cfg = api.configuration
+    token = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken")
+    scheme = None
+    if token and " " in token:
+        scheme, token = token.split(" ", 1)
+    return {
+        "server": cfg.host,
+        "ca_path": cfg.ssl_ca_cert,
+        "insecure": not cfg.verify_ssl,
+        "certificate_path": cfg.cert_file,
+        "private_key_path": cfg.key_file,
+        "scheme": scheme or ("Bearer" if token else None),
+        "token": token,
+        "username": cfg.username or None,
+        "password": cfg.password or None,
+    }
+
+
+def _split(key: str) -> tuple[str, str]:
+    namespace, _, name = key.partition("/")
+    return namespace, name
+
+
+class KubeSecrets:
+    """The engine's SecretSource over Kubernetes Secrets in the practice's namespace."""
+
+    def __init__(self, api: Any) -> None:
+        from kubernetes import client
+
+        self._core = client.CoreV1Api(api)
+
+    async def get(self, key: str, secret_name: str) -> Credentials:
+        from kubernetes.client.exceptions import ApiException
+
+        namespace, _ = _split(key)
+        try:
+            secret = await asyncio.to_thread(
+                self._core.read_namespaced_secret, secret_name, namespace
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                raise SecretNotFoundError(
+                    f"spec.pms.credentialsSecretRef: Secret {namespace}/{secret_name} not found; "
+                    f"create it with the keys {_SECRET_KEYS_HINT}"
+                ) from None
+            raise SecretNotFoundError(
+                f"spec.pms.credentialsSecretRef: cannot read Secret {namespace}/{secret_name}: "
+                f"HTTP {exc.status} {exc.reason} (check the operator's RBAC)"
+            ) from None
+        values = {
+            k: base64.b64decode(v).decode("utf-8", "replace")
+            for k, v in (secret.data or {}).items()
+        }
+        return Credentials(values)
+
+
+class StatusWriter:
+    """The engine's StatusListener: replaces `status` and posts an Event per notable transition."""
+
+    def __init__(self, api: Any) -> None:
+        from kubernetes import client
+
+        self._custom = client.CustomObjectsApi(api)
+        self._core = client.CoreV1Api(api)
+        self._uids: dict[str, str] = {}
+        self.patches = 0
+        self.events = 0
+
+    def remember(self, key: str, uid: str) -> None:
+        """Record the resource's uid (Events point at it)."""
+        self._uids[key] = uid
+
+    def forget(self, key: str) -> None:
+        self._uids.pop(key, None)
+
+    async def __call__(
+        self, key: str, status: PracticeStatus, transitions: Sequence[Transition]
+    ) -> None:
+        await self.patch_status(key, status.to_dict())
+        for t in events_for(transitions):
+            await self.post_event(
+                key,
+                "Warning" if t.warning else "Normal",
+                t.reason,
+                f"{t.type} is {t.new_status}: {t.message}",
+            )
+
+    async def patch_status(self, key: str, status: Mapping[str, Any]) -> None:
+        """Replace the whole status (a JSON patch, so stale map keys do not linger)."""
+        from kubernetes.client.exceptions import ApiException
+
+        namespace, name = _split(key)
+        body = [{"op": "add", "path": "/status", "value": dict(status)}]
+        try:
+            await asyncio.to_thread(
+                self._custom.patch_namespaced_custom_object_status,
+                GROUP, VERSION, namespace, PLURAL, name, body,
+            )  # fmt: skip
+            self.patches += 1
+        except ApiException as exc:
+            if exc.status == 404:
+                return  # deleted meanwhile
+            raise
+
+    async def post_event(self, key: str, type_: str, reason: str, message: str) -> None:
+        """Post a core/v1 Event about the practice (best effort: a failure is logged)."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        namespace, name = _split(key)
+        now = datetime.now(UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{name}.", namespace=namespace),
+            involved_object=client.V1ObjectReference(
+                api_version=f"{GROUP}/{VERSION}",
+                kind=KIND,
+                name=name,
+                namespace=namespace,
+                uid=self._uids.get(key),
+            ),
+            reason=reason,
+            message=message[:1024],
+            type=type_,
+            count=1,
+            first_timestamp=now,
+            last_timestamp=now,
+            source=client.V1EventSource(component=COMPONENT),
+            reporting_component=COMPONENT,
+            reporting_instance=os.environ.get("HOSTNAME", COMPONENT),
+        )
+        try:
+            await asyncio.to_thread(self._core.create_namespaced_event, namespace, event)
+            self.events += 1
+        except ApiException as exc:
+            log.warning("%s: could not post Event %s: HTTP %s", key, reason, exc.status)

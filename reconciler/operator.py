@@ -1,0 +1,179 @@
+"""The Kopf adapter: the only module that imports kopf. Every handler is on one screen below.
+
+Handlers unpack the body, call the engine (from Kopf's `memo`, never a module global) and turn
+the engine's last error into `kopf.TemporaryError` / `kopf.PermanentError`. The engine reports
+status through its listener (`reconciler.kube.StatusWriter`): it replaces `status` promptly on
+condition transitions (posting Events) and at most every `status_interval` for poller counters.
+
+- create / update / resume -> `engine.apply` (an update includes annotation changes, so
+  `writeback.dental.dev/reconcile-requested-at: <token>` forces a reconcile; the token is echoed
+  to `status.lastHandledReconcileAt`).
+- delete -> `engine.remove` (Kopf keeps its finalizer on the object until this handler returns,
+  so the practice's pollers stop before the object goes).
+- a Secret referenced by a practice changes -> `engine.refresh` for those practices.
+- drift re-checks are the engine's own (one heap-scheduled check per practice, shared with the
+  local mode), not a Kopf timer per object: at 10,000 practices that is one task, not 10,000.
+
+`build_registry(labels=...)` registers the handlers on a fresh registry so a label selector (one
+shard per replica) and the tests each get their own. `memo` must carry `engine` (Engine),
+`writer` (StatusWriter) and `connection` (kwargs for kopf.ConnectionInfo).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from pms_drivers.errors import PmsError, TemporaryPmsError
+from reconciler.engine import SecretNotFoundError
+from reconciler.kube import GROUP, PLURAL, VERSION
+from reconciler.spec import PracticeSpec
+
+ANNOTATION_RECONCILE = "writeback.dental.dev/reconcile-requested-at"
+FINALIZER = "writeback.dental.dev/finalizer"
+RESOURCE = (GROUP, VERSION, PLURAL)
+#: Retry delay (s) after a temporary failure (a missing Secret, an unreachable PMS).
+RETRY_DELAY = 30.0
+
+
+def build_registry(*, labels: Mapping[str, Any] | None = None) -> kopf.OperatorRegistry:
+    """All handlers, registered on a new registry; `labels` filters practices (a shard)."""
+    registry = kopf.OperatorRegistry()
+    sel = dict(labels or {})
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        configure(settings)
+        await memo.engine.start()
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        await memo.engine.stop()
+
+    @kopf.on.login(registry=registry)
+    def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(**memo.connection)
+
+    @kopf.on.resume(*RESOURCE, labels=sel, registry=registry)
+    @kopf.on.create(*RESOURCE, labels=sel, registry=registry)
+    @kopf.on.update(*RESOURCE, labels=sel, registry=registry)
+    async def reconcile(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        await _reconcile(body, memo)
+
+    @kopf.on.delete(*RESOURCE, labels=sel, registry=registry)
+    async def delete(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+        await memo.engine.remove(f"{namespace}/{name}")
+        memo.writer.forget(f"{namespace}/{name}")
+
+    @kopf.on.event("", "v1", "secrets", registry=registry, when=_referenced)
+    async def secret_changed(
+        event: Mapping[str, Any], namespace: str | None, name: str, memo: kopf.Memo, **_: Any
+    ) -> None:
+        if event.get("type") is None:  # the initial listing, not a change
+            return
+        for key in memo.engine.keys_using_secret(namespace or "", name):
+            await memo.engine.refresh(key)
+
+    @kopf.on.probe(id="practices", registry=registry)
+    def practices(memo: kopf.Memo, **_: Any) -> int:
+        return len(memo.engine.keys())
+
+    @kopf.on.probe(id="pollers", registry=registry)
+    def pollers(memo: kopf.Memo, **_: Any) -> int:
+        return len(memo.engine.scheduler)
+
+    return registry
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    """Operator settings: watches that recover, annotation storage, quiet Kopf Events."""
+    # A watch the API server silently stops answering is re-established: the server ends each
+    # watch after server_timeout, and the client gives up a little after that.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    settings.networking.request_timeout = 60
+    settings.persistence.finalizer = FINALIZER
+    # status is the engine's (and the schema prunes unknown status fields): Kopf keeps its
+    # progress and last-handled state in annotations.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING  # the engine posts the Events that matter
+
+
+def _referenced(**kwargs: Any) -> bool:
+    memo, namespace, name = kwargs["memo"], kwargs["namespace"], kwargs["name"]
+    return bool(memo.engine.keys_using_secret(namespace or "", name))
+
+
+async def _reconcile(body: kopf.Body, memo: kopf.Memo) -> None:
+    meta = body["metadata"]
+    key = f"{meta['namespace']}/{meta['name']}"
+    memo.writer.remember(key, meta.get("uid", ""))
+    try:
+        spec = PracticeSpec.from_resource(body)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise kopf.PermanentError(f"spec is not valid: {exc}; run `pmsctl validate`") from exc
+    token = (meta.get("annotations") or {}).get(ANNOTATION_RECONCILE)
+    await memo.engine.apply(
+        key,
+        spec,
+        generation=int(meta.get("generation") or 1),
+        reconcile_token=token,
+        previous_status=body.get("status") or None,
+    )
+    _raise_for(memo.engine.last_error(key))
+
+
+def _raise_for(error: BaseException | None) -> None:
+    """Translate the engine's last error: retry later, or wait for the spec/Secret to change."""
+    if error is None:
+        return
+    if isinstance(error, SecretNotFoundError):
+        raise kopf.TemporaryError(str(error), delay=RETRY_DELAY)
+    if isinstance(error, TemporaryPmsError):
+        delay = max(RETRY_DELAY, float(error.retry_after or 0))
+        raise kopf.TemporaryError(str(error), delay=delay)
+    if isinstance(error, PmsError | ValueError):
+        # Retrying the same spec will not help; the engine re-checks on its drift schedule
+        # and on Secret changes, and Kopf calls us again when the spec changes.
+        raise kopf.PermanentError(str(error))
+    raise kopf.TemporaryError(str(error), delay=RETRY_DELAY)
+
+
+def parse_selector(selector: str | None) -> dict[str, Any]:
+    """`a=b,c,!d,e!=f` -> a Kopf labels filter; ValueError naming the bad term."""
+    out: dict[str, Any] = {}
+    for term in (selector or "").split(","):
+        term = term.strip()
+        if not term:
+            continue
+        if "!=" in term:
+            k, v = (x.strip() for x in term.split("!=", 1))
+            out[k] = _not_equal(v)
+        elif "=" in term:
+            k, v = (x.strip() for x in term.replace("==", "=").split("=", 1))
+            out[k] = v
+        elif term.startswith("!"):
+            out[term[1:].strip()] = kopf.ABSENT
+        else:
+            out[term] = kopf.PRESENT
+        if not list(out)[-1]:
+            raise ValueError(f"--selector: {term!r} has no label key")
+        if any(c in term for c in " ()"):
+            raise ValueError(
+                f"--selector: {term!r}: only key=value, key!=value, key and !key are supported"
+            )
+    return out
+
+
+def _not_equal(value: str) -> Any:
+    def check(v: str | None, **_: Any) -> bool:
+        return v != value
+
+    return check
