@@ -37,7 +37,7 @@ PLAN_DAY = "plan_day"
 
 def fmt(dt: datetime) -> str:
     """Render a datetime as Open Dental does: `yyyy-MM-dd HH:mm:ss`."""
-    return dt.strftime(OD_FORMAT)
+    return dt.isoformat(" ", "seconds")
 
 
 def parse(text: str) -> datetime:

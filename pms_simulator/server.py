@@ -98,6 +98,11 @@ class Simulator:
         self.state.register(practice_id, pms)
         return self._index(practice_id, pms)
 
+    def seed(self, practice_ids: list[str] | None = None) -> None:
+        """Seed practices now instead of on first use (all added ones by default), e.g. before a benchmark."""
+        for pid in practice_ids if practice_ids is not None else [p for p, _ in self.practices()]:
+            self.state.practice(pid)
+
     def credentials(self, practice_id: str) -> dict[str, str]:
         """The credentials of an added practice."""
         return simulator_credentials(practice_id, self._practice(practice_id).pms)

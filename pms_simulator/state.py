@@ -54,21 +54,16 @@ CREATE TABLE IF NOT EXISTS patients (
   p TEXT, id INTEGER, fname TEXT, lname TEXT, gender TEXT, birthdate TEXT, phone TEXT,
   email TEXT, prov TEXT, photo_doc INTEGER, stamp TEXT, seq INTEGER,
   PRIMARY KEY (p, id));
-CREATE INDEX IF NOT EXISTS patients_stamp ON patients (p, stamp);
-CREATE INDEX IF NOT EXISTS patients_seq ON patients (p, seq);
 CREATE TABLE IF NOT EXISTS appointments (
   p TEXT, id INTEGER, pat INTEGER, start TEXT, status TEXT, prov TEXT, confirmed INTEGER,
   arrived TEXT, seated TEXT, dismissed TEXT, stamp TEXT, seq INTEGER,
   PRIMARY KEY (p, id));
-CREATE INDEX IF NOT EXISTS appointments_stamp ON appointments (p, stamp);
-CREATE INDEX IF NOT EXISTS appointments_seq ON appointments (p, seq);
 CREATE TABLE IF NOT EXISTS flow (
   p TEXT, seq INTEGER, apt INTEGER, pat INTEGER, status TEXT, at TEXT,
   PRIMARY KEY (p, seq));
 CREATE TABLE IF NOT EXISTS planned (
   p TEXT, at TEXT, action TEXT, target INTEGER, n INTEGER);
 CREATE INDEX IF NOT EXISTS planned_at ON planned (at);
-CREATE INDEX IF NOT EXISTS planned_p ON planned (p, at);
 CREATE TABLE IF NOT EXISTS notes (
   p TEXT, id INTEGER, pat INTEGER, note_type_id TEXT, mode TEXT, sor TEXT, text TEXT,
   occurred TEXT, prov TEXT, kind TEXT, target TEXT, writeback_id TEXT, idem_key TEXT,
@@ -225,28 +220,29 @@ class State:
                 p, catalog.CAT_DOCUMENTS, catalog.PHOTO_CATEGORY[p.pms]
             )
             active = [s.id for s in catalog.PROVIDERS[p.pms] if s.active]
-            stamps = sorted(
-                start - timedelta(days=rng.randint(1, 700), seconds=rng.randint(0, 86399))
-                for _ in range(SEED_PATIENTS)
+            # One 64-bit draw per patient, sliced into its fields: seeding 1,000 practices must
+            # take seconds, and per-field randint calls cost most of that.
+            offsets = sorted(
+                rng.getrandbits(26) % (700 * 86400) + 86400 for _ in range(SEED_PATIENTS)
             )
             patients: list[tuple[Any, ...]] = []
             docs: list[tuple[Any, ...]] = []
-            for pat_id, when in enumerate(stamps, start=1):
-                stamp = clock.fmt(when)
+            for pat_id, offset in enumerate(offsets, start=1):
+                stamp = clock.fmt(start - timedelta(seconds=offset))
                 seq = p.next_seq()
+                bits = rng.getrandbits(64)
                 photo = None
-                if rng.random() < PHOTO_SHARE:
+                if bits % 10 < PHOTO_SHARE * 10:
                     photo = len(docs) + 1
                     docs.append(self._photo_row(p, photo, pat_id, photo_cat, active[0], stamp, seq))
-                patients.append(
-                    (p.id, pat_id, *_person(rng), rng.choice(active), photo, stamp, seq)
-                )
+                bits //= 10
+                prov = active[bits % len(active)]
+                person = _person_from_bits(bits // len(active))
+                patients.append((p.id, pat_id, *person, prov, photo, stamp, seq))
             self._db.executemany("INSERT INTO patients VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", patients)
             self._db.executemany(
                 "INSERT INTO documents VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", docs
             )
-            for row in patients:
-                self._log(p, "patients", row[1], row[10], row[11], "seed")
             booked = clock.fmt(start - timedelta(days=rng.randint(1, 20)))
             self._plan_day(p, start.date(), booked, "seed")
             p.seeded = True
@@ -275,8 +271,12 @@ class State:
             confirmed = catalog.CONFIRMED_DEFNUM if a.confirmed else catalog.UNCONFIRMED_DEFNUM
             rows.append((p.id, a.id, a.patient_id, a.start, "Scheduled", a.provider_id, confirmed,
                          clock.EMPTY_TIME, clock.EMPTY_TIME, clock.EMPTY_TIME, stamp, seq))  # fmt: skip
-            self._log(p, "appointments", a.id, stamp, seq, source)
         self._db.executemany("INSERT INTO appointments VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+        if source != "seed":  # the seed is the initial state, not a change
+            self._db.executemany(
+                "INSERT INTO changes VALUES (?,'appointments',?,?,?,?,NULL)",
+                [(p.id, str(r[1]), stamp, r[11], source) for r in rows],
+            )
         self._db.executemany(
             "INSERT INTO planned VALUES (?,?,?,?,?)",
             [(p.id, e.at, e.action, e.target, n) for n, e in enumerate(plan.events)],
@@ -317,9 +317,10 @@ class State:
                     (limit,),
                 ).fetchall()
             else:
+                # Every due event of an already seeded practice was applied when the clock
+                # passed it, so the due rows are all this (newly seeded) practice's.
                 rows = self._db.execute(
-                    "SELECT rowid, * FROM planned WHERE p=? AND at <= ? ORDER BY at, n LIMIT 5000",
-                    (pid, limit),
+                    "SELECT rowid, * FROM planned WHERE at <= ? ORDER BY at, n LIMIT 5000", (limit,)
                 ).fetchall()
             if not rows:
                 return applied
@@ -607,6 +608,18 @@ class State:
 
 def _phone(rng: Any) -> str:
     return f"512-555-{rng.randint(0, 9999):04d}"
+
+
+def _person_from_bits(bits: int) -> tuple[str, str, str, str, str, str]:
+    bits, first = divmod(bits, len(catalog.FIRST_NAMES))
+    bits, last = divmod(bits, len(catalog.LAST_NAMES))
+    bits, days = divmod(bits, 30000)
+    bits, phone = divmod(bits, 10000)
+    bits, n = divmod(bits, 99)
+    fname, lname = catalog.FIRST_NAMES[first], catalog.LAST_NAMES[last]
+    birth = date(1940, 1, 1) + timedelta(days=days)
+    email = f"{fname}.{lname}{n + 1}@example.com".lower()
+    return fname, lname, "MF"[bits % 2], birth.isoformat(), f"512-555-{phone:04d}", email
 
 
 def _person(rng: Any) -> tuple[str, str, str, str, str, str]:
