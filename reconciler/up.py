@@ -30,9 +30,11 @@ import binascii
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -559,7 +561,8 @@ class Display:
         if self.mode == "table":
             flat = [p for path in sorted(problems) for p in problems[path]]
             frame = [*uptable.render_table(rows, now), *uptable.render_problems(flat)]
-            self.out.write(uptable.redraw(frame, self._height))
+            width = shutil.get_terminal_size().columns
+            self.out.write(uptable.redraw(frame, self._height, width))
             self.out.flush()
             self._height = len(frame)
         else:
@@ -757,6 +760,23 @@ def _make_sink(options: UpOptions) -> Any:
     return sink.JsonlSink(options.events_path)
 
 
+def _setup_logging(mode: str, log_file: Path) -> None:
+    """Warnings to stderr, except under the live table, where a stray line would break the
+    in-place repaint: then everything from INFO goes to `log_file` (and we say so)."""
+    root = logging.getLogger()
+    if root.handlers:
+        return  # the caller configured logging
+    if mode == "table":
+        handler: logging.Handler = logging.FileHandler(log_file, encoding="utf-8")
+        root.setLevel(logging.INFO)
+        _info(f"log in {log_file}")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        root.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+
+
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
@@ -800,6 +820,7 @@ async def run_up(options: UpOptions, out: TextIO | None = None) -> int:
     simulate = options.simulate if options.simulate is not None else not credentials.available
     options.state_dir.mkdir(parents=True, exist_ok=True)
     display = Display(out, options.output)
+    _setup_logging(display.mode, options.state_dir / "pmsctl.log")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

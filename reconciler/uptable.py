@@ -185,9 +185,12 @@ def render_problems(problems: Sequence[str], header: str = KEEP_RUNNING_HEADER) 
     return ["", header, *(f"  {p}" for p in problems)]
 
 
-def redraw(lines: Sequence[str], previous_height: int) -> str:
-    """ANSI text that moves up over the previous frame, rewrites each line and clears the rest."""
+def redraw(lines: Sequence[str], previous_height: int, width: int | None = None) -> str:
+    """ANSI text that moves up over the previous frame, rewrites each line and clears the rest.
+    Lines are cut to `width` columns: a wrapped line would make the next frame's move-up short."""
     up = f"\x1b[{previous_height}F" if previous_height else ""
+    if width:
+        lines = [line if len(line) < width else line[: max(width - 2, 0)] + "…" for line in lines]
     return up + "".join(f"\x1b[2K{line}\n" for line in lines) + "\x1b[J"
 
 

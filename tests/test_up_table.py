@@ -148,6 +148,10 @@ def test_redraw_moves_up_over_the_previous_frame_and_clears_below() -> None:
     assert uptable.redraw(["a"], 3) == "\x1b[3F\x1b[2Ka\n\x1b[J"
 
 
+def test_redraw_cuts_lines_that_would_wrap() -> None:
+    assert uptable.redraw(["abcdef", "abc"], 0, width=5) == "\x1b[2Kabc…\n\x1b[2Kabc\n\x1b[J"
+
+
 def test_signature_ignores_ticking_ages_and_event_counts() -> None:
     before = uptable.row_from_status(
         "a", "OpenDental", "1", status(patients=poller("30s", events=1))
