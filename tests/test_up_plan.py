@@ -1,5 +1,6 @@
 """The pure and file-level parts of `pmsctl up` (`reconciler.up`): the planner, the folder
-watcher and the local credentials source.
+watcher, the local credentials source and the display (writing to a StringIO; one that says it is
+a terminal stands in for a TTY).
 
 Real: files in a temporary folder, the real spec model, environment mappings. The watcher tests
 pass a small loader that counts calls (so the test sees what was re-validated); the real loader,
@@ -8,8 +9,10 @@ which runs the validator, is exercised by tests/test_up.py end to end.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ from reconciler.spec import PracticeSpec
 from reconciler.up import (
     Applied,
     CredentialsNotFound,
+    Display,
     FileResult,
     FolderWatcher,
     LoadedPractice,
@@ -32,6 +36,7 @@ from reconciler.up import (
     practice_key,
     yaml_files,
 )
+from reconciler.uptable import PollerCell, Row
 
 
 def spec(practice_id: str = "p1", interval: str = "15s", pms: str = "OpenDental") -> PracticeSpec:
@@ -324,3 +329,84 @@ def test_display_names_are_plain_names_unless_two_namespaces_share_one() -> None
         "other/a": "other/a",
         "clinics/b": "b",
     }
+
+
+# ---- the display ------------------------------------------------------------------------------
+
+
+def _row(name: str, ready: str = "True", interval: str = "15s", events: int = 0) -> Row:
+    return Row(
+        name,
+        "OpenDental",
+        "1",
+        ready=ready,
+        reason="Ready" if ready == "True" else "PMSUnreachable",
+        pollers=(PollerCell("appointmentStatus", interval, True, events=events),),
+    )
+
+
+def test_display_lines_print_only_changes_removals_problems_and_fixes() -> None:
+    out = io.StringIO()
+    display = Display(out, "auto")  # a StringIO is not a terminal: lines
+    now = datetime(2026, 11, 26, 19, 1, 2, tzinfo=UTC)
+    display.update([_row("a"), _row("b")], {}, {}, now, {"p/a.yaml", "p/b.yaml"})
+    display.update([_row("a", events=5), _row("b")], {}, {}, now, {"p/a.yaml", "p/b.yaml"})
+    problems = {"p/b.yaml": ("p/b.yaml:3:9: spec.pms.type: bad",)}
+    display.update(
+        [_row("a", interval="20s"), _row("b")],
+        {},
+        problems,
+        now,
+        {"p/a.yaml", "p/b.yaml"},
+        {"p/b.yaml": ["b"]},
+    )
+    display.update(
+        [_row("a", interval="20s"), _row("b")],
+        {},
+        problems,
+        now,
+        {"p/a.yaml", "p/b.yaml"},
+        {"p/b.yaml": ["b"]},
+    )
+    display.update([_row("a", interval="20s"), _row("b")], {}, {}, now, {"p/a.yaml", "p/b.yaml"})
+    display.update([_row("a", interval="20s")], {}, {}, now, {"p/a.yaml"})
+    assert out.getvalue().splitlines() == [
+        "2026-11-26T19:01:02Z a Ready=True Ready appointmentStatus=15s events=0",
+        "2026-11-26T19:01:02Z b Ready=True Ready appointmentStatus=15s events=0",
+        "2026-11-26T19:01:02Z invalid p/b.yaml:3:9: spec.pms.type: bad",
+        "2026-11-26T19:01:02Z p/b.yaml not applied; b keeps running at the last good version",
+        "2026-11-26T19:01:02Z a Ready=True Ready appointmentStatus=20s events=0",
+        "2026-11-26T19:01:02Z valid p/b.yaml",
+        "2026-11-26T19:01:02Z b removed",
+    ]
+
+
+def test_display_json_prints_one_object_per_change() -> None:
+    out = io.StringIO()
+    display = Display(out, "json")
+    now = datetime(2026, 11, 26, 19, 1, 2, tzinfo=UTC)
+    display.update([_row("a")], {"a": {"observedGeneration": 1}}, {}, now, {"p/a.yaml"})
+    display.update([], {}, {"p/x.yaml": ("p/x.yaml:1:1: x",)}, now, {"p/x.yaml"})
+    objs = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(o["type"], o.get("practice") or o.get("file")) for o in objs] == [
+        ("status", "a"),
+        ("removed", "a"),
+        ("invalid", "p/x.yaml"),
+    ]
+    assert objs[0]["status"] == {"observedGeneration": 1}
+    assert objs[2]["problem"] == "p/x.yaml:1:1: x" and objs[2]["running"] == []
+
+
+def test_display_table_repaints_in_place() -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Tty()
+    display = Display(out)
+    now = datetime(2026, 11, 26, 19, 1, 2, tzinfo=UTC)
+    display.update([_row("a")], {}, {}, now)
+    display.update([_row("a")], {}, {}, now)
+    first, second = out.getvalue().split("\x1b[J")[:2]
+    assert first.startswith("\x1b[2KPRACTICE")
+    assert second.startswith("\x1b[2F\x1b[2KPRACTICE")
