@@ -20,7 +20,7 @@ from aiohttp import web
 
 from pms_simulator import catalog, clock
 from pms_simulator.errors import ApiError
-from pms_simulator.gateway import gateway
+from pms_simulator.gateway import PRACTICE, gateway
 from pms_simulator.state import Practice
 
 if TYPE_CHECKING:
@@ -91,14 +91,14 @@ class _Bridge:
         self.state = sim.state
 
     async def info(self, request: web.Request) -> web.Response:
-        p: Practice = request["practice"]
+        p = request[PRACTICE]
         return web.json_response({
             "pms": p.pms, "pmsVersion": catalog.PMS_VERSIONS[p.pms],
             "agentVersion": catalog.AGENT_VERSION, "serverTime": clock.iso(self.state.now_text),
         })  # fmt: skip
 
     async def providers(self, request: web.Request) -> web.Response:
-        p: Practice = request["practice"]
+        p = request[PRACTICE]
         rows = self.state.query("SELECT * FROM providers WHERE p=? ORDER BY ord", (p.id,))
         return web.json_response(
             {
@@ -109,7 +109,7 @@ class _Bridge:
         )
 
     async def note_types(self, request: web.Request) -> web.Response:
-        p: Practice = request["practice"]
+        p = request[PRACTICE]
         rows = self.state.definitions(p, catalog.CAT_NOTES, include_hidden=True)
         return web.json_response({"items": [
             {"id": r["id"], "name": r["name"], "hidden": bool(r["hidden"]), "target": r["target"],
@@ -118,7 +118,7 @@ class _Bridge:
         ]})  # fmt: skip
 
     async def document_types(self, request: web.Request) -> web.Response:
-        p: Practice = request["practice"]
+        p = request[PRACTICE]
         rows = self.state.definitions(p, catalog.CAT_DOCUMENTS, include_hidden=True)
         return web.json_response(
             {
@@ -129,7 +129,7 @@ class _Bridge:
         )
 
     async def appointments(self, request: web.Request) -> web.Response:
-        p: Practice = request["practice"]
+        p = request[PRACTICE]
         since, limit = _cursor(request)
         rows, nxt, more = self.state.cursor_read(p, "appointments", since, limit)
         return _page([
@@ -140,7 +140,7 @@ class _Bridge:
         ], nxt, more)  # fmt: skip
 
     async def status_changes(self, request: web.Request) -> web.Response:
-        p: Practice = request["practice"]
+        p = request[PRACTICE]
         since, limit = _cursor(request)
         rows, nxt, more = self.state.cursor_read(p, "flow", since, limit)
         return _page([
@@ -150,7 +150,7 @@ class _Bridge:
         ], nxt, more)  # fmt: skip
 
     async def patients(self, request: web.Request) -> web.Response:
-        p: Practice = request["practice"]
+        p = request[PRACTICE]
         since, limit = _cursor(request)
         photos = (request.query.get("includePhotos") or "false").lower()
         if photos not in ("true", "false"):
@@ -166,7 +166,7 @@ class _Bridge:
     async def _write_prelude(
         self, request: web.Request, table: str
     ) -> tuple[str, str, dict[str, Any], web.Response | None]:
-        p: Practice = request["practice"]
+        p = request[PRACTICE]
         key = request.headers.get("Idempotency-Key", "").strip()
         if not key:
             raise ApiError(
@@ -219,7 +219,7 @@ class _Bridge:
         return int(pat), type_row, prov, occurred
 
     async def post_note(self, request: web.Request) -> web.Response:
-        p: Practice = request["practice"]
+        p = request[PRACTICE]
         key, digest, body, replay = await self._write_prelude(request, "notes")
         if replay is not None:
             return replay
@@ -235,7 +235,7 @@ class _Bridge:
         return web.json_response({"id": str(row["id"])}, status=201)
 
     async def post_document(self, request: web.Request) -> web.Response:
-        p: Practice = request["practice"]
+        p = request[PRACTICE]
         key, digest, body, replay = await self._write_prelude(request, "documents")
         if replay is not None:
             return replay

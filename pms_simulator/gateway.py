@@ -25,6 +25,9 @@ Authenticate = Callable[[web.Request], Practice]
 Render = Callable[[ApiError], web.Response]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+#: Where the gateway leaves the authenticated practice for the handlers.
+PRACTICE = web.RequestKey("practice", Practice)
+
 
 def gateway(
     sim: Simulator, authenticate: Authenticate, render: Render
@@ -37,7 +40,7 @@ def gateway(
             practice = authenticate(request)
         except ApiError as err:
             return render(err)
-        request["practice"] = practice
+        request[PRACTICE] = practice
         verdict = sim.gate(practice.id).check(request.method not in ("GET", "HEAD"))
         response: web.StreamResponse
         if verdict.status is not None:

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from pms_simulator import catalog, clock
 from pms_simulator.errors import ApiError
-from pms_simulator.gateway import gateway
+from pms_simulator.gateway import PRACTICE, gateway
 from pms_simulator.state import Practice
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ class _OpenDental:
         return self.state.query(sql + " LIMIT ? OFFSET ?", [*params, limit, offset])
 
     async def providers(self, request: web.Request) -> web.Response:
-        p: Practice = request["practice"]
+        p = request[PRACTICE]
         q = _Query(request)
         sql = "SELECT * FROM providers WHERE p=?"
         params: list[Any] = [p.id]
@@ -149,7 +149,7 @@ class _OpenDental:
         ])  # fmt: skip
 
     async def definitions(self, request: web.Request) -> web.Response:
-        p: Practice = request["practice"]
+        p = request[PRACTICE]
         q = _Query(request)
         rows = self.state.definitions(p, q.number("Category"), q.flag("includeHidden"))
         limit, offset = q.page()
@@ -169,7 +169,7 @@ class _OpenDental:
                 "serverDateTime": now}  # fmt: skip
 
     async def appointments(self, request: web.Request) -> web.Response:
-        p: Practice = request["practice"]
+        p = request[PRACTICE]
         q = _Query(request)
         sql = "SELECT * FROM appointments WHERE p=?"
         params: list[Any] = [p.id]
@@ -189,7 +189,7 @@ class _OpenDental:
         )
 
     async def appointment(self, request: web.Request) -> web.Response:
-        p: Practice = request["practice"]
+        p = request[PRACTICE]
         rows = self.state.query(
             "SELECT * FROM appointments WHERE p=? AND id=?", (p.id, _num(request))
         )
@@ -204,7 +204,7 @@ class _OpenDental:
                 "PriProv": int(r["prov"]), "DateTStamp": r["stamp"], "serverDateTime": now}  # fmt: skip
 
     async def patients(self, request: web.Request) -> web.Response:
-        p: Practice = request["practice"]
+        p = request[PRACTICE]
         q = _Query(request)
         sql = "SELECT * FROM patients WHERE p=?"
         params: list[Any] = [p.id]
@@ -214,7 +214,7 @@ class _OpenDental:
         return _json([self._patient(r, now) for r in self._rows(sql + " ORDER BY id", params, q)])
 
     async def patient(self, request: web.Request) -> web.Response:
-        p: Practice = request["practice"]
+        p = request[PRACTICE]
         rows = self.state.query("SELECT * FROM patients WHERE p=? AND id=?", (p.id, _num(request)))
         if not rows:
             raise ApiError(404, "Patient not found.", "not_found")
@@ -227,7 +227,7 @@ class _OpenDental:
                 "DateTStamp": r["stamp"], "serverDateTime": now}  # fmt: skip
 
     async def commlogs(self, request: web.Request) -> web.Response:
-        p: Practice = request["practice"]
+        p = request[PRACTICE]
         q = _Query(request)
         pat, since = q.number("PatNum"), q.stamp("DateTStamp")
         if pat is None and since is None:
@@ -246,7 +246,7 @@ class _OpenDental:
         return _json([self._commlog(r, r["type_name"], now) for r in rows])
 
     async def post_commlog(self, request: web.Request) -> web.Response:
-        p: Practice = request["practice"]
+        p = request[PRACTICE]
         body = await _body(request)
         pat = self._patient_num(p, body)
         note = body.get("Note")
@@ -288,7 +288,7 @@ class _OpenDental:
                 "DateTStamp": r["stamp"], "serverDateTime": now}  # fmt: skip
 
     async def documents(self, request: web.Request) -> web.Response:
-        p: Practice = request["practice"]
+        p = request[PRACTICE]
         q = _Query(request)
         pat = q.number("PatNum")
         if pat is None:
@@ -301,7 +301,7 @@ class _OpenDental:
         return _json([self._document(r, now) for r in self._rows(sql + " ORDER BY id", params, q)])
 
     async def upload_document(self, request: web.Request) -> web.Response:
-        p: Practice = request["practice"]
+        p = request[PRACTICE]
         body = await _body(request)
         pat = self._patient_num(p, body)
         raw = body.get("rawBase64")
