@@ -61,6 +61,15 @@ def error(status: int, code: str, message: str, field: str | None = None) -> web
     )
 
 
+def unread_body_error(
+    status: int, code: str, message: str, field: str | None = None
+) -> web.Response:
+    """An error answered before the body was read: close the connection rather than drain it."""
+    response = error(status, code, message, field)
+    response.force_close()
+    return response
+
+
 def ok(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
         status=status, text=dumps(body), content_type="application/json", headers=headers
@@ -103,7 +112,7 @@ class WritebackApi:
             raise
 
     def _too_large(self) -> web.Response:
-        return error(
+        return unread_body_error(
             413,
             "too_large",
             f"the request body is over the {self.max_body_bytes} byte limit "
@@ -116,7 +125,7 @@ class WritebackApi:
         async def check(request: web.Request) -> web.StreamResponse:
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, expected):
-                return error(
+                return unread_body_error(
                     401, "unauthorized",
                     "missing or wrong bearer token (Authorization: Bearer <token>)",
                 )  # fmt: skip
@@ -133,7 +142,7 @@ class WritebackApi:
         if request.content_length is not None and request.content_length > self.max_body_bytes:
             return self._too_large()
         if request.content_type != "application/json":
-            return error(
+            return unread_body_error(
                 415, "unsupported_media_type",
                 f"Content-Type is {request.content_type or 'missing'}; send application/json",
             )  # fmt: skip
