@@ -464,11 +464,14 @@ def diff_practices(
     *,
     base_label: str = "base",
     head_label: str = "head",
+    identical: int = 0,
 ) -> DiffReport:
     """Compare two sides by identity. A removed and an added resource in the same namespace
-    with the same `practiceId` are reported as one renamed resource."""
+    with the same `practiceId` are reported as one renamed resource. `identical` counts
+    practices the caller left out because their files are byte-identical on both sides; they
+    add to `unchanged`."""
     practices: list[PracticeDiff] = []
-    unchanged = 0
+    unchanged = identical
     for key in sorted(base.keys() & head.keys()):
         b, h = base[key], head[key]
         changes = compare_specs(b.spec, h.spec)
@@ -546,10 +549,10 @@ def summary_line(report: DiffReport) -> str:
     if not n:
         return f"no changes ({report.unchanged} practices unchanged)"
     parts = [f"{report.count(s)} {s.value}" for s in PracticeStatus if report.count(s)]
-    word = "practice" if n == 1 else "practices"
+    word = "practice differs" if n == 1 else "practices differ"
     risky = len(report.risky)
     tail = f"; {risky} risky" if risky else ""
-    return f"{n} {word} differ ({', '.join(parts)}), {report.unchanged} unchanged{tail}"
+    return f"{n} {word} ({', '.join(parts)}), {report.unchanged} unchanged{tail}"
 
 
 def render_text(report: DiffReport) -> str:

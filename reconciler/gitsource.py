@@ -146,29 +146,35 @@ def blob_id(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
 
 
-def _walk(top: Path) -> Iterator[Path]:
-    if top.is_file():
+def _walk(top: str) -> Iterator[str]:
+    if os.path.isfile(top):
         yield top
         return
     for folder, dirs, files in os.walk(top):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if _is_yaml(name):
-                yield Path(folder) / name
+                yield os.path.join(folder, name)
 
 
 def read_worktree(repo: Path, paths: Sequence[Path]) -> list[SourceFile]:
     """Every `*.yaml`/`*.yml` file under `paths` on disk (tracked or not; hidden folders
     skipped), with repository-relative paths, sorted by path."""
+    root = str(repo.resolve())
     seen: dict[str, SourceFile] = {}
     for top in paths:
         if not top.exists():
             raise GitSourceError(f"{top}: no such file or folder")
-        for file in _walk(top):
-            rel = file.resolve().relative_to(repo.resolve()).as_posix()
+        for file in _walk(str(top.resolve())):
+            rel = (
+                file[len(root) + 1 :]
+                if file.startswith(root + os.sep)
+                else os.path.relpath(file, root)
+            ).replace(os.sep, "/")
             if rel in seen:
                 continue
-            data = file.read_bytes()
+            with open(file, "rb") as fh:
+                data = fh.read()
             seen[rel] = SourceFile(rel, _decode(rel, data), blob_id(data))
     return sorted(seen.values(), key=lambda f: f.path)
 

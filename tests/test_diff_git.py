@@ -443,6 +443,21 @@ def test_the_same_identity_in_two_files_is_an_error(repo, capsys):
     assert "dental/bright-smiles-austin" in run.err
 
 
+def test_a_new_file_reusing_the_practice_id_of_an_untouched_file_is_an_error(repo, capsys):
+    # bright-smiles-austin.yaml is byte-identical on both sides, so it is only parsed because
+    # the new resource's practice id appears in it.
+    write(repo, {"practices/other.yaml": sub("  name: bright-smiles-austin\n", "  name: other\n")})
+    run = pmsctl_diff(capsys, "--base", "main")
+    assert run.code == 2
+    assert "practiceId 'bright-smiles-austin' is also used at" in run.err
+
+
+def test_untouched_files_count_as_unchanged_practices(repo, capsys):
+    write(repo, {A: sub('providerId: "7"', 'providerId: "12"')})
+    run = pmsctl_diff(capsys, "--base", "main")
+    assert "1 practice differs (1 changed), 2 unchanged; 1 risky" in run.out
+
+
 def test_an_unknown_base_ref_is_a_clear_error(repo, capsys):
     run = pmsctl_diff(capsys, "--base", "no-such-branch")
     assert run.code == 2

@@ -16,6 +16,7 @@ inside `read_live`); the renderer is the same pure `reconciler.diff` as for git.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -185,10 +186,67 @@ def _paths(args: argparse.Namespace, repo: Path | None) -> list[Path]:
     return [(repo or Path.cwd()) / DEFAULT_PATH]
 
 
-def git_sides(
-    args: argparse.Namespace,
-) -> tuple[dict[str, Resource], dict[str, Resource], str, str]:
-    """(base, head, base label, head label) for a git diff."""
+@dataclass(frozen=True)
+class Sides:
+    """What `run` diffs: both sides, their labels, and how many practices sit in files that
+    are byte-identical on both sides (not parsed; see `git_sides`)."""
+
+    base: dict[str, Resource]
+    head: dict[str, Resource]
+    base_label: str
+    head_label: str
+    identical: int = 0
+
+
+#: Counts the PracticeWriteback documents of a file that is not parsed (identical on both sides).
+_KIND_LINE = re.compile(r"^kind:[ \t]*[\"']?PracticeWriteback\b", re.MULTILINE)
+
+
+def _load_both(
+    base_files: list[SourceFile],
+    head_files: list[SourceFile],
+    labels: tuple[str, str],
+    namespace: str,
+    cache: dict[str, _Parsed],
+) -> tuple[dict[str, Resource], dict[str, Resource]]:
+    errors: list[DiffInputError] = []
+    sides: list[dict[str, Resource]] = []
+    for files, label in ((base_files, labels[0]), (head_files, labels[1])):
+        try:
+            sides.append(load_side(files, label, namespace, cache))
+        except DiffInputError as exc:
+            errors.append(exc)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise DiffInputError(
+            errors[0].headline, [*errors[0].lines, errors[1].headline, *errors[1].lines]
+        )
+    return sides[0], sides[1]
+
+
+def _identity_needles(base: Mapping[str, Resource], head: Mapping[str, Resource]) -> set[str]:
+    """Names and practice ids whose identity could clash with a file that was not parsed:
+    those of one-sided resources and changed practice ids."""
+    needles: set[str] = set()
+    for key in base.keys() ^ head.keys():
+        r = base.get(key) or head[key]
+        needles.update((r.name, r.spec.practice_id))
+    for key in base.keys() & head.keys():
+        if base[key].spec.practice_id != head[key].spec.practice_id:
+            needles.update((base[key].spec.practice_id, head[key].spec.practice_id))
+    return needles
+
+
+def git_sides(args: argparse.Namespace) -> Sides:
+    """Both sides of a git diff.
+
+    Speed: a file with the same path and the same blob id on both sides cannot change
+    anything, so it is not parsed, only counted (its `kind: PracticeWriteback` lines). It is
+    parsed after all when it mentions the name or practice id of a resource that exists on one
+    side only, or of a changed practice id, so a clash of identities is still caught. A file
+    that is invalid on both sides and unchanged is left to `pmsctl validate`.
+    """
     cwd = Path.cwd()
     repo = repo_root(Path(args.paths[0]) if args.paths else cwd)
     paths = _paths(args, repo)
@@ -208,21 +266,25 @@ def git_sides(
         head_files = read_worktree(repo, paths)
     base_files = read_ref(repo, base_commit, specs)
     namespace = args.namespace or "default"
+
+    base_blobs = {f.path: f.blob for f in base_files}
+    same = {f.path: f for f in head_files if base_blobs.get(f.path) == f.blob}
+    base_files = [f for f in base_files if f.path not in same]
+    head_files = [f for f in head_files if f.path not in same]
     cache: dict[str, _Parsed] = {}
-    errors: list[DiffInputError] = []
-    sides: list[dict[str, Resource]] = []
-    for files, label in ((base_files, base_label), (head_files, head_label)):
-        try:
-            sides.append(load_side(files, label, namespace, cache))
-        except DiffInputError as exc:
-            errors.append(exc)
-    if len(errors) == 1:
-        raise errors[0]
-    if errors:
-        raise DiffInputError(
-            errors[0].headline, [*errors[0].lines, errors[1].headline, *errors[1].lines]
+    labels = (base_label, head_label)
+    base, head = _load_both(base_files, head_files, labels, namespace, cache)
+    needles = _identity_needles(base, head)
+    involved = [f for f in same.values() if any(n in f.text for n in needles)] if needles else []
+    if involved:
+        base, head = _load_both(
+            base_files + involved, head_files + involved, labels, namespace, cache
         )
-    return sides[0], sides[1], base_label, head_label
+    picked = {f.path for f in involved}
+    identical = sum(
+        len(_KIND_LINE.findall(f.text)) for path, f in same.items() if path not in picked
+    )
+    return Sides(base, head, base_label, head_label, identical)
 
 
 def read_live(
@@ -311,10 +373,8 @@ def _context_namespace(kubeconfig: str | None, context: str | None) -> str:
     return str(chosen.get("context", {}).get("namespace") or "default")
 
 
-def live_sides(
-    args: argparse.Namespace,
-) -> tuple[dict[str, Resource], dict[str, Resource], str, str]:
-    """(live, files, live label, files label) for `--live`."""
+def live_sides(args: argparse.Namespace) -> Sides:
+    """The cluster (base) and the files (head) for `--live`."""
     namespace = args.namespace or _context_namespace(args.kubeconfig, args.context)
     first = Path(args.paths[0]) if args.paths else Path.cwd()
     try:
@@ -327,7 +387,7 @@ def live_sides(
     if not args.prune:
         # kubectl apply leaves objects that no file names alone.
         live = {k: v for k, v in live.items() if k in head}
-    return live, head, label, "files"
+    return Sides(live, head, label, "files")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -339,7 +399,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        base, head, base_label, head_label = live_sides(args) if args.live else git_sides(args)
+        sides = live_sides(args) if args.live else git_sides(args)
     except DiffInputError as exc:
         print(f"pmsctl diff: {exc.headline}", file=sys.stderr)
         for line in exc.lines:
@@ -348,6 +408,12 @@ def run(args: argparse.Namespace) -> int:
     except GitSourceError as exc:
         print(f"pmsctl diff: {exc}", file=sys.stderr)
         return 2
-    report = diff_practices(base, head, base_label=base_label, head_label=head_label)
+    report = diff_practices(
+        sides.base,
+        sides.head,
+        base_label=sides.base_label,
+        head_label=sides.head_label,
+        identical=sides.identical,
+    )
     sys.stdout.write(RENDERERS[args.output](report))
     return 1 if report.has_changes else 0
