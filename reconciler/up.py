@@ -482,12 +482,18 @@ class SimulatedPms:
 class Display:
     """Writes the table (TTY: repainted in place), change lines (not a TTY) or JSON lines."""
 
-    def __init__(self, out: TextIO, mode: OutputMode = "auto") -> None:
+    def __init__(
+        self, out: TextIO, mode: OutputMode = "auto", heartbeat_seconds: float = 30.0
+    ) -> None:
         if mode == "auto":
             mode = "table" if out.isatty() else "lines"
         self.out = out
         self.mode = mode
+        #: In `lines` mode, a practice whose event count moved gets a line at least this often,
+        #: so a log shows events flowing even when nothing else changes.
+        self.heartbeat_seconds = heartbeat_seconds
         self._signatures: dict[str, tuple[object, ...]] = {}
+        self._printed: dict[str, tuple[datetime, int]] = {}
         self._problems: dict[str, tuple[str, ...]] = {}
         self._height = 0
 
@@ -518,6 +524,7 @@ class Display:
                 else uptable.removed_line(name, now)
             )
             del self._signatures[name]
+            self._printed.pop(name, None)
         for path in sorted(set(self._problems) | set(problems)):
             before, after = self._problems.get(path, ()), problems.get(path, ())
             if before == after:
@@ -543,8 +550,12 @@ class Display:
         for row in sorted(rows, key=lambda r: r.name):
             sig = uptable.signature(row)
             if self._signatures.get(row.name) == sig:
-                continue
+                when, events = self._printed.get(row.name, (now, row.events))
+                due = (now - when).total_seconds() >= self.heartbeat_seconds
+                if not (self.mode == "lines" and due and events != row.events):
+                    continue
             self._signatures[row.name] = sig
+            self._printed[row.name] = (now, row.events)
             if self.mode == "json":
                 out.append(
                     uptable.json_line(

@@ -410,3 +410,14 @@ def test_display_table_repaints_in_place() -> None:
     first, second = out.getvalue().split("\x1b[J")[:2]
     assert first.startswith("\x1b[2KPRACTICE")
     assert second.startswith("\x1b[2F\x1b[2KPRACTICE")
+
+
+def test_display_lines_repeat_a_practice_whose_events_moved_after_the_heartbeat() -> None:
+    out = io.StringIO()
+    display = Display(out, "lines", heartbeat_seconds=30)
+    t0 = datetime(2026, 11, 26, 19, 0, 0, tzinfo=UTC)
+    display.update([_row("a", events=0)], {}, {}, t0)
+    display.update([_row("a", events=10)], {}, {}, t0.replace(second=29))
+    display.update([_row("a", events=10)], {}, {}, t0.replace(second=30))
+    display.update([_row("a", events=10)], {}, {}, t0.replace(minute=1, second=5))
+    assert [line.split()[-1] for line in out.getvalue().splitlines()] == ["events=0", "events=10"]
