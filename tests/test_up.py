@@ -2,7 +2,8 @@
 `practices/`, with the real validator, engine, scheduler, drivers, SQLite cursor store and JSONL
 sink, talking HTTP on loopback to the embedded PMS simulator it starts.
 
-Nothing is faked. To keep each test within ~20 s, the copy of the examples has every enabled
+The writeback API `pmsctl up` mounts is exercised once over HTTP (a note written to the
+simulated PMS). Nothing is faked. To keep each test within ~20 s, the copy of the examples has every enabled
 sync interval set to 5 s (the schema's minimum) and the simulator ticks every second; the
 behaviour under test does not depend on the interval's length.
 """
@@ -22,6 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 import yaml
 
@@ -169,8 +171,11 @@ def test_up_reconciles_watches_edits_removals_breakage_and_stops_cleanly(
         f: yaml.safe_load((folder / f).read_text())["spec"]["practiceId"] for f in files
     }
     events = tmp_path / ".pmsctl" / "events.jsonl"
-    up = run_up("--simulate", "practices", "--tick-seconds", "1")
+    up = run_up("--simulate", "practices", "--tick-seconds", "1", "--writeback-port", "0")
     sim_url = up.simulator_url()
+    wb_url = re.search(  # type: ignore[union-attr]
+        r"(http://\S+)", up.wait_for(r"writeback API on http://", 20, stream="err")
+    ).group(1)
     up.wait_ready(list(names.values()), timeout=30)
 
     # Edit an interval: the new interval shows within seconds.
@@ -206,9 +211,38 @@ def test_up_reconciles_watches_edits_removals_breakage_and_stops_cleanly(
         "events of every type, and new events from the practices still running",
     )
 
+    # The writeback API is mounted: a note for a running practice is written to its PMS.
+    practice = practice_ids[files[0]]
+    patient = next(
+        e["subject"]
+        for e in read_events(events)
+        if e["practiceid"] == practice and e["type"].endswith("patient.changed")
+    )
+    token = (tmp_path / ".pmsctl" / "writeback-token").read_text().strip()
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=wb_url, headers=headers, timeout=10) as client:
+        r = client.post(
+            f"/v1/practices/{practice}/writebacks",
+            json={
+                "callerId": "sms-1",
+                "type": "outgoingSms",
+                "patientId": patient,
+                "occurredAt": "2026-11-26T09:15:00Z",
+                "text": "See you tomorrow at 9:00",
+            },
+        )
+        assert r.status_code == 202, r.text
+        wid = r.json()["id"]
+        wait_until(
+            lambda: client.get(f"/v1/writebacks/{wid}").json()["status"] == "sent",
+            15,
+            "the writeback to be sent",
+        )
+
     assert up.stop() == 0
     assert "stopped cleanly" in "\n".join(up.err)
     assert port_closed(sim_url), "the simulator must not outlive pmsctl up"
+    assert port_closed(wb_url), "the writeback API must not outlive pmsctl up"
 
     evs = read_events(events)
     ids = [e["id"] for e in evs]
@@ -222,14 +256,14 @@ def test_second_run_resumes_from_saved_cursors(
     names = fast_copy(tmp_path / "practices")
     events = tmp_path / ".pmsctl" / "events.jsonl"
 
-    first = run_up("practices", "--tick-seconds", "1")
+    first = run_up("practices", "--tick-seconds", "1", "--no-writeback")
     first.wait_ready(list(names.values()), timeout=30)
     wait_until(lambda: len(read_events(events)) > 0, 15, "the first run's events")
     assert first.stop() == 0
     before = read_events(events)
     seen = {e["id"] for e in before}
 
-    second = run_up("practices", "--tick-seconds", "1")
+    second = run_up("practices", "--tick-seconds", "1", "--no-writeback")
     second.wait_ready(list(names.values()), timeout=30)
     wait_until(lambda: len(read_events(events)) > len(before), 15, "the second run's new events")
     assert second.stop() == 0
@@ -242,7 +276,7 @@ def test_once_exits_zero_when_all_ready_and_one_with_an_invalid_file(
     tmp_path: Path, run_up: Callable[..., UpProcess]
 ) -> None:
     names = fast_copy(tmp_path / "practices")
-    ok = run_up("--once", "practices")
+    ok = run_up("--once", "practices", "--writeback-port", "0")
     assert ok.proc.wait(timeout=40) == 0, "\n".join(ok.out + ok.err)
     assert ok.out[0].split()[:5] == ["PRACTICE", "PMS", "PROVIDER", "READY", "REASON"]
     for name in names.values():
@@ -252,6 +286,6 @@ def test_once_exits_zero_when_all_ready_and_one_with_an_invalid_file(
     bad.write_text(
         "apiVersion: writeback.dental.dev/v1alpha1\nkind: PracticeWriteback\nmetadata: {name: x}\nspec: {}\n"
     )
-    failed = run_up("--once", "practices")
+    failed = run_up("--once", "practices", "--writeback-port", "0")
     assert failed.proc.wait(timeout=40) == 1
     assert any("practices/zz-bad.yaml:" in ln for ln in failed.out), failed.out
