@@ -4,11 +4,13 @@ The PMS simulator runs in a child process (its own interpreter, so its CPU is no
 with N practices spread over Open Dental, Eaglesoft and Dentrix and its clock ticking so there
 are real changes to find. This process builds one `new_client` + driver per practice, exactly as
 the engine does, and runs three pollers per practice (appointment status, appointments,
-patients) every `--interval` seconds, each from its stored cursor, for `--duration` seconds after
+patients) at the product's default intervals (15 s, 60 s, 30 s; `--interval` sets one interval for
+all three to push the load up), each from its stored cursor, for `--duration` seconds after
 a warm-up first read. It reports HTTP requests/second and the latency percentiles of the poll
 operations (one poll can be several HTTP requests when it pages) and of the single HTTP requests.
 
-    .venv/bin/python bench/bench_drivers.py --practices 200 --interval 1 --duration 20
+    .venv/bin/python bench/bench_drivers.py                         # 200 practices, product intervals
+    .venv/bin/python bench/bench_drivers.py --practices 200 --interval 2 --duration 20   # saturate
 
 Prints a table and one JSON line (`{"bench": "drivers", ...}`). Nothing is faked; figures depend
 on the machine (quote them with the date and core count).
@@ -40,6 +42,8 @@ from pms_drivers.registry import create_driver
 from pms_drivers.transport import new_client
 
 PMS_TYPES = ("OpenDental", "Eaglesoft", "Dentrix")
+#: The product's default poll intervals (reconciler.spec.DEFAULT_INTERVALS), in seconds.
+DEFAULT_INTERVALS = {"appointmentStatus": 15.0, "appointments": 60.0, "patients": 30.0}
 
 
 def _serve(practices: int, conn: Any, stop: Any, tick_seconds: float) -> None:
@@ -143,6 +147,11 @@ async def run(args: argparse.Namespace, setup: dict[str, Any]) -> dict[str, Any]
             ("appointments", driver.appointments_since),
             ("patients", driver.patients_since),
         ]
+    intervals = (
+        dict.fromkeys(DEFAULT_INTERVALS, args.interval)
+        if args.interval
+        else dict(DEFAULT_INTERVALS)
+    )
     rng = random.Random(7)
     try:
         warm_started = time.monotonic()
@@ -158,12 +167,12 @@ async def run(args: argparse.Namespace, setup: dict[str, Any]) -> dict[str, Any]
                     name,
                     op,
                     page.cursor,
-                    args.interval,
+                    intervals[name],
                     deadline,
                     op_samples,
                     errors,
                     events,
-                    rng.uniform(0, args.interval),
+                    rng.uniform(0, intervals[name]),
                 )
                 for (name, op), page in zip(pollers, first, strict=True)
             )
@@ -178,7 +187,8 @@ async def run(args: argparse.Namespace, setup: dict[str, Any]) -> dict[str, Any]
     return {
         "bench": "drivers",
         "practices": len(clients),
-        "interval_s": args.interval,
+        "intervals_s": intervals,
+        "offered_polls_per_second": round(len(clients) * sum(1 / v for v in intervals.values()), 1),
         "duration_s": round(wall, 2),
         "warm_up_s": round(warm_up, 2),
         "cores": os.cpu_count(),
@@ -200,7 +210,8 @@ async def run(args: argparse.Namespace, setup: dict[str, Any]) -> dict[str, Any]
 
 def print_table(result: dict[str, Any]) -> None:
     print(
-        f"{result['practices']} practices, one poll per kind every {result['interval_s']} s, "
+        f"{result['practices']} practices, intervals {result['intervals_s']} "
+        f"(offered {result['offered_polls_per_second']} polls/s), "
         f"{result['duration_s']} s measured on {result['cores']} cores "
         f"(warm-up first reads: {result['warm_up_s']} s)"
     )
@@ -224,10 +235,13 @@ def main(argv: list[str] | None = None) -> int:
         "--practices", "-n", type=int, default=200, help="simulated practices (default 200)"
     )
     parser.add_argument(
-        "--interval", type=float, default=2.0, help="seconds between polls of one kind (default 2)"
+        "--interval",
+        type=float,
+        default=0.0,
+        help="one interval in seconds for all three pollers (default: the product's 15/60/30 s)",
     )
     parser.add_argument(
-        "--duration", type=float, default=20.0, help="seconds to measure (default 20)"
+        "--duration", type=float, default=60.0, help="seconds to measure (default 60)"
     )
     parser.add_argument(
         "--timeout", type=float, default=10.0, help="client timeout per request (default 10)"
@@ -242,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         "--burst", type=int, default=20, help="client token bucket burst (default 20)"
     )
     args = parser.parse_args(argv)
-    if args.practices < 1 or args.interval <= 0 or args.duration <= 0:
-        parser.error("--practices, --interval and --duration must be positive")
+    if args.practices < 1 or args.interval < 0 or args.duration <= 0:
+        parser.error("--practices and --duration must be positive, --interval not negative")
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     stop = ctx.Event()

@@ -267,6 +267,7 @@ class OpenDentalDriver:
         self._secrets = (developer, customer)
         self._overlap = overlap_seconds
         self._confirm_names: dict[str, str] = {}
+        self._confirm_misses: set[str] = set()
         self._write_locks = KeyedLocks()
 
     def __repr__(self) -> str:
@@ -385,7 +386,10 @@ class OpenDentalDriver:
     async def _confirm_name(self, defnum: str, operation: str) -> str | None:
         if defnum in ("", "0"):
             return None
-        if defnum not in self._confirm_names:
+        if defnum not in self._confirm_names and defnum not in self._confirm_misses:
+            # A confirmation status added since we last looked: read the list again, once per
+            # unknown DefNum (a deleted definition must not cost a request per row).
+            self._confirm_misses.add(defnum)
             self._remember_confirm_names(
                 await self._definitions(operation, CATEGORY_APPT_CONFIRMED)
             )
