@@ -1,7 +1,8 @@
 """Fault injection and rate limiting, decided per request before the handler runs.
 
 `FaultConfig` is what a test or `PUT /_admin/practices/{id}/faults` sets for one practice;
-`Gate.check()` turns it into a verdict for one request: an outage window (503 + Retry-After),
+`Gate.check()` turns it into a verdict for one request: revoked credentials (401), an outage
+window (503 + Retry-After),
 the per-practice token bucket (429 + Retry-After), a random 5xx at `error_rate` (writes also at
 `write_error_rate`), and added latency. Randomness comes from a per-practice generator seeded from
 the practice id, so a fault run repeats. Time is real (monotonic), not the simulated clock:
@@ -25,6 +26,7 @@ class FaultConfig:
     error_rate: float = 0.0
     write_error_rate: float = 0.0
     outage: bool = False
+    revoked: bool = False  # the practice disabled its key/token: every request gets 401
     outage_seconds: float | None = None  # with outage=True: a window that ends by itself
     status: int = 503  # the status the error rates answer with
     retry_after: int = 1  # seconds, on outage answers
@@ -124,6 +126,8 @@ class Gate:
     def check(self, is_write: bool) -> Verdict:
         """Decide this request's fate (cheap: a few float operations)."""
         cfg = self.config
+        if cfg.revoked:
+            return Verdict(401, None, "the credentials were revoked by the practice")
         now = time.monotonic()
         if cfg.outage and (self._outage_until is None or now < self._outage_until):
             left = cfg.retry_after if self._outage_until is None else self._outage_until - now

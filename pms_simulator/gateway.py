@@ -44,13 +44,8 @@ def gateway(
         verdict = sim.gate(practice.id).check(request.method not in ("GET", "HEAD"))
         response: web.StreamResponse
         if verdict.status is not None:
-            code = (
-                "rate_limited"
-                if verdict.status == 429
-                else "unavailable"
-                if verdict.status == 503
-                else "internal"
-            )
+            codes = {401: "unauthorized", 429: "rate_limited", 503: "unavailable"}
+            code = codes.get(verdict.status, "internal")
             response = render(ApiError(verdict.status, verdict.reason, code, verdict.retry_after))
         else:
             if verdict.delay:

@@ -423,3 +423,40 @@ async def test_the_admin_endpoints_drive_a_simulator_over_http(sim: Simulator) -
         assert unknown.status_code == 404 and "nobody" in unknown.json()["error"]["message"]
         bad = await admin.put("/practices/es-1/faults", json={"errorRate": 2})
         assert bad.status_code == 400 and "error_rate" in bad.json()["error"]["message"]
+
+
+def test_a_file_database_keeps_practices_clock_and_writes_across_restarts(tmp_path) -> None:
+    db = str(tmp_path / "sim.sqlite")
+    first = Simulator(db)
+    creds = first.add_practice(PID, "OpenDental")
+    first.seed()
+    first.advance(minutes=200)
+    before = first.changes(PID, "appointmentStatus")
+    first.close()
+    second = Simulator(db)
+    assert second.practices() == [(PID, "OpenDental")] and second.credentials(PID) == creds
+    assert second.now == first.now and second.changes(PID, "appointmentStatus") == before
+    second.advance(minutes=60)
+    assert len(second.changes(PID, "appointmentStatus")) > len(before)
+    second.close()
+
+
+def test_adding_a_thousand_practices_seeds_none_until_each_is_used() -> None:
+    sim = Simulator()
+    for i in range(1000):
+        sim.add_practice(f"p{i}", ("OpenDental", "Dentrix", "Eaglesoft")[i % 3])
+    assert not any(p.seeded for p in sim.state.practices())
+    sim.advance(minutes=60)  # unseeded practices have no planned activity yet
+    sim.seed(["p7"])
+    assert [p.id for p in sim.state.practices() if p.seeded] == ["p7"]
+    assert sim.changes("p7", "appointmentStatus"), "p7 did not catch up to the clock"
+
+
+async def test_a_revoked_key_gets_401_until_it_is_restored(
+    sim: Simulator, od: httpx.AsyncClient
+) -> None:
+    sim.set_faults(PID, revoked=True)
+    revoked = await od.get("/providers")
+    assert revoked.status_code == 401 and revoked.headers["content-type"].startswith("text/plain")
+    sim.set_faults(PID)
+    assert (await od.get("/providers")).status_code == 200
