@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -21,7 +23,6 @@ import testenv
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-pytestmark = pytest.mark.kube
 
 WIDGET_CRD = """\
 apiVersion: apiextensions.k8s.io/v1
@@ -69,6 +70,7 @@ def _wait_gone(pids: list[int], timeout: float = 15.0) -> list[int]:
     return [pid for pid in pids if _alive(pid)]
 
 
+@pytest.mark.kube
 def test_the_api_server_is_ready_and_knows_the_admin_as_a_cluster_admin(
     kube: testenv.Cluster,
 ) -> None:
@@ -77,6 +79,7 @@ def test_the_api_server_is_ready_and_knows_the_admin_as_a_cluster_admin(
     assert answer.stdout.strip() == "yes"
 
 
+@pytest.mark.kube
 def test_the_python_client_reaches_the_same_server_as_kubectl(kube: testenv.Cluster) -> None:
     version = client.VersionApi(kube.api_client).get_code()
     gomod = (testenv.REPO / "hack" / "testenv" / "go.mod").read_text()
@@ -86,6 +89,7 @@ def test_the_python_client_reaches_the_same_server_as_kubectl(kube: testenv.Clus
     assert kube.server.startswith("https://")
 
 
+@pytest.mark.kube
 def test_kubectl_failure_raises_with_kubectls_own_message(kube: testenv.Cluster) -> None:
     with pytest.raises(testenv.KubectlError, match=r"(?s)get configmap no-such-map.*NotFound"):
         kube.kubectl("get", "configmap", "no-such-map", "-n", "default")
@@ -93,6 +97,7 @@ def test_kubectl_failure_raises_with_kubectls_own_message(kube: testenv.Cluster)
     assert unchecked.returncode == 1
 
 
+@pytest.mark.kube
 def test_a_crd_from_a_folder_installs_and_its_objects_are_validated(
     kube: testenv.Cluster, kube_namespace: str, tmp_path: Path
 ) -> None:
@@ -113,6 +118,7 @@ def test_a_crd_from_a_folder_installs_and_its_objects_are_validated(
     assert "spec.size" in rejected.stderr
 
 
+@pytest.mark.kube
 def test_deleting_a_test_namespace_removes_it_even_with_a_finalizer_left_behind(
     kube: testenv.Cluster, tmp_path: Path
 ) -> None:
@@ -120,7 +126,7 @@ def test_deleting_a_test_namespace_removes_it_even_with_a_finalizer_left_behind(
     testenv.install_crds(kube, tmp_path)
     name = testenv.namespace_name("finalizer-left-behind")
     core = client.CoreV1Api(kube.api_client)
-    core.create_namespace({"metadata": {"name": name}})
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     stuck = (
         "apiVersion: harness.pmsctl.test/v1\nkind: Widget\n"
         "metadata: {name: stuck, finalizers: [harness.pmsctl.test/hold]}\nspec: {size: 1}\n"
@@ -132,6 +138,7 @@ def test_deleting_a_test_namespace_removes_it_even_with_a_finalizer_left_behind(
     assert gone.value.status == 404
 
 
+@pytest.mark.kube
 def test_stopping_a_control_plane_ends_its_processes_and_removes_its_folder(
     kube: testenv.Cluster,
 ) -> None:
@@ -145,6 +152,7 @@ def test_stopping_a_control_plane_ends_its_processes_and_removes_its_folder(
     assert not plane.workdir.exists()
 
 
+@pytest.mark.kube
 def test_a_killed_test_session_takes_its_control_plane_with_it(
     kube: testenv.Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -179,10 +187,32 @@ def test_a_killed_test_session_takes_its_control_plane_with_it(
         assert _wait_gone(pids) == []
         left = list(tmp_path.glob(f"{testenv.WORKDIR_PREFIX}*"))
         assert len(left) == 1
-        monkeypatch.setattr(testenv.tempfile, "tempdir", str(tmp_path))
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
         testenv._sweep_stale_workdirs()
         assert not left[0].exists()
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+def test_a_machine_without_go_gets_told_exactly_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real build.sh with a PATH that holds only the shell tools it needs before Go."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("bash", "dirname", "awk", "cat", "cksum"):
+        found = shutil.which(tool)
+        assert found, f"{tool} is needed to run build.sh"
+        (tools / tool).symlink_to(found)
+    monkeypatch.setenv("PATH", str(tools))
+    monkeypatch.setenv("PMSCTL_TESTENV_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(testenv.ENV_BIN_DIR, raising=False)
+    with pytest.raises(testenv.TestenvError) as failed:
+        testenv.testenv_binaries()
+    message = str(failed.value)
+    assert "exit 2" in message
+    assert "the Go toolchain is missing" in message
+    assert "install Go 1." in message and "https://go.dev/doc/install" in message
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())

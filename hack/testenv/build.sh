@@ -33,7 +33,7 @@ if ! command -v go >/dev/null 2>&1; then
   cat >&2 <<EOF
 testenv: the Go toolchain is missing, so etcd, kube-apiserver and kubectl cannot be built.
 testenv: install Go $go_required or newer and put it on PATH, then run 'make testenv' again:
-testenv:   Linux/macOS: https://go.dev/doc/install (e.g. curl -fsSL https://go.dev/dl/go$go_required.linux-amd64.tar.gz | sudo tar -C /usr/local -xz; export PATH=\$PATH:/usr/local/go/bin)
+testenv:   any OS: https://go.dev/doc/install; Linux x86-64 e.g. (curl -fsSL https://go.dev/dl/go$go_required.linux-amd64.tar.gz | sudo tar -C /usr/local -xz; export PATH=\$PATH:/usr/local/go/bin)
 testenv:   Debian/Ubuntu: sudo apt-get install golang-go (if it is $go_required or newer)
 testenv:   macOS Homebrew: brew install go
 testenv: it also needs network access to the Go module proxy (GOPROXY, default proxy.golang.org).
