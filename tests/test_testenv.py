@@ -23,7 +23,6 @@ import testenv
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-
 WIDGET_CRD = """\
 apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
