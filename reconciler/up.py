@@ -17,9 +17,15 @@ The pieces, from pure to edgy:
   engine a `connection_override` that points the practice at the simulator with the credentials
   the simulator made up. Its database lives in the state dir so a second run continues the same
   simulated offices and resumes from the saved cursors.
+- `Display`: writes what `reconciler.uptable` renders: the table repainted in place on a
+  terminal, one line per change otherwise, or JSON lines (`-o json`).
 - `run_up(options)`: wires the engine (the same one the operator runs), the sink, the cursor store,
-  the watcher and the display (`reconciler.uptable`) and runs until SIGINT/SIGTERM, then stops
-  everything in order (engine: pollers, sink flush, cursors; then the simulator) and returns 0.
+  the writeback API (`reconciler.writeback.service`), the watcher and the display, and runs until
+  SIGINT/SIGTERM; then stops everything in order (writeback API and drainer; engine: pollers,
+  last statuses, clients, sink, cursor store; then the simulator) and returns 0.
+
+Real in its tests: files, the validator, the engine, SQLite, the simulator over loopback HTTP
+(`tests/test_up.py` runs the command as a subprocess); the planner and display are table-tested.
 """
 
 from __future__ import annotations
@@ -42,15 +48,18 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import yaml
 
 from pms_drivers.base import Credentials
 from reconciler import uptable
-from reconciler.engine import SecretNotFoundError
+from reconciler.engine import Engine, EngineSettings, SecretNotFoundError
 from reconciler.spec import PmsType, PracticeSpec
 from reconciler.yamlsource import DEFAULT_LIMITS
+
+if TYPE_CHECKING:
+    from reconciler.writeback.service import WritebackService
 
 #: Environment variable prefix for credentials: PMSCTL_CREDENTIALS_<SECRET_NAME> = JSON object.
 ENV_PREFIX = "PMSCTL_CREDENTIALS_"
@@ -75,7 +84,7 @@ class LoadedPractice:
     """One valid PracticeWriteback document read from a file."""
 
     key: str  # namespace/name, the engine's key
-    name: str  # what the table shows
+    name: str  # metadata.name, what the table shows
     path: str  # the file it came from
     spec: PracticeSpec
 
@@ -627,9 +636,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _local_settings() -> Any:
-    from reconciler.engine import EngineSettings
-
+def _local_settings() -> EngineSettings:
     # A handful of practices on a laptop: poll at once instead of spreading first polls over an
     # interval, and refresh counters every second so the table is live.
     return EngineSettings(first_poll_jitter=0.0, status_interval=1.0)
@@ -644,11 +651,11 @@ class LocalRunner:
 
     def __init__(
         self,
-        engine: Any,
+        engine: Engine,
         watcher: FolderWatcher,
         display: Display,
         sim: SimulatedPms | None,
-        writebacks: Any = None,
+        writebacks: WritebackService | None = None,
     ) -> None:
         self.engine = engine
         self.watcher = watcher
@@ -660,7 +667,7 @@ class LocalRunner:
         self.files: set[str] = set()
 
     async def sync_folder(self) -> None:
-        """Scan the folder; when something changed, apply and remove to match it."""
+        """Scan the folder, then apply and remove so the engine runs what it says."""
         # Planning is cheap (spec equality), so it runs every scan: an apply that failed is
         # retried on the next one without waiting for the file to change.
         files, _ = self.watcher.scan()
@@ -819,7 +826,6 @@ async def _watch(runner: LocalRunner, stop: asyncio.Event, scan_seconds: float) 
 
 async def run_up(options: UpOptions, out: TextIO | None = None) -> int:
     """Run `pmsctl up` until SIGINT/SIGTERM (or once, with `options.once`); the exit code."""
-    from reconciler.engine import Engine
     from reconciler.store import SqliteCursorStore
 
     out = out if out is not None else sys.stdout
@@ -834,8 +840,16 @@ async def run_up(options: UpOptions, out: TextIO | None = None) -> int:
     _setup_logging(display.mode, options.state_dir / "pmsctl.log")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():  # a second Ctrl-C: the user does not want to wait for a clean stop
+            _info("second signal: quitting at once (cursors saved so far are kept)")
+            os._exit(130)
+        _info("stopping (Ctrl-C again to quit at once)")
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     code = 0
     try:
         async with contextlib.AsyncExitStack() as stack:
@@ -859,7 +873,7 @@ async def run_up(options: UpOptions, out: TextIO | None = None) -> int:
                 f"cursors in {options.state_dir / 'state.db'}"
             )
             await engine.start()
-            service: Any = None
+            service: WritebackService | None = None
             try:
                 if options.writeback_port is not None:
                     from reconciler.writeback.service import WritebackService
@@ -875,7 +889,6 @@ async def run_up(options: UpOptions, out: TextIO | None = None) -> int:
                 else:
                     await _watch(runner, stop, options.scan_seconds)
             finally:
-                _info("stopping: writebacks, pollers, sink flush, cursors")
                 if service is not None:
                     await service.stop()
                 await engine.stop()
