@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -145,8 +146,11 @@ class StatusWriter:
         body = [{"op": "add", "path": "/status", "value": dict(status)}]
         try:
             await asyncio.to_thread(
-                self._custom.patch_namespaced_custom_object_status,
-                GROUP, VERSION, namespace, PLURAL, name, body,
+                functools.partial(
+                    self._custom.patch_namespaced_custom_object_status,
+                    GROUP, VERSION, namespace, PLURAL, name, body,
+                    _content_type="application/json-patch+json",
+                )
             )  # fmt: skip
             self.patches += 1
         except ApiException as exc:

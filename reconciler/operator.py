@@ -34,9 +34,11 @@ from reconciler.spec import PracticeSpec
 
 ANNOTATION_RECONCILE = "writeback.dental.dev/reconcile-requested-at"
 FINALIZER = "writeback.dental.dev/finalizer"
+#: Where Kopf keeps its handler progress and last-handled spec (annotations).
+KOPF_PREFIX = "operator.writeback.dental.dev"
 RESOURCE = (GROUP, VERSION, PLURAL)
-#: Retry delay (s) after a temporary failure (a missing Secret, an unreachable PMS).
-RETRY_DELAY = 30.0
+#: Kopf retry delay (s) after a temporary PMS failure (the engine's pollers notice recovery sooner).
+RETRY_DELAY = 10.0
 
 
 def build_registry(*, labels: Mapping[str, Any] | None = None) -> kopf.OperatorRegistry:
@@ -99,9 +101,11 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.persistence.finalizer = FINALIZER
     # status is the engine's (and the schema prunes unknown status fields): Kopf keeps its
     # progress and last-handled state in annotations.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    # Its own prefix: Kopf ignores every annotation under a storage prefix when diffing, and
+    # writeback.dental.dev/reconcile-requested-at must count as a change.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
+        prefix=KOPF_PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING  # the engine posts the Events that matter
 
@@ -131,17 +135,20 @@ async def _reconcile(body: kopf.Body, memo: kopf.Memo) -> None:
 
 
 def _raise_for(error: BaseException | None) -> None:
-    """Translate the engine's last error: retry later, or wait for the spec/Secret to change."""
+    """Translate the engine's last error for Kopf.
+
+    The engine heals by itself (it watches for the PMS answering again, re-checks on its drift
+    schedule, and is refreshed when a referenced Secret changes), and a Kopf retry delay would
+    hold back the next spec change until it expires. So only a temporary PMS error gets a short
+    Kopf retry; a missing Secret, rejected credentials or a spec the PMS refuses are permanent
+    for this spec: the status says what to fix, and the fix (a Secret or spec change) reconciles.
+    """
     if error is None:
         return
-    if isinstance(error, SecretNotFoundError):
-        raise kopf.TemporaryError(str(error), delay=RETRY_DELAY)
     if isinstance(error, TemporaryPmsError):
-        delay = max(RETRY_DELAY, float(error.retry_after or 0))
+        delay = min(max(RETRY_DELAY, float(error.retry_after or 0)), 60.0)
         raise kopf.TemporaryError(str(error), delay=delay)
-    if isinstance(error, PmsError | ValueError):
-        # Retrying the same spec will not help; the engine re-checks on its drift schedule
-        # and on Secret changes, and Kopf calls us again when the spec changes.
+    if isinstance(error, SecretNotFoundError | PmsError | ValueError):
         raise kopf.PermanentError(str(error))
     raise kopf.TemporaryError(str(error), delay=RETRY_DELAY)
 
