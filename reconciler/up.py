@@ -426,9 +426,9 @@ class LocalSecrets:
         """The credentials for a Secret name; CredentialsNotFound says where it looked."""
         found = self._by_env.get(env_var_name(secret_name)) or self._by_name.get(secret_name)
         if found is None:
-            where = f"{self._source} or " if self._source else ""
+            where = self._source or "a --credentials file"
             raise CredentialsNotFound(
-                f"no credentials for Secret {secret_name!r}: add it to {where}a --credentials file "
+                f"no credentials for Secret {secret_name!r}: add it to {where} "
                 f"or set {env_var_name(secret_name)} to a JSON object of its keys"
             )
         return found
@@ -601,7 +601,11 @@ class Display:
             self._emit(uptable.json_line("invalid", now, problem=p) for p in flat)
             return
         self._emit(
-            [*uptable.render_table(rows, now), *uptable.render_problems(flat, "Not applied:")]
+            [
+                *uptable.render_table(rows, now),
+                *uptable.render_not_ready(rows),
+                *uptable.render_problems(flat, "Not applied:"),
+            ]
         )
 
 

@@ -175,6 +175,16 @@ def render_table(rows: Iterable[Row], now: datetime) -> list[str]:
     ]
 
 
+def render_not_ready(rows: Iterable[Row]) -> list[str]:
+    """The block under a one-shot table saying why each practice is not Ready (empty if all are)."""
+    lines = [
+        f"  {r.name}: {r.reason}: {r.message}" if r.message else f"  {r.name}: {r.reason}"
+        for r in sorted(rows, key=lambda r: r.name)
+        if r.ready != "True"
+    ]
+    return ["", "Not ready:", *lines] if lines else []
+
+
 KEEP_RUNNING_HEADER = "Not applied (fix the file; the last good version keeps running):"
 
 

@@ -38,8 +38,9 @@ EVENT_TYPES = {
 class UpProcess:
     """A running `pmsctl up`; collects stdout/stderr lines on threads so waits can time out."""
 
-    def __init__(self, args: list[str], cwd: Path) -> None:
+    def __init__(self, args: list[str], cwd: Path, extra_env: dict[str, str] | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PMSCTL_CREDENTIALS_")}
+        env.update(extra_env or {})
         env["PYTHONUNBUFFERED"] = "1"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "reconciler.cli", "up", *args],
@@ -106,8 +107,8 @@ def run_up(tmp_path: Path) -> Iterator[Callable[..., UpProcess]]:
     """Starts `pmsctl up` subprocesses in tmp_path; kills whatever is still running after the test."""
     started: list[UpProcess] = []
 
-    def start(*args: str) -> UpProcess:
-        p = UpProcess(list(args), cwd=tmp_path)
+    def start(*args: str, env: dict[str, str] | None = None) -> UpProcess:
+        p = UpProcess(list(args), cwd=tmp_path, extra_env=env)
         started.append(p)
         return p
 
@@ -289,3 +290,65 @@ def test_once_exits_zero_when_all_ready_and_one_with_an_invalid_file(
     failed = run_up("--once", "practices", "--writeback-port", "0")
     assert failed.proc.wait(timeout=40) == 1
     assert any("practices/zz-bad.yaml:" in ln for ln in failed.out), failed.out
+
+
+def test_no_simulate_uses_credentials_from_a_file_and_the_environment(
+    tmp_path: Path, run_up: Callable[..., UpProcess]
+) -> None:
+    """Real PMS endpoints here are a simulator the test runs on a thread (another "office
+    server", as `pmsctl simulate` would be); `pmsctl up --no-simulate` must reach it with the
+    credentials given locally, and say which variable to set when one is missing."""
+    from pms_simulator import Simulator
+
+    folder = tmp_path / "practices"
+    names = fast_copy(folder)
+    sim = Simulator()
+    try:
+        with sim.serve_in_thread() as url:
+            creds: dict[str, dict[str, str]] = {}
+            for path in sorted(folder.iterdir()):
+                doc = yaml.safe_load(path.read_text())
+                pms = doc["spec"]["pms"]
+                made = sim.add_practice(doc["spec"]["practiceId"], pms["type"])
+                creds[pms["credentialsSecretRef"]["name"]] = made
+                pms["url"] = f"{url}/api/v1" if pms["type"] == "OpenDental" else f"{url}/bridge/v1"
+                path.write_text(yaml.safe_dump(doc, sort_keys=False))
+            secrets_in_env = sorted(creds)[0]
+            env_var = "PMSCTL_CREDENTIALS_" + re.sub(r"[^A-Za-z0-9]", "_", secrets_in_env).upper()
+            (tmp_path / "creds.yaml").write_text(
+                yaml.safe_dump({k: v for k, v in creds.items() if k != secrets_in_env})
+            )
+            ok = run_up(
+                "--no-simulate",
+                "--once",
+                "--credentials",
+                "creds.yaml",
+                "practices",
+                "--no-writeback",
+                env={env_var: json.dumps(creds[secrets_in_env])},
+            )
+            assert ok.proc.wait(timeout=40) == 0, "\n".join(ok.out + ok.err)
+            for name in names.values():
+                assert any(ln.startswith(name + " ") and " True " in ln for ln in ok.out), ok.out
+
+            missing = run_up(
+                "--no-simulate",
+                "--once",
+                "--credentials",
+                "creds.yaml",
+                "practices",
+                "--no-writeback",
+                "--timeout",
+                "3",
+            )
+            assert missing.proc.wait(timeout=40) == 1
+            row = next(ln for ln in missing.out if "SecretNotFound" in ln)
+            assert row.split()[3] == "False"
+            assert any(env_var in ln for ln in missing.out + missing.err), "the fix is not named"
+            printed = "\n".join(ok.out + ok.err + missing.out + missing.err)
+            for values in creds.values():
+                for value in values.values():
+                    if value.startswith("sim-") and "developer" not in value:
+                        assert value not in printed, "a credential was printed"
+    finally:
+        sim.close()

@@ -237,3 +237,18 @@ def test_json_line_is_one_object_with_time_and_type() -> None:
         "practice": "a",
         "status": {"x": 1},
     }
+
+
+def test_not_ready_block_gives_each_reason_and_message() -> None:
+    rows = [
+        Row("b", "Dentrix", "DDS1", ready="False", reason="SecretNotFound", message="set X"),
+        Row("a", "Dentrix", "DDS1", ready="True", reason="Ready"),
+        Row("c", "Dentrix", "DDS1"),
+    ]
+    assert uptable.render_not_ready(rows) == [
+        "",
+        "Not ready:",
+        "  b: SecretNotFound: set X",
+        "  c: Pending",
+    ]
+    assert uptable.render_not_ready(rows[1:2]) == []
