@@ -24,6 +24,7 @@ import base64
 import contextlib
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import PurePosixPath
@@ -64,6 +65,7 @@ PMS: Final = "OpenDental"
 PAGE_CAP: Final = 100  # the Remote API's row cap per call
 MAX_PAGES: Final = 1000  # a runaway guard: 100k rows in one read means something is wrong
 DEFAULT_OVERLAP_SECONDS: Final = 2.0
+PICTURE_CATEGORY_TTL: Final = 600.0  # seconds a patient-pictures category lookup is reused
 
 CATEGORY_APPT_CONFIRMED: Final = 2
 CATEGORY_IMAGE_CATS: Final = 18
@@ -268,6 +270,7 @@ class OpenDentalDriver:
         self._overlap = overlap_seconds
         self._confirm_names: dict[str, str] = {}
         self._confirm_misses: set[str] = set()
+        self._pictures: tuple[str | None, float] | None = None
         self._write_locks = KeyedLocks()
 
     def __repr__(self) -> str:
@@ -494,6 +497,15 @@ class OpenDentalDriver:
         cursor_after = StampCursor(server_time=after.server_time, seen=after.seen, flow=flow)
         return Page(records=records, cursor=cursor_after.encode())
 
+    async def _picture_category(self) -> str | None:
+        """The DefNum of the patient-pictures category (flag `P`), re-read every few minutes."""
+        now = time.monotonic()
+        if self._pictures is None or now - self._pictures[1] > PICTURE_CATEGORY_TTL:
+            categories = await self.list_document_categories()
+            found = next((c.id for c in categories if "P" in c.flags and not c.hidden), None)
+            self._pictures = (found, now)
+        return self._pictures[0]
+
     async def patients_since(self, cursor: str | None, *, photos: bool = False) -> Page[Patient]:
         """Changed patients. With `photos`, `photo_ref` is the documents query for the patient's
         pictures (the category flagged `P`); the REST API cannot say cheaply whether one exists."""
@@ -501,12 +513,7 @@ class OpenDentalDriver:
         rows, after = await self._changed(
             operation, "/patients/Simple", "PatNum", self._cursor(cursor, operation)
         )
-        picture_category: str | None = None
-        if photos:
-            categories = await self.list_document_categories()
-            picture_category = next(
-                (c.id for c in categories if "P" in c.flags and not c.hidden), None
-            )
+        picture_category = await self._picture_category() if photos and rows else None
         out = [
             Patient(
                 id=_id(r.get("PatNum")),

@@ -228,3 +228,16 @@ async def test_a_foreign_cursor_is_a_permanent_error_naming_the_fix(env: Env) ->
 
     with pytest.raises(PermanentPmsError, match="clear the stored cursor"):
         await env.driver.appointments_since("12345")
+
+
+async def test_the_pictures_category_is_looked_up_once_not_on_every_poll(env: Env) -> None:
+    page = await env.driver.patients_since(None, photos=True)
+    for _ in range(3):
+        env.sim.advance(minutes=60)
+        page = await env.driver.patients_since(page.cursor, photos=True)
+    lookups = [
+        r
+        for r in env.sim.requests(PID)
+        if r.path.endswith("/definitions") and r.query.get("Category") == "18"
+    ]
+    assert len(lookups) == 1
