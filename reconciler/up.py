@@ -810,7 +810,7 @@ async def _settle_once(
     """`--once`: wait (bounded) for every practice to be Ready and its pollers' first polls,
     print the table; the exit code."""
     deadline = asyncio.get_running_loop().time() + timeout
-    while not runner.settled() and not stop.is_set():
+    while runner.applied and not runner.settled() and not stop.is_set():
         if asyncio.get_running_loop().time() >= deadline:
             break
         await _wait(stop, 0.2)
@@ -888,6 +888,8 @@ async def run_up(options: UpOptions, out: TextIO | None = None) -> int:
                     _info(f"writeback API on {url} (bearer token: {token_from})")
                 runner = LocalRunner(engine, FolderWatcher(options.path), display, sim, service)
                 await runner.sync_folder()
+                if not runner.files:
+                    _info(f"no *.yaml or *.yml files in {options.path} (yet)")
                 if options.once:
                     code = await _settle_once(runner, display, stop, options.once_timeout)
                 else:
