@@ -197,3 +197,34 @@ def test_writeback_id_is_stable_per_practice_and_caller_id() -> None:
     assert writeback_id("p1", "c1") != writeback_id("p2", "c1")
     assert note().fingerprint() == note().fingerprint()
     assert note().fingerprint() != note("incomingSms").fingerprint()
+
+
+def _variants() -> list[Any]:
+    note_ok = {"callerId": "c1", "type": "outgoingSms", "patientId": "12",
+               "occurredAt": "2026-11-26T09:15:00Z", "text": "hello"}  # fmt: skip
+    doc_ok = {"callerId": "c2", "document": "accountStatement", "patientId": "12",
+              "occurredAt": "2026-11-26T09:15:00.123+01:00", "filename": "s.pdf",
+              "contentType": "application/pdf", "contentBase64": "aGk=", "text": "desc"}  # fmt: skip
+    changes: list[dict[str, Any]] = [
+        {}, {"callerId": " c1"}, {"callerId": "a\nb"}, {"callerId": "x" * 201},
+        {"callerId": "x" * 200}, {"patientId": 12}, {"text": "x" * 65_537},
+        {"text": "x" * 65_536}, {"text": None}, {"occurredAt": "2026-11-26t09:15:00z"},
+        {"occurredAt": "2026-11-26T09:15Z"}, {"type": "fax"}, {"extra": 1},
+        {"contentType": "application/zip"}, {"filename": "a/b.pdf"}, {"contentBase64": ""},
+        {"type": "outgoingSms"}, {"document": "insuranceVerification"}, {"filename": ""},
+    ]  # fmt: skip
+    out: list[Any] = [[], "x", None, 1]
+    for base in (note_ok, doc_ok):
+        for change in changes:
+            b = {**base, **change}
+            out.append({k: v for k, v in b.items() if v is not None})
+            for key in base:
+                out.append({k: v for k, v in base.items() if k != key})
+    return out
+
+
+def test_the_fast_validity_check_agrees_with_the_json_schema_on_every_variant() -> None:
+    from reconciler.writeback.model import fast_valid, schema_errors
+
+    for body in _variants():
+        assert fast_valid(body) == (not schema_errors(body)), body

@@ -26,7 +26,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from reconciler.writeback.errors import StoreError
@@ -162,17 +161,18 @@ def insert(
     provider_id: str | None = None,
 ) -> tuple[WritebackRecord, bool]:
     """Store a new request, or return the one already stored for its caller id (created=False)."""
+    fp = request.fingerprint()
     cur = conn.execute(
         "INSERT INTO writebacks (id, practice_id, caller_id, fingerprint, kind, type, patient_id,"
         " occurred_at, text, filename, content_type, content, status, reason, message,"
         " target_type_id, provider_id, created_at, updated_at)"
         " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-        " ON CONFLICT (practice_id, caller_id) DO NOTHING",
+        " ON CONFLICT (practice_id, caller_id) DO NOTHING RETURNING seq",
         (
             request.id,
             request.practice_id,
             request.caller_id,
-            request.fingerprint(),
+            fp,
             request.kind.value,
             request.type,
             request.patient_id,
@@ -190,10 +190,24 @@ def insert(
             now,
         ),
     )
-    created = cur.rowcount == 1
-    record = get(conn, request.id)
-    assert record is not None
-    return record, created
+    row = cur.fetchone()
+    if row is None:  # a replay: answer with what is stored
+        existing = get(conn, request.id)
+        assert existing is not None
+        return existing, False
+    record = WritebackRecord(
+        seq=int(row[0]),
+        request=request,
+        status=status,
+        fingerprint=fp,
+        created_at=now,
+        updated_at=now,
+        reason=reason,
+        message=message,
+        target_type_id=target_type_id,
+        provider_id=provider_id,
+    )
+    return record, True
 
 
 def get(
@@ -342,6 +356,19 @@ def open_count(conn: sqlite3.Connection) -> int:
 
 # --- the writer thread ---
 
+_Item = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
+
+
+def _settle(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    """On the event loop: hand every op of one commit its result."""
+    for fut, ok, value in results:
+        if fut.done():  # the caller gave up (cancelled); the op is committed all the same
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
 
 class Store:
     """The queue file with one writer thread; `await store.run(op)` runs an op in a group commit."""
@@ -352,9 +379,7 @@ class Store:
         self.path = os.fspath(path)
         self._synchronous = synchronous
         self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[
-            tuple[Callable[[sqlite3.Connection], Any], Future[Any]] | None
-        ] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
         self._local = threading.local()
@@ -390,9 +415,10 @@ class Store:
         """Run `op(conn)` in the next group commit; returns once it is committed."""
         if self._thread is None:
             raise StoreError(f"{self.path}: the writeback queue is not open")
-        fut: Future[T] = Future()
-        self._queue.put((op, fut))
-        return await asyncio.wrap_future(fut)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._queue.put((op, fut, loop))
+        return await fut
 
     def read(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """Run a read-only op now, on this thread's own connection (WAL readers never block)."""
@@ -425,15 +451,11 @@ class Store:
                 batch.append(item)
             self._commit(conn, batch)
 
-    def _commit(
-        self,
-        conn: sqlite3.Connection,
-        batch: list[tuple[Callable[[sqlite3.Connection], Any], Future[Any]]],
-    ) -> None:
-        results: list[tuple[Future[Any], bool, Any]] = []
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
+        results: list[tuple[asyncio.Future[Any], bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for op, fut in batch:
+            for op, fut, _ in batch:
                 conn.execute("SAVEPOINT op")
                 try:
                     value = op(conn)
@@ -451,14 +473,14 @@ class Store:
                 conn.execute("ROLLBACK")
             log.error("writeback queue %s: commit failed: %s", self.path, exc)
             error = StoreError(f"{self.path}: commit failed: {exc}")
-            results = [(fut, False, error) for _, fut in batch]
-        # Only now, after the commit, are the callers told.
-        for fut, ok, value in results:
-            if fut.set_running_or_notify_cancel():
-                if ok:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(value)
+            results = [(fut, False, error) for _, fut, _ in batch]
+        # Only now, after the commit, are the callers told: one wake-up per loop per commit.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+        for (_, _, loop), result in zip(batch, results, strict=True):
+            by_loop.setdefault(loop, []).append(result)
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
+                loop.call_soon_threadsafe(_settle, items)
 
 
 def now() -> float:
