@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import logging
 import math
+import ssl
 import time
 from collections.abc import Callable
 
@@ -142,6 +144,13 @@ class RateLimitedTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+@functools.cache
+def _shared_ssl_context() -> ssl.SSLContext:
+    """One TLS context for every practice's client: building one per client costs ~0.8 MB and
+    ~150 ms (the CA bundle), which at 10,000 practices is 8 GB and minutes of start-up."""
+    return httpx.create_ssl_context()
+
+
 def new_client(
     base_url: str,
     *,
@@ -162,7 +171,8 @@ def new_client(
         TokenBucket(rate_per_second, burst),
         inner
         or httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(max_connections=8, max_keepalive_connections=4)
+            verify=_shared_ssl_context(),
+            limits=httpx.Limits(max_connections=8, max_keepalive_connections=4),
         ),
     )
     return httpx.AsyncClient(
