@@ -64,6 +64,8 @@ KUBECTL_TIMEOUT_S = 60.0
 class TestenvError(RuntimeError):
     """The testenv could not be built, started or reached; the message says why and what to do."""
 
+    __test__ = False  # a name starting with "Test" is not a pytest test class
+
 
 class KubectlError(RuntimeError):
     """kubectl exited non-zero while the caller expected success; carries the completed run."""
