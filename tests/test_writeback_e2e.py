@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import os
 import signal
@@ -38,6 +39,7 @@ from pms_simulator.server import Simulator, simulator_credentials
 from reconciler.spec import DocumentType, PracticeSpec, WritebackType
 from reconciler.writeback import store as ops
 from reconciler.writeback.delivery import DeliveryPolicy
+from reconciler.writeback.model import Status, parse_request
 from reconciler.writeback.service import WritebackService
 from reconciler.writeback.target import WritebackTarget
 
@@ -440,6 +442,47 @@ async def test_permanent_errors_fail_at_once_with_the_reason_and_can_be_retried(
         assert [n["writeback_id"] for n in sim.notes(pid)] == [good["id"]]
 
 
+async def test_writebacks_wait_for_a_practice_the_engine_has_not_loaded_yet(tmp_path: Path) -> None:
+    """After a restart the engine may load practices after the drainer starts: their pending
+    writebacks wait; a practice that stays unknown past the grace period fails them."""
+    pid = "od-late"
+    sim = Simulator()
+    sim.add_practice(pid, "OpenDental")
+    db = tmp_path / "wb.db"
+    async with sim.serve() as sim_url:
+        directory = Directory(sim_url)
+        target = await directory.apply(practice_spec(pid, "OpenDental", sim_url))
+        directory.targets.clear()  # the engine has not loaded it yet
+        conn = ops.connect(db)
+        ids = []
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            for practice, caller in ((pid, "a"), (pid, "b"), ("ghost", "c")):
+                req = parse_request(practice, note_body(caller, "outgoingSms", "2"))
+                ops.insert(conn, req, status=Status.PENDING, now=ops.now(),
+                           target_type_id=target.note_type_ids[WritebackType.OUTGOING_SMS],
+                           provider_id="1")  # fmt: skip
+                ids.append(req.id)
+        conn.close()
+        policy = dataclasses.replace(FAST, unknown_practice_grace=2.0)
+        service = WritebackService(directory, db, TOKEN, policy=policy)
+        await service.start(None)
+        try:
+            await asyncio.sleep(1.0)
+            assert service.counts(pid)["pending"] == 2 and not sim.notes(pid)
+            directory.targets[pid] = target  # loaded now
+            assert (await drained(service.counts, pid))["sent"] == 2
+            assert [n["writeback_id"] for n in sim.notes(pid)] == ids[:2]
+            ghost = await drained(service.counts, "ghost", timeout=10)
+            assert ghost["failed"] == 1
+            record = service.store.read(lambda c: ops.get(c, ids[2]))
+            assert record is not None and record.reason == "PracticeUnknown"
+        finally:
+            await service.stop()
+            await directory.close()
+    sim.close()
+
+
 # --- bad requests change nothing -------------------------------------------------------------
 
 
@@ -573,7 +616,9 @@ async def test_a_service_killed_mid_drain_resumes_on_restart_without_loss_or_dou
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
             landed = sum(len(sim.notes(pid)) for pid, _ in practices)
-            assert landed < 2 * N_KILL, "the drain finished before the kill; slow the simulator down"
+            assert landed < 2 * N_KILL, (
+                "the drain finished before the kill; slow the simulator down"
+            )
             left = {pid: db_counts(db, pid)["pending"] for pid, _ in practices}
             assert sum(left.values()) > 0
 
@@ -586,7 +631,12 @@ async def test_a_service_killed_mid_drain_resumes_on_restart_without_loss_or_dou
                 assert time.monotonic() < deadline, "the restarted service did not finish"
                 await asyncio.sleep(0.1)
             for pid, _ in practices:
-                assert db_counts(db, pid) == {"sent": N_KILL, "skipped": 0, "pending": 0, "failed": 0}
+                assert db_counts(db, pid) == {
+                    "sent": N_KILL,
+                    "skipped": 0,
+                    "pending": 0,
+                    "failed": 0,
+                }
                 assert_exactly_once_in_order(sim.notes(pid), posted[pid])
     finally:
         for p in procs:

@@ -13,7 +13,9 @@ Scheduling (in memory; the queue itself is the SQLite file, so nothing here need
   `max_attempts` the record is `failed` (RetriesExhausted) and the next one goes.
 - A permanent error (400/404) fails the record at once, with the PMS's reason.
 - While the practice is suspended or its driver is not ready, the practice is parked (records
-  wait; they are not skipped: the caller was told they would be written).
+  wait; they are not skipped: the caller was told they would be written). A practice the
+  directory does not know is parked too (after a restart the engine may not have loaded it
+  yet); after `unknown_practice_grace` its writebacks fail with `PracticeUnknown`.
 - A sweep every `sweep_interval` seconds picks up practices with open records that nobody
   announced: records left `pending`/`sending` by a previous process (a restart resumes them;
   the drivers' writes are idempotent by writeback id, so re-sending an interrupted write cannot
@@ -59,6 +61,7 @@ class DeliveryPolicy:
     defer_max: float = 300.0  # ... up to this
     not_ready_delay: float = 2.0  # practice suspended or driver not built yet: look again after
     sweep_interval: float = 2.0
+    unknown_practice_grace: float = 600.0  # a practice unknown this long: its writebacks fail
 
     def __post_init__(self) -> None:
         if self.max_concurrent_practices < 1 or self.quantum < 1 or self.max_attempts < 1:
@@ -101,6 +104,7 @@ class Drainer:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._missing_since: dict[str, float] = {}
 
     # --- lifecycle ---
 
@@ -234,9 +238,16 @@ class Drainer:
                 return ("parked", wait)
             target = self.directory.target(pid)
             if target is None:
+                # Right after a restart the engine may not know every practice yet: wait, and
+                # only give up on a practice that stays unknown for `unknown_practice_grace`.
+                first = self._missing_since.setdefault(pid, self._clock())
+                if self._clock() - first < self.policy.unknown_practice_grace:
+                    return ("parked", self.policy.not_ready_delay)
                 await self._fail(record, None, FailReason.PRACTICE_GONE,
-                                 f"practice {pid!r} is no longer configured")  # fmt: skip
+                                 f"no practice has practiceId {pid!r} (for "
+                                 f"{self.policy.unknown_practice_grace:g}s)")  # fmt: skip
                 continue
+            self._missing_since.pop(pid, None)
             if target.spec.suspend or target.driver is None:
                 return ("parked", self.policy.not_ready_delay)
             parked = await self._deliver(record, target)
