@@ -464,6 +464,12 @@ def test_an_unknown_base_ref_is_a_clear_error(repo, capsys):
     assert "unknown git ref 'no-such-branch'" in run.err
 
 
+def test_cluster_flags_without_live_are_a_usage_error(repo, capsys):
+    run = pmsctl_diff(capsys, "--prune")
+    assert run.code == 2
+    assert "need --live" in run.err
+
+
 def test_outside_a_git_repository_the_error_says_so(tmp_path, capsys, monkeypatch):
     (tmp_path / "practices").mkdir()
     monkeypatch.chdir(tmp_path)

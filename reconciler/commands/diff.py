@@ -398,6 +398,9 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if not args.live and (args.prune or args.kubeconfig or args.context):
+        print("pmsctl diff: --prune, --kubeconfig and --context need --live", file=sys.stderr)
+        return 2
     try:
         sides = live_sides(args) if args.live else git_sides(args)
     except DiffInputError as exc:
