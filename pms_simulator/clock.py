@@ -100,50 +100,69 @@ def plan_day(
     active providers to book with. Appointments already confirmed when booked have no confirm event.
     """
     rng = rng_for(practice_id, day.isoformat())
-    base = datetime(day.year, day.month, day.day)
-    opens = base + timedelta(hours=7, minutes=5)
+    rand = rng.random
+
+    def between(low: int, high: int) -> int:  # randint's range, a third of its cost
+        return low + int(rand() * (high - low + 1))
+
+    prefix = day.isoformat() + " "
+
+    def at(second_of_day: int) -> str:  # times of this day, formatted without datetime
+        h, rest = divmod(second_of_day, 3600)
+        m, s = divmod(rest, 60)
+        return f"{prefix}{h:02d}:{m:02d}:{s:02d}"
+
+    opens = 7 * 3600 + 5 * 60
+    patients = max(1, patient_ids)
     apts: list[AppointmentSeed] = []
     events: list[PlannedEvent] = []
-    count = rng.randint(36, 44)
-    for i in range(count):
-        start = base + timedelta(hours=8, minutes=10 * rng.randint(0, 51))
+    for i in range(between(36, 44)):
+        start = 8 * 3600 + 600 * between(0, 51)
         apt_id = first_appointment_id + i
-        pre_confirmed = rng.random() < 0.4
+        pre_confirmed = rand() < 0.4
+        provider = provider_ids[int(rand() * len(provider_ids))]
         apts.append(
-            AppointmentSeed(
-                apt_id,
-                rng.randint(1, max(1, patient_ids)),
-                fmt(start),
-                rng.choice(provider_ids),
-                pre_confirmed,
-            )
+            AppointmentSeed(apt_id, between(1, patients), at(start), provider, pre_confirmed)
         )
-        if not pre_confirmed and rng.random() < 0.85:
-            at = max(opens, start - timedelta(minutes=rng.randint(45, 240)))
-            events.append(PlannedEvent(fmt(at + _secs(rng)), CONFIRM, apt_id))
-        if rng.random() < 0.05:
-            events.append(
-                PlannedEvent(fmt(start + timedelta(minutes=20) + _secs(rng)), BREAK, apt_id)
-            )
+        if not pre_confirmed and rand() < 0.85:
+            confirm = max(opens, start - 60 * between(45, 240)) + between(1, 59)
+            events.append(PlannedEvent(at(confirm), CONFIRM, apt_id))
+        if rand() < 0.05:
+            events.append(PlannedEvent(at(start + 1200 + between(1, 59)), BREAK, apt_id))
             continue
-        arrive = start - timedelta(minutes=rng.randint(0, 12)) + _secs(rng)
-        seat = arrive + timedelta(minutes=rng.randint(2, 15), seconds=rng.randint(0, 59))
-        dismiss = seat + timedelta(minutes=rng.randint(30, 75), seconds=rng.randint(0, 59))
+        arrive = start - 60 * between(0, 12) + between(1, 59)
+        seat = arrive + 60 * between(2, 15) + between(0, 59)
+        dismiss = seat + 60 * between(30, 75) + between(0, 59)
         events += [
-            PlannedEvent(fmt(arrive), ARRIVE, apt_id),
-            PlannedEvent(fmt(seat), SEAT, apt_id),
-            PlannedEvent(fmt(dismiss), DISMISS, apt_id),
+            PlannedEvent(at(arrive), ARRIVE, apt_id),
+            PlannedEvent(at(seat), SEAT, apt_id),
+            PlannedEvent(at(dismiss), DISMISS, apt_id),
         ]
-    for _ in range(rng.randint(4, 8)):
-        at = base + timedelta(hours=8, minutes=rng.randint(0, 540)) + _secs(rng)
-        events.append(PlannedEvent(fmt(at), NEW_PATIENT, rng.randint(1, 2**31)))
-    for _ in range(rng.randint(4, 8)):
-        at = base + timedelta(hours=8, minutes=rng.randint(0, 540)) + _secs(rng)
-        events.append(PlannedEvent(fmt(at), EDIT_PATIENT, rng.randint(1, max(1, patient_ids))))
-    booking = base + timedelta(hours=BOOKING_HOUR)
-    events.append(PlannedEvent(fmt(booking), PLAN_DAY, (day + timedelta(days=1)).toordinal()))
+    for _ in range(between(4, 8)):
+        when = 8 * 3600 + 60 * between(0, 540) + between(1, 59)
+        events.append(PlannedEvent(at(when), NEW_PATIENT, between(1, 2**31)))
+    for _ in range(between(4, 8)):
+        when = 8 * 3600 + 60 * between(0, 540) + between(1, 59)
+        events.append(PlannedEvent(at(when), EDIT_PATIENT, between(1, patients)))
+    booked = at(BOOKING_HOUR * 3600)
+    events.append(PlannedEvent(booked, PLAN_DAY, (day + timedelta(days=1)).toordinal()))
     return DayPlan(tuple(apts), tuple(sorted(events, key=lambda e: e.at)))
 
 
-def _secs(rng: random.Random) -> timedelta:
-    return timedelta(seconds=rng.randint(1, 59))
+_DAY_TEXT: dict[int, str] = {}
+
+
+def fmt_ordinal_seconds(seconds: int) -> str:
+    """Format seconds since 0001-01-01 00:00 (day ordinal * 86400 + second of day), fast."""
+    days, rest = divmod(seconds, 86400)
+    text = _DAY_TEXT.get(days)
+    if text is None:
+        text = _DAY_TEXT[days] = date.fromordinal(days).isoformat()
+    h, rest = divmod(rest, 3600)
+    m, s = divmod(rest, 60)
+    return f"{text} {h:02d}:{m:02d}:{s:02d}"
+
+
+def ordinal_seconds(dt: datetime) -> int:
+    """The inverse of `fmt_ordinal_seconds`' input: seconds since 0001-01-01 00:00."""
+    return dt.toordinal() * 86400 + dt.hour * 3600 + dt.minute * 60 + dt.second

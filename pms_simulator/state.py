@@ -45,38 +45,38 @@ CREATE TABLE IF NOT EXISTS practices (
 CREATE TABLE IF NOT EXISTS providers (
   p TEXT, id TEXT, abbr TEXT, fname TEXT, lname TEXT, suffix TEXT, name TEXT,
   active INTEGER, hidden INTEGER, status TEXT, ord INTEGER, stamp TEXT,
-  PRIMARY KEY (p, id));
+  PRIMARY KEY (p, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS defs (
   p TEXT, category INTEGER, id TEXT, name TEXT, item_value TEXT, hidden INTEGER,
   target TEXT, type TEXT, type_id INTEGER, ord INTEGER, stamp TEXT,
-  PRIMARY KEY (p, category, id));
+  PRIMARY KEY (p, category, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS patients (
   p TEXT, id INTEGER, fname TEXT, lname TEXT, gender TEXT, birthdate TEXT, phone TEXT,
   email TEXT, prov TEXT, photo_doc INTEGER, stamp TEXT, seq INTEGER,
-  PRIMARY KEY (p, id));
+  PRIMARY KEY (p, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS appointments (
   p TEXT, id INTEGER, pat INTEGER, start TEXT, status TEXT, prov TEXT, confirmed INTEGER,
   arrived TEXT, seated TEXT, dismissed TEXT, stamp TEXT, seq INTEGER,
-  PRIMARY KEY (p, id));
+  PRIMARY KEY (p, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS flow (
   p TEXT, seq INTEGER, apt INTEGER, pat INTEGER, status TEXT, at TEXT,
-  PRIMARY KEY (p, seq));
+  PRIMARY KEY (p, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS planned (
-  p TEXT, at TEXT, action TEXT, target INTEGER, n INTEGER);
-CREATE INDEX IF NOT EXISTS planned_at ON planned (at);
+  p TEXT, at TEXT, action TEXT, target INTEGER, n INTEGER,
+  PRIMARY KEY (at, p, n)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS notes (
   p TEXT, id INTEGER, pat INTEGER, note_type_id TEXT, mode TEXT, sor TEXT, text TEXT,
   occurred TEXT, prov TEXT, kind TEXT, target TEXT, writeback_id TEXT, idem_key TEXT,
-  body_hash TEXT, stamp TEXT, seq INTEGER, PRIMARY KEY (p, id));
+  body_hash TEXT, stamp TEXT, seq INTEGER, PRIMARY KEY (p, id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS notes_pat ON notes (p, pat);
-CREATE INDEX IF NOT EXISTS notes_key ON notes (p, idem_key);
+CREATE INDEX IF NOT EXISTS notes_key ON notes (p, idem_key) WHERE idem_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS documents (
   p TEXT, id INTEGER, pat INTEGER, category_id TEXT, prov TEXT, filename TEXT,
   description TEXT, img_type TEXT, content_type TEXT, size INTEGER, occurred TEXT,
   writeback_id TEXT, idem_key TEXT, body_hash TEXT, stamp TEXT, seq INTEGER,
-  PRIMARY KEY (p, id));
+  PRIMARY KEY (p, id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS documents_pat ON documents (p, pat);
-CREATE INDEX IF NOT EXISTS documents_key ON documents (p, idem_key);
+CREATE INDEX IF NOT EXISTS documents_key ON documents (p, idem_key) WHERE idem_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS changes (
   p TEXT, kind TEXT, record_id TEXT, stamp TEXT, seq INTEGER, source TEXT, detail TEXT);
 CREATE INDEX IF NOT EXISTS changes_kind ON changes (p, kind);
@@ -227,8 +227,9 @@ class State:
             )
             patients: list[tuple[Any, ...]] = []
             docs: list[tuple[Any, ...]] = []
+            start_seconds = clock.ordinal_seconds(start)
             for pat_id, offset in enumerate(offsets, start=1):
-                stamp = clock.fmt(start - timedelta(seconds=offset))
+                stamp = clock.fmt_ordinal_seconds(start_seconds - offset)
                 seq = p.next_seq()
                 bits = rng.getrandbits(64)
                 photo = None
@@ -313,20 +314,23 @@ class State:
         while True:
             if pid is None:
                 rows = self._db.execute(
-                    "SELECT rowid, * FROM planned WHERE at <= ? ORDER BY at, p, n LIMIT 5000",
+                    "SELECT * FROM planned WHERE at <= ? ORDER BY at, p, n LIMIT 5000",
                     (limit,),
                 ).fetchall()
             else:
                 # Every due event of an already seeded practice was applied when the clock
                 # passed it, so the due rows are all this (newly seeded) practice's.
                 rows = self._db.execute(
-                    "SELECT rowid, * FROM planned WHERE at <= ? ORDER BY at, n LIMIT 5000", (limit,)
+                    "SELECT * FROM planned WHERE at <= ? ORDER BY at, p, n LIMIT 5000", (limit,)
                 ).fetchall()
             if not rows:
                 return applied
             for r in rows:
                 self._apply(self._practices[r["p"]], r["at"], r["action"], int(r["target"]))
-            self._db.executemany("DELETE FROM planned WHERE rowid=?", [(r[0],) for r in rows])
+            self._db.executemany(
+                "DELETE FROM planned WHERE at=? AND p=? AND n=?",
+                [(r["at"], r["p"], r["n"]) for r in rows],
+            )
             applied += len(rows)
 
     def _apply(self, p: Practice, at: str, action: str, target: int) -> None:
@@ -610,16 +614,15 @@ def _phone(rng: Any) -> str:
     return f"512-555-{rng.randint(0, 9999):04d}"
 
 
+_PEOPLE: list[tuple[str, str, str, str, str, str]] = []
+
+
 def _person_from_bits(bits: int) -> tuple[str, str, str, str, str, str]:
-    bits, first = divmod(bits, len(catalog.FIRST_NAMES))
-    bits, last = divmod(bits, len(catalog.LAST_NAMES))
-    bits, days = divmod(bits, 30000)
-    bits, phone = divmod(bits, 10000)
-    bits, n = divmod(bits, 99)
-    fname, lname = catalog.FIRST_NAMES[first], catalog.LAST_NAMES[last]
-    birth = date(1940, 1, 1) + timedelta(days=days)
-    email = f"{fname}.{lname}{n + 1}@example.com".lower()
-    return fname, lname, "MF"[bits % 2], birth.isoformat(), f"512-555-{phone:04d}", email
+    """A person from a fixed pool of 4,096 (built once), picked by `bits`: cheap to seed with."""
+    if not _PEOPLE:
+        rng = clock.rng_for("people")
+        _PEOPLE.extend(_person(rng) for _ in range(4096))
+    return _PEOPLE[bits & 4095]
 
 
 def _person(rng: Any) -> tuple[str, str, str, str, str, str]:
