@@ -1,0 +1,326 @@
+"""How many practices one operator process holds: scheduler and pollers at increasing counts.
+
+Two benchmarks, both reporting schedule lag (how late a poll started versus when it was due,
+p50/p99/max), CPU (cores used by this process, and by the simulator), and memory (RSS):
+
+  scheduler  3 pollers per practice with a trivial poll, no I/O: the scheduler's own overhead.
+             `--mode heap` is `reconciler.scheduler.Scheduler` (one heap, one dispatcher, a bounded
+             pool); `--mode tasks` is the naive design (one sleeping task per poller) for comparison.
+  engine     the real `Engine`: every practice reconciled against the PMS simulator (running in
+             its own process, so it does not steal this process's GIL), then the three pollers per
+             practice at the product intervals (appointmentStatus 15 s, patients 30 s,
+             appointments 60 s) with real drivers, a JSONL sink and the SQLite cursor store.
+
+    .venv/bin/python bench/bench_scale.py scheduler --counts 1000,10000 --mode both
+    .venv/bin/python bench/bench_scale.py engine --counts 100,1000,3000 --duration 60
+
+The first-poll jitter spreads each poller's first run over its interval; measurement starts after
+one full appointmentStatus interval (`--warmup`, default 16 s) so the start-up burst is excluded.
+The report says at which count p99 lag first passes 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from pms_drivers.base import Credentials  # noqa: E402
+from reconciler.engine import Engine, EngineSettings, SecretNotFoundError  # noqa: E402
+from reconciler.scheduler import Scheduler  # noqa: E402
+from reconciler.sink import JsonlSink  # noqa: E402
+from reconciler.spec import PracticeSpec  # noqa: E402
+from reconciler.store import SqliteCursorStore  # noqa: E402
+
+INTERVALS = {"appointmentStatus": 15.0, "patients": 30.0, "appointments": 60.0}
+
+
+def rss_mb(pid: int | None = None) -> float:
+    path = f"/proc/{pid or 'self'}/status"
+    for line in Path(path).read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def self_cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+class TaskPerPoller:
+    """The naive design, for comparison: one task per poller sleeping until its next run."""
+
+    def __init__(self) -> None:
+        self.tasks: list[asyncio.Task[None]] = []
+        self.lags: list[float] = []
+
+    def ensure(
+        self, key: str, kind: str, interval: float, poll: Callable[[], Awaitable[int]], first: float
+    ) -> None:
+        async def loop() -> None:
+            clock = asyncio.get_running_loop()
+            due = clock.time() + first
+            while True:
+                await asyncio.sleep(max(0.0, due - clock.time()))
+                start = clock.time()
+                self.lags.append(start - due)
+                await poll()
+                due = start + interval
+
+        self.tasks.append(asyncio.create_task(loop()))
+
+    async def close(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def bench_scheduler(
+    count: int, mode: str, duration: float, warmup: float, workers: int
+) -> dict[str, Any]:
+    import random
+
+    rng = random.Random(1)
+    polls = 0
+
+    async def poll() -> int:
+        nonlocal polls
+        polls += 1
+        await asyncio.sleep(0)  # a real poll yields at least once
+        return 0
+
+    rss0 = rss_mb()
+    if mode == "heap":
+        s = Scheduler(workers=workers, first_jitter=1.0, rng=rng)
+        await s.start()
+        for i in range(count):
+            for kind, interval in INTERVALS.items():
+                s.ensure(f"ns/p{i}", kind, interval, poll)
+        await asyncio.sleep(warmup)
+        s.stats.lags.clear()
+        lags_src: Any = s.stats.lags
+    else:
+        t = TaskPerPoller()
+        for i in range(count):
+            for kind, interval in INTERVALS.items():
+                t.ensure(f"ns/p{i}", kind, interval, poll, rng.uniform(0, min(interval, 30.0)))
+        await asyncio.sleep(warmup)
+        t.lags.clear()
+        lags_src = t.lags
+    polls = 0
+    cpu0, wall0 = self_cpu_seconds(), time.monotonic()
+    await asyncio.sleep(duration)
+    cpu = (self_cpu_seconds() - cpu0) / (time.monotonic() - wall0)
+    lags = list(lags_src)
+    rss = rss_mb()
+    if mode == "heap":
+        await s.close()
+    else:
+        await t.close()
+    return {
+        "bench": "scheduler", "mode": mode, "practices": count, "pollers": 3 * count,
+        "polls_per_s": round(polls / duration, 1),
+        "lag_p50_ms": round(pct(lags, 0.5) * 1000, 2), "lag_p99_ms": round(pct(lags, 0.99) * 1000, 2),
+        "lag_max_ms": round(max(lags, default=0) * 1000, 2),
+        "cpu_cores": round(cpu, 3), "rss_mb": round(rss, 1), "rss_added_mb": round(rss - rss0, 1),
+    }  # fmt: skip
+
+
+SIM_SCRIPT = r"""
+import asyncio, sys
+from pms_simulator import Simulator
+count, pms = int(sys.argv[1]), sys.argv[2]
+sim = Simulator(rate_limit_per_second=1000, burst=1000)
+for i in range(count):
+    sim.add_practice(f"p{i}", pms)
+async def main():
+    async with sim.serve() as url:
+        print(url, flush=True)
+        await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+class SimSecrets:
+    def __init__(self, pms: str) -> None:
+        from pms_simulator import simulator_credentials
+
+        self._creds = simulator_credentials
+        self._pms = pms
+
+    async def get(self, key: str, secret_name: str) -> Credentials:
+        if not secret_name.startswith("p"):
+            raise SecretNotFoundError(secret_name)
+        return Credentials(self._creds(secret_name, self._pms))
+
+
+async def bench_engine(
+    count: int, duration: float, warmup: float, workers: int, pms: str, sim_practices: int
+) -> dict[str, Any]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    shared = min(count, sim_practices)
+    sim = subprocess.Popen(
+        [sys.executable, "-c", SIM_SCRIPT, str(shared), pms],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert sim.stdout is not None
+        url = sim.stdout.readline().strip()
+        base = f"{url}/api/v1" if pms == "OpenDental" else f"{url}/bridge/v1"
+        tmp = Path(tempfile.mkdtemp(prefix="pmsctl-bench-"))
+        engine = Engine(
+            sink=JsonlSink(tmp / "events.jsonl", fsync=False),
+            store=SqliteCursorStore(tmp / "state.db"),
+            secrets=SimSecrets(pms),
+            settings=EngineSettings(poll_workers=workers, drift_interval=3600, status_interval=30),
+        )
+        await engine.start()
+        rss0 = rss_mb()
+        provider = "1" if pms == "OpenDental" else "DDS1"
+        t0 = time.monotonic()
+        sem = asyncio.Semaphore(200)
+
+        async def add(i: int) -> bool:
+            spec = PracticeSpec.from_spec(
+                {
+                    "practiceId": f"p{i}",
+                    # Engine practices share the simulator's practices (seeding 300 patients each
+                    # would dominate); every engine practice still has its own client, bucket,
+                    # cursors and pollers, which is what is measured.
+                    "pms": {
+                        "type": pms,
+                        "url": base,
+                        "credentialsSecretRef": {"name": f"p{i % shared}"},
+                    },
+                    "providerId": provider,
+                    "writeback": {"outgoingSms": {"allow": True, "noteType": "Text Message"}},
+                    "sync": {
+                        k: {"enabled": True, "interval": f"{int(v)}s"} for k, v in INTERVALS.items()
+                    },
+                }
+            )
+            async with sem:
+                return (await engine.apply(f"bench/p{i}", spec)).condition(
+                    "PMSReachable"
+                ).status == "True"  # type: ignore[union-attr]
+
+        ok = sum(await asyncio.gather(*(add(i) for i in range(count))))
+        reconcile_s = time.monotonic() - t0
+        await asyncio.sleep(warmup)
+        engine.scheduler.stats.lags.clear()
+        runs0, fails0 = engine.scheduler.stats.runs, engine.scheduler.stats.failures
+        cpu0, sim0, wall0 = self_cpu_seconds(), proc_cpu_seconds(sim.pid), time.monotonic()
+        await asyncio.sleep(duration)
+        wall = time.monotonic() - wall0
+        cpu = (self_cpu_seconds() - cpu0) / wall
+        sim_cpu = (proc_cpu_seconds(sim.pid) - sim0) / wall
+        lags = list(engine.scheduler.stats.lags)
+        runs = engine.scheduler.stats.runs - runs0
+        fails = engine.scheduler.stats.failures - fails0
+        rss = rss_mb()
+        await engine.stop()
+        return {
+            "bench": "engine", "pms": pms, "practices": count, "sim_practices": shared, "reachable": ok,
+            "reconcile_all_s": round(reconcile_s, 1), "polls_per_s": round(runs / wall, 1),
+            "expected_polls_per_s": round(count * sum(1 / v for v in INTERVALS.values()), 1),
+            "poll_failures": fails,
+            "lag_p50_ms": round(pct(lags, 0.5) * 1000, 1), "lag_p99_ms": round(pct(lags, 0.99) * 1000, 1),
+            "lag_max_ms": round(max(lags, default=0) * 1000, 1),
+            "cpu_cores": round(cpu, 2), "sim_cpu_cores": round(sim_cpu, 2),
+            "rss_mb": round(rss, 1), "rss_added_mb": round(rss - rss0, 1),
+        }  # fmt: skip
+    finally:
+        sim.terminate()
+        sim.wait(10)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("bench", choices=("scheduler", "engine"))
+    p.add_argument(
+        "--counts", default="100,1000,3000,10000", help="practice counts, comma-separated"
+    )
+    p.add_argument(
+        "--mode",
+        choices=("heap", "tasks", "both"),
+        default="heap",
+        help="scheduler bench: which design",
+    )
+    p.add_argument("--duration", type=float, default=30.0, help="seconds measured per count")
+    p.add_argument("--warmup", type=float, default=16.0, help="seconds before measuring")
+    p.add_argument("--workers", type=int, default=64, help="polls in flight at once")
+    p.add_argument("--pms", choices=("OpenDental", "Dentrix", "Eaglesoft"), default="Dentrix")
+    p.add_argument(
+        "--sim-practices",
+        type=int,
+        default=100,
+        help="engine bench: simulator practices the engine's practices share",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON lines only")
+    args = p.parse_args()
+    counts = [int(c) for c in args.counts.split(",") if c]
+    rows: list[dict[str, Any]] = []
+    for count in counts:
+        modes = ("heap", "tasks") if args.mode == "both" else (args.mode,)
+        for mode in modes if args.bench == "scheduler" else ("heap",):
+            if args.bench == "scheduler":
+                row = asyncio.run(
+                    bench_scheduler(count, mode, args.duration, args.warmup, args.workers)
+                )
+            else:
+                row = asyncio.run(
+                    bench_engine(
+                        count,
+                        args.duration,
+                        args.warmup,
+                        args.workers,
+                        args.pms,
+                        args.sim_practices,
+                    )
+                )
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if not args.json:
+        over = [r for r in rows if r["lag_p99_ms"] > 1000]
+        first = min((r["practices"] for r in over), default=None)
+        print(
+            f"p99 schedule lag passes 1 s at: {first if first else 'none of ' + args.counts} practices"
+        )
+        if rows:
+            print(
+                f"median p50 lag across runs: {statistics.median(r['lag_p50_ms'] for r in rows)} ms"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""`pmsctl operator` as a real subprocess, and the deploy/ manifests, against the testenv API server.
+
+Real: the `pmsctl operator` process (its flags, Kopf's probe endpoint, the Prometheus endpoint,
+the JSONL sink and state file), the kube-apiserver, the simulator (served from this test process
+on a background thread). Nothing is faked. The deploy manifests are checked by a server-side dry
+run, which runs the API server's own validation without creating anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import testenv
+import yaml
+
+from pms_simulator import Simulator
+
+pytestmark = pytest.mark.kube
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status, r.read().decode()
+    except OSError as exc:
+        return 0, str(exc)
+
+
+def _wait(check: Any, timeout: float, what: str, proc: subprocess.Popen[str] | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(
+                f"the operator exited ({proc.returncode}) while waiting for {what}"
+            )
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_pmsctl_operator_makes_a_practice_ready_and_serves_probes_and_metrics(
+    kube: testenv.Cluster, crd_installed: list[str], kube_namespace: str, tmp_path: Path
+) -> None:
+    doc = yaml.safe_load((testenv.REPO / "practices" / "dentrix-lakeside.yaml").read_text())
+    sim = Simulator(rate_limit_per_second=1000, burst=1000)
+    creds = sim.add_practice(doc["spec"]["practiceId"], "Dentrix")
+    probe, metrics_port = testenv.free_port(), testenv.free_port()
+    with sim.serve_in_thread():
+        doc["metadata"]["namespace"] = kube_namespace
+        doc["spec"]["pms"]["url"] = sim.base_url("Dentrix")
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": doc["spec"]["pms"]["credentialsSecretRef"]["name"],
+                "namespace": kube_namespace,
+            },
+            "stringData": creds,
+        }
+        kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([secret, doc]))
+        events = tmp_path / "events.jsonl"
+        log = (tmp_path / "operator.log").open("w")
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "reconciler",
+                "--namespace", kube_namespace,
+                "--sink", f"file:{events}",
+                "--state-db", str(tmp_path / "state.db"),
+                "--log-format", "json",
+                "--probe-port", str(probe),
+                "--metrics-port", str(metrics_port),
+            ],
+            env=kube.environ({"PYTHONPATH": str(testenv.REPO)}),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=tmp_path,
+        )  # fmt: skip
+        try:
+
+            def ready() -> bool:
+                out = kube.kubectl(
+                    "get", "pwb", "lakeside-dental", "-n", kube_namespace, "-o", "json"
+                ).stdout
+                conds = json.loads(out).get("status", {}).get("conditions", [])
+                return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+
+            _wait(ready, 30, "Ready", proc)
+            table = kube.kubectl("get", "pwb", "-n", kube_namespace).stdout
+            assert (
+                "lakeside-dental" in table
+                and "Dentrix" in table
+                and "DDS1" in table
+                and "True" in table
+            )
+            _, body = _wait(
+                lambda: (r := _get(f"http://127.0.0.1:{probe}/healthz"))[0] == 200 and r,
+                10,
+                "/healthz",
+            )
+            assert json.loads(body)["practices"] == 1
+            _wait(
+                lambda: events.exists() and events.stat().st_size > 0,
+                15,
+                "events in the sink",
+                proc,
+            )
+            _, text = _get(f"http://127.0.0.1:{metrics_port}/metrics")
+            assert 'pmsctl_reconciles_total{result="ok"}' in text
+            assert 'pmsctl_pollers_running{kind="appointmentStatus"} 1.0' in text
+            assert "pmsctl_events_emitted_total" in text
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+        assert proc.returncode == 0, (tmp_path / "operator.log").read_text()[-3000:]
+        lines = (tmp_path / "operator.log").read_text().splitlines()
+        assert any(line.startswith("{") and json.loads(line).get("message") for line in lines)
+        assert creds[next(iter(creds))] not in "\n".join(lines)  # the token never reaches the log
+    sim.close()
+
+
+def test_deploy_manifests_pass_a_server_side_dry_run(
+    kube: testenv.Cluster, crd_installed: list[str]
+) -> None:
+    # A dry run of namespaced objects needs their namespace to exist for real.
+    kube.kubectl("create", "namespace", "pmsctl-system", check=False)
+    try:
+        out = kube.kubectl("apply", "--dry-run=server", "-k", str(testenv.REPO / "deploy")).stdout
+    finally:
+        testenv.delete_namespace(kube, "pmsctl-system")
+    for kind in (
+        "namespace/pmsctl-system",
+        "serviceaccount/pmsctl-operator",
+        "clusterrole.rbac.authorization.k8s.io/pmsctl-operator",
+        "persistentvolumeclaim/pmsctl-state",
+        "deployment.apps/pmsctl-operator",
+    ):
+        assert kind in out, out
+
+
+def test_operator_flags_are_checked_before_connecting(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "reconciler", "--selector", "tier in (a,b)", "--sink", "file:x"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+        env=dict(os.environ, PYTHONPATH=str(testenv.REPO)),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert (
+        "--selector: 'tier in (a': only key=value, key!=value, key and !key are supported"
+        in result.stderr
+    )
