@@ -28,11 +28,9 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-EVENT_TYPES = {
-    "dev.dental.pmsctl.appointment-status.changed",
-    "dev.dental.pmsctl.appointment.changed",
-    "dev.dental.pmsctl.patient.changed",
-}
+EVENT_PATIENT = "dev.dental.pmsctl.patient.changed"
+EVENT_APPOINTMENT = "dev.dental.pmsctl.appointment.changed"
+EVENT_TYPES = {"dev.dental.pmsctl.appointment-status.changed", EVENT_APPOINTMENT, EVENT_PATIENT}
 
 
 class UpProcess:
@@ -255,19 +253,34 @@ def test_second_run_resumes_from_saved_cursors(
     tmp_path: Path, run_up: Callable[..., UpProcess]
 ) -> None:
     names = fast_copy(tmp_path / "practices")
+    practice_ids = {
+        f: yaml.safe_load((tmp_path / "practices" / f).read_text())["spec"]["practiceId"]
+        for f in names
+    }
     events = tmp_path / ".pmsctl" / "events.jsonl"
 
     first = run_up("practices", "--tick-seconds", "1", "--no-writeback")
     first.wait_ready(list(names.values()), timeout=30)
-    wait_until(lambda: len(read_events(events)) > 0, 15, "the first run's events")
+    ids = set(practice_ids.values())
+    # Let every practice's first pages land (as after any real run) before stopping.
+    wait_until(
+        lambda: (
+            {(e["practiceid"], e["type"]) for e in read_events(events)}
+            >= {(i, t) for i in ids for t in (EVENT_PATIENT, EVENT_APPOINTMENT)}
+        ),
+        15,
+        "the first run's patient and appointment events from every practice",
+    )
     assert first.stop() == 0
     before = read_events(events)
     seen = {e["id"] for e in before}
 
-    second = run_up("practices", "--tick-seconds", "1", "--no-writeback")
-    second.wait_ready(list(names.values()), timeout=30)
-    wait_until(lambda: len(read_events(events)) > len(before), 15, "the second run's new events")
-    assert second.stop() == 0
+    # `--once` returns after every poller's first poll, which is the one that would re-read from
+    # the start if the cursors had not been saved.
+    second = run_up("--once", "practices", "--tick-seconds", "1", "--no-writeback")
+    assert second.proc.wait(timeout=40) == 0, "\n".join(second.out + second.err)
+    polled = [ln for ln in second.out[1:] if ln.strip() and not ln.startswith(" ")]
+    assert len(polled) == len(names) and all(ln.count(" ago)") == 3 for ln in polled), second.out
 
     again = [e for e in read_events(events)[len(before) :] if e["id"] in seen]
     assert again == [], f"{len(again)} events of the first run were emitted again"
