@@ -45,7 +45,7 @@ FILE_PATH = "<file>"
 DOCUMENT_PATH = "<document>"
 CREDENTIALS_MESSAGE = "do not put credentials in the resource; reference a Secret with spec.pms.credentialsSecretRef.name"
 _CREDENTIAL_KEY = re.compile(
-    r"(pass(word|wd)?|secret|token|api[-_]?key|customer[-_]?key|developer[-_]?key|credential|bearer|auth)",
+    r"(pass(word|wd)?|secret|token|api[-_]?key|customer[-_]?key|developer[-_]?key|credential|bearer|authorization|^auth$)",
     re.IGNORECASE,
 )
 
@@ -494,7 +494,7 @@ def _problems_from_error(error: Any, file: str, doc: SourceDocument) -> list[Pro
     schema = error.schema if isinstance(error.schema, Mapping) else {}
     value = error.instance
     rule = None
-    if "then" in error.absolute_schema_path or keyword in ("required", "additionalProperties"):
+    if "then" in error.absolute_schema_path:
         _, rule = _schema_node(list(error.absolute_schema_path)[:-1])
 
     def at(p: PathKey, message: str) -> Problem:
@@ -545,8 +545,14 @@ def _problems_from_error(error: Any, file: str, doc: SourceDocument) -> list[Pro
     elif keyword == "const":
         msg = f"{value!r} must be {error.validator_value!r}"
     elif keyword == "pattern":
-        if path[-2:] == ("pms", "url") and isinstance(value, str) and _url_has_userinfo(value):
-            msg = CREDENTIALS_MESSAGE + " (no user or password in the URL)"
+        if path[-2:] == ("pms", "url") and isinstance(value, str):
+            # Never echo a user, password or query: they may carry a credential.
+            shown, secretish = _redact_url(value)
+            msg = (
+                (CREDENTIALS_MESSAGE + " (no user, password or query in the URL)")
+                if secretish
+                else f"{shown!r} {custom}"
+            )
         else:
             msg = f"{value!r} " + (custom or f"does not match the pattern {error.validator_value}")
     elif keyword == "minLength":
@@ -568,9 +574,12 @@ def _problems_from_error(error: Any, file: str, doc: SourceDocument) -> list[Pro
     return [at(path, msg)]
 
 
-def _url_has_userinfo(url: str) -> bool:
-    _, sep, rest = url.partition("://")
-    return bool(sep) and "@" in rest.split("/", 1)[0]
+def _redact_url(url: str) -> tuple[str, bool]:
+    """The URL without query and fragment, and whether it carried a user, password or query."""
+    base = re.split(r"[?#]", url, maxsplit=1)[0]
+    _, sep, rest = base.partition("://")
+    has_userinfo = bool(sep) and "@" in rest.split("/", 1)[0]
+    return base, has_userinfo or "?" in url
 
 
 def schema_problems(body: Any, file: str, doc: SourceDocument) -> list[Problem]:

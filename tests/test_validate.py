@@ -264,3 +264,18 @@ def test_load_practices_raises_with_every_problem(tmp_path: Path) -> None:
 )
 def test_exact_duration_arithmetic_agrees_with_the_spec_model(text: str) -> None:
     assert validate.duration_ns(text) / 1e9 == pytest.approx(parse_duration(text))
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://dev:s3cr3t@pms.example.com/api/v1", "https://pms.example.com/api/v1?key=s3cr3t"],
+)
+def test_a_url_with_a_user_password_or_query_is_refused_without_echoing_it(url: str) -> None:
+    _, problems = validate.validate_text(
+        BASE.replace("https://pms.example.com/api/v1", url), "u.yaml"
+    )
+    (problem,) = problems
+    assert problem.path == "spec.pms.url" and problem.message.startswith(
+        validate.CREDENTIALS_MESSAGE
+    )
+    assert "s3cr3t" not in str(problem)
