@@ -23,6 +23,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import mimetypes
 import re
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -594,7 +595,7 @@ class OpenDentalDriver:
         except ValueError as exc:
             raise PermanentPmsError(str(exc), pms=PMS, operation=operation) from exc
         suffix = PurePosixPath(doc.filename).suffix or (
-            ".pdf" if doc.content_type == "application/pdf" else ""
+            mimetypes.guess_extension(doc.content_type) or ".bin"
         )
         async with self._write_locks.hold(doc.writeback_id):
             existing = await self._get_all(operation, "/documents", {"PatNum": patnum})

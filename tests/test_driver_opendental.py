@@ -241,3 +241,28 @@ async def test_the_pictures_category_is_looked_up_once_not_on_every_poll(env: En
         if r.path.endswith("/definitions") and r.query.get("Category") == "18"
     ]
     assert len(lookups) == 1
+
+
+async def test_an_image_without_an_extension_is_uploaded_as_a_photo_with_one(env: Env) -> None:
+    cats = {c.name: c for c in await env.driver.list_document_categories()}
+    patient = (await env.driver.patients_since(None)).records[5]
+    doc = DocumentUpload(
+        writeback_id="doc-photo",
+        kind="insuranceVerification",
+        patient_id=patient.id,
+        category_id=cats["Insurance Cards"].id,
+        provider_id="1",
+        occurred_at="2026-11-26T11:00:00",
+        filename="card-front",
+        content=b"\x89PNG\r\n\x1a\n",
+        content_type="image/png",
+    )
+    assert (await env.driver.upload_document(doc)).created
+    written = [
+        d for d in env.sim.documents(PID) if "writeback=doc-photo]" in (d["description"] or "")
+    ]
+    assert len(written) == 1
+    assert written[0]["filename"].endswith(".png")
+    assert written[0]["description"].startswith(
+        "card-front [pmsctl provider=1 writeback=doc-photo]"
+    )
