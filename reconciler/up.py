@@ -139,17 +139,14 @@ def plan(applied: Mapping[str, Applied], files: Mapping[str, FileResult]) -> Pla
             problems[path] = list(result.problems)
             continue
         for practice in result.practices:
-            other = desired.get(practice.key)
             kept = applied.get(practice.key)
-            # A key still held by an invalid file keeps its place there.
-            held_by_broken = (
-                kept is not None
-                and kept.practice.path != path
-                and kept.practice.path in files
-                and not files[kept.practice.path].valid
-            )
-            if other is not None or held_by_broken:
-                where = other.path if other is not None else kept.practice.path  # type: ignore[union-attr]
+            held_by = desired.get(practice.key)
+            if held_by is None and kept is not None and kept.practice.path != path:
+                # A key still running from an invalid file keeps its place there.
+                source = files.get(kept.practice.path)
+                held_by = kept.practice if source is not None and not source.valid else None
+            if held_by is not None:
+                where = held_by.path
                 problems.setdefault(path, []).append(
                     f"{path}: {practice.key} is also defined in {where}; this copy is not applied"
                 )
@@ -179,10 +176,8 @@ def plan(applied: Mapping[str, Applied], files: Mapping[str, FileResult]) -> Pla
         elif current.practice.spec != practice.spec:
             entry = Applied(practice, current.generation + 1)
             to_apply.append(entry)
-        else:
-            entry = Applied(
-                practice, current.generation
-            )  # same spec, maybe a moved or renamed file
+        else:  # same spec, perhaps from a moved or renamed file: nothing to do
+            entry = Applied(practice, current.generation)
         next_applied[key] = entry
     to_remove = tuple(sorted(k for k in applied if k not in next_applied))
     return Plan(
@@ -286,7 +281,8 @@ class FolderWatcher:
                     seen[shown] = cached
                     continue
                 if st.st_size > DEFAULT_LIMITS.max_bytes:
-                    too_big = f"{shown}:1:1: <file>: file is {st.st_size} bytes, more than the limit of {DEFAULT_LIMITS.max_bytes} bytes"
+                    limit = DEFAULT_LIMITS.max_bytes
+                    too_big = f"{shown}:1:1: <file>: file is {st.st_size} bytes, over the limit of {limit}"
                     seen[shown] = _Cached(stamp, "", FileResult(shown, problems=(too_big,)))
                     changed = changed or cached is None or cached.result != seen[shown].result
                     continue

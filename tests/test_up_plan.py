@@ -225,6 +225,14 @@ def test_watcher_revalidates_only_changed_content_and_sees_adds_and_removes(tmp_
     assert sorted(Path(p).name for p in files) == ["a.yaml", "c.yml"]
 
 
+def test_watcher_refuses_a_file_over_the_size_cap_without_reading_it(tmp_path: Path) -> None:
+    loader = CountingLoader()
+    (tmp_path / "big.yaml").write_bytes(b"ok" + b" " * (2 << 20))
+    files, _ = FolderWatcher(tmp_path, loader).scan()
+    (result,) = files.values()
+    assert "over the limit" in result.problems[0] and loader.calls == []
+
+
 def test_watcher_reports_a_file_that_is_not_utf8(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_bytes(b"\xff\xfe bad")
     files, _ = FolderWatcher(tmp_path, CountingLoader()).scan()
