@@ -242,3 +242,10 @@ def test_dentrix_provider_ids_follow_the_four_character_rule() -> None:
     for bad in ("DR", "DDS 1", "ABCDEFGHIJK"):
         with pytest.raises(PermanentPmsError):
             driver._check_provider(bad, "write note")
+
+
+async def test_an_agent_fronting_another_pms_is_refused_with_the_fix(env: Env) -> None:
+    other = EaglesoftDriver if env.pms == "Dentrix" else DentrixDriver
+    driver = other(env.client, env.sim.base_url(env.pms), env.credentials)
+    with pytest.raises(PermanentPmsError, match=f"fronts {env.pms}, but spec.pms.type is"):
+        await driver.server_info()

@@ -266,3 +266,18 @@ async def test_an_image_without_an_extension_is_uploaded_as_a_photo_with_one(env
     assert written[0]["description"].startswith(
         "card-front [pmsctl provider=1 writeback=doc-photo]"
     )
+
+
+async def test_changed_appointments_carry_the_confirmation_name_and_flow_times(env: Env) -> None:
+    page = await env.driver.appointments_since(None)
+    status = await env.driver.appointment_status_since(None)
+    env.sim.advance(minutes=6 * 60)
+    page = await env.driver.appointments_since(page.cursor)
+    status = await env.driver.appointment_status_since(status.cursor)
+    confirmed = {c.appointment_id for c in status.records if c.status == "confirmed"}
+    assert confirmed
+    by_id = {a.id: a for a in page.records}
+    assert all(by_id[i].confirmed == "Appointment Confirmed" for i in confirmed)
+    arrived = [c for c in status.records if c.status == "arrived"]
+    assert arrived and all(c.at.startswith("2026-11-26T") for c in arrived)
+    assert all(by_id[c.appointment_id].provider_id for c in arrived)
