@@ -189,7 +189,7 @@ class WritebackApi:
             self.metrics.writebacks.labels(*labels, "replayed").inc()
             return ok(200, record_json(record), {"Location": f"/v1/writebacks/{record.id}"})
         if status is Status.PENDING:
-            self.drainer.notify(practice_id)
+            self.drainer.notify_threadsafe(practice_id)
             self.metrics.queue_depth.inc()
             self.metrics.writebacks.labels(*labels, "accepted").inc()
         else:
@@ -250,7 +250,7 @@ class WritebackApi:
                 f"writeback {wid} is {current.status.value}; only failed writebacks are retried",
             )  # fmt: skip
         self.metrics.queue_depth.inc()
-        self.drainer.notify(record.practice_id, now=True)
+        self.drainer.notify_threadsafe(record.practice_id, now=True)
         return ok(200, record_json(record))
 
     async def retry_all(self, request: web.Request) -> web.Response:
@@ -260,7 +260,7 @@ class WritebackApi:
         ids = await self.store.run(lambda c: ops.retry_all(c, practice_id=practice_id, now=t))
         if ids:
             self.metrics.queue_depth.inc(len(ids))
-            await self.drainer.sweep()
+            await self.drainer.sweep_threadsafe()
         return ok(200, {"retried": ids})
 
     def _unknown(self, wid: str) -> web.Response:

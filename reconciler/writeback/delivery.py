@@ -105,12 +105,14 @@ class Drainer:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self._missing_since: dict[str, float] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- lifecycle ---
 
     async def start(self) -> None:
         """Start dispatching, and sweep the file once for work a previous process left."""
         self._stopping = False
+        self._loop = asyncio.get_running_loop()
         await self.sweep()
         self._tasks = [
             asyncio.create_task(self._dispatch(), name="writeback-dispatch"),
@@ -146,6 +148,30 @@ class Drainer:
         self._dirty.clear()
 
     # --- scheduling ---
+
+    def notify_threadsafe(self, practice_id: str, *, now: bool = False) -> None:
+        """`notify()` from any thread (the API may run on its own event loop)."""
+        loop = self._loop
+        if loop is None:
+            return  # not started: the first sweep will find the record
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self.notify(practice_id, now=now)
+        else:
+            loop.call_soon_threadsafe(functools.partial(self.notify, practice_id, now=now))
+
+    async def sweep_threadsafe(self) -> None:
+        """`sweep()` from any event loop."""
+        loop = self._loop
+        if loop is None:
+            return
+        if asyncio.get_running_loop() is loop:
+            await self.sweep()
+        else:
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.sweep(), loop))
 
     def notify(self, practice_id: str, *, now: bool = False) -> None:
         """Practice `practice_id` may have new work; `now=True` also wakes it from a pause."""

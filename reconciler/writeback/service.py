@@ -14,8 +14,12 @@ runner of your own.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import threading
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -64,6 +68,19 @@ def load_token(token: str | None = None, token_file: str | os.PathLike[str] | No
     return token
 
 
+async def _serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, str]:
+    """Serve `app` on host:port on the running loop; returns the runner and the base URL."""
+    # lingering_time: after an early answer (401, 413) to a client still sending its body, read
+    # and drop the rest for at most 1 s instead of aiohttp's default 10 s.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, lingering_time=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = runner.addresses[0][1] if runner.addresses else port
+    shown = f"[{host}]" if ":" in host else host
+    return runner, f"http://{shown}:{bound}"
+
+
 def default_db_path() -> str:
     """$PMSCTL_WRITEBACK_DB, else `.pmsctl/writebacks.db`."""
     return os.environ.get(DB_PATH_ENV) or DEFAULT_DB_PATH
@@ -82,6 +99,7 @@ class WritebackService:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         registry: CollectorRegistry | None = None,
         synchronous: str = "FULL",
+        api_thread: bool = True,
     ) -> None:
         if not token:
             raise WritebackConfigError("WritebackService needs a token (see load_token())")
@@ -99,35 +117,77 @@ class WritebackService:
         )
         self.app: web.Application = self.api.app()
         self.url: str | None = None
+        self._api_thread = api_thread
         self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._thread_box: dict[str, Any] = {}
 
     async def start(self, host: str | None = "127.0.0.1", port: int = 8081) -> str | None:
         """Open the queue, resume delivery, and (unless host is None) serve the API.
 
         Returns the base URL it listens on (port 0 picks a free port), or None without a listener.
+        With `api_thread` (the default) the API runs on its own thread and event loop, so a
+        busy drainer (hundreds of practices' PMS calls on the engine's loop) does not delay
+        acknowledgments; the store, the metrics and `directory.target()` are safe to use from it.
         """
         self.store.open()
         await self.drainer.start()
         if host is None:
             return None
-        self._runner = web.AppRunner(
-            self.app, access_log=None, handle_signals=False, lingering_time=1.0
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        bound = sockets[0].getsockname()[1] if sockets else port
-        shown = f"[{host}]" if ":" in host else host
-        self.url = f"http://{shown}:{bound}"
+        if self._api_thread:
+            self.url = await self._serve_in_thread(host, port)
+        else:
+            self._runner, self.url = await _serve(self.app, host, port)
         return self.url
+
+    async def _serve_in_thread(self, host: str, port: int) -> str:
+        ready = threading.Event()
+        box: dict[str, Any] = {}
+
+        def main() -> None:
+            loop = asyncio.new_event_loop()
+            box["loop"] = loop
+
+            async def run() -> None:
+                stop = asyncio.Event()
+                box["stop"] = stop
+                runner, box["url"] = await _serve(self.app, host, port)
+                ready.set()
+                try:
+                    await stop.wait()
+                finally:
+                    await runner.cleanup()
+
+            try:
+                loop.run_until_complete(run())
+            except BaseException as exc:  # reported to start()'s caller
+                box["error"] = exc
+            finally:
+                ready.set()
+                loop.close()
+
+        thread = threading.Thread(target=main, name="writeback-api", daemon=True)
+        thread.start()
+        await asyncio.to_thread(ready.wait, 30)
+        if "error" in box or "url" not in box:
+            await asyncio.to_thread(thread.join, 5)
+            raise WritebackConfigError(
+                f"the writeback API cannot listen on {host}:{port}: {box.get('error', 'timeout')}"
+            ) from box.get("error")
+        self._thread, self._thread_box = thread, box
+        return str(box["url"])
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop serving, let running deliveries finish (up to `grace` s), close the queue file."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._thread is not None:
+            box = self._thread_box
+            with contextlib.suppress(RuntimeError):  # its loop already ended
+                box["loop"].call_soon_threadsafe(box["stop"].set)
+            await asyncio.to_thread(self._thread.join, 30)
+            self._thread = None
         await self.drainer.stop(grace)
         self.store.close()
 
