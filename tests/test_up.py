@@ -365,3 +365,39 @@ def test_no_simulate_uses_credentials_from_a_file_and_the_environment(
                         assert value not in printed, "a credential was printed"
     finally:
         sim.close()
+
+
+def test_sink_url_posts_cloudevent_batches(
+    tmp_path: Path, run_up: Callable[..., UpProcess]
+) -> None:
+    """The receiver is a real HTTP server on loopback (the standard library's), collecting the
+    batches `--sink http://...` posts."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[dict] = []
+    content_types: set[str] = set()
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            content_types.add(self.headers["Content-Type"])
+            received.extend(json.loads(body))
+            self.send_response(202)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    fast_copy(tmp_path / "practices")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/events"
+        up = run_up("--once", "practices", "--sink", url, "--no-writeback")
+        assert up.proc.wait(timeout=40) == 0, "\n".join(up.out + up.err)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert content_types == {"application/cloudevents-batch+json"}
+    assert {e["type"] for e in received} >= {EVENT_PATIENT, EVENT_APPOINTMENT}
+    assert not (tmp_path / ".pmsctl" / "events.jsonl").exists()

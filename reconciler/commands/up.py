@@ -51,17 +51,18 @@ def register(sub: Any) -> None:
         help="YAML/JSON: Secret name -> {key: value} (or Secret manifests); "
         "env PMSCTL_CREDENTIALS_<SECRET_NAME>='{...}' also works",
     )
-    p.add_argument(
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
         "--events",
         type=Path,
         metavar="FILE",
         help="append events as JSON lines here (default: STATE_DIR/events.jsonl)",
     )
-    p.add_argument(
+    where.add_argument(
         "--sink",
         dest="sink_url",
         metavar="URL",
-        help="post events as CloudEvents batches to this URL instead of a file",
+        help="send events elsewhere: http(s)://... posts CloudEvents batches, file:PATH appends",
     )
     p.add_argument(
         "--state-dir",
