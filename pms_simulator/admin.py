@@ -67,12 +67,14 @@ def build_app(sim: Simulator) -> web.Application:
     app = web.Application(middlewares=[_errors])
 
     async def list_practices(request: web.Request) -> web.Response:
+        """GET /_admin/practices"""
         return web.json_response([
             {"practiceId": pid, "pms": pms, "credentials": sim.credentials(pid)}
             for pid, pms in sim.practices()
         ])  # fmt: skip
 
     async def add_practice(request: web.Request) -> web.Response:
+        """POST /_admin/practices"""
         body = await _body(request)
         pid, pms = body.get("practiceId"), body.get("pms")
         if not isinstance(pid, str) or not isinstance(pms, str):
@@ -85,6 +87,7 @@ def build_app(sim: Simulator) -> web.Application:
         )
 
     async def advance(request: web.Request) -> web.Response:
+        """POST /_admin/advance"""
         body = await _body(request)
         minutes = body.get("minutes", 30)
         if isinstance(minutes, bool) or not isinstance(minutes, int | float):
@@ -93,6 +96,7 @@ def build_app(sim: Simulator) -> web.Application:
         return web.json_response({"now": sim.now.isoformat(), "events": events})
 
     async def faults(request: web.Request) -> web.Response:
+        """PUT /_admin/practices/{id}/faults"""
         from pms_simulator.faults import FaultConfig
 
         pid = request.match_info["pid"]
@@ -101,6 +105,7 @@ def build_app(sim: Simulator) -> web.Application:
         return web.json_response(dataclasses.asdict(config))
 
     async def drift(request: web.Request) -> web.Response:
+        """POST /_admin/practices/{id}/drift"""
         pid = request.match_info["pid"]
         body = await _body(request)
         op = body.get("op")
@@ -122,16 +127,20 @@ def build_app(sim: Simulator) -> web.Application:
         return web.json_response({"ok": True})
 
     async def requests_(request: web.Request) -> web.Response:
+        """GET /_admin/practices/{id}/requests"""
         records = sim.requests(request.match_info["pid"])
         return web.json_response([dataclasses.asdict(r) for r in records])
 
     async def notes(request: web.Request) -> web.Response:
+        """GET /_admin/practices/{id}/notes"""
         return web.json_response(sim.notes(request.match_info["pid"]))
 
     async def documents(request: web.Request) -> web.Response:
+        """GET /_admin/practices/{id}/documents"""
         return web.json_response(sim.documents(request.match_info["pid"]))
 
     async def changes(request: web.Request) -> web.Response:
+        """GET /_admin/practices/{id}/changes?kind="""
         kind = request.query.get("kind", "")
         return web.json_response(sim.changes(request.match_info["pid"], kind))
 

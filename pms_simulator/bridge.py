@@ -46,6 +46,7 @@ def build_app(sim: Simulator) -> web.Application:
     """The `/bridge/v1` sub-application."""
 
     def authenticate(request: web.Request) -> Practice:
+        """The practice whose bearer token this is; 401 otherwise."""
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme != "Bearer" or not token.strip():
             raise ApiError(
@@ -91,6 +92,7 @@ class _Bridge:
         self.state = sim.state
 
     async def info(self, request: web.Request) -> web.Response:
+        """GET /info"""
         p = request[PRACTICE]
         return web.json_response({
             "pms": p.pms, "pmsVersion": catalog.PMS_VERSIONS[p.pms],
@@ -98,6 +100,7 @@ class _Bridge:
         })  # fmt: skip
 
     async def providers(self, request: web.Request) -> web.Response:
+        """GET /providers"""
         p = request[PRACTICE]
         rows = self.state.query("SELECT * FROM providers WHERE p=? ORDER BY ord", (p.id,))
         return web.json_response(
@@ -109,6 +112,7 @@ class _Bridge:
         )
 
     async def note_types(self, request: web.Request) -> web.Response:
+        """GET /note-types"""
         p = request[PRACTICE]
         rows = self.state.definitions(p, catalog.CAT_NOTES, include_hidden=True)
         return web.json_response({"items": [
@@ -118,6 +122,7 @@ class _Bridge:
         ]})  # fmt: skip
 
     async def document_types(self, request: web.Request) -> web.Response:
+        """GET /document-types"""
         p = request[PRACTICE]
         rows = self.state.definitions(p, catalog.CAT_DOCUMENTS, include_hidden=True)
         return web.json_response(
@@ -129,6 +134,7 @@ class _Bridge:
         )
 
     async def appointments(self, request: web.Request) -> web.Response:
+        """GET /appointments (cursor read)."""
         p = request[PRACTICE]
         since, limit = _cursor(request)
         rows, nxt, more = self.state.cursor_read(p, "appointments", since, limit)
@@ -140,6 +146,7 @@ class _Bridge:
         ], nxt, more)  # fmt: skip
 
     async def status_changes(self, request: web.Request) -> web.Response:
+        """GET /appointment-status-changes (cursor read)."""
         p = request[PRACTICE]
         since, limit = _cursor(request)
         rows, nxt, more = self.state.cursor_read(p, "flow", since, limit)
@@ -150,6 +157,7 @@ class _Bridge:
         ], nxt, more)  # fmt: skip
 
     async def patients(self, request: web.Request) -> web.Response:
+        """GET /patients[?includePhotos=] (cursor read)."""
         p = request[PRACTICE]
         since, limit = _cursor(request)
         photos = (request.query.get("includePhotos") or "false").lower()
@@ -219,6 +227,7 @@ class _Bridge:
         return int(pat), type_row, prov, occurred
 
     async def post_note(self, request: web.Request) -> web.Response:
+        """POST /notes (idempotent by Idempotency-Key)."""
         p = request[PRACTICE]
         key, digest, body, replay = await self._write_prelude(request, "notes")
         if replay is not None:
@@ -235,6 +244,7 @@ class _Bridge:
         return web.json_response({"id": str(row["id"])}, status=201)
 
     async def post_document(self, request: web.Request) -> web.Response:
+        """POST /documents (idempotent by Idempotency-Key)."""
         p = request[PRACTICE]
         key, digest, body, replay = await self._write_prelude(request, "documents")
         if replay is not None:

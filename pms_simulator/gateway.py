@@ -36,6 +36,7 @@ def gateway(
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Authenticate, gate, run the handler, log the request."""
         try:
             practice = authenticate(request)
         except ApiError as err:

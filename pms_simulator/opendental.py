@@ -46,6 +46,7 @@ def build_app(sim: Simulator) -> web.Application:
     """The `/api/v1` sub-application."""
 
     def authenticate(request: web.Request) -> Practice:
+        """The practice whose ODFHIR key pair this is; 401 otherwise."""
         header = request.headers.get("Authorization", "")
         scheme, _, keys = header.partition(" ")
         dev, _, customer = keys.strip().partition("/")
@@ -81,10 +82,12 @@ class _Query:
         self._q = {k.lower(): v for k, v in request.query.items()}
 
     def text(self, name: str) -> str | None:
+        """The parameter's value, None when absent or empty."""
         value = self._q.get(name.lower())
         return value if value not in (None, "") else None
 
     def number(self, name: str) -> int | None:
+        """The parameter as an integer; 400 when it is not one."""
         value = self.text(name)
         if value is None:
             return None
@@ -94,6 +97,7 @@ class _Query:
             raise ApiError(400, f"{name} is not a valid number: '{value}'.") from None
 
     def stamp(self, name: str) -> str | None:
+        """The parameter as a `yyyy-MM-dd HH:mm:ss` stamp; 400 when it is not one."""
         value = self.text(name)
         if value is None:
             return None
@@ -105,12 +109,14 @@ class _Query:
             ) from None
 
     def flag(self, name: str) -> bool:
+        """The parameter as a 'true'/'false' boolean (absent = false)."""
         value = (self.text(name) or "false").lower()
         if value not in ("true", "false"):
             raise ApiError(400, f"{name} must be 'true' or 'false'.")
         return value == "true"
 
     def page(self) -> tuple[int, int]:
+        """(Limit, Offset), Limit capped at the 100-row page cap."""
         limit = self.number("Limit")
         offset = self.number("Offset") or 0
         if (limit is not None and limit < 0) or offset < 0:
@@ -134,6 +140,7 @@ class _OpenDental:
         return self.state.query(sql + " LIMIT ? OFFSET ?", [*params, limit, offset])
 
     async def providers(self, request: web.Request) -> web.Response:
+        """GET /providers[?DateTStamp=]"""
         p = request[PRACTICE]
         q = _Query(request)
         sql = "SELECT * FROM providers WHERE p=?"
@@ -149,6 +156,7 @@ class _OpenDental:
         ])  # fmt: skip
 
     async def definitions(self, request: web.Request) -> web.Response:
+        """GET /definitions?Category=&includeHidden="""
         p = request[PRACTICE]
         q = _Query(request)
         rows = self.state.definitions(p, q.number("Category"), q.flag("includeHidden"))
@@ -169,6 +177,7 @@ class _OpenDental:
                 "serverDateTime": now}  # fmt: skip
 
     async def appointments(self, request: web.Request) -> web.Response:
+        """GET /appointments with DateTStamp, dateStart, dateEnd, AptStatus, PatNum filters."""
         p = request[PRACTICE]
         q = _Query(request)
         sql = "SELECT * FROM appointments WHERE p=?"
@@ -189,6 +198,7 @@ class _OpenDental:
         )
 
     async def appointment(self, request: web.Request) -> web.Response:
+        """GET /appointments/{AptNum}"""
         p = request[PRACTICE]
         rows = self.state.query(
             "SELECT * FROM appointments WHERE p=? AND id=?", (p.id, _num(request))
@@ -204,6 +214,7 @@ class _OpenDental:
                 "PriProv": int(r["prov"]), "DateTStamp": r["stamp"], "serverDateTime": now}  # fmt: skip
 
     async def patients(self, request: web.Request) -> web.Response:
+        """GET /patients/Simple[?DateTStamp=]"""
         p = request[PRACTICE]
         q = _Query(request)
         sql = "SELECT * FROM patients WHERE p=?"
@@ -214,6 +225,7 @@ class _OpenDental:
         return _json([self._patient(r, now) for r in self._rows(sql + " ORDER BY id", params, q)])
 
     async def patient(self, request: web.Request) -> web.Response:
+        """GET /patients/{PatNum}"""
         p = request[PRACTICE]
         rows = self.state.query("SELECT * FROM patients WHERE p=? AND id=?", (p.id, _num(request)))
         if not rows:
@@ -227,6 +239,7 @@ class _OpenDental:
                 "DateTStamp": r["stamp"], "serverDateTime": now}  # fmt: skip
 
     async def commlogs(self, request: web.Request) -> web.Response:
+        """GET /commlogs?PatNum=&DateTStamp= (one of them required)."""
         p = request[PRACTICE]
         q = _Query(request)
         pat, since = q.number("PatNum"), q.stamp("DateTStamp")
@@ -246,6 +259,7 @@ class _OpenDental:
         return _json([self._commlog(r, r["type_name"], now) for r in rows])
 
     async def post_commlog(self, request: web.Request) -> web.Response:
+        """POST /commlogs -> 201 with the created commlog."""
         p = request[PRACTICE]
         body = await _body(request)
         pat = self._patient_num(p, body)
@@ -288,6 +302,7 @@ class _OpenDental:
                 "DateTStamp": r["stamp"], "serverDateTime": now}  # fmt: skip
 
     async def documents(self, request: web.Request) -> web.Response:
+        """GET /documents?PatNum=[&DocCategory=]"""
         p = request[PRACTICE]
         q = _Query(request)
         pat = q.number("PatNum")
@@ -301,6 +316,7 @@ class _OpenDental:
         return _json([self._document(r, now) for r in self._rows(sql + " ORDER BY id", params, q)])
 
     async def upload_document(self, request: web.Request) -> web.Response:
+        """POST /documents/Upload -> 201 with the created document."""
         p = request[PRACTICE]
         body = await _body(request)
         pat = self._patient_num(p, body)

@@ -27,7 +27,7 @@ from aiohttp import web
 from pms_simulator import catalog
 from pms_simulator.errors import UnknownPracticeError
 from pms_simulator.faults import FaultConfig, Gate
-from pms_simulator.state import State
+from pms_simulator.state import Practice, State
 
 #: The developer key every simulated Open Dental practice accepts (a vendor-wide key, as in OD).
 DEVELOPER_KEY = "sim-developer-key"
@@ -65,7 +65,7 @@ class Simulator:
         rate_limit_per_second: float = 50.0,
         burst: float = 100,
         start: datetime | None = None,
-        request_log_size: int = 10_000,
+        request_log_size: int = 2_000,
     ) -> None:
         if tick_seconds <= 0 or tick_minutes <= 0:
             raise ValueError("tick_seconds and tick_minutes must be positive")
@@ -111,11 +111,11 @@ class Simulator:
         """(practice id, PMS type) of every added practice."""
         return [(p.id, p.pms) for p in self.state.practices()]
 
-    def _practice(self, pid: str) -> Any:
-        for p in self.state.practices():
-            if p.id == pid:
-                return p
-        raise UnknownPracticeError(f"no practice {pid!r} in this simulator; add it first")
+    def _practice(self, pid: str) -> Practice:
+        p = self.state.get(pid)
+        if p is None:
+            raise UnknownPracticeError(f"no practice {pid!r} in this simulator; add it first")
+        return p
 
     def practice_for_od_keys(self, developer_key: str, customer_key: str) -> str | None:
         """The practice an Open Dental key pair belongs to, or None."""
@@ -275,6 +275,7 @@ class Simulator:
         loop = asyncio.new_event_loop()
 
         async def main() -> None:
+            """Serve until `stop` is set; report the URL or the failure."""
             stop = asyncio.Event()
             box["stop"] = stop
             try:

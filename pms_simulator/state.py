@@ -93,6 +93,7 @@ class Practice:
     seq: int = 0
 
     def next_seq(self) -> int:
+        """The practice's next change sequence number."""
         self.seq += 1
         return self.seq
 
@@ -131,9 +132,11 @@ class State:
 
     @property
     def now_text(self) -> str:
+        """The simulated time as Open Dental prints it."""
         return clock.fmt(self._clock)
 
     def close(self) -> None:
+        """Close the database connection."""
         with self.lock:
             self._db.close()
 
@@ -147,7 +150,12 @@ class State:
                 self._seed(p)
             return p
 
+    def get(self, pid: str) -> Practice | None:
+        """The registered practice `pid` as it is (not seeded by this call), or None."""
+        return self._practices.get(pid)
+
     def practices(self) -> list[Practice]:
+        """Every registered practice, seeded or not."""
         with self.lock:
             return list(self._practices.values())
 
@@ -432,6 +440,7 @@ class State:
     def definitions(
         self, p: Practice, category: int | None, include_hidden: bool
     ) -> list[sqlite3.Row]:
+        """A practice's definitions of a category (all categories when None)."""
         sql = "SELECT * FROM defs WHERE p=?"
         params: list[Any] = [p.id]
         if category is not None:
@@ -442,17 +451,20 @@ class State:
         return self.query(sql + " ORDER BY category, ord", params)
 
     def definition(self, p: Practice, category: int, def_id: str) -> sqlite3.Row | None:
+        """One definition by category and id, or None."""
         rows = self.query(
             "SELECT * FROM defs WHERE p=? AND category=? AND id=?", (p.id, category, def_id)
         )
         return rows[0] if rows else None
 
     def exists(self, table: str, p: Practice, rid: object) -> bool:
+        """Whether `table` has a row `rid` for the practice."""
         return bool(self.query(f"SELECT 1 FROM {table} WHERE p=? AND id=?", (p.id, rid)))
 
     # ---- writes -----------------------------------------------------------------------------
 
     def by_key(self, table: str, p: Practice, key: str) -> sqlite3.Row | None:
+        """The note/document written with this Idempotency-Key (id, body hash), or None."""
         rows = self.query(
             f"SELECT id, body_hash FROM {table} WHERE p=? AND idem_key=?", (p.id, key)
         )

@@ -19,6 +19,7 @@ PMS_TYPES = ("OpenDental", "Eaglesoft", "Dentrix")
 
 
 def register(sub: Any) -> None:
+    """Add the `simulate` subcommand."""
     p = sub.add_parser(
         "simulate",
         help="run the PMS simulator (Open Dental and bridge agent APIs) on loopback",
@@ -98,6 +99,7 @@ def find_practices(path: Path) -> list[tuple[str, str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run `pmsctl simulate`; returns the exit code."""
     import asyncio
 
     try:
