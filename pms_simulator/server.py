@@ -245,6 +245,7 @@ class Simulator:
         runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
         await runner.setup()
         ticker: asyncio.Task[None] | None = None
+        inflight: list[asyncio.Future[int]] = []
         try:
             site = web.TCPSite(runner, host, port)
             await site.start()
@@ -252,20 +253,26 @@ class Simulator:
             shown = f"[{host}]" if ":" in host else host
             self._url = f"http://{shown}:{bound}"
             if self.autotick:
-                ticker = asyncio.create_task(self._tick_forever())
+                ticker = asyncio.create_task(self._tick_forever(inflight))
             yield self._url
         finally:
             if ticker is not None:
                 ticker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await ticker
+                for job in inflight:
+                    await job
             self._url = None
             await runner.cleanup()
 
-    async def _tick_forever(self) -> None:
+    async def _tick_forever(self, inflight: list[asyncio.Future[int]]) -> None:
         while True:
             await asyncio.sleep(self.tick_seconds)
-            await asyncio.to_thread(self.advance, self.tick_minutes)
+            # Off the event loop (many practices make a tick take a while); shielded so that
+            # stopping waits for a tick in progress instead of leaving it running behind us.
+            job = asyncio.ensure_future(asyncio.to_thread(self.advance, self.tick_minutes))
+            inflight[:] = [job]
+            await asyncio.shield(job)
 
     @contextlib.contextmanager
     def serve_in_thread(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
