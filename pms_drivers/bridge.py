@@ -22,7 +22,7 @@ import base64
 import dataclasses
 import re
 from collections.abc import Mapping
-from typing import Any, ClassVar, Final, TypedDict
+from typing import Any, ClassVar, Final
 
 import httpx
 
@@ -45,16 +45,6 @@ from pms_drivers.wire import call, json_of, redact_url
 
 PAGE_LIMIT: Final = 500  # the contract's maximum `limit`
 MAX_PAGES: Final = 1000
-
-
-class BridgeItemsResponse(TypedDict):
-    items: list[dict[str, Any]]
-
-
-class BridgeCursorResponse(TypedDict):
-    items: list[dict[str, Any]]
-    nextCursor: str
-    hasMore: bool
 
 
 def _s(value: object) -> str:

@@ -156,39 +156,6 @@ class ODDefinition(TypedDict, total=False):
     serverDateTime: str
 
 
-class ODProvider(TypedDict, total=False):
-    ProvNum: int | str
-    Abbr: str
-    FName: str
-    LName: str
-    Suffix: str
-    IsHidden: str
-    ProvStatus: str
-    serverDateTime: str
-
-
-class ODAppointment(TypedDict, total=False):
-    AptNum: int | str
-    PatNum: int | str
-    AptDateTime: str
-    AptStatus: str
-    ProvNum: int | str
-    Confirmed: int | str
-    DateTimeArrived: str
-    DateTimeSeated: str
-    DateTimeDismissed: str
-    DateTStamp: str
-    serverDateTime: str
-
-
-class ODPatient(TypedDict, total=False):
-    PatNum: int | str
-    FName: str
-    LName: str
-    DateTStamp: str
-    serverDateTime: str
-
-
 def provider_name(row: Mapping[str, Any]) -> str:
     """A provider's display name from FName/LName (and Suffix), falling back to Abbr."""
     name = " ".join(

@@ -120,7 +120,8 @@ async def call(
         )
     except httpx.TimeoutException as exc:
         raise TemporaryPmsError(
-            f"timed out ({type(exc).__name__})",
+            f"timed out after {client.timeout.read}s ({type(exc).__name__}); "
+            "the PMS is slow or unreachable, or spec.pms.timeoutSeconds is too short",
             pms=pms,
             operation=operation,
             url=redact_url(exc.request.url if _has_request(exc) else url),
