@@ -35,7 +35,7 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 from pms_drivers.base import DocumentUpload, NoteWrite, WriteResult
 from pms_drivers.errors import PermanentPmsError, PmsAuthError, PmsError, TemporaryPmsError
@@ -256,6 +256,18 @@ class Drainer:
     # --- one practice's turn ---
 
     async def _turn(self, pid: str) -> Turn:
+        # State changes of this turn's deliveries are queued without waiting for their commit
+        # (a re-sent write is harmless: writes are idempotent), and all are committed before
+        # the turn ends, so the practice's next turn reads them.
+        outstanding: list[asyncio.Future[Any]] = []
+        try:
+            return await self._turn_body(pid, outstanding)
+        finally:
+            for result in await asyncio.gather(*outstanding, return_exceptions=True):
+                if isinstance(result, BaseException):
+                    log.error("writeback queue update failed: %s", result)
+
+    async def _turn_body(self, pid: str, outstanding: list[asyncio.Future[Any]]) -> Turn:
         quantum = self.policy.quantum
         head = await asyncio.to_thread(self.store.read, lambda c: ops.open_head(c, pid, quantum))
         for record in head:
@@ -276,25 +288,36 @@ class Drainer:
             self._missing_since.pop(pid, None)
             if target.spec.suspend or target.driver is None:
                 return ("parked", self.policy.not_ready_delay)
-            parked = await self._deliver(record, target)
+            parked = await self._deliver(record, target, outstanding)
             if parked is not None:
                 return ("parked", parked)
         return ("more", 0.0) if len(head) == quantum else ("idle", 0.0)
 
-    async def _deliver(self, record: WritebackRecord, target: WritebackTarget) -> float | None:
-        """Deliver one record; returns seconds to park the practice, or None to go on."""
+    async def _deliver(
+        self,
+        record: WritebackRecord,
+        target: WritebackTarget,
+        outstanding: list[asyncio.Future[Any]],
+    ) -> float | None:
+        """Deliver one record; returns seconds to park the practice, or None to go on.
+
+        Only this drainer changes open records (the CLI and the API retry failed ones), so the
+        attempt count read with the record is current.
+        """
         policy = self.policy
         wid = record.id
-        attempt = await self.store.run(lambda c: ops.mark_sending(c, wid, now=self._clock()))
-        if attempt == 0:  # someone else settled it meanwhile (a failed-then-retried race)
-            return None
+        attempt = record.attempts + 1
+        outstanding.append(self.store.submit(lambda c: ops.mark_sending(c, wid, now=self._clock())))
         pms = target.spec.pms.type.value
         tries = attempt
 
         async def on_retry(n: int, exc: TemporaryPmsError, wait: float) -> None:
             nonlocal tries
             self.metrics.attempts.labels(pms, "temporary").inc()
-            tries = await self.store.run(lambda c: ops.mark_sending(c, wid, now=self._clock()))
+            tries += 1
+            outstanding.append(
+                self.store.submit(lambda c: ops.mark_sending(c, wid, now=self._clock()))
+            )
 
         remaining = max(1, policy.max_attempts - attempt + 1)
         retry = replace(policy.retry, max_attempts=min(policy.retry.max_attempts, remaining))
@@ -318,12 +341,15 @@ class Drainer:
                 delay = max(delay, exc.retry_after)
             until = self._clock() + delay
             why = str(exc)
-            await self.store.run(lambda c: ops.defer(c, wid, until, why, now=self._clock()))
+            outstanding.append(
+                self.store.submit(lambda c: ops.defer(c, wid, until, why, now=self._clock()))
+            )
             log.info("writeback %s to %s deferred %.1fs: %s", wid, target.key, delay, exc)
             return delay
         self.metrics.attempts.labels(pms, "ok").inc()
         sent_at = self._clock()
-        await self.store.run(lambda c: ops.mark_sent(c, wid, result.id, now=sent_at))
+        pms_id = result.id
+        outstanding.append(self.store.submit(lambda c: ops.mark_sent(c, wid, pms_id, now=sent_at)))
         self.metrics.writebacks.labels(record.request.kind.value, record.request.type, "sent").inc()
         self.metrics.delivery_seconds.labels(pms).observe(max(0.0, sent_at - record.created_at))
         self.metrics.queue_depth.dec()

@@ -420,6 +420,15 @@ class Store:
         self._queue.put((op, fut, loop))
         return await fut
 
+    def submit(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Queue `op` for the next group commit without waiting; the future settles after it."""
+        if self._thread is None:
+            raise StoreError(f"{self.path}: the writeback queue is not open")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._queue.put((op, fut, loop))
+        return fut
+
     def read(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """Run a read-only op now, on this thread's own connection (WAL readers never block)."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
