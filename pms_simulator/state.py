@@ -252,6 +252,12 @@ class State:
             self._db.executemany(
                 "INSERT INTO documents VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", docs
             )
+            # The seed is logged as changes too: a reader starting from nothing sees it as such.
+            self._db.execute(
+                "INSERT INTO changes SELECT p, 'patients', CAST(id AS TEXT), stamp, seq, 'seed', "
+                "NULL FROM patients WHERE p=?",
+                (p.id,),
+            )
             booked = clock.fmt(start - timedelta(days=rng.randint(1, 20)))
             self._plan_day(p, start.date(), booked, "seed")
             p.seeded = True
@@ -281,11 +287,10 @@ class State:
             rows.append((p.id, a.id, a.patient_id, a.start, "Scheduled", a.provider_id, confirmed,
                          clock.EMPTY_TIME, clock.EMPTY_TIME, clock.EMPTY_TIME, stamp, seq))  # fmt: skip
         self._db.executemany("INSERT INTO appointments VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-        if source != "seed":  # the seed is the initial state, not a change
-            self._db.executemany(
-                "INSERT INTO changes VALUES (?,'appointments',?,?,?,?,NULL)",
-                [(p.id, str(r[1]), stamp, r[11], source) for r in rows],
-            )
+        self._db.executemany(
+            "INSERT INTO changes VALUES (?,'appointments',?,?,?,?,NULL)",
+            [(p.id, str(r[1]), stamp, r[11], source) for r in rows],
+        )
         self._db.executemany(
             "INSERT INTO planned VALUES (?,?,?,?,?)",
             [(p.id, e.at, e.action, e.target, n) for n, e in enumerate(plan.events)],

@@ -357,6 +357,9 @@ def test_the_clock_moves_patients_through_the_day_and_new_patients_appear() -> N
     assert all(c["stamp"] <= "2026-11-26 18:00:00" for c in flow)
     patients = sim.changes(PID, "patients")
     assert any(c.get("new") for c in patients) and any(not c.get("new") for c in patients)
+    assert sum(c["source"] == "seed" for c in patients) == 300, (
+        "the seed is a reader's first change"
+    )
     appointments = sim.changes(PID, "appointments")
     assert any(c["stamp"] == "2026-11-26 18:00:00" for c in appointments), "tomorrow was not booked"
     seqs = [c["seq"] for c in flow]
