@@ -78,8 +78,8 @@ CREATE TABLE IF NOT EXISTS documents (
 CREATE INDEX IF NOT EXISTS documents_pat ON documents (p, pat);
 CREATE INDEX IF NOT EXISTS documents_key ON documents (p, idem_key) WHERE idem_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS changes (
-  p TEXT, kind TEXT, record_id TEXT, stamp TEXT, seq INTEGER, source TEXT, detail TEXT);
-CREATE INDEX IF NOT EXISTS changes_kind ON changes (p, kind);
+  p TEXT, kind TEXT, record_id TEXT, stamp TEXT, seq INTEGER, source TEXT, detail TEXT,
+  PRIMARY KEY (p, kind, seq)) WITHOUT ROWID;
 """
 
 
