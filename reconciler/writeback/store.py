@@ -359,6 +359,10 @@ def open_count(conn: sqlite3.Connection) -> int:
 _Item = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
 
 
+class _OpFailed(Exception):
+    """An op raised inside an unisolated batch: the batch is run again op by op."""
+
+
 def _settle(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
     """On the event loop: hand every op of one commit its result."""
     for fut, ok, value in results:
@@ -461,10 +465,26 @@ class Store:
             self._commit(conn, batch)
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
+        try:
+            results = self._run_batch(conn, batch, isolate=False)
+        except _OpFailed:
+            # One op raised: run them again, each in a savepoint, so only that one is undone.
+            results = self._run_batch(conn, batch, isolate=True)
+        self._notify(batch, results)
+
+    def _run_batch(
+        self, conn: sqlite3.Connection, batch: list[_Item], *, isolate: bool
+    ) -> list[tuple[asyncio.Future[Any], bool, Any]]:
         results: list[tuple[asyncio.Future[Any], bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op, fut, _ in batch:
+                if not isolate:
+                    try:
+                        results.append((fut, True, op(conn)))
+                    except Exception as exc:
+                        raise _OpFailed from exc
+                    continue
                 conn.execute("SAVEPOINT op")
                 try:
                     value = op(conn)
@@ -477,12 +497,21 @@ class Store:
                     results.append((fut, True, value))
             conn.execute("COMMIT")
             self.commits += 1
+        except _OpFailed:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             log.error("writeback queue %s: commit failed: %s", self.path, exc)
             error = StoreError(f"{self.path}: commit failed: {exc}")
             results = [(fut, False, error) for _, fut, _ in batch]
+        return results
+
+    def _notify(
+        self, batch: list[_Item], results: list[tuple[asyncio.Future[Any], bool, Any]]
+    ) -> None:
         # Only now, after the commit, are the callers told: one wake-up per loop per commit.
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
         for (_, _, loop), result in zip(batch, results, strict=True):
