@@ -11,8 +11,8 @@
 Every /v1 route needs `Authorization: Bearer <token>` (compared in constant time). Errors are JSON
 `{"error": {"code", "message", "field"?}}`: 400 not JSON / a bad value, 401 token, 404 unknown
 practice or id, 409 callerId reused with a different body, 413 body over the limit, 415 not
-`application/json`, 422 the body does not match the request schema. A refused request changes
-nothing.
+`application/json`, 422 the body does not match the request schema, 503 the queue could not
+store it (retry with the same callerId). A refused request changes nothing.
 
 The intake stores the request (group commit, fsync) BEFORE answering, so a 202 survives a crash.
 """
@@ -33,6 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from reconciler.writeback import store as ops
 from reconciler.writeback.decide import Skip, decide
 from reconciler.writeback.delivery import Drainer
+from reconciler.writeback.errors import StoreError
 from reconciler.writeback.metrics import WritebackMetrics
 from reconciler.writeback.model import (
     DEFAULT_MAX_BODY_BYTES,
@@ -175,9 +176,14 @@ class WritebackApi:
             status, extra = Status.PENDING, {
                 "target_type_id": decision.type_id, "provider_id": decision.provider_id,
             }  # fmt: skip
-        record, created = await self.store.run(
-            lambda c: ops.insert(c, req, status=status, now=t, **extra)
-        )
+        try:
+            record, created = await self.store.run(
+                lambda c: ops.insert(c, req, status=status, now=t, **extra)
+            )
+        except StoreError as exc:  # not stored, so not accepted: the caller retries
+            log.error("writeback intake for %s: %s", practice_id, exc)
+            return error(503, "queue_unavailable", "the writeback queue could not store the "
+                         "request; retry with the same callerId")  # fmt: skip
         labels = (req.kind.value, req.type)
         if not created:
             if record.fingerprint != req.fingerprint():
