@@ -101,6 +101,7 @@ def find_practices(path: Path) -> list[tuple[str, str, str]]:
 def run(args: argparse.Namespace) -> int:
     """Run `pmsctl simulate`; returns the exit code."""
     import asyncio
+    import sqlite3
 
     try:
         practices = find_practices(Path(args.practices)) if args.practices else []
@@ -111,6 +112,14 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(_serve(args, practices))
     except OSError as exc:
         print(f"pmsctl simulate: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, sqlite3.Error) as exc:  # bad --tick-*/--rate-limit, --db not SQLite
+        print(
+            f"pmsctl simulate: {exc} (--db {args.db})"
+            if isinstance(exc, sqlite3.Error)
+            else f"pmsctl simulate: {exc}",
+            file=sys.stderr,
+        )
         return 2
 
 
