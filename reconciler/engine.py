@@ -143,7 +143,10 @@ class _Practice:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     publish_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     connection: tuple[str, Credentials] | None = None
-    client_timeout: int | None = None
+    #: (PMS type, timeout) the current client and driver were built for.
+    client_shape: tuple[str, int] | None = None
+    #: (PMS type, URL) the cursors and catalogs belong to.
+    pms_identity: tuple[str, str] | None = None
     client: Any = None  # httpx.AsyncClient, kept opaque: httpx stays in drivers and the sink
     driver: PmsDriver | None = None
     providers: Sequence[Provider] | None = None
@@ -381,11 +384,16 @@ class Engine:
         p.last_error = None
         try:
             conn = await self._connection(p)
-            if (
-                conn != p.connection
-                or p.driver is None
-                or p.client_timeout != spec.pms.timeout_seconds
-            ):
+            shape = (str(spec.pms.type), spec.pms.timeout_seconds)
+            identity = (str(spec.pms.type), conn[0])
+            if p.pms_identity is not None and identity != p.pms_identity:
+                # Another PMS: its cursors and catalogs mean nothing here; start over.
+                log.info("%s: PMS changed to %s at %s; cursors reset", p.key, *identity)
+                self._store.forget(p.key)
+                p.providers = p.note_types = p.document_categories = None
+                p.pms_version, p.checked_at = None, None
+            p.pms_identity = identity
+            if conn != p.connection or p.driver is None or p.client_shape != shape:
                 await self._close_client(p)
                 url, creds = conn
                 client = new_client(
@@ -399,7 +407,7 @@ class Engine:
                 except BaseException:
                     await client.aclose()
                     raise
-                p.client, p.connection, p.client_timeout = client, conn, spec.pms.timeout_seconds
+                p.client, p.connection, p.client_shape = client, conn, shape
             if not spec.suspend:
                 await self._check_pms(p)
             p.reach_error = None

@@ -255,6 +255,9 @@ async def test_restart_resumes_from_saved_cursors_without_losing_or_replaying(
     assert (await engine.apply("clinics/acme", spec_for(sim))).ready
     await eventually(lambda: not any(missing(sim, tmp_path).values()), what="first run catch-up")
     await engine.stop()
+    saved = SqliteCursorStore(tmp_path / "state.db")
+    cursors = saved.all()
+    saved.close()
     before = len(events(tmp_path))
     sim.advance(60)  # changes while no engine runs
     engine = make_engine(sim, tmp_path)
@@ -267,7 +270,13 @@ async def test_restart_resumes_from_saved_cursors_without_losing_or_replaying(
     finally:
         await engine.stop()
     after = events(tmp_path)[before:]
-    assert 0 < len(after) < 200, "the restarted engine re-read from the beginning"
+    assert set(cursors) == {
+        ("clinics/acme", k) for k in ("appointmentStatus", "appointments", "patients")
+    }
+    assert 0 < len(after) < 200, (
+        f"the restarted engine re-read from the beginning: {before} events before the restart, "
+        f"{len(after)} after; cursors saved: {sorted(cursors)}"
+    )
     patients_again = [e for e in after if e["type"].endswith("patient.changed")]
     assert len(patients_again) < 100
 
@@ -410,3 +419,58 @@ async def test_connection_override_points_a_practice_at_the_simulator(
         assert (await engine.apply("local/acme", spec)).ready
     finally:
         await engine.stop()
+
+
+async def test_patient_profile_photos_add_the_photo_reference_to_patient_events(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    engine = make_engine(sim, tmp_path)
+    await engine.start()
+    only_patients = {"patients": {"enabled": True, "interval": "1s"}}
+    try:
+        await engine.apply(
+            "c/bright", spec_for(sim, "bright", sync=only_patients, patientProfilePhotos=True)
+        )
+        await engine.apply("c/acme", spec_for(sim, sync=only_patients))
+        await eventually(
+            lambda: {e["practiceid"] for e in events(tmp_path)} == {"bright", "acme"},
+            what="patient events",
+        )
+    finally:
+        await engine.stop()
+    by_practice: dict[str, list[dict[str, Any]]] = {"bright": [], "acme": []}
+    for e in events(tmp_path):
+        by_practice[e["practiceid"]].append(e["data"])
+    assert all("photoRef" in d for d in by_practice["bright"])
+    assert any(d["photoRef"] for d in by_practice["bright"])
+    assert not any("photoRef" in d for d in by_practice["acme"])
+
+
+async def test_pointing_a_practice_at_another_pms_starts_its_cursors_over(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    engine = make_engine(sim, tmp_path)
+    await engine.start()
+    only_patients = {"patients": {"enabled": True, "interval": "1s"}}
+    try:
+        await engine.apply("c/x", spec_for(sim, sync=only_patients))
+        await eventually(
+            lambda: SqliteCursorStore(tmp_path / "state.db").get("c/x", "patients"), what="a cursor"
+        )
+        od_cursor = SqliteCursorStore(tmp_path / "state.db").get("c/x", "patients")
+        moved = spec_for(sim, "bright", sync=only_patients)
+        st = await engine.apply("c/x", moved)
+        assert st.ready, st.to_dict()
+        await eventually(
+            lambda: (
+                SqliteCursorStore(tmp_path / "state.db").get("c/x", "patients")
+                not in (None, od_cursor)
+            ),
+            what="a Dentrix cursor",
+        )
+        assert engine.target("bright") is not None and engine.target("acme") is None
+    finally:
+        await engine.stop()
+    assert (
+        sum(1 for e in events(tmp_path) if e["practiceid"] == "bright") >= 300
+    )  # read from the start
