@@ -497,13 +497,9 @@ class Engine:
         self._count_pollers()
 
     def _count_pollers(self) -> None:
-        counts = {str(k): 0 for k in SyncKind}
-        for k in self._practices:
-            for kind in self.scheduler.kinds(k):
-                if kind in counts:
-                    counts[kind] += 1
-        for kind, n in counts.items():
-            metrics.POLLERS_RUNNING.labels(kind).set(n)
+        counts = self.scheduler.count_by_kind()
+        for kind in SyncKind:
+            metrics.POLLERS_RUNNING.labels(str(kind)).set(counts.get(str(kind), 0))
 
     def _drift_fn(self, p: _Practice) -> Callable[[], Awaitable[int]]:
         async def drift() -> int:

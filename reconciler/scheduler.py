@@ -103,6 +103,10 @@ class Scheduler:
         self._on_lag = on_lag
         self._rng = rng or random.Random()
         self._pollers: dict[tuple[str, str], _Poller] = {}
+        # Indexes so per-practice and per-kind questions cost O(1), not O(all pollers).
+        self._by_key: dict[str, dict[str, _Poller]] = {}
+        self._per_kind: dict[str, int] = {}
+        self._in_flight = 0
         self._heap: list[tuple[float, int, str, str, int]] = []
         self._seq = 0
         self._wake = asyncio.Event()
@@ -135,6 +139,8 @@ class Scheduler:
         if p is None:
             p = _Poller(key=key, kind=kind, interval=interval, poll_fn=poll_fn)
             self._pollers[(key, kind)] = p
+            self._by_key.setdefault(key, {})[kind] = p
+            self._per_kind[kind] = self._per_kind.get(kind, 0) + 1
             spread = min(interval * self._first_jitter, self._max_jitter)
             self._push(p, loop_now + self._rng.uniform(0, spread))
             return
@@ -150,6 +156,11 @@ class Scheduler:
         p = self._pollers.pop((key, kind), None)
         if p is None:
             return
+        by_kind = self._by_key.get(key, {})
+        by_kind.pop(kind, None)
+        if not by_kind:
+            self._by_key.pop(key, None)
+        self._per_kind[kind] -= 1
         p.stopped = True
         p.version += 1
         if p.task is not None and not p.task.done():
@@ -159,12 +170,12 @@ class Scheduler:
 
     async def stop_practice(self, key: str) -> None:
         """Stop every poller of one practice."""
-        for k, kind in [pk for pk in self._pollers if pk[0] == key]:
-            await self.stop(k, kind)
+        for kind in list(self._by_key.get(key, {})):
+            await self.stop(key, kind)
 
     def kinds(self, key: str) -> dict[str, float]:
         """The kinds that have a poller for `key`, with their intervals."""
-        return {kind: p.interval for (k, kind), p in self._pollers.items() if k == key}
+        return {kind: p.interval for kind, p in self._by_key.get(key, {}).items()}
 
     def state(self, key: str, kind: str) -> PollerState | None:
         p = self._pollers.get((key, kind))
@@ -173,8 +184,12 @@ class Scheduler:
     def __len__(self) -> int:
         return len(self._pollers)
 
+    def count_by_kind(self) -> dict[str, int]:
+        """How many pollers exist per kind."""
+        return {k: n for k, n in self._per_kind.items() if n}
+
     def in_flight(self) -> int:
-        return sum(1 for p in self._pollers.values() if p.task is not None)
+        return self._in_flight
 
     # ----- internals -------------------------------------------------------------------------
 
@@ -213,6 +228,7 @@ class Scheduler:
             self.stats.lags.append(lag)
             if self._on_lag is not None:
                 self._on_lag(kind, lag)
+            self._in_flight += 1
             p.task = asyncio.create_task(self._run(p), name=f"poll {key} {kind}")
 
     async def _run(self, p: _Poller) -> None:
@@ -224,6 +240,7 @@ class Scheduler:
             emitted = await p.poll_fn()
         except asyncio.CancelledError:
             p.task = None
+            self._in_flight -= 1
             if self._workers is not None:
                 self._workers.release()
             raise
@@ -236,6 +253,7 @@ class Scheduler:
         if self._workers is not None:
             self._workers.release()
         p.task = None
+        self._in_flight -= 1
         if p.stopped:
             return
         now = loop.time()
