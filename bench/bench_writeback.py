@@ -4,7 +4,8 @@ Three processes on loopback, all real:
 - this one: the PMS simulator (every practice, with a per-practice rate limit), and the checks;
 - `serve`: one `WritebackService` (SQLite queue with group commit, drainer, aiohttp API) whose
   directory resolves every practice through the real drivers, each on its own rate-limited client;
-- `load`: the load generator, POSTing writebacks as fast as `--concurrency` connections allow.
+- `load`: the load generator, POSTing writebacks open-loop at `--offered-rate` per second (each
+  request's latency counts from when it was due, so a stalled server cannot hide its queue).
 
 It reports accepted requests per second, the acknowledgment latency (p50/p99, measured by the
 client: request sent -> 202 read), the end-to-end latency to the PMS (p50/p99, the queue's
@@ -22,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -146,37 +148,42 @@ async def load(args: argparse.Namespace) -> None:
     # A few busy practices get many more, so their PMS budget is what limits their delivery.
     base = len(jobs)
     jobs += [(pids[i % args.hot], base + i) for i in range(args.hot * args.hot_extra)]
-    queue: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
-    for job in jobs:
-        queue.put_nowait(job)
+    random.Random(0).shuffle(jobs)
     acks: list[float] = []
     statuses: dict[int, int] = {}
     headers = {"Authorization": f"Bearer {TOKEN}"}
+    slots = asyncio.Semaphore(args.concurrency)
 
-    async def worker(http: aiohttp.ClientSession) -> None:
-        while True:
-            try:
-                pid, i = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            body = {
-                "callerId": f"bench-{i}",
-                "type": KINDS[i % len(KINDS)],
-                "patientId": str(2 + i % 50),
-                "occurredAt": "2026-11-26T09:15:00-05:00",
-                "text": f"bench writeback {i}",
-            }
-            started = time.perf_counter()
+    async def one(http: aiohttp.ClientSession, pid: str, i: int, due: float) -> None:
+        body = {
+            "callerId": f"bench-{i}",
+            "type": KINDS[i % len(KINDS)],
+            "patientId": str(2 + i % 50),
+            "occurredAt": "2026-11-26T09:15:00-05:00",
+            "text": f"bench writeback {i}",
+        }
+        async with slots:
+            if due == 0.0:
+                due = time.perf_counter()
             async with http.post(f"{args.url}/v1/practices/{pid}/writebacks", json=body,
                                  headers=headers) as resp:  # fmt: skip
                 await resp.read()
-            acks.append(time.perf_counter() - started)
-            statuses[resp.status] = statuses.get(resp.status, 0) + 1
+        # Measured from when the request was due, so time waiting to be sent counts too.
+        acks.append(time.perf_counter() - due)
+        statuses[resp.status] = statuses.get(resp.status, 0) + 1
 
     connector = aiohttp.TCPConnector(limit=args.concurrency)
     async with aiohttp.ClientSession(connector=connector) as http:
         started = time.perf_counter()
-        await asyncio.gather(*(worker(http) for _ in range(args.concurrency)))
+        tasks = []
+        for n, (pid, i) in enumerate(jobs):
+            due = 0.0
+            if args.offered_rate > 0:  # open loop: request n is due at n / rate
+                due = started + n / args.offered_rate
+                if due > time.perf_counter():
+                    await asyncio.sleep(due - time.perf_counter())
+            tasks.append(asyncio.create_task(one(http, pid, i, due)))
+        await asyncio.gather(*tasks)
         wall = time.perf_counter() - started
     print(json.dumps({"wall": wall, "acks": acks, "statuses": statuses}))
 
@@ -255,6 +262,7 @@ async def main(args: argparse.Namespace) -> int:
                 sys.executable, me, "load", "--url", url, "--practices", str(args.practices),
                 "--per-practice", str(args.per_practice), "--concurrency", str(args.concurrency),
                 "--hot", str(args.hot), "--hot-extra", str(args.hot_extra),
+                "--offered-rate", str(args.offered_rate),
                 stdout=asyncio.subprocess.PIPE,
             )  # fmt: skip
             out, _ = await loader.communicate()
@@ -302,6 +310,7 @@ async def main(args: argparse.Namespace) -> int:
         "practices": args.practices,
         "writebacks": total,
         "accepted": result["statuses"].get("202", 0),
+        "offered_per_second": args.offered_rate or "max",
         "accepted_per_second": round(result["statuses"].get("202", 0) / result["wall"], 1),
         "ack_ms_p50": round(pct(acks, 50) * 1000, 2),
         "ack_ms_p99": round(pct(acks, 99) * 1000, 2),
@@ -341,7 +350,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--per-practice", type=int, default=5)
     p.add_argument("--hot", type=int, default=10, help="busy practices (the first N)")
     p.add_argument("--hot-extra", type=int, default=50, help="extra writebacks per busy practice")
-    p.add_argument("--concurrency", type=int, default=32, help="client connections")
+    p.add_argument("--concurrency", type=int, default=256, help="client connections (at most)")
+    p.add_argument("--offered-rate", type=float, default=1000.0,
+                   help="requests/s the client sends at (open loop); 0 = as fast as it can")  # fmt: skip
     p.add_argument("--rate", type=float, default=5.0, help="PMS requests/s per practice")
     p.add_argument("--burst", type=int, default=5)
     p.add_argument("--max-concurrent", type=int, default=256, help="practices drained at once")
