@@ -124,16 +124,27 @@ async def serve(args: argparse.Namespace) -> None:
         directory.targets = {
             k: dataclasses.replace(t, driver=None) for k, t in directory.targets.items()
         }
-    policy = DeliveryPolicy(max_concurrent_practices=args.max_concurrent, quantum=8)
+    policy = DeliveryPolicy(
+        max_concurrent_practices=args.max_concurrent,
+        quantum=8,
+        not_ready_delay=3600.0 if args.intake_only else 2.0,
+    )
     service = WritebackService(
         directory, args.db, TOKEN, policy=policy, synchronous=args.synchronous
     )
     url = await service.start("127.0.0.1", 0)
+    import resource
+
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     Path(args.url_file).write_text(f"{url}\n")
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
-    Path(args.url_file + ".commits").write_text(str(service.store.commits))
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
+    spent = cpu.ru_utime + cpu.ru_stime - cpu0.ru_utime - cpu0.ru_stime
+    Path(args.url_file + ".commits").write_text(
+        json.dumps({"commits": service.store.commits, "cpu_s": spent})
+    )
     await service.stop(grace=2.0)
 
 
@@ -303,7 +314,7 @@ async def main(args: argparse.Namespace) -> int:
         throttled = sum(1 for pid, _ in practices for r in sim.requests(pid) if r.status == 429)
         notes = sum(len(sim.notes(pid)) for pid, _ in practices)
     commits_file = Path(str(url_file) + ".commits")
-    commits = commits_file.read_text() if commits_file.exists() else "?"
+    served = json.loads(commits_file.read_text()) if commits_file.exists() else {}
     acks = result["acks"]
     server_ack = histogram_quantiles(metrics_text, "pmsctl_writeback_ack_seconds")
     report = {
@@ -315,7 +326,8 @@ async def main(args: argparse.Namespace) -> int:
         "ack_ms_p50": round(pct(acks, 50) * 1000, 2),
         "ack_ms_p99": round(pct(acks, 99) * 1000, 2),
         "server_ack_ms_p50_p99_upper_bounds": server_ack,
-        "group_commits": commits,
+        "group_commits": served.get("commits"),
+        "service_cpu_s": round(served.get("cpu_s", 0.0), 1),
         "sqlite_synchronous": args.synchronous,
         "sent": c["sent"],
         "failed": c["failed"],

@@ -138,6 +138,14 @@ class WritebackApi:
 
     async def post(self, request: web.Request) -> web.Response:
         """Take one writeback request: validate, decide, store, then answer."""
+        # The drainer yields to intake while requests are in flight (see DeliveryPolicy).
+        self.drainer.intake_inflight += 1
+        try:
+            return await self._post(request)
+        finally:
+            self.drainer.intake_inflight -= 1
+
+    async def _post(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         practice_id = request.match_info["practiceId"]
         if request.content_length is not None and request.content_length > self.max_body_bytes:

@@ -32,6 +32,7 @@ import contextlib
 import functools
 import logging
 import random
+import sqlite3
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -62,6 +63,10 @@ class DeliveryPolicy:
     not_ready_delay: float = 2.0  # practice suspended or driver not built yet: look again after
     sweep_interval: float = 2.0
     unknown_practice_grace: float = 600.0  # a practice unknown this long: its writebacks fail
+    # Acknowledging comes first: while more than `intake_busy` requests are in flight, a turn
+    # waits (up to `intake_yield_max` seconds per writeback) before its next PMS write.
+    intake_busy: int = 2
+    intake_yield_max: float = 0.05
 
     def __post_init__(self) -> None:
         if self.max_concurrent_practices < 1 or self.quantum < 1 or self.max_attempts < 1:
@@ -106,6 +111,8 @@ class Drainer:
         self._stopping = False
         self._missing_since: dict[str, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Intake requests in flight, kept by the API (an int: atomic enough across threads).
+        self.intake_inflight = 0
 
     # --- lifecycle ---
 
@@ -237,8 +244,8 @@ class Drainer:
     async def sweep(self) -> None:
         """Announce every practice with open records (and refresh the queue-depth gauge)."""
 
-        def op(conn: object) -> tuple[list[str], int]:
-            return ops.practices_with_open(conn), ops.open_count(conn)  # type: ignore[arg-type]
+        def op(conn: sqlite3.Connection) -> tuple[list[str], int]:
+            return ops.practices_with_open(conn), ops.open_count(conn)
 
         practices, depth = await asyncio.to_thread(self.store.read, op)
         self.metrics.queue_depth.set(depth)
@@ -288,10 +295,20 @@ class Drainer:
             self._missing_since.pop(pid, None)
             if target.spec.suspend or target.driver is None:
                 return ("parked", self.policy.not_ready_delay)
+            await self._yield_to_intake()
             parked = await self._deliver(record, target, outstanding)
             if parked is not None:
                 return ("parked", parked)
         return ("more", 0.0) if len(head) == quantum else ("idle", 0.0)
+
+    async def _yield_to_intake(self) -> None:
+        """Let acknowledgments go first: delivery is asynchronous anyway, the 202 is not."""
+        waited = 0.0
+        while (
+            self.intake_inflight > self.policy.intake_busy and waited < self.policy.intake_yield_max
+        ):
+            await asyncio.sleep(0.002)
+            waited += 0.002
 
     async def _deliver(
         self,
