@@ -75,7 +75,9 @@ def format_duration(seconds: float) -> str:
         return f"{seconds:g}s"
     h, rest = divmod(s, 3600)
     m, sec = divmod(rest, 60)
-    out = (f"{h}h" if h else "") + (f"{m}m" if m else "") + (f"{sec}s" if sec or not (h or m) else "")
+    out = (
+        (f"{h}h" if h else "") + (f"{m}m" if m else "") + (f"{sec}s" if sec or not (h or m) else "")
+    )
     return out
 
 
@@ -147,11 +149,15 @@ class PracticeSpec:
             ),
             provider_id=str(spec["providerId"]),
             writeback={
-                WritebackType(k): WritebackSetting(allow=bool(v["allow"]), note_type=v.get("noteType"))
+                WritebackType(k): WritebackSetting(
+                    allow=bool(v["allow"]), note_type=v.get("noteType")
+                )
                 for k, v in (spec.get("writeback") or {}).items()
             },
             documents={
-                DocumentType(k): DocumentMapping(write_to=v.get("writeTo"), read_from=v.get("readFrom"))
+                DocumentType(k): DocumentMapping(
+                    write_to=v.get("writeTo"), read_from=v.get("readFrom")
+                )
                 for k, v in (spec.get("documents") or {}).items()
             },
             sync=sync,
