@@ -211,9 +211,13 @@ class Scheduler:
             due, _, key, kind, version = self._heap[0]
             delay = due - loop.time()
             if delay > 0:
+                # A timer sets the same event a new earlier poller would: no wait_for task.
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                timer = loop.call_at(due, self._wake.set)
+                try:
+                    await self._wake.wait()
+                finally:
+                    timer.cancel()
                 continue
             heapq.heappop(self._heap)
             p = self._pollers.get((key, kind))
