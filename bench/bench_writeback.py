@@ -110,6 +110,8 @@ async def serve(args: argparse.Namespace) -> None:
     from reconciler.writeback.delivery import DeliveryPolicy
     from reconciler.writeback.service import WritebackService
 
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
     directory = Directory()
     sem = asyncio.Semaphore(32)
 
@@ -128,6 +130,7 @@ async def serve(args: argparse.Namespace) -> None:
         max_concurrent_practices=args.max_concurrent,
         quantum=8,
         not_ready_delay=3600.0 if args.intake_only else 2.0,
+        busy_writes=args.busy_writes,
     )
     service = WritebackService(
         directory, args.db, TOKEN, policy=policy, synchronous=args.synchronous
@@ -257,6 +260,8 @@ async def main(args: argparse.Namespace) -> int:
                                    "--rate", str(args.rate), "--burst", str(args.burst),
                                    "--max-concurrent", str(args.max_concurrent),
                                    "--synchronous", args.synchronous,
+                                   "--switch-interval", str(args.switch_interval),
+                                   "--busy-writes", str(args.busy_writes),
                                    *(["--intake-only"] if args.intake_only else [])])  # fmt: skip
         try:
             t = time.perf_counter()
@@ -373,6 +378,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="measure intake alone: nothing is delivered")  # fmt: skip
     p.add_argument("--synchronous", default="FULL", choices=("FULL", "NORMAL"),
                    help="SQLite synchronous: FULL fsyncs every group commit (the default)")  # fmt: skip
+    p.add_argument("--switch-interval", type=float, default=0.0,
+                   help="sys.setswitchinterval in the service (0: Python's default, 5 ms)")  # fmt: skip
+    p.add_argument("--busy-writes", type=int, default=8,
+                   help="PMS writes at once while intake is busy (DeliveryPolicy.busy_writes)")  # fmt: skip
     p.add_argument("--sim-url")
     p.add_argument("--db")
     p.add_argument("--url-file")

@@ -63,10 +63,10 @@ class DeliveryPolicy:
     not_ready_delay: float = 2.0  # practice suspended or driver not built yet: look again after
     sweep_interval: float = 2.0
     unknown_practice_grace: float = 600.0  # a practice unknown this long: its writebacks fail
-    # Acknowledging comes first: while more than `intake_busy` requests are in flight, a turn
-    # waits (up to `intake_yield_max` seconds per writeback) before its next PMS write.
+    # Acknowledging comes first: while more than `intake_busy` requests are in flight, at most
+    # `busy_writes` PMS writes start at once.
     intake_busy: int = 2
-    intake_yield_max: float = 0.05
+    busy_writes: int = 8
 
     def __post_init__(self) -> None:
         if self.max_concurrent_practices < 1 or self.quantum < 1 or self.max_attempts < 1:
@@ -113,6 +113,7 @@ class Drainer:
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Intake requests in flight, kept by the API (an int: atomic enough across threads).
         self.intake_inflight = 0
+        self._busy_gate = asyncio.Semaphore(self.policy.busy_writes)
 
     # --- lifecycle ---
 
@@ -295,20 +296,23 @@ class Drainer:
             self._missing_since.pop(pid, None)
             if target.spec.suspend or target.driver is None:
                 return ("parked", self.policy.not_ready_delay)
-            await self._yield_to_intake()
-            parked = await self._deliver(record, target, outstanding)
+            parked = await self._deliver_gated(record, target, outstanding)
             if parked is not None:
                 return ("parked", parked)
         return ("more", 0.0) if len(head) == quantum else ("idle", 0.0)
 
-    async def _yield_to_intake(self) -> None:
-        """Let acknowledgments go first: delivery is asynchronous anyway, the 202 is not."""
-        waited = 0.0
-        while (
-            self.intake_inflight > self.policy.intake_busy and waited < self.policy.intake_yield_max
-        ):
-            await asyncio.sleep(0.002)
-            waited += 0.002
+    async def _deliver_gated(
+        self,
+        record: WritebackRecord,
+        target: WritebackTarget,
+        outstanding: list[asyncio.Future[Any]],
+    ) -> float | None:
+        """Acknowledging comes first (delivery is asynchronous anyway, the 202 is not): while
+        intake is busy, only `busy_writes` PMS writes run at once."""
+        if self.intake_inflight > self.policy.intake_busy:
+            async with self._busy_gate:
+                return await self._deliver(record, target, outstanding)
+        return await self._deliver(record, target, outstanding)
 
     async def _deliver(
         self,
