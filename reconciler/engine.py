@@ -638,8 +638,16 @@ class Engine:
                 p.dirty = True
 
     async def _flush_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.status_interval)
-            for p in list(self._practices.values()):
+        # A few status writes at a time: at thousands of practices one at a time would take
+        # longer than the interval, all at once would flood the API server.
+        limit = asyncio.Semaphore(16)
+
+        async def flush(p: _Practice) -> None:
+            async with limit:
                 if p.dirty and not p.removed:
                     await self._publish(p, self._decide(p), force=True)
+
+        while True:
+            await asyncio.sleep(self.settings.status_interval)
+            dirty = [p for p in self._practices.values() if p.dirty and not p.removed]
+            await asyncio.gather(*(flush(p) for p in dirty))

@@ -474,3 +474,31 @@ async def test_pointing_a_practice_at_another_pms_starts_its_cursors_over(
     assert (
         sum(1 for e in events(tmp_path) if e["practiceid"] == "bright") >= 300
     )  # read from the start
+
+
+async def test_counter_updates_are_throttled_and_transitions_are_not(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    listener = Statuses()
+    settings = EngineSettings(**{**FAST.__dict__, "status_interval": 3.0})
+    engine = make_engine(sim, tmp_path, listener, settings=settings)
+    await engine.start()
+    try:
+        await engine.apply("c/acme", spec_for(sim))  # three pollers, each every 1 s
+        start = len(listener.calls)
+        await asyncio.sleep(4.5)
+        quiet = [c for c in listener.calls[start:] if not c[2]]
+        assert 1 <= len(quiet) <= 2, len(quiet)  # ~13 polls, at most one write per 3 s
+        assert quiet[-1][1].to_dict()["pollers"]["patients"]["eventsEmitted"] >= 300
+        loop = asyncio.get_running_loop()
+        sim.set_faults("acme", outage=True)
+        t0 = loop.time()
+        await eventually(
+            lambda: listener.transitions(ConditionType.PMS_REACHABLE)[-1].new_status == "False",
+            timeout=5,
+        )
+        assert (
+            loop.time() - t0 < 1.9
+        )  # written at the next failed poll, not at the next counter flush
+    finally:
+        await engine.stop()
