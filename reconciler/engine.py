@@ -534,19 +534,21 @@ class Engine:
         loop = asyncio.get_running_loop()
         started = loop.time()
         events: list[CloudEvent]
+        op = {
+            SyncKind.APPOINTMENT_STATUS: "appointment_status_since",
+            SyncKind.APPOINTMENTS: "appointments_since",
+            SyncKind.PATIENTS: "patients_since",
+        }[kind]
         try:
             if kind == SyncKind.APPOINTMENT_STATUS:
-                op = "appointment_status_since"
                 sp = await driver.appointment_status_since(cursor)
                 events = [appointment_status_event(spec.practice_id, pms, r) for r in sp.records]
                 next_cursor = sp.cursor
             elif kind == SyncKind.APPOINTMENTS:
-                op = "appointments_since"
                 ap = await driver.appointments_since(cursor)
                 events = [appointment_event(spec.practice_id, pms, r) for r in ap.records]
                 next_cursor = ap.cursor
             else:
-                op = "patients_since"
                 photos = spec.patient_profile_photos
                 pp = await driver.patients_since(cursor, photos=photos)
                 events = [
@@ -554,7 +556,7 @@ class Engine:
                 ]
                 next_cursor = pp.cursor
         except PmsError as exc:
-            metrics.PMS_CALLS.labels(pms, str(kind), type(exc).__name__).inc()
+            metrics.PMS_CALLS.labels(pms, op, type(exc).__name__).inc()
             raise
         metrics.PMS_CALLS.labels(pms, op, "ok").inc()
         if events:
