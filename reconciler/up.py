@@ -219,7 +219,7 @@ def load_text(text: str, path: str) -> FileResult:
 
     documents, problems = validate.validate_text(text, path)
     if problems:
-        return FileResult(path=path, problems=tuple(dict.fromkeys(str(p) for p in problems)))
+        return FileResult(path=path, problems=tuple(str(p) for p in problems))
     practices = []
     for doc in documents:
         key, name = practice_key({"name": doc.name, "namespace": doc.namespace})

@@ -211,8 +211,18 @@ def _jsonschema_validator() -> Any:
         if message:
             yield ValidationError(message)
 
+    def required(validator: Any, names: Sequence[str], instance: Any, schema: Any) -> Iterator[Any]:
+        # One error per `required` keyword naming every missing field (jsonschema's own yields
+        # one error per missing field, each carrying the whole list): `_problems_from_error`
+        # turns it into one problem per missing field, so each is reported exactly once.
+        if validator.is_type(instance, "object"):
+            missing = [n for n in names if n not in instance]
+            if missing:
+                yield ValidationError(f"missing required properties: {', '.join(missing)}")
+
     cls = jsonschema.validators.extend(
-        jsonschema.Draft202012Validator, {"pattern": pattern, "x-duration": duration}
+        jsonschema.Draft202012Validator,
+        {"pattern": pattern, "required": required, "x-duration": duration},
     )
     return cls(load_schema())
 

@@ -30,6 +30,7 @@ from reconciler.up import (
     UpError,
     display_names,
     env_var_name,
+    load_text,
     parse_credentials_env,
     parse_credentials_file,
     plan,
@@ -429,3 +430,21 @@ def test_display_lines_repeat_a_practice_whose_events_moved_after_the_heartbeat(
     display.update([_row("a", events=10)], {}, {}, t0.replace(second=30))
     display.update([_row("a", events=10)], {}, {}, t0.replace(minute=1, second=5))
     assert [line.split()[-1] for line in out.getvalue().splitlines()] == ["events=0", "events=10"]
+
+
+def test_load_text_lists_each_missing_field_once_from_the_real_validator() -> None:
+    text = (
+        "apiVersion: writeback.dental.dev/v1alpha1\n"
+        "kind: PracticeWriteback\n"
+        "metadata: {name: acme}\n"
+        "spec:\n"
+        "  practiceId: acme\n"
+        '  providerId: "1"\n'
+        "  pms:\n"
+        "    type: OpenDental\n"
+    )
+    result = load_text(text, "acme.yaml")
+    assert result.problems == (
+        "acme.yaml:7:3: spec.pms.credentialsSecretRef: is required",
+        "acme.yaml:7:3: spec.pms.url: is required",
+    )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import validate
+from reconciler import API_VERSION, KIND, validate
 from reconciler.cli import main
 from reconciler.spec import PmsType, SyncKind, parse_duration
 from reconciler.yamlsource import Limits, load_documents
@@ -83,6 +83,24 @@ def test_an_enum_error_lists_the_allowed_values(tmp_path: Path) -> None:
     assert [str(p) for p in problems] == [
         "acme.yaml:9:5: spec.pms.type: 'OpenDentl' is not one of OpenDental, Eaglesoft, Dentrix"
     ]
+
+
+def test_each_missing_field_is_reported_once_even_when_several_are_missing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    text = BASE.replace("    url: https://pms.example.com/api/v1\n", "").replace(
+        "    credentialsSecretRef:\n      name: case-pms\n", ""
+    )
+    path = _write(tmp_path, "acme.yaml", text)
+    assert main(["validate", str(path)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        f"{path}:8:3: spec.pms.credentialsSecretRef: is required",
+        f"{path}:8:3: spec.pms.url: is required",
+        "1 file(s), 0 valid PracticeWriteback document(s), 2 problem(s)",
+    ]
+    problems = validate.validate_body({"apiVersion": API_VERSION, "kind": KIND})
+    assert [p.path for p in problems] == ["metadata", "spec"]
 
 
 def test_inline_credentials_point_to_the_secret_reference() -> None:

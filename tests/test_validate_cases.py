@@ -65,6 +65,8 @@ def test_invalid_case_reports_the_expected_path_and_line(path: Path) -> None:
     for problem in problems:
         assert str(problem).startswith(f"{path}:{problem.line}:{problem.col}: {problem.path}: ")
         assert problem.message
+    shown = [str(p) for p in problems]
+    assert len(shown) == len(set(shown)), f"a problem is reported twice: {shown}"
 
 
 @pytest.mark.parametrize("path", _cases("invalid"), ids=_ids(_cases("invalid")))
