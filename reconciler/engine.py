@@ -22,8 +22,10 @@ stop pollers to match. PMS errors never escape `apply`: they become conditions (
 keeps the exception for adapters that want to retry, e.g. as `kopf.TemporaryError`).
 
 Pollers read changes since their cursor, publish them to the sink as CloudEvents and save the
-cursor only after the sink accepted them. A poll that fails with a PMS error flips PMSReachable;
-the first success after that triggers a reconcile so every condition recovers.
+cursor only after the sink accepted them; a stop waits (up to `commit_grace`) for a poll that is
+publishing to save its cursor too, so a clean stop never sends a page twice. A poll that fails
+with a PMS error flips PMSReachable; the first success after that triggers a reconcile so every
+condition recovers.
 
 `on_status(key, status, transitions)` is called promptly when a condition changes (and after every
 `apply`), and at most every `status_interval` seconds for poller counters alone.
@@ -132,6 +134,8 @@ class EngineSettings:
     max_backoff: float = 300.0
     #: Poll failures in a row before PollersRunning turns False.
     failure_threshold: int = 3
+    #: Seconds a stop waits for a poll that is publishing its events to also save its cursor.
+    commit_grace: float = 5.0
 
 
 @dataclass
@@ -559,14 +563,45 @@ class Engine:
             metrics.PMS_CALLS.labels(pms, op, type(exc).__name__).inc()
             raise
         metrics.PMS_CALLS.labels(pms, op, "ok").inc()
+        # The read above may be cancelled freely (nothing happened yet); from here on, publishing
+        # and saving the cursor are one unit: a stop that lands in between would leave the events
+        # in the sink without their cursor, and the next run would send the page again.
+        if events or (next_cursor and next_cursor != cursor):
+            await self._uncancelled(self._commit(p, kind, events, cursor, next_cursor))
+        metrics.POLL_DURATION.labels(str(kind)).observe(loop.time() - started)
+        return len(events)
+
+    async def _commit(
+        self,
+        p: _Practice,
+        kind: SyncKind,
+        events: Sequence[CloudEvent],
+        cursor: str | None,
+        next_cursor: str | None,
+    ) -> None:
         if events:
             await self._sink.publish(events)
             metrics.EVENTS_EMITTED.labels(str(kind)).inc(len(events))
         # Only now, with the events accepted, does the cursor move.
         if next_cursor and next_cursor != cursor:
             self._store.put(p.key, str(kind), next_cursor)
-        metrics.POLL_DURATION.labels(str(kind)).observe(loop.time() - started)
-        return len(events)
+
+    async def _uncancelled(self, coro: Awaitable[None]) -> None:
+        """Run `coro` to its end even when the caller is cancelled meanwhile (for at most
+        `commit_grace` seconds after the cancel; then it is cancelled too), then re-raise the
+        cancellation. `Scheduler.stop()` awaits the cancelled poll, so `Engine.stop()` closes the
+        sink and the store only after this finished."""
+        task = asyncio.ensure_future(coro)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            try:
+                if not task.done():
+                    await asyncio.wait({task}, timeout=self.settings.commit_grace)
+            finally:
+                if not task.done():  # grace over, or cancelled again while waiting
+                    task.cancel()
+            raise
 
     def _on_poll_result(
         self, key: str, kind: str, state: PollerState, error: BaseException | None

@@ -121,9 +121,10 @@ class Scheduler:
             self._dispatcher = asyncio.create_task(self._dispatch(), name="pmsctl-scheduler")
 
     async def close(self) -> None:
-        """Stop every poller (cancelling in-flight runs) and the dispatcher."""
-        for key, kind in list(self._pollers):
-            await self.stop(key, kind)
+        """Stop every poller (cancelling in-flight runs, all at once) and the dispatcher."""
+        # Concurrently: a cancelled run may take a moment to finish (the engine lets a poll that
+        # is publishing save its cursor), and those moments should not add up.
+        await asyncio.gather(*(self.stop(key, kind) for key, kind in list(self._pollers)))
         if self._dispatcher is not None:
             self._dispatcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

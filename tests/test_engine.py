@@ -502,3 +502,58 @@ async def test_counter_updates_are_throttled_and_transitions_are_not(
         )  # written at the next failed poll, not at the next counter flush
     finally:
         await engine.stop()
+
+
+class SlowFsyncSink(JsonlSink):
+    """A real JsonlSink whose publish, after writing and flushing the lines, awaits `delay`
+    seconds before returning: the injected part, standing in for a slow fsync (or a slow HTTP
+    sink's answer). `writing` is set when the first publish has written its lines."""
+
+    def __init__(self, path: Path, delay: float) -> None:
+        super().__init__(path, fsync=False)
+        self.delay = delay
+        self.writing = asyncio.Event()
+
+    async def publish(self, events: Sequence[dict[str, Any]]) -> None:  # type: ignore[override]
+        await super().publish(events)  # type: ignore[arg-type]
+        if events:
+            self.writing.set()
+            await asyncio.sleep(self.delay)
+
+
+async def test_a_stop_during_publish_saves_the_cursor_so_no_event_is_emitted_twice(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """The sink's slow return after writing is injected (SlowFsyncSink); the engine, simulator,
+    file and SQLite store are real. The stop lands while the first page is being published."""
+    sink = SlowFsyncSink(tmp_path / "events.jsonl", delay=1.0)
+    engine = Engine(
+        sink=sink,
+        store=SqliteCursorStore(tmp_path / "state.db"),
+        secrets=DictSecrets({"acme-pms": sim.credentials("acme")}),
+        settings=FAST,
+    )
+    await engine.start()
+    await engine.apply("clinics/acme", spec_for(sim))
+    await asyncio.wait_for(sink.writing.wait(), 10)
+    await engine.stop()  # cancels the polls in flight, one of them inside publish
+    first = [e["id"] for e in events(tmp_path)]
+    assert first, "the first run published nothing"
+
+    engine = make_engine(sim, tmp_path)
+    await engine.start()
+    try:
+        await engine.apply("clinics/acme", spec_for(sim))
+        key = "clinics/acme"
+        await eventually(
+            lambda: all(
+                (s := engine.scheduler.state(key, k)) is not None and s.last_success
+                for k in ("appointmentStatus", "appointments", "patients")
+            ),
+            what="every poller's first poll after the restart",
+        )
+    finally:
+        await engine.stop()
+    ids = [e["id"] for e in events(tmp_path)]
+    twice = {i for i in ids if ids.count(i) > 1}
+    assert not twice, f"{len(twice)} event ids emitted twice (first run: {len(first)} events)"
