@@ -8,6 +8,7 @@ configuration, so the operator and this adapter always talk to the same cluster 
     api = load_api_client(kubeconfig=None)        # in-cluster, else $KUBECONFIG / ~/.kube/config
     secrets = KubeSecrets(api)                    # the engine's SecretSource
     writer = StatusWriter(api)                    # the engine's StatusListener
+    live = list_practice_writebacks(["ns"])       # `pmsctl diff --live`: plain dicts + label
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import base64
 import functools
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -189,3 +191,105 @@ class StatusWriter:
             self.events += 1
         except ApiException as exc:
             log.warning("%s: could not post Event %s: HTTP %s", key, reason, exc.status)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading PracticeWritebacks for the CLI (`pmsctl diff --live`)
+
+#: Seconds one list request may take before `list_practice_writebacks` gives up.
+LIST_TIMEOUT_S = 15.0
+
+
+class KubeReadError(Exception):
+    """The kubeconfig could not be loaded or the API server could not be read; the message
+    says which (kubeconfig, missing CRD, HTTP status, unreachable server) and never holds a
+    credential."""
+
+
+@dataclass(frozen=True)
+class LiveObjects:
+    """PracticeWriteback objects read from a cluster, as plain dicts (the API server's JSON),
+    and which cluster they came from: `label` is `cluster <context name or server URL>`."""
+
+    items: tuple[dict[str, Any], ...]
+    label: str
+    server: str
+
+
+def _kubeconfig_contexts(kubeconfig: str | None) -> tuple[list[dict[str, Any]], Any]:
+    from kubernetes import config
+    from kubernetes.config.config_exception import ConfigException
+
+    try:
+        contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    except (ConfigException, OSError) as exc:
+        raise KubeReadError(f"cannot load the kubeconfig: {exc}") from exc
+    return list(contexts or []), active
+
+
+def context_namespace(kubeconfig: str | None = None, context: str | None = None) -> str:
+    """The namespace of the kubeconfig's `context` (default: its current context), `default`
+    when the context names none; KubeReadError when the kubeconfig or context does not exist."""
+    contexts, active = _kubeconfig_contexts(kubeconfig)
+    chosen = next((c for c in contexts if c["name"] == context), None) if context else active
+    if chosen is None:
+        raise KubeReadError(f"kubeconfig has no context named {context!r}")
+    return str((chosen.get("context") or {}).get("namespace") or "default")
+
+
+def list_practice_writebacks(
+    namespaces: Iterable[str],
+    *,
+    kubeconfig: str | None = None,
+    context: str | None = None,
+    timeout_s: float = LIST_TIMEOUT_S,
+) -> LiveObjects:
+    """Every PracticeWriteback in `namespaces`, read with the kubeconfig file (default:
+    $KUBECONFIG / ~/.kube/config) and context (default: the current one). One list request per
+    namespace, each bounded by `timeout_s`, one retry. Raises KubeReadError when the kubeconfig
+    cannot be loaded, the CRD is not installed, a list fails or the server cannot be reached."""
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+    from kubernetes.config.config_exception import ConfigException
+    from urllib3.exceptions import HTTPError
+
+    cfg = client.Configuration()
+    try:
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, context=context, client_configuration=cfg
+        )
+    except (ConfigException, OSError) as exc:
+        raise KubeReadError(f"cannot load the kubeconfig: {exc}") from exc
+    cfg.retries = 1
+    if context is None:
+        try:
+            _, active = _kubeconfig_contexts(kubeconfig)
+            context = str(active["name"]) if active else None
+        except KubeReadError:  # it loaded a moment ago; a label is not worth failing for
+            context = None
+    label = f"cluster {context or cfg.host}"
+    items: list[dict[str, Any]] = []
+    with client.ApiClient(cfg) as api_client:
+        api = client.CustomObjectsApi(api_client)
+        for ns in sorted(set(namespaces)):
+            try:
+                answer = api.list_namespaced_custom_object(
+                    GROUP, VERSION, ns, PLURAL, _request_timeout=timeout_s
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    raise KubeReadError(
+                        f"{label}: the {KIND} CRD is not installed "
+                        "(kubectl apply --server-side -f crds/)"
+                    ) from exc
+                raise KubeReadError(
+                    f"{label}: listing {PLURAL} in namespace {ns} failed: "
+                    f"HTTP {exc.status} {exc.reason}"
+                ) from exc
+            except (HTTPError, OSError) as exc:
+                raise KubeReadError(
+                    f"{label}: cannot reach the API server at {cfg.host}: {exc}"
+                ) from exc
+            found = answer.get("items") if isinstance(answer, dict) else None
+            items.extend(obj for obj in found or [] if isinstance(obj, dict))
+    return LiveObjects(tuple(items), label, str(cfg.host))

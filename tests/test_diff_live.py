@@ -2,11 +2,11 @@
 
 Real: the kube-apiserver and etcd of the testenv (fixtures `kube`, `crd_installed`,
 `kube_namespace` from conftest.py), the generated CRD from `crds/`, objects created with the
-testenv's `kubectl apply --server-side`, and the command reading them with the `kubernetes`
-client through the kubeconfig the harness wrote. The API server applies the CRD's defaults to
-the stored objects, so these tests also prove that defaults filled in by the server are "no
-change". The unreachable-server case points a kubeconfig at a closed loopback port (a real
-refused connection, nothing faked).
+testenv's `kubectl apply --server-side`, and the command reading them through
+`reconciler.kube.list_practice_writebacks` (the `kubernetes` client) with the kubeconfig the
+harness wrote. The API server applies the CRD's defaults to the stored objects, so these tests
+also prove that defaults filled in by the server are "no change". The unreachable-server case
+points a kubeconfig at a closed loopback port (a real refused connection, nothing faked).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from reconciler.cli import main
+from reconciler.kube import KubeReadError, context_namespace, list_practice_writebacks
 
 pytestmark = pytest.mark.kube
 
@@ -143,3 +144,34 @@ def test_an_unreachable_api_server_is_a_clear_error(kube, files, tmp_path, capsy
     assert code == 2
     assert "cannot reach the API server at https://127.0.0.1:1" in err
     assert "Traceback" not in err
+
+
+def test_the_kube_adapter_lists_plain_dicts_of_the_given_namespaces(
+    kube, crd_installed, kube_namespace
+):
+    apply(kube, practice("bright-smiles-austin", kube_namespace))
+    apply(kube, practice("sunrise-dental", kube_namespace))
+    live = list_practice_writebacks(
+        [kube_namespace, kube_namespace], kubeconfig=str(kube.kubeconfig)
+    )
+    assert sorted(o["metadata"]["name"] for o in live.items) == [
+        "bright-smiles-austin",
+        "sunrise-dental",
+    ]
+    assert all(type(o) is dict and o["kind"] == "PracticeWriteback" for o in live.items)
+    assert live.label.startswith("cluster ") and live.server == kube.server
+    assert list_practice_writebacks(["kube-system"], kubeconfig=str(kube.kubeconfig)).items == ()
+
+
+def test_an_unknown_context_is_a_clear_error_from_the_adapter_and_the_command(kube, files, capsys):
+    with pytest.raises(KubeReadError, match="no context named 'nope'"):
+        context_namespace(str(kube.kubeconfig), "nope")
+    with pytest.raises(KubeReadError, match="cannot load the kubeconfig"):
+        list_practice_writebacks(["default"], kubeconfig=str(kube.kubeconfig), context="nope")
+    (files / "austin.yaml").write_text(practice("bright-smiles-austin", "default"))
+    code = main(
+        ["diff", "--live", "--kubeconfig", str(kube.kubeconfig), "--context", "nope", str(files)]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "no context named 'nope'" in err and "Traceback" not in err

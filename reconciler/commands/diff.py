@@ -9,8 +9,8 @@ invalid file is reported with the same `file:line:col: path: message` lines, nev
 Identical file contents are parsed once (keyed by git blob id), which halves the work when most
 files did not change. Exit codes follow `kubectl diff`: 0 no change, 1 changes, 2 errors.
 
-The live side is the one place here that talks to Kubernetes (the `kubernetes` client, imported
-inside `read_live`); the renderer is the same pure `reconciler.diff` as for git.
+The live side reads the cluster through `reconciler.kube.list_practice_writebacks` (this module
+never imports the `kubernetes` client); the renderer is the same pure `reconciler.diff` as for git.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from reconciler.diff import RENDERERS, Resource, diff_practices
 from reconciler.gitsource import (
@@ -38,7 +38,6 @@ from reconciler.gitsource import (
 if TYPE_CHECKING:
     from reconciler.validate import Problem, ValidDocument
 
-GROUP, VERSION, PLURAL = "writeback.dental.dev", "v1alpha1", "practicewritebacks"
 DEFAULT_PATH = "practices"
 #: Seconds one request to the API server may take before `--live` gives up.
 LIVE_TIMEOUT_S = 15
@@ -293,84 +292,41 @@ def read_live(
     kubeconfig: str | None,
     context: str | None,
 ) -> tuple[dict[str, Resource], str]:
-    """The PracticeWritebacks in `namespaces` of the cluster, and a label naming the context."""
-    from kubernetes import client, config
-    from kubernetes.client.exceptions import ApiException
-    from kubernetes.config.config_exception import ConfigException
-    from urllib3.exceptions import HTTPError
-
+    """The PracticeWritebacks in `namespaces` of the cluster (read by `reconciler.kube`), and
+    a label naming the context."""
+    from reconciler.kube import KubeReadError, list_practice_writebacks
     from reconciler.spec import PracticeSpec
 
-    cfg = client.Configuration()
     try:
-        config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=kubeconfig, context=context, client_configuration=cfg
+        live = list_practice_writebacks(
+            namespaces, kubeconfig=kubeconfig, context=context, timeout_s=LIVE_TIMEOUT_S
         )
-    except (ConfigException, OSError) as exc:
-        raise DiffInputError(f"cannot load the kubeconfig: {exc}") from exc
-    cfg.retries = 1
-    api = client.CustomObjectsApi(client.ApiClient(cfg))
-    label = f"cluster {context or _current_context(kubeconfig) or cfg.host}"
+    except KubeReadError as exc:
+        raise DiffInputError(str(exc)) from exc
     resources: dict[str, Resource] = {}
     problems: list[str] = []
-    for ns in sorted(set(namespaces)):
+    for obj in live.items:
+        meta = _metadata(obj)
+        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+        key = f"{namespace}/{name}"
         try:
-            answer = cast(
-                dict[str, Any],
-                api.list_namespaced_custom_object(
-                    GROUP, VERSION, ns, PLURAL, _request_timeout=LIVE_TIMEOUT_S
-                ),
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                raise DiffInputError(
-                    f"{label}: the PracticeWriteback CRD is not installed "
-                    "(kubectl apply --server-side -f crds/)"
-                ) from exc
-            raise DiffInputError(
-                f"{label}: listing {PLURAL} in namespace {ns} failed: HTTP {exc.status} {exc.reason}"
-            ) from exc
-        except (HTTPError, OSError) as exc:
-            raise DiffInputError(
-                f"{label}: cannot reach the API server at {cfg.host}: {exc}"
-            ) from exc
-        items: list[Mapping[str, Any]] = answer.get("items") or []
-        for obj in items:
-            meta = _metadata(obj)
-            key = f"{meta.get('namespace', ns)}/{meta.get('name')}"
-            try:
-                spec = PracticeSpec.from_resource(obj)
-            except (KeyError, TypeError, ValueError) as exc:
-                problems.append(f"{key}: the live object's spec cannot be read: {exc!r}")
-                continue
-            resources[key] = Resource(str(meta.get("namespace", ns)), str(meta["name"]), spec)
+            spec = PracticeSpec.from_resource(obj)
+        except (KeyError, TypeError, ValueError) as exc:
+            problems.append(f"{key}: the live object's spec cannot be read: {exc!r}")
+            continue
+        resources[key] = Resource(namespace, name, spec)
     if problems:
-        raise DiffInputError(f"invalid objects in {label}:", problems)
-    return resources, label
-
-
-def _current_context(kubeconfig: str | None) -> str | None:
-    from kubernetes import config
-
-    try:
-        _, active = config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
-    except Exception:  # the kubeconfig loaded a moment ago; a label is not worth failing for
-        return None
-    return str(active["name"]) if active else None
+        raise DiffInputError(f"invalid objects in {live.label}:", problems)
+    return resources, live.label
 
 
 def _context_namespace(kubeconfig: str | None, context: str | None) -> str:
-    from kubernetes import config
-    from kubernetes.config.config_exception import ConfigException
+    from reconciler.kube import KubeReadError, context_namespace
 
     try:
-        contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
-    except (ConfigException, OSError) as exc:
-        raise DiffInputError(f"cannot load the kubeconfig: {exc}") from exc
-    chosen = next((c for c in contexts if c["name"] == context), None) if context else active
-    if chosen is None:
-        raise DiffInputError(f"kubeconfig has no context named {context!r}")
-    return str(chosen.get("context", {}).get("namespace") or "default")
+        return context_namespace(kubeconfig, context)
+    except KubeReadError as exc:
+        raise DiffInputError(str(exc)) from exc
 
 
 def live_sides(args: argparse.Namespace) -> Sides:
