@@ -108,6 +108,8 @@ class SecretSource(Protocol):
 #: Called with (key, status, transitions); transitions are empty for counter-only updates.
 StatusListener = Callable[[str, PracticeStatus, Sequence[Transition]], Awaitable[None]]
 ConnectionOverride = Callable[[PracticeSpec], "tuple[str, Credentials] | None"]
+#: practice id -> {sent, skipped, pending, failed} (e.g. `WritebackService.counts`); thread-safe.
+WritebackCounts = Callable[[str], Mapping[str, int]]
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,7 @@ class Engine:
         self._by_practice_id: dict[str, str] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._flusher: asyncio.Task[None] | None = None
+        self._writeback_counts: WritebackCounts | None = None
         s = self.settings
         self.scheduler = Scheduler(
             workers=s.poll_workers,
@@ -355,6 +358,12 @@ class Engine:
         if p is not None and dict(counts) != p.writebacks:
             p.writebacks = dict(counts)
             p.dirty = True
+
+    def watch_writebacks(self, counts: WritebackCounts | None) -> None:
+        """Read every practice's writeback counters through `counts(practice_id)` once per
+        `status_interval` (on a worker thread, all practices in one go) and `record_writebacks`
+        them: status carries them, throttled like the poller counters. None stops it."""
+        self._writeback_counts = counts
 
     def target(self, practice_id: str) -> WritebackTarget | None:
         """What the writeback path needs for `practice_id` right now (PracticeDirectory)."""
@@ -674,6 +683,15 @@ class Engine:
                 log.exception("%s: the status listener failed", p.key)
                 p.dirty = True
 
+    async def _read_writebacks(self, counts: WritebackCounts) -> None:
+        ids = list(self._by_practice_id)
+
+        def read() -> dict[str, Mapping[str, int]]:
+            return {pid: counts(pid) for pid in ids}
+
+        for pid, c in (await asyncio.to_thread(read)).items():
+            self.record_writebacks(pid, c)
+
     async def _flush_loop(self) -> None:
         # A few status writes at a time: at thousands of practices one at a time would take
         # longer than the interval, all at once would flood the API server.
@@ -686,5 +704,10 @@ class Engine:
 
         while True:
             await asyncio.sleep(self.settings.status_interval)
+            if self._writeback_counts is not None:
+                try:
+                    await self._read_writebacks(self._writeback_counts)
+                except Exception:  # a failed read must not stop status writes
+                    log.exception("reading the writeback counters failed")
             dirty = [p for p in self._practices.values() if p.dirty and not p.removed]
             await asyncio.gather(*(flush(p) for p in dirty))

@@ -16,7 +16,10 @@ condition transitions (posting Events) and at most every `status_interval` for p
 
 `build_registry(labels=...)` registers the handlers on a fresh registry so a label selector (one
 shard per replica) and the tests each get their own. `memo` must carry `engine` (Engine),
-`writer` (StatusWriter) and `connection` (kwargs for kopf.ConnectionInfo).
+`writer` (StatusWriter) and `connection` (kwargs for kopf.ConnectionInfo); optionally
+`writebacks` (a `reconciler.writeback.service.WritebackService` over the engine) and
+`writeback_listen` ((host, port)): the writeback API is then started with the engine and stopped
+before it, and its counts reach each practice's `status.writebacks` every `status_interval`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pms_drivers.errors import PmsError, TemporaryPmsError
 from reconciler.engine import SecretNotFoundError
 from reconciler.kube import GROUP, PLURAL, VERSION
 from reconciler.spec import PracticeSpec
+from reconciler.writeback.errors import WritebackError
 
 ANNOTATION_RECONCILE = "writeback.dental.dev/reconcile-requested-at"
 FINALIZER = "writeback.dental.dev/finalizer"
@@ -39,6 +43,8 @@ KOPF_PREFIX = "operator.writeback.dental.dev"
 RESOURCE = (GROUP, VERSION, PLURAL)
 #: Kopf retry delay (s) after a temporary PMS failure (the engine's pollers notice recovery sooner).
 RETRY_DELAY = 10.0
+
+log = logging.getLogger(__name__)
 
 
 def build_registry(*, labels: Mapping[str, Any] | None = None) -> kopf.OperatorRegistry:
@@ -50,9 +56,14 @@ def build_registry(*, labels: Mapping[str, Any] | None = None) -> kopf.OperatorR
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         configure(settings)
         await memo.engine.start()
+        await _start_writebacks(memo)
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        service = memo.get("writebacks")
+        if service is not None:
+            memo.engine.watch_writebacks(None)
+            await service.stop()  # before the engine: its deliveries use the engine's clients
         await memo.engine.stop()
 
     @kopf.on.login(registry=registry)
@@ -108,6 +119,21 @@ def configure(settings: kopf.OperatorSettings) -> None:
         prefix=KOPF_PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING  # the engine posts the Events that matter
+
+
+async def _start_writebacks(memo: kopf.Memo) -> None:
+    """Start `memo.writebacks` (a WritebackService, optional) on `memo.writeback_listen`
+    (host, port) and let the engine put its counters into each practice's status."""
+    service = memo.get("writebacks")
+    if service is None:
+        return
+    host, port = memo.get("writeback_listen") or ("0.0.0.0", 8081)
+    try:
+        url = await service.start(host, port)
+    except WritebackError as exc:  # the port is taken, the queue file cannot be opened
+        raise kopf.PermanentError(f"the writeback service cannot start: {exc}") from exc
+    memo.engine.watch_writebacks(service.counts)
+    log.info("writeback API on %s (queue %s)", url, service.store.path)
 
 
 def _referenced(**kwargs: Any) -> bool:

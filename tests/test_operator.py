@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import kopf
 import pytest
 import testenv
@@ -34,9 +35,11 @@ from reconciler.kube import GROUP, PLURAL, VERSION, KubeSecrets, StatusWriter, c
 from reconciler.operator import ANNOTATION_RECONCILE, FINALIZER, build_registry
 from reconciler.sink import JsonlSink
 from reconciler.store import SqliteCursorStore
+from reconciler.writeback.service import WritebackService
 
 pytestmark = pytest.mark.kube
 
+TOKEN = "operator-test-token-0123456789"
 EXAMPLES = sorted((testenv.REPO / "practices").glob("*.yaml"))
 SETTINGS = EngineSettings(
     first_poll_jitter=0.0,
@@ -149,9 +152,13 @@ async def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any
 
 
 class Operator:
-    """Kopf's `operator()` running in this event loop with a fresh engine; `stop()` ends it."""
+    """Kopf's `operator()` running in this event loop with a fresh engine; `stop()` ends it.
 
-    def __init__(self, env: Env, settings: EngineSettings) -> None:
+    With `writebacks`, the memo carries a WritebackService on a free loopback port (as
+    `pmsctl operator` builds it), started by the startup handler; `self.service.url` is its URL.
+    """
+
+    def __init__(self, env: Env, settings: EngineSettings, writebacks: bool = False) -> None:
         api = env.kube.api_client
         self.writer = StatusWriter(api)
         self.engine = Engine(
@@ -163,6 +170,11 @@ class Operator:
         )
         self._stop = asyncio.Event()
         memo = kopf.Memo(engine=self.engine, writer=self.writer, connection=connection_info(api))
+        self.service: WritebackService | None = None
+        if writebacks:
+            self.service = WritebackService(self.engine, env.tmp / "writebacks.db", TOKEN)
+            memo.writebacks = self.service
+            memo.writeback_listen = ("127.0.0.1", 0)
         self.task = asyncio.create_task(
             kopf.operator(
                 registry=build_registry(),
@@ -192,8 +204,10 @@ async def env(
 
 
 @contextlib.asynccontextmanager
-async def operator(env: Env, settings: EngineSettings = SETTINGS) -> AsyncIterator[Operator]:
-    op = Operator(env, settings)
+async def operator(
+    env: Env, settings: EngineSettings = SETTINGS, writebacks: bool = False
+) -> AsyncIterator[Operator]:
+    op = Operator(env, settings, writebacks)
     try:
         yield op
     finally:
@@ -462,3 +476,61 @@ async def test_reconcile_annotation_forces_a_reconcile_and_is_echoed(env: Env) -
 
         await eventually(echoed, 10, "lastHandledReconcileAt")
         assert request_times(env, "lakeside-dental", "/providers")  # the PMS was asked again
+
+
+async def test_a_writeback_posted_to_the_operator_lands_once_and_its_counts_reach_status(
+    env: Env,
+) -> None:
+    """The writeback API is the one the operator's startup handler starts (memo.writebacks);
+    the engine feeds its counts into status.writebacks every status_interval (1 s here)."""
+    await env.secrets_for_examples()
+    async with operator(env, writebacks=True) as op:
+        await env.create(env.example("bright-smiles"))  # taskNote: allow false
+        await env.wait_condition("bright-smiles", "Ready", "True", timeout=20)
+        assert op.service is not None and op.service.url
+        url = f"{op.service.url}/v1/practices/bright-smiles/writebacks"
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        sms = {
+            "callerId": "sms-op-1",
+            "type": "outgoingSms",
+            "patientId": "5",
+            "occurredAt": "2026-11-26T09:15:00-05:00",
+            "text": "Reminder: cleaning tomorrow at 9:00",
+        }
+        task = dict(sms, callerId="task-op-1", type="taskNote", text="call back")
+        async with httpx.AsyncClient(timeout=10) as http:
+            r = await http.post(url, json=sms, headers=auth)
+            assert r.status_code == 202 and r.json()["status"] == "pending", r.text
+            wb_id = r.json()["id"]
+            r = await http.post(url, json=task, headers=auth)
+            assert r.status_code == 202, r.text
+            assert (r.json()["status"], r.json()["reason"]) == ("skipped", "NotAllowed")
+            assert (await http.post(url, json=sms)).status_code == 401
+
+            await eventually(
+                lambda: _async(env.sim.notes("bright-smiles")), 10, "the note in the PMS"
+            )
+            r = await http.post(url, json=sms, headers=auth)  # the same callerId again
+            assert r.status_code == 200 and r.json()["id"] == wb_id, r.text
+
+        status = await env.get("bright-smiles")
+        provider = status["status"]["provider"]["id"]
+        note_type = status["status"]["noteTypes"]["outgoingSms"]
+        want = {"sent": 1, "skipped": 1, "pending": 0, "failed": 0}
+
+        async def counted() -> bool:
+            return (await env.get("bright-smiles")).get("status", {}).get("writebacks") == want
+
+        await eventually(counted, 5, f"status.writebacks == {want}")
+        await asyncio.sleep(1.5)  # a later drain or retry must not write a second note
+        notes = env.sim.notes("bright-smiles")
+        assert len(notes) == 1, notes
+        note = notes[0]
+        assert note["writeback_id"] == wb_id
+        assert (note["note_type_name"], note["note_type_id"]) == (
+            "Text Message",
+            note_type["id"],
+        )
+        assert note["provider_id"] == provider == "1"
+        assert (note["mode"], note["direction"]) == ("Text", "Sent")
+        assert note["patient_id"] == "5" and "cleaning tomorrow" in note["text"]

@@ -35,6 +35,17 @@ def _get(url: str) -> tuple[int, str]:
         return 0, str(exc)
 
 
+def _post(url: str, body: dict[str, Any], token: str) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return r.status, json.loads(r.read())
+
+
 def _wait(check: Any, timeout: float, what: str, proc: subprocess.Popen[str] | None = None) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -55,7 +66,8 @@ def test_pmsctl_operator_makes_a_practice_ready_and_serves_probes_and_metrics(
     doc = yaml.safe_load((testenv.REPO / "practices" / "dentrix-lakeside.yaml").read_text())
     sim = Simulator(rate_limit_per_second=1000, burst=1000)
     creds = sim.add_practice(doc["spec"]["practiceId"], "Dentrix")
-    probe, metrics_port = testenv.free_port(), testenv.free_port()
+    probe, metrics_port, wb_port = testenv.free_port(), testenv.free_port(), testenv.free_port()
+    token = "command-test-token-0123456789"
     with sim.serve_in_thread():
         doc["metadata"]["namespace"] = kube_namespace
         doc["spec"]["pms"]["url"] = sim.base_url("Dentrix")
@@ -80,8 +92,10 @@ def test_pmsctl_operator_makes_a_practice_ready_and_serves_probes_and_metrics(
                 "--log-format", "json",
                 "--probe-port", str(probe),
                 "--metrics-port", str(metrics_port),
+                "--writeback-port", str(wb_port),
+                "--writeback-db", str(tmp_path / "writebacks.db"),
             ],
-            env=kube.environ({"PYTHONPATH": str(testenv.REPO)}),
+            env=kube.environ({"PYTHONPATH": str(testenv.REPO), "PMSCTL_WRITEBACK_TOKEN": token}),
             stdout=log,
             stderr=subprocess.STDOUT,
             text=True,
@@ -120,6 +134,26 @@ def test_pmsctl_operator_makes_a_practice_ready_and_serves_probes_and_metrics(
             assert 'pmsctl_reconciles_total{result="ok"}' in text
             assert 'pmsctl_pollers_running{kind="appointmentStatus"} 1.0' in text
             assert "pmsctl_events_emitted_total" in text
+            # The writeback API is served by the operator process too.
+            wb = {
+                "callerId": "call-cmd-1",
+                "type": "missedCall",
+                "patientId": "5",
+                "occurredAt": "2026-11-26T09:15:00Z",
+                "text": "missed call from the patient",
+            }
+            status, answer = _post(
+                f"http://127.0.0.1:{wb_port}/v1/practices/{doc['spec']['practiceId']}/writebacks",
+                wb,
+                token,
+            )
+            assert status == 202 and answer["status"] == "pending", answer
+            notes = _wait(
+                lambda: sim.notes(doc["spec"]["practiceId"]), 15, "the note in the PMS", proc
+            )
+            assert [n["writeback_id"] for n in notes] == [answer["id"]]
+            assert notes[0]["kind"] == "missedCall" and notes[0]["provider_id"] == "DDS1"
+            assert (tmp_path / "writebacks.db").exists()
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -132,6 +166,7 @@ def test_pmsctl_operator_makes_a_practice_ready_and_serves_probes_and_metrics(
         lines = (tmp_path / "operator.log").read_text().splitlines()
         assert any(line.startswith("{") and json.loads(line).get("message") for line in lines)
         assert creds[next(iter(creds))] not in "\n".join(lines)  # the token never reaches the log
+        assert token not in "\n".join(lines)
     sim.close()
 
 
@@ -150,6 +185,7 @@ def test_deploy_manifests_pass_a_server_side_dry_run(
         "clusterrole.rbac.authorization.k8s.io/pmsctl-operator",
         "persistentvolumeclaim/pmsctl-state",
         "deployment.apps/pmsctl-operator",
+        "service/pmsctl-writeback",
     ):
         assert kind in out, out
 
@@ -165,3 +201,15 @@ def test_operator_flags_are_checked_before_connecting(tmp_path: Path) -> None:
         "--selector: 'tier in (a': only key=value, key!=value, key and !key are supported"
         in result.stderr
     )
+
+
+def test_operator_refuses_to_start_a_writeback_api_without_a_token(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PMSCTL_WRITEBACK")}
+    result = subprocess.run(
+        [sys.executable, "-m", "reconciler", "--sink", "file:x", "--writeback-port", "18081"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+        env=dict(env, PYTHONPATH=str(testenv.REPO)),
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "the writeback API (--writeback-port 18081) needs a token" in result.stderr
+    assert "PMSCTL_WRITEBACK_TOKEN_FILE" in result.stderr and "--writeback-port 0" in result.stderr

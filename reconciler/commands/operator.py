@@ -5,9 +5,12 @@
 
 Flags have environment fallbacks (PMSCTL_NAMESPACES comma-separated, PMSCTL_SELECTOR,
 PMSCTL_SINK, PMSCTL_STATE_DB, PMSCTL_LOG_FORMAT, PMSCTL_LOG_LEVEL, PMSCTL_PROBE_PORT,
-PMSCTL_METRICS_PORT, PMSCTL_DRIFT_INTERVAL, PMSCTL_STATUS_INTERVAL) so the Deployment can set them.
-Liveness and readiness are Kopf's probe endpoint (`/healthz` on --probe-port); metrics are
-Prometheus text on --metrics-port.
+PMSCTL_METRICS_PORT, PMSCTL_DRIFT_INTERVAL, PMSCTL_STATUS_INTERVAL, PMSCTL_WRITEBACK_PORT,
+PMSCTL_WRITEBACK_DB) so the Deployment can set them. Liveness and readiness are Kopf's probe
+endpoint (`/healthz` on --probe-port); metrics are Prometheus text on --metrics-port.
+The writeback API (`reconciler.writeback.service`, docs/writeback.md) is served on
+--writeback-port (0: off) with the bearer token from $PMSCTL_WRITEBACK_TOKEN or the file named
+by $PMSCTL_WRITEBACK_TOKEN_FILE; without one the command refuses to start (exit 2).
 """
 
 from __future__ import annotations
@@ -96,6 +99,21 @@ def register(sub: Any) -> None:
         metavar="SECONDS",
         help="write poller counters to status at most this often (default 10)",
     )
+    p.add_argument(
+        "--writeback-port",
+        type=int,
+        default=int(_env("PMSCTL_WRITEBACK_PORT", "8081") or 0),
+        metavar="PORT",
+        help="serve the writeback API on :PORT (default 8081; 0: off). Needs a token: "
+        "$PMSCTL_WRITEBACK_TOKEN or $PMSCTL_WRITEBACK_TOKEN_FILE",
+    )
+    p.add_argument(
+        "--writeback-db",
+        default=None,
+        metavar="PATH",
+        help="SQLite queue of accepted writebacks (put it on a persistent volume; "
+        "default: $PMSCTL_WRITEBACK_DB or .pmsctl/writebacks.db)",
+    )
     p.set_defaults(func=run)
 
 
@@ -115,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         labels = parse_selector(args.selector)
         sink = sink_from_url(args.sink)
+        token = _writeback_token(args.writeback_port)
     except ValueError as exc:
         print(f"pmsctl operator: {exc}", file=sys.stderr)
         return 2
@@ -146,6 +165,11 @@ def run(args: argparse.Namespace) -> int:
     if args.metrics_port:
         metrics.serve(args.metrics_port)
     memo = kopf.Memo(engine=engine, writer=writer, connection=connection_info(api))
+    if token is not None:
+        from reconciler.writeback.service import WritebackService, default_db_path
+
+        memo.writebacks = WritebackService(engine, args.writeback_db or default_db_path(), token)
+        memo.writeback_listen = ("0.0.0.0", args.writeback_port)
     asyncio.run(
         kopf.operator(
             registry=build_registry(labels=labels),
@@ -159,3 +183,22 @@ def run(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _writeback_token(port: int) -> str | None:
+    """The writeback API's bearer token when the API is on (port != 0); ValueError saying how
+    to configure one (or turn the API off) when there is none."""
+    if port < 0 or port > 65535:
+        raise ValueError(f"--writeback-port: {port} is not a port (0..65535; 0 turns it off)")
+    if port == 0:
+        return None
+    from reconciler.writeback.errors import WritebackConfigError
+    from reconciler.writeback.service import load_token
+
+    try:
+        return load_token()
+    except WritebackConfigError as exc:
+        raise ValueError(
+            f"the writeback API (--writeback-port {port}) needs a token: {exc}; "
+            "or run with --writeback-port 0 to serve no writeback API"
+        ) from exc
