@@ -213,3 +213,110 @@ def test_operator_refuses_to_start_a_writeback_api_without_a_token(tmp_path: Pat
     assert result.returncode == 2, result.stderr
     assert "the writeback API (--writeback-port 18081) needs a token" in result.stderr
     assert "PMSCTL_WRITEBACK_TOKEN_FILE" in result.stderr and "--writeback-port 0" in result.stderr
+
+
+def test_operator_killed_mid_drain_and_restarted_loses_and_doubles_no_writeback(
+    kube: testenv.Cluster, crd_installed: list[str], kube_namespace: str, tmp_path: Path
+) -> None:
+    """`pmsctl operator` is killed with SIGKILL while it delivers notes to an Open Dental
+    practice whose writes fail 40% of the time (the simulator's fault settings) and are slow,
+    then started again on the same queue file: every note is in the PMS exactly once, in order
+    per patient, and status.writebacks says so."""
+    doc = yaml.safe_load((testenv.REPO / "practices" / "opendental-bright-smiles.yaml").read_text())
+    pid = doc["spec"]["practiceId"]
+    sim = Simulator(rate_limit_per_second=1000, burst=1000)
+    creds = sim.add_practice(pid, "OpenDental")
+    token = "kill-test-token-0123456789abcdef"
+    wb_port = testenv.free_port()
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(n: int) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "reconciler",
+                "--namespace", kube_namespace,
+                "--sink", f"file:{tmp_path / 'events.jsonl'}",
+                "--state-db", str(tmp_path / "state.db"),
+                "--writeback-db", str(tmp_path / "writebacks.db"),
+                "--writeback-port", str(wb_port),
+                "--probe-port", "0", "--metrics-port", "0", "--status-interval", "1",
+            ],
+            env=kube.environ({"PYTHONPATH": str(testenv.REPO), "PMSCTL_WRITEBACK_TOKEN": token}),
+            stdout=(tmp_path / f"operator{n}.log").open("w"),
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=tmp_path,
+        )  # fmt: skip
+        procs.append(proc)
+        return proc
+
+    def status() -> dict[str, Any]:
+        out = kube.kubectl("get", "pwb", "bright-smiles", "-n", kube_namespace, "-o", "json")
+        return dict(json.loads(out.stdout).get("status") or {})
+
+    url = f"http://127.0.0.1:{wb_port}/v1/practices/{pid}/writebacks"
+    with sim.serve_in_thread():
+        doc["metadata"]["namespace"] = kube_namespace
+        doc["spec"]["pms"]["url"] = sim.base_url("OpenDental")
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": doc["spec"]["pms"]["credentialsSecretRef"]["name"],
+                "namespace": kube_namespace,
+            },
+            "stringData": creds,
+        }
+        kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([secret, doc]))
+        try:
+            first = start(1)
+            _wait(
+                lambda: any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in status().get("conditions", [])
+                ),
+                30,
+                "Ready",
+                first,
+            )
+            sim.set_faults(pid, write_error_rate=0.4, status=500, latency_ms=40)
+            posted: list[tuple[str, str]] = []
+            for n in range(16):
+                patient = str(2 + n % 3)
+                body = {
+                    "callerId": f"kill-{n}",
+                    "type": "outgoingSms",
+                    "patientId": patient,
+                    "occurredAt": "2026-11-26T09:15:00Z",
+                    "text": f"message {n}",
+                }
+                code, answer = _post(url, body, token)
+                assert code == 202 and answer["status"] == "pending", answer
+                posted.append((answer["id"], patient))
+            _wait(lambda: len(sim.notes(pid)) >= 4, 15, "some notes in the PMS", first)
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+            assert len(sim.notes(pid)) < len(posted), "the drain finished before the kill"
+
+            sim.set_faults(pid)  # the PMS takes writes again
+            second = start(2)
+            want = {"sent": len(posted), "skipped": 0, "pending": 0, "failed": 0}
+            _wait(lambda: status().get("writebacks") == want, 25, f"writebacks {want}", second)
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+                    try:
+                        proc.wait(20)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+        notes = sim.notes(pid)
+        written = [n["writeback_id"] for n in notes]
+        assert len(written) == len(set(written)), "a writeback was written twice"
+        assert set(written) == {w for w, _ in posted}, "a writeback was lost"
+        for patient in {p for _, p in posted}:
+            want_order = [w for w, p in posted if p == patient]
+            assert [n["writeback_id"] for n in notes if n["patient_id"] == patient] == want_order
+        assert procs[-1].returncode == 0, (tmp_path / "operator2.log").read_text()[-3000:]
+    sim.close()
