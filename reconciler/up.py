@@ -655,13 +655,11 @@ class LocalRunner:
         watcher: FolderWatcher,
         display: Display,
         sim: SimulatedPms | None,
-        writebacks: WritebackService | None = None,
     ) -> None:
         self.engine = engine
         self.watcher = watcher
         self.display = display
         self.sim = sim
-        self.writebacks = writebacks
         self.applied: dict[str, Applied] = {}
         self.problems: dict[str, tuple[str, ...]] = {}
         self.files: set[str] = set()
@@ -710,11 +708,7 @@ class LocalRunner:
         return rows, statuses
 
     def show(self) -> None:
-        """Report writeback counters to the engine, then show the current statuses."""
-        if self.writebacks is not None:
-            for entry in self.applied.values():
-                pid = entry.practice.spec.practice_id
-                self.engine.record_writebacks(pid, self.writebacks.counts(pid))
+        """Show the current statuses."""
         rows, statuses = self.rows()
         kept: dict[str, list[str]] = {}
         shown = display_names(self.applied)
@@ -881,8 +875,10 @@ async def run_up(options: UpOptions, out: TextIO | None = None) -> int:
                     token, token_from = writeback_token(options.state_dir, os.environ)
                     service = WritebackService(engine, options.state_dir / "writebacks.db", token)
                     url = await service.start("127.0.0.1", free_or_zero(options.writeback_port))
+                    # The same feed the operator uses: counters reach status every status_interval.
+                    engine.watch_writebacks(service.counts)
                     _info(f"writeback API on {url} (bearer token: {token_from})")
-                runner = LocalRunner(engine, FolderWatcher(options.path), display, sim, service)
+                runner = LocalRunner(engine, FolderWatcher(options.path), display, sim)
                 await runner.sync_folder()
                 if not runner.files:
                     _info(f"no *.yaml or *.yml files in {options.path} (yet)")
@@ -892,6 +888,7 @@ async def run_up(options: UpOptions, out: TextIO | None = None) -> int:
                     await _watch(runner, stop, options.scan_seconds)
             finally:
                 if service is not None:
+                    engine.watch_writebacks(None)
                     await service.stop()
                 await engine.stop()
     finally:
