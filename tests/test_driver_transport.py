@@ -1,7 +1,8 @@
 """The per-practice client's token bucket and the one retry loop.
 
 Real: an aiohttp app on a loopback port answers the requests, httpx sends them through
-`RateLimitedTransport`, and time is the real monotonic clock (the waits are a few hundred ms).
+`RateLimitedTransport` and the aiohttp-backed `AiohttpTransport` under it (slow answers, gzip,
+and a server hanging up mid-answer are all produced for real), and time is the real monotonic clock (the waits are a few hundred ms).
 The retry schedule tests inject `sleep` and `rng` so the exact waits can be asserted; nothing
 else is faked.
 """
@@ -9,6 +10,8 @@ else is faked.
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -24,7 +27,14 @@ from pms_drivers.errors import (
     TemporaryPmsError,
 )
 from pms_drivers.retry import RetryPolicy, with_retry
-from pms_drivers.transport import TokenBucket, bucket_of, new_client, parse_retry_after
+from pms_drivers.transport import (
+    AiohttpTransport,
+    RateLimitedTransport,
+    TokenBucket,
+    bucket_of,
+    new_client,
+    parse_retry_after,
+)
 
 
 @pytest.fixture
@@ -234,3 +244,151 @@ async def test_transport_errors_become_temporary_through_the_driver_wire() -> No
     assert isinstance(caught.value.__cause__, httpx.ConnectError)
     assert "s3cret" not in str(caught.value)
     assert "OpenDental list providers" in str(caught.value)
+
+
+# ----- the aiohttp-backed network transport under every `new_client` ---------------------------
+
+
+@pytest.fixture
+async def wire_app() -> AsyncIterator[tuple[str, list[tuple[str, int]]]]:
+    """A loopback server that records each request's client port and answers the shapes the
+    transport must carry: echo (method, path, raw query, headers, body), gzip, slow, hang-up."""
+    peers: list[tuple[str, int]] = []
+
+    async def echo(request: web.Request) -> web.Response:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        peers.append((request.path, peer[1] if peer else -1))
+        return web.json_response(
+            {
+                "method": request.method,
+                "query": request.rel_url.raw_query_string,
+                "auth": request.headers.get("Authorization"),
+                "body": (await request.read()).decode(),
+            },
+            headers={"X-Twice": "a"},
+        )
+
+    async def gz(request: web.Request) -> web.Response:
+        body = gzip.compress(json.dumps({"items": list(range(50))}).encode())
+        return web.Response(
+            body=body, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        )
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(2)
+        return web.json_response({})
+
+    async def hang_up(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": "1000"})
+        await response.prepare(request)
+        await response.write(b"{")
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    app = web.Application()
+    app.router.add_route("*", "/echo", echo)
+    app.router.add_get("/gz", gz)
+    app.router.add_get("/slow", slow)
+    app.router.add_get("/hang-up", hang_up)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}", peers
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_network_transport_carries_method_query_headers_and_body_unchanged(
+    wire_app: tuple[str, list[tuple[str, int]]],
+) -> None:
+    url, _ = wire_app
+    async with new_client(url, timeout=5, rate_per_second=0, burst=1) as client:
+        response = await client.post(
+            "/echo",
+            params={"since": "a+b/c=d", "limit": 2},
+            headers={"Authorization": "Bearer t0k3n"},
+            json={"note": "héllo"},
+        )
+    assert response.status_code == 200
+    assert response.reason_phrase == "OK"
+    body = response.json()
+    assert body["method"] == "POST"
+    # The query arrives exactly as httpx encoded it (aiohttp must not re-encode or decode it).
+    assert body["query"] == response.request.url.query.decode()
+    assert body["query"].startswith("since=a%2Bb") and body["query"].endswith("&limit=2")
+    assert body["auth"] == "Bearer t0k3n"
+    assert json.loads(body["body"]) == {"note": "héllo"}
+    assert response.headers["X-Twice"] == "a"
+    assert response.request.url.path == "/echo"
+
+
+async def test_the_network_transport_reuses_one_connection_for_sequential_requests(
+    wire_app: tuple[str, list[tuple[str, int]]],
+) -> None:
+    url, peers = wire_app
+    async with new_client(url, timeout=5, rate_per_second=0, burst=1) as client:
+        for _ in range(5):
+            assert (await client.get("/echo")).status_code == 200
+    assert len(peers) == 5
+    assert len({port for _, port in peers}) == 1
+
+
+async def test_a_gzip_answer_is_decoded_once(
+    wire_app: tuple[str, list[tuple[str, int]]],
+) -> None:
+    url, _ = wire_app
+    async with new_client(url, timeout=5, rate_per_second=0, burst=1) as client:
+        response = await client.get("/gz")
+    assert response.json() == {"items": list(range(50))}
+
+
+async def test_a_slow_answer_is_httpx_read_timeout_and_a_temporary_error_through_the_wire(
+    wire_app: tuple[str, list[tuple[str, int]]],
+) -> None:
+    from pms_drivers.wire import call
+
+    url, _ = wire_app
+    async with new_client(url, timeout=0.3, rate_per_second=0, burst=1) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.get("/slow")
+        with pytest.raises(TemporaryPmsError, match=r"timed out after 0\.3s") as caught:
+            await call(client, "GET", "/slow", pms="Dentrix", operation="read", headers={})
+    assert isinstance(caught.value.__cause__, httpx.ReadTimeout)
+
+
+async def test_a_connection_dropped_mid_answer_is_an_httpx_transport_error(
+    wire_app: tuple[str, list[tuple[str, int]]],
+) -> None:
+    url, _ = wire_app
+    async with new_client(url, timeout=5, rate_per_second=0, burst=1) as client:
+        with pytest.raises(httpx.TransportError) as caught:
+            await client.get("/hang-up")
+        assert isinstance(caught.value, (httpx.RemoteProtocolError, httpx.ReadError))
+        # The client stays usable: the next request opens a fresh connection.
+        assert (await client.get("/echo")).status_code == 200
+
+
+async def test_a_refused_connection_is_httpx_connect_error_through_new_client() -> None:
+    async with new_client("http://127.0.0.1:9", timeout=2, rate_per_second=0, burst=1) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get("/anything")
+
+
+async def test_closing_the_client_closes_its_connections(
+    wire_app: tuple[str, list[tuple[str, int]]],
+) -> None:
+    url, _ = wire_app
+    client = new_client(url, timeout=5, rate_per_second=0, burst=1)
+    assert (await client.get("/echo")).status_code == 200
+    transport = client._transport
+    assert isinstance(transport, RateLimitedTransport)
+    inner = transport._inner
+    assert isinstance(inner, AiohttpTransport)
+    session = inner._session
+    assert session is not None and not session.closed
+    await client.aclose()
+    assert session.closed
