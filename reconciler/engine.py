@@ -88,6 +88,12 @@ log = logging.getLogger(__name__)
 DRIFT = "drift"
 #: Practices whose status is recomputed per event-loop pass when the status writer flushes.
 FLUSH_SLICE = 100
+#: The driver operation each sync kind polls (the `operation` label of the PMS call metrics).
+_POLL_OPERATION = {
+    SyncKind.APPOINTMENT_STATUS: "appointment_status_since",
+    SyncKind.APPOINTMENTS: "appointments_since",
+    SyncKind.PATIENTS: "patients_since",
+}
 
 
 class EngineError(Exception):
@@ -549,11 +555,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         started = loop.time()
         events: list[CloudEvent]
-        op = {
-            SyncKind.APPOINTMENT_STATUS: "appointment_status_since",
-            SyncKind.APPOINTMENTS: "appointments_since",
-            SyncKind.PATIENTS: "patients_since",
-        }[kind]
+        op = _POLL_OPERATION[kind]
         try:
             if kind == SyncKind.APPOINTMENT_STATUS:
                 sp = await driver.appointment_status_since(cursor)
