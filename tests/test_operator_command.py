@@ -93,6 +93,8 @@ def test_pmsctl_operator_makes_a_practice_ready_and_serves_probes_and_metrics(
                 "--probe-port", str(probe),
                 "--metrics-port", str(metrics_port),
                 "--writeback-port", str(wb_port),
+                # The first polls run at once, not spread over their interval (up to 60 s here).
+                "--first-poll-jitter", "0",
                 "--writeback-db", str(tmp_path / "writebacks.db"),
             ],
             env=kube.environ({"PYTHONPATH": str(testenv.REPO), "PMSCTL_WRITEBACK_TOKEN": token}),
@@ -126,7 +128,7 @@ def test_pmsctl_operator_makes_a_practice_ready_and_serves_probes_and_metrics(
             assert json.loads(body)["practices"] == 1
             _wait(
                 lambda: events.exists() and events.stat().st_size > 0,
-                15,
+                30,
                 "events in the sink",
                 proc,
             )

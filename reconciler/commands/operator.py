@@ -100,6 +100,14 @@ def register(sub: Any) -> None:
         help="write poller counters to status at most this often (default 10)",
     )
     p.add_argument(
+        "--first-poll-jitter",
+        type=_fraction,
+        default=_env("PMSCTL_FIRST_POLL_JITTER", "1") or "1",
+        metavar="FRACTION",
+        help="spread each new poller's first run over U(0, FRACTION x interval), at most 30 s, "
+        "so a restart does not poll every practice at once (0..1, default 1; 0: at once)",
+    )
+    p.add_argument(
         "--writeback-port",
         type=int,
         default=int(_env("PMSCTL_WRITEBACK_PORT", "8081") or 0),
@@ -158,7 +166,9 @@ def run(args: argparse.Namespace) -> int:
         store=SqliteCursorStore(args.state_db),
         secrets=KubeSecrets(api),
         settings=EngineSettings(
-            drift_interval=args.drift_interval, status_interval=args.status_interval
+            drift_interval=args.drift_interval,
+            status_interval=args.status_interval,
+            first_poll_jitter=args.first_poll_jitter,
         ),
         on_status=writer,
     )
@@ -183,6 +193,17 @@ def run(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _fraction(text: str) -> float:
+    """argparse type for a number in 0..1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (use 0..1)") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is outside 0..1")
+    return value
 
 
 def _writeback_token(port: int) -> str | None:
