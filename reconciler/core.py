@@ -79,6 +79,8 @@ class Reason(StrEnum):
     READY = "Ready"
     RECONCILED = "ReconcileSucceeded"
     RECONCILE_FAILED = "ReconcileFailed"
+    #: Another resource already manages this spec.practiceId; this one does nothing.
+    DUPLICATE_PRACTICE_ID = "DuplicatePracticeId"
     # Suspended
     SUSPENDED = "Suspended"
     NOT_SUSPENDED = "NotSuspended"
@@ -243,6 +245,9 @@ class Observed:
     writebacks: Mapping[str, int] = field(default_factory=dict)
     #: Consecutive poll failures before PollersRunning turns False.
     failure_threshold: int = 3
+    #: "namespace/name" of the resource that manages the same practiceId (it came first); this
+    #: one then contacts no PMS, runs no poller and takes no writeback.
+    duplicate_of: str | None = None
 
 
 @dataclass(frozen=True)
@@ -552,6 +557,8 @@ def decide(spec: PracticeSpec, obs: Observed) -> Decision:
     ):
         # Without credentials there is no client to poll with.
         wanted = {}
+    if obs.duplicate_of is not None:
+        wanted = {}
 
     v: dict[ConditionType, _Verdict] = {}
     v[ConditionType.SUSPENDED] = (
@@ -582,17 +589,36 @@ def decide(spec: PracticeSpec, obs: Observed) -> Decision:
     v[ConditionType.PROVIDER_VERIFIED], provider = _check_provider(spec, obs)
     v[ConditionType.NOTE_TYPES_RESOLVED], notes = _resolve_note_types(spec, obs)
     v[ConditionType.DOCUMENT_TYPES_RESOLVED], docs = _resolve_documents(spec, obs)
-    v[ConditionType.POLLERS_RUNNING] = (
-        _not_checked(obs, "the pollers")
-        if obs.reach_error is not None and not wanted and not spec.suspend and spec.enabled_sync()
-        else _check_pollers(spec, obs, wanted)
-    )
-    v[ConditionType.SYNCED] = (
-        _Verdict("False", Reason.RECONCILE_FAILED, obs.reconcile_error)
-        if obs.reconcile_error
-        else _Verdict("True", Reason.RECONCILED, "the last reconcile succeeded")
-    )
-    v[ConditionType.READY] = _ready(spec, v)
+    if obs.duplicate_of is not None:
+        duplicate = _Verdict(
+            "False",
+            Reason.DUPLICATE_PRACTICE_ID,
+            f"spec.practiceId: '{spec.practice_id}' is already managed by {obs.duplicate_of}, "
+            "which was created first; this resource contacts no PMS, runs no poller and takes "
+            "no writeback. Give it its own practiceId or delete one of the two",
+        )
+        v[ConditionType.POLLERS_RUNNING] = (
+            _check_pollers(spec, obs, wanted)
+            if spec.suspend or not spec.enabled_sync()
+            else _Verdict("False", Reason.DUPLICATE_PRACTICE_ID, duplicate.message)
+        )
+        v[ConditionType.SYNCED] = duplicate
+        v[ConditionType.READY] = duplicate
+    else:
+        v[ConditionType.POLLERS_RUNNING] = (
+            _not_checked(obs, "the pollers")
+            if obs.reach_error is not None
+            and not wanted
+            and not spec.suspend
+            and spec.enabled_sync()
+            else _check_pollers(spec, obs, wanted)
+        )
+        v[ConditionType.SYNCED] = (
+            _Verdict("False", Reason.RECONCILE_FAILED, obs.reconcile_error)
+            if obs.reconcile_error
+            else _Verdict("True", Reason.RECONCILED, "the last reconcile succeeded")
+        )
+        v[ConditionType.READY] = _ready(spec, v)
 
     conditions, transitions = _next_conditions(v, obs)
     provider_ok = v[ConditionType.PROVIDER_VERIFIED].status == "True"

@@ -153,6 +153,11 @@ class _Practice:
     key: str
     spec: PracticeSpec
     generation: int = 1
+    #: metadata.creationTimestamp (RFC 3339, sorts as text): of two resources with the same
+    #: practiceId, the older one manages the practice.
+    created: str = ""
+    #: Key of the resource that manages this practiceId instead of this one (see `apply`).
+    duplicate_of: str | None = None
     token: str | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     publish_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -218,7 +223,10 @@ class Engine:
         self._on_status = on_status
         self._override = connection_override
         self._practices: dict[str, _Practice] = {}
+        #: practiceId -> the key that manages it (the oldest resource claiming it).
         self._by_practice_id: dict[str, str] = {}
+        #: practiceId -> every key whose spec names it (normally one).
+        self._claims: dict[str, set[str]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._flusher: asyncio.Task[None] | None = None
         self._writeback_counts: WritebackCounts | None = None
@@ -277,11 +285,15 @@ class Engine:
         generation: int = 1,
         reconcile_token: str | None = None,
         previous_status: Mapping[str, Any] | None = None,
+        created: str | None = None,
     ) -> PracticeStatus:
         """Reconcile `key` now against `spec`; returns the new status (never raises PmsError).
 
         `previous_status` (the resource's current `status`, optional) keeps lastTransitionTime
-        across operator restarts.
+        across operator restarts. `created` (metadata.creationTimestamp) decides which of two
+        resources naming the same practiceId manages it: the older one (then the smaller key);
+        the other is reported as a duplicate (Ready=False, DuplicatePracticeId) and does nothing
+        until the older one is deleted or renamed, when it takes over by itself.
         """
         p = self._practices.get(key)
         if p is None:
@@ -296,13 +308,15 @@ class Engine:
         async with p.lock:
             p.removed = False
             old_id = p.spec.practice_id
-            if self._by_practice_id.get(old_id) == key and old_id != spec.practice_id:
-                del self._by_practice_id[old_id]
             p.spec = spec
             p.generation = generation
+            if created is not None:
+                p.created = created
             if reconcile_token is not None:
                 p.token = reconcile_token
-            self._by_practice_id[spec.practice_id] = key
+            if old_id != spec.practice_id:
+                self._release(old_id, key)
+            self._claim(spec.practice_id, key)
             await self._reconcile(p)
             assert p.decision is not None
             return p.decision.status
@@ -328,8 +342,7 @@ class Engine:
             await self.scheduler.stop_practice(key)
             await self._close_client(p)
             self._practices.pop(key, None)
-            if self._by_practice_id.get(p.spec.practice_id) == key:
-                del self._by_practice_id[p.spec.practice_id]
+            self._release(p.spec.practice_id, key)
         metrics.PRACTICES.set(len(self._practices))
         self._count_pollers()
 
@@ -389,6 +402,39 @@ class Engine:
             driver=p.driver,
         )
 
+    # ----- one resource per practiceId ------------------------------------------------------
+
+    def _claim(self, practice_id: str, key: str) -> None:
+        self._claims.setdefault(practice_id, set()).add(key)
+        self._elect(practice_id, key)
+
+    def _release(self, practice_id: str, key: str) -> None:
+        claims = self._claims.get(practice_id)
+        if claims is not None:
+            claims.discard(key)
+            if not claims:
+                del self._claims[practice_id]
+        self._elect(practice_id, key)
+
+    def _elect(self, practice_id: str, caller: str) -> None:
+        """Make the oldest claimant of `practice_id` its manager and mark the others duplicates;
+        a practice other than `caller` whose role changed is reconciled in the background (the
+        caller reconciles itself)."""
+        claimants = [
+            self._practices[k] for k in self._claims.get(practice_id, ()) if k in self._practices
+        ]
+        if not claimants:
+            self._by_practice_id.pop(practice_id, None)
+            return
+        winner = min(claimants, key=lambda c: (c.created or "~", c.key))
+        self._by_practice_id[practice_id] = winner.key
+        for c in claimants:
+            role = None if c is winner else winner.key
+            if role != c.duplicate_of:
+                c.duplicate_of = role
+                if c.key != caller:
+                    self._spawn(self.refresh(c.key))
+
     # ----- reconcile -------------------------------------------------------------------------
 
     async def _connection(self, p: _Practice) -> tuple[str, Credentials]:
@@ -403,6 +449,18 @@ class Engine:
         """One reconcile of `p` (caller holds p.lock)."""
         spec = p.spec
         p.last_error = None
+        if p.duplicate_of is not None:
+            # Another resource manages this practice: contact nothing, hold no client.
+            await self._close_client(p)
+            p.pms_identity = None
+            p.providers = p.note_types = p.document_categories = None
+            p.pms_version, p.checked_at = None, None
+            p.reach_error = p.reconcile_error = None
+            metrics.RECONCILES.labels("error").inc()
+            decision = self._decide(p)
+            await self._apply_pollers(p, decision)
+            await self._publish(p, self._decide(p), force=True)
+            return
         try:
             conn = await self._connection(p)
             shape = (str(spec.pms.type), spec.pms.timeout_seconds)
@@ -498,6 +556,7 @@ class Engine:
                 reconcile_token=p.token,
                 writebacks=p.writebacks,
                 failure_threshold=self.settings.failure_threshold,
+                duplicate_of=p.duplicate_of,
             ),
         )
 
@@ -506,6 +565,10 @@ class Engine:
         wanted = {str(k): v for k, v in decision.pollers.items()}
         if p.driver is None:
             wanted = {}
+        if p.duplicate_of is not None:
+            await self.scheduler.stop_practice(key)
+            self._count_pollers()
+            return
         for kind in self.scheduler.kinds(key):
             if kind != DRIFT and kind not in wanted:
                 await self.scheduler.stop(key, kind)

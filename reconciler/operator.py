@@ -156,6 +156,7 @@ async def _reconcile(body: kopf.Body, memo: kopf.Memo) -> None:
         generation=int(meta.get("generation") or 1),
         reconcile_token=token,
         previous_status=body.get("status") or None,
+        created=meta.get("creationTimestamp") or None,
     )
     _raise_for(memo.engine.last_error(key))
 

@@ -229,6 +229,21 @@ def test_missing_secret_means_no_pollers_and_says_so() -> None:
     assert cond(d, ConditionType.READY).reason == Reason.SECRET_NOT_FOUND
 
 
+def test_a_duplicate_practice_id_means_no_pollers_and_names_the_resource_that_has_it() -> None:
+    d = decide(od_spec(), Observed(now=NOW, duplicate_of="clinic-a/acme"))
+    assert d.pollers == {}
+    for ctype in (ConditionType.READY, ConditionType.SYNCED, ConditionType.POLLERS_RUNNING):
+        c = cond(d, ctype)
+        assert (c.status, c.reason) == ("False", Reason.DUPLICATE_PRACTICE_ID), ctype
+    msg = cond(d, ConditionType.READY).message
+    assert "spec.practiceId: 'acme-smiles' is already managed by clinic-a/acme" in msg
+    assert cond(d, ConditionType.PMS_REACHABLE).reason == Reason.NOT_CHECKED
+    # Suspended too: still not Ready for the duplicate's reason, the more urgent fix.
+    d = decide(od_spec(suspend=True), Observed(now=NOW, duplicate_of="clinic-a/acme"))
+    assert cond(d, ConditionType.READY).reason == Reason.DUPLICATE_PRACTICE_ID
+    assert cond(d, ConditionType.POLLERS_RUNNING).reason == Reason.POLLERS_STOPPED
+
+
 def test_suspend_stops_every_poller_and_says_how_to_resume() -> None:
     d = decide(od_spec(suspend=True), seen(pollers={}))
     assert d.pollers == {}
