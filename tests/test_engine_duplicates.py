@@ -95,8 +95,10 @@ async def test_an_older_resource_arriving_later_takes_over_and_the_newer_one_sto
         older = await engine.apply("clinic-a/acme", spec_for(sim), created=OLDER)
         assert cond(older, ConditionType.READY)[0] == "True"
         await wait_until(
-            lambda: cond(engine.status("clinic-b/acme-copy"), ConditionType.READY)[1]
-            == Reason.DUPLICATE_PRACTICE_ID
+            lambda: (
+                cond(engine.status("clinic-b/acme-copy"), ConditionType.READY)[1]
+                == Reason.DUPLICATE_PRACTICE_ID
+            )
         )
         assert engine.scheduler.kinds("clinic-b/acme-copy") == {}
         assert engine.target("acme").key == "clinic-a/acme"  # type: ignore[union-attr]

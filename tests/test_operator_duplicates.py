@@ -29,8 +29,9 @@ async def test_a_second_resource_for_the_same_practice_is_refused_until_the_firs
         c = await env.wait_condition(
             "lakeside-dental-copy", "Ready", "False", reason="DuplicatePracticeId"
         )
-        assert f"is already managed by {env.ns}/lakeside-dental, which was created first" in (
-            c["message"]
+        assert (
+            f"is already managed by {env.ns}/lakeside-dental, which was created first"
+            in (c["message"])
         )
         assert op.engine.scheduler.kinds(f"{env.ns}/lakeside-dental-copy") == {}
         assert (await env.condition("lakeside-dental", "Ready") or {})["status"] == "True"
