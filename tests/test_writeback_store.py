@@ -124,3 +124,83 @@ def test_a_queue_file_that_cannot_be_created_is_named_in_the_error(tmp_path: Pat
     blocker.write_text("x")
     with pytest.raises(StoreError, match=r"file/q\.db: cannot open the writeback queue"):
         ops.connect(blocker / "q.db")
+
+
+async def test_grouped_inserts_answer_like_single_ones_and_store_rows_in_arrival_order(
+    tmp_path: Path,
+) -> None:
+    """`Insert` ops of one group commit go in one statement (insert_many): new ones get the seq
+    they were stored under, a caller id already stored or used earlier in the same commit is a
+    replay, and the rows land in the order the requests arrived."""
+    store = Store(tmp_path / "q.db")
+    store.open()
+    try:
+        (old, _) = await store.run(ops.Insert(request("old"), Status.PENDING, 1.0))
+        statements: list[str] = []
+        assert store._conn is not None
+        store._conn.set_trace_callback(statements.append)
+        results = await asyncio.gather(
+            store.run(ops.Insert(request("a"), Status.PENDING, 2.0, target_type_id="11")),
+            store.run(ops.Insert(request("old", text="changed"), Status.PENDING, 2.0)),
+            store.run(
+                ops.Insert(
+                    request("b", practice="p2"),
+                    Status.SKIPPED,
+                    2.0,
+                    reason="NotAllowed",
+                    message="off",
+                )
+            ),
+            store.run(ops.Insert(request("a", text="again"), Status.PENDING, 2.0)),
+            store.run(ops.Insert(request("c"), Status.PENDING, 2.0)),
+        )
+        assert store.commits == 2  # the first insert, then the other five in one commit
+        inserts = [s for s in statements if s.startswith("INSERT")]
+        assert len(inserts) == 1 and len(statements) == 4, statements  # BEGIN SELECT INSERT COMMIT
+        created = [(r.request.caller_id, was_new) for r, was_new in results]
+        assert created == [("a", True), ("old", False), ("b", True), ("a", False), ("c", True)]
+        assert (
+            results[1][0].fingerprint
+            == old.fingerprint
+            != request("old", "p1", "changed").fingerprint()
+        )
+        assert results[3][0].fingerprint != request("a", text="again").fingerprint()
+        rows = store.read(lambda c: ops.list_records(c))
+        new = [(results[k][0].seq, name) for k, name in ((0, "a"), (2, "b"), (4, "c"))]
+        assert [(r.seq, r.request.caller_id) for r in rows] == [(old.seq, "old"), *new]
+        assert [r.seq for r in rows] == sorted({r.seq for r in rows})
+        by_id = {r.id: r for r in rows}
+        for record, was_new in results:
+            stored = by_id[record.id]
+            assert (stored.status, stored.reason, stored.target_type_id, stored.created_at) == (
+                record.status, record.reason, record.target_type_id, record.created_at,
+            )  # fmt: skip
+            if was_new:
+                assert stored == record
+    finally:
+        store.close()
+
+
+async def test_a_grouped_insert_that_fails_is_refused_alone(tmp_path: Path) -> None:
+    """A failing op in a batch of Inserts makes the writer rerun the batch op by op: the other
+    inserts are stored, the failing op's caller gets its error."""
+    store = Store(tmp_path / "q.db")
+    store.open()
+    try:
+
+        def boom(conn: sqlite3.Connection) -> None:
+            raise RuntimeError("no")
+
+        outcomes = await asyncio.gather(
+            store.run(ops.Insert(request("a"), Status.PENDING, 1.0)),
+            store.run(boom),
+            store.run(ops.Insert(request("b"), Status.PENDING, 1.0)),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[1], RuntimeError)
+        assert [r.request.caller_id for r in store.read(lambda c: ops.list_records(c))] == [
+            "a",
+            "b",
+        ]
+    finally:
+        store.close()

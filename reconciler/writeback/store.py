@@ -13,6 +13,11 @@ the CLI and a running service share the file.
 
 `(practice_id, caller_id)` is unique: `insert` returns the existing record for a replay and never
 makes a second row, so a caller id can never become a second note.
+
+Intake stores through `Insert` ops, which the writer groups: all the `Insert`s of one group
+commit become one SELECT (replays) and one multi-row INSERT, not a statement each. That matters
+more than the SQL itself: every SQLite statement gives up the GIL, and in a process whose other
+threads are busy in Python taking it back costs up to one switch interval.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from reconciler.writeback.errors import StoreError
@@ -208,6 +214,111 @@ def insert(
         provider_id=provider_id,
     )
     return record, True
+
+
+_INSERT_COLUMNS = (
+    "id, practice_id, caller_id, fingerprint, kind, type, patient_id, occurred_at, text, filename,"
+    " content_type, content, status, reason, message, target_type_id, provider_id, created_at,"
+    " updated_at"
+)
+_INSERT_ROW = "(" + ",".join("?" * 19) + ")"
+_GROUP_ROWS = 500  # rows per multi-row statement (19 parameters each; SQLite allows 32,766)
+
+
+@dataclass(frozen=True)
+class Insert:
+    """An `insert()` as a value, so the writer can store a group commit's worth in one statement
+    (`insert_many`). Called as an op on its own, it is exactly `insert()`."""
+
+    request: WritebackRequest
+    status: Status
+    now: float
+    reason: str | None = None
+    message: str | None = None
+    target_type_id: str | None = None
+    provider_id: str | None = None
+
+    def __call__(self, conn: sqlite3.Connection) -> tuple[WritebackRecord, bool]:
+        return insert(
+            conn,
+            self.request,
+            status=self.status,
+            now=self.now,
+            reason=self.reason,
+            message=self.message,
+            target_type_id=self.target_type_id,
+            provider_id=self.provider_id,
+        )
+
+    def record(self, seq: int, fingerprint: str) -> WritebackRecord:
+        """The record this insert stores, as row `seq`."""
+        return WritebackRecord(
+            seq=seq,
+            request=self.request,
+            status=self.status,
+            fingerprint=fingerprint,
+            created_at=self.now,
+            updated_at=self.now,
+            reason=self.reason,
+            message=self.message,
+            target_type_id=self.target_type_id,
+            provider_id=self.provider_id,
+        )
+
+
+def insert_many(
+    conn: sqlite3.Connection, inserts: Sequence[Insert]
+) -> list[tuple[WritebackRecord, bool]]:
+    """`insert()` for each, in order, in a few statements; the same results as one by one.
+
+    A caller id already stored, or used earlier in `inserts`, is a replay: (that record, False).
+    Needs the write lock (inside the writer's transaction): the new rows' seqs are read off
+    `lastrowid`, since the rows of one INSERT take consecutive AUTOINCREMENT values.
+    """
+    wanted = list(dict.fromkeys(ins.request.id for ins in inserts))
+    stored: dict[str, WritebackRecord] = {}
+    for k in range(0, len(wanted), _GROUP_ROWS):
+        ids = wanted[k : k + _GROUP_ROWS]
+        rows = conn.execute(
+            f"SELECT {_WITHOUT_CONTENT} FROM writebacks WHERE id IN ({','.join('?' * len(ids))})",
+            ids,
+        ).fetchall()
+        stored.update((rec.id, rec) for rec in map(_row, rows))
+    fresh: list[Insert] = []  # the first insert of each caller id not stored yet, in order
+    seen = set(stored)
+    for ins in inserts:
+        if ins.request.id not in seen:
+            seen.add(ins.request.id)
+            fresh.append(ins)
+    created: set[str] = set()
+    for k in range(0, len(fresh), _GROUP_ROWS):
+        chunk = fresh[k : k + _GROUP_ROWS]
+        params: list[Any] = []
+        prints: list[str] = []
+        for ins in chunk:
+            r = ins.request
+            fp = r.fingerprint()
+            prints.append(fp)
+            params += (r.id, r.practice_id, r.caller_id, fp, r.kind.value, r.type, r.patient_id,
+                       r.occurred_at, r.text, r.filename, r.content_type, r.content,
+                       ins.status.value, ins.reason, ins.message, ins.target_type_id,
+                       ins.provider_id, ins.now, ins.now)  # fmt: skip
+        cur = conn.execute(
+            f"INSERT INTO writebacks ({_INSERT_COLUMNS}) VALUES "
+            + ",".join([_INSERT_ROW] * len(chunk)),
+            params,
+        )
+        last = cur.lastrowid
+        assert last is not None and cur.rowcount == len(chunk)
+        for n, (ins, fp) in enumerate(zip(chunk, prints, strict=True)):
+            stored[ins.request.id] = ins.record(last - len(chunk) + 1 + n, fp)
+            created.add(ins.request.id)
+    out: list[tuple[WritebackRecord, bool]] = []
+    for ins in inserts:
+        wid = ins.request.id
+        out.append((stored[wid], wid in created))
+        created.discard(wid)  # a later one with the same caller id is a replay of this one
+    return out
 
 
 def get(
@@ -476,9 +587,23 @@ class Store:
         self, conn: sqlite3.Connection, batch: list[_Item], *, isolate: bool
     ) -> list[tuple[asyncio.Future[Any], bool, Any]]:
         results: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        grouped: dict[int, Any] = {}
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for op, fut, _ in batch:
+            inserts = [(k, op) for k, (op, _, _) in enumerate(batch) if isinstance(op, Insert)]
+            if not isolate and len(inserts) > 1:
+                # All of them first, in one statement: they touch only new rows (and replays
+                # read stored ones), so running them ahead of the batch's other ops (updates of
+                # records already committed) changes no op's result.
+                try:
+                    values = insert_many(conn, [op for _, op in inserts])
+                except Exception as exc:
+                    raise _OpFailed from exc
+                grouped = {k: v for (k, _), v in zip(inserts, values, strict=True)}
+            for k, (op, fut, _) in enumerate(batch):
+                if k in grouped:
+                    results.append((fut, True, grouped[k]))
+                    continue
                 if not isolate:
                     try:
                         results.append((fut, True, op(conn)))
