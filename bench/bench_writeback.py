@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 PMS_TYPES = ("OpenDental", "Eaglesoft", "Dentrix")
 PROVIDER = {"OpenDental": "1", "Dentrix": "DDS1", "Eaglesoft": "DCM"}
 TOKEN = "bench-token-0123456789abcdef"
+API_SWITCH_INTERVAL = 0.0005  # reconciler.writeback.service.API_SWITCH_INTERVAL
 KINDS = ("outgoingSms", "incomingSms", "outgoingEmail", "incomingCall", "missedCall")
 
 
@@ -68,7 +69,6 @@ class Directory:
     def __init__(self) -> None:
         self.targets: dict[str, Any] = {}
         self.clients: list[Any] = []
-        self.tls: Any = None
 
     def target(self, practice_id: str) -> Any:
         return self.targets.get(practice_id)
@@ -81,15 +81,8 @@ class Directory:
         from reconciler.writeback.target import WritebackTarget
 
         base = f"{sim_url}/api/v1" if pms == "OpenDental" else f"{sim_url}/bridge/v1"
-        import httpx
-
-        # One TLS context for all practices: building one per client costs ~80 ms of CPU each.
-        if self.tls is None:
-            self.tls = httpx.create_ssl_context()
-        inner = httpx.AsyncHTTPTransport(
-            verify=self.tls, limits=httpx.Limits(max_connections=8, max_keepalive_connections=4)
-        )
-        client = new_client(base, timeout=30.0, rate_per_second=rate, burst=burst, inner=inner)
+        # The engine's client: new_client()'s default transport (AiohttpTransport, shared TLS).
+        client = new_client(base, timeout=30.0, rate_per_second=rate, burst=burst)
         self.clients.append(client)
         driver = create_driver(pms, client, base, Credentials(simulator_credentials(pid, pms)))
         spec = spec_for(pid, pms, sim_url)
@@ -110,8 +103,6 @@ async def serve(args: argparse.Namespace) -> None:
     from reconciler.writeback.delivery import DeliveryPolicy
     from reconciler.writeback.service import WritebackService
 
-    if args.switch_interval:
-        sys.setswitchinterval(args.switch_interval)
     directory = Directory()
     sem = asyncio.Semaphore(32)
 
@@ -130,10 +121,15 @@ async def serve(args: argparse.Namespace) -> None:
         max_concurrent_practices=args.max_concurrent,
         quantum=8,
         not_ready_delay=3600.0 if args.intake_only else 2.0,
-        busy_writes=args.busy_writes,
+        ack_target=args.ack_target,
     )
     service = WritebackService(
-        directory, args.db, TOKEN, policy=policy, synchronous=args.synchronous
+        directory,
+        args.db,
+        TOKEN,
+        policy=policy,
+        synchronous=args.synchronous,
+        switch_interval=args.switch_interval,
     )
     url = await service.start("127.0.0.1", 0)
     import resource
@@ -261,7 +257,7 @@ async def main(args: argparse.Namespace) -> int:
                                    "--max-concurrent", str(args.max_concurrent),
                                    "--synchronous", args.synchronous,
                                    "--switch-interval", str(args.switch_interval),
-                                   "--busy-writes", str(args.busy_writes),
+                                   "--ack-target", str(args.ack_target),
                                    *(["--intake-only"] if args.intake_only else [])])  # fmt: skip
         try:
             t = time.perf_counter()
@@ -378,10 +374,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="measure intake alone: nothing is delivered")  # fmt: skip
     p.add_argument("--synchronous", default="FULL", choices=("FULL", "NORMAL"),
                    help="SQLite synchronous: FULL fsyncs every group commit (the default)")  # fmt: skip
-    p.add_argument("--switch-interval", type=float, default=0.0,
-                   help="sys.setswitchinterval in the service (0: Python's default, 5 ms)")  # fmt: skip
-    p.add_argument("--busy-writes", type=int, default=8,
-                   help="PMS writes at once while intake is busy (DeliveryPolicy.busy_writes)")  # fmt: skip
+    p.add_argument("--switch-interval", type=float, default=API_SWITCH_INTERVAL,
+                   help="the service's switch_interval (0.005: Python's default)")  # fmt: skip
+    p.add_argument("--ack-target", type=float, default=0.010,
+                   help="DeliveryPolicy.ack_target: PMS writes slow down while acks take longer")  # fmt: skip
     p.add_argument("--sim-url")
     p.add_argument("--db")
     p.add_argument("--url-file")

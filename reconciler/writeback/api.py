@@ -138,14 +138,6 @@ class WritebackApi:
 
     async def post(self, request: web.Request) -> web.Response:
         """Take one writeback request: validate, decide, store, then answer."""
-        # The drainer yields to intake while requests are in flight (see DeliveryPolicy).
-        self.drainer.intake_inflight += 1
-        try:
-            return await self._post(request)
-        finally:
-            self.drainer.intake_inflight -= 1
-
-    async def _post(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         practice_id = request.match_info["practiceId"]
         if request.content_length is not None and request.content_length > self.max_body_bytes:
@@ -177,17 +169,16 @@ class WritebackApi:
         decision = decide(req, target)
         t = ops.now()
         if isinstance(decision, Skip):
-            status, extra = Status.SKIPPED, {
-                "reason": decision.reason.value, "message": decision.message,
-            }  # fmt: skip
+            status = Status.SKIPPED
+            insert = ops.Insert(req, status, t, reason=decision.reason.value,
+                                message=decision.message)  # fmt: skip
         else:
-            status, extra = Status.PENDING, {
-                "target_type_id": decision.type_id, "provider_id": decision.provider_id,
-            }  # fmt: skip
+            status = Status.PENDING
+            insert = ops.Insert(req, status, t, target_type_id=decision.type_id,
+                                provider_id=decision.provider_id)  # fmt: skip
         try:
-            record, created = await self.store.run(
-                lambda c: ops.insert(c, req, status=status, now=t, **extra)
-            )
+            # An Insert, not a lambda: the writer stores a group commit's inserts in one statement.
+            record, created = await self.store.run(insert)
         except StoreError as exc:  # not stored, so not accepted: the caller retries
             log.error("writeback intake for %s: %s", practice_id, exc)
             return error(503, "queue_unavailable", "the writeback queue could not store the "
@@ -212,7 +203,9 @@ class WritebackApi:
         if record.reason:
             answer["reason"] = record.reason
             answer["message"] = record.message
-        self.metrics.ack_seconds.observe(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        self.metrics.ack_seconds.observe(took)
+        self.drainer.pacer.ack(took)  # PMS writes give way while acknowledgments are slow
         return ok(202, answer, {"Location": f"/v1/writebacks/{record.id}"})
 
     # --- lookup and retry ---

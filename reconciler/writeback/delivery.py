@@ -44,6 +44,7 @@ from pms_drivers.retry import RetryPolicy, with_retry
 from reconciler.writeback import store as ops
 from reconciler.writeback.metrics import WritebackMetrics
 from reconciler.writeback.model import FailReason, Kind, WritebackRecord
+from reconciler.writeback.pacing import AckPacer
 from reconciler.writeback.store import Store
 from reconciler.writeback.target import PracticeDirectory, WritebackTarget
 
@@ -63,10 +64,11 @@ class DeliveryPolicy:
     not_ready_delay: float = 2.0  # practice suspended or driver not built yet: look again after
     sweep_interval: float = 2.0
     unknown_practice_grace: float = 600.0  # a practice unknown this long: its writebacks fail
-    # Acknowledging comes first: while more than `intake_busy` requests are in flight, at most
-    # `busy_writes` PMS writes start at once.
-    intake_busy: int = 2
-    busy_writes: int = 8
+    # Acknowledging comes first: while requests are arriving, PMS writes start at an adaptive
+    # rate that keeps the slowest acknowledgment per 0.1 s under `ack_target` (see AckPacer).
+    ack_target: float = 0.010
+    busy_write_rate: float = 200.0  # writes/s when a burst of requests begins
+    busy_write_rate_min: float = 5.0
 
     def __post_init__(self) -> None:
         if self.max_concurrent_practices < 1 or self.quantum < 1 or self.max_attempts < 1:
@@ -111,9 +113,12 @@ class Drainer:
         self._stopping = False
         self._missing_since: dict[str, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        #: Intake requests in flight, kept by the API (an int: atomic enough across threads).
-        self.intake_inflight = 0
-        self._busy_gate = asyncio.Semaphore(self.policy.busy_writes)
+        #: The API reports each acknowledgment here (`pacer.ack(seconds)`, from its thread).
+        self.pacer = AckPacer(
+            target=self.policy.ack_target,
+            start_rate=self.policy.busy_write_rate,
+            min_rate=min(self.policy.busy_write_rate_min, self.policy.busy_write_rate),
+        )
 
     # --- lifecycle ---
 
@@ -296,23 +301,10 @@ class Drainer:
             self._missing_since.pop(pid, None)
             if target.spec.suspend or target.driver is None:
                 return ("parked", self.policy.not_ready_delay)
-            parked = await self._deliver_gated(record, target, outstanding)
+            parked = await self._deliver(record, target, outstanding)
             if parked is not None:
                 return ("parked", parked)
         return ("more", 0.0) if len(head) == quantum else ("idle", 0.0)
-
-    async def _deliver_gated(
-        self,
-        record: WritebackRecord,
-        target: WritebackTarget,
-        outstanding: list[asyncio.Future[Any]],
-    ) -> float | None:
-        """Acknowledging comes first (delivery is asynchronous anyway, the 202 is not): while
-        intake is busy, only `busy_writes` PMS writes run at once."""
-        if self.intake_inflight > self.policy.intake_busy:
-            async with self._busy_gate:
-                return await self._deliver(record, target, outstanding)
-        return await self._deliver(record, target, outstanding)
 
     async def _deliver(
         self,
@@ -343,7 +335,7 @@ class Drainer:
         remaining = max(1, policy.max_attempts - attempt + 1)
         retry = replace(policy.retry, max_attempts=min(policy.retry.max_attempts, remaining))
         try:
-            result = await with_retry(lambda: self._write(record, target), policy=retry,
+            result = await with_retry(lambda: self._paced_write(record, target), policy=retry,
                                       on_retry=on_retry)  # fmt: skip
         except PermanentPmsError as exc:
             self.metrics.attempts.labels(pms, "permanent").inc()
@@ -375,6 +367,13 @@ class Drainer:
         self.metrics.delivery_seconds.labels(pms).observe(max(0.0, sent_at - record.created_at))
         self.metrics.queue_depth.dec()
         return None
+
+    async def _paced_write(self, record: WritebackRecord, target: WritebackTarget) -> WriteResult:
+        """`_write`, started when the pacer allows: acknowledging comes first (the 202 is owed
+        now; delivery is asynchronous anyway)."""
+        while (wait := self.pacer.delay()) > 0:
+            await asyncio.sleep(wait)
+        return await self._write(record, target)
 
     async def _write(self, record: WritebackRecord, target: WritebackTarget) -> WriteResult:
         driver = target.driver

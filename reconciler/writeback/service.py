@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,11 @@ from reconciler.writeback.target import PracticeDirectory
 TOKEN_ENV = "PMSCTL_WRITEBACK_TOKEN"
 TOKEN_FILE_ENV = "PMSCTL_WRITEBACK_TOKEN_FILE"
 MIN_TOKEN_CHARS = 16
+#: The interpreter switch interval while the API thread runs (Python's default is 5 ms). Every
+#: SQLite statement and every cross-thread wake-up gives up the GIL; taking it back from a thread
+#: that is busy in Python (the drainer, the engine) waits up to one interval. An acknowledgment
+#: needs about ten of those, so at 5 ms a busy process made the 202 wait 20-250 ms.
+API_SWITCH_INTERVAL = 0.0005
 
 
 def load_token(token: str | None = None, token_file: str | os.PathLike[str] | None = None) -> str:
@@ -100,6 +106,7 @@ class WritebackService:
         registry: CollectorRegistry | None = None,
         synchronous: str = "FULL",
         api_thread: bool = True,
+        switch_interval: float | None = API_SWITCH_INTERVAL,
     ) -> None:
         if not token:
             raise WritebackConfigError("WritebackService needs a token (see load_token())")
@@ -118,6 +125,8 @@ class WritebackService:
         self.app: web.Application = self.api.app()
         self.url: str | None = None
         self._api_thread = api_thread
+        self._switch_interval = switch_interval
+        self._switch_restore: tuple[float, float] | None = None  # (ours, the one before)
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self._thread_box: dict[str, Any] = {}
@@ -129,13 +138,20 @@ class WritebackService:
         With `api_thread` (the default) the API runs on its own thread and event loop, so a
         busy drainer (hundreds of practices' PMS calls on the engine's loop) does not delay
         acknowledgments; the store, the metrics and `directory.target()` are safe to use from it.
+        While it runs, the process's switch interval is at most `switch_interval` (see
+        `API_SWITCH_INTERVAL`; None leaves it alone); `stop()` puts the previous one back.
         """
         self.store.open()
         await self.drainer.start()
         if host is None:
             return None
         if self._api_thread:
-            self.url = await self._serve_in_thread(host, port)
+            self._shorten_switch_interval()
+            try:
+                self.url = await self._serve_in_thread(host, port)
+            except BaseException:
+                self._restore_switch_interval()
+                raise
         else:
             self._runner, self.url = await _serve(self.app, host, port)
         return self.url
@@ -190,6 +206,21 @@ class WritebackService:
             self._thread = None
         await self.drainer.stop(grace)
         self.store.close()
+        self._restore_switch_interval()
+
+    def _shorten_switch_interval(self) -> None:
+        before = sys.getswitchinterval()
+        if self._switch_interval is not None and self._switch_interval < before:
+            sys.setswitchinterval(self._switch_interval)
+            self._switch_restore = (sys.getswitchinterval(), before)
+
+    def _restore_switch_interval(self) -> None:
+        # Only if nobody changed it since (another service in the process may have).
+        if self._switch_restore is not None:
+            ours, before = self._switch_restore
+            if sys.getswitchinterval() == ours:
+                sys.setswitchinterval(before)
+            self._switch_restore = None
 
     def counts(self, practice_id: str) -> dict[str, int]:
         """{sent, skipped, pending, failed} for one practice (one indexed query; cheap)."""
