@@ -204,3 +204,51 @@ async def test_a_grouped_insert_that_fails_is_refused_alone(tmp_path: Path) -> N
         ]
     finally:
         store.close()
+
+
+async def test_grouped_state_changes_end_where_the_same_changes_one_by_one_end(
+    tmp_path: Path,
+) -> None:
+    """The drainer's `Change`s of one group commit are applied with one UPDATE per kind
+    (apply_changes); the records end exactly as when each change is committed on its own."""
+    S, SENT, F, D = (ops.ChangeKind.SENDING, ops.ChangeKind.SENT, ops.ChangeKind.FAILED,
+                     ops.ChangeKind.DEFER)  # fmt: skip
+    a, b, c, d = (request(x) for x in "abcd")
+    changes = [
+        ops.Change(S, a.id, 2.0), ops.Change(S, b.id, 2.0), ops.Change(S, a.id, 2.5),
+        ops.Change(SENT, a.id, 3.0, pms_id="900"), ops.Change(S, c.id, 3.0),
+        ops.Change(F, b.id, 3.0, reason="PmsRejected", message="HTTP 400"),
+        ops.Change(D, c.id, 3.5, message="HTTP 503", until=60.0), ops.Change(S, d.id, 4.0),
+        ops.Change(S, a.id, 5.0),  # a is sent: this one changes nothing
+    ]  # fmt: skip
+    ends = []
+    for grouped in (True, False):
+        store = Store(tmp_path / f"{grouped}.db")
+        store.open()
+        try:
+            for r in (a, b, c, d):
+                await store.run(ops.Insert(r, Status.PENDING, 1.0))
+            statements: list[str] = []
+            assert store._conn is not None
+            store._conn.set_trace_callback(statements.append)
+            if grouped:
+                await asyncio.gather(*(store.run(ch) for ch in changes))
+                assert store.commits == 5
+                updates = [s for s in statements if s.startswith("UPDATE")]
+                grouped_updates = [s for s in updates if "FROM (VALUES" in s]
+                # One per kind, and the `sending` after a's final change on its own.
+                assert (len(grouped_updates), len(updates)) == (4, 5), statements
+            else:
+                for ch in changes:
+                    await store.run(ch)
+            ends.append(store.read(lambda c: ops.list_records(c)))
+        finally:
+            store.close()
+    assert ends[0] == ends[1]
+    by_caller = {r.request.caller_id: r for r in ends[0]}
+    assert (by_caller["a"].status, by_caller["a"].attempts, by_caller["a"].pms_id) == (
+        Status.SENT, 2, "900",
+    )  # fmt: skip
+    assert (by_caller["b"].status, by_caller["b"].reason) == (Status.FAILED, "PmsRejected")
+    assert (by_caller["c"].status, by_caller["c"].next_attempt_at) == (Status.PENDING, 60.0)
+    assert (by_caller["d"].status, by_caller["d"].attempts) == (Status.SENDING, 1)

@@ -320,7 +320,8 @@ class Drainer:
         policy = self.policy
         wid = record.id
         attempt = record.attempts + 1
-        outstanding.append(self.store.submit(lambda c: ops.mark_sending(c, wid, now=self._clock())))
+        sending = ops.ChangeKind.SENDING
+        outstanding.append(self.store.submit(ops.Change(sending, wid, self._clock())))
         pms = target.spec.pms.type.value
         tries = attempt
 
@@ -328,9 +329,7 @@ class Drainer:
             nonlocal tries
             self.metrics.attempts.labels(pms, "temporary").inc()
             tries += 1
-            outstanding.append(
-                self.store.submit(lambda c: ops.mark_sending(c, wid, now=self._clock()))
-            )
+            outstanding.append(self.store.submit(ops.Change(sending, wid, self._clock())))
 
         remaining = max(1, policy.max_attempts - attempt + 1)
         retry = replace(policy.retry, max_attempts=min(policy.retry.max_attempts, remaining))
@@ -354,15 +353,15 @@ class Drainer:
                 delay = max(delay, exc.retry_after)
             until = self._clock() + delay
             why = str(exc)
-            outstanding.append(
-                self.store.submit(lambda c: ops.defer(c, wid, until, why, now=self._clock()))
-            )
+            defer = ops.Change(ops.ChangeKind.DEFER, wid, self._clock(), message=why, until=until)
+            outstanding.append(self.store.submit(defer))
             log.info("writeback %s to %s deferred %.1fs: %s", wid, target.key, delay, exc)
             return delay
         self.metrics.attempts.labels(pms, "ok").inc()
         sent_at = self._clock()
         pms_id = result.id
-        outstanding.append(self.store.submit(lambda c: ops.mark_sent(c, wid, pms_id, now=sent_at)))
+        sent = ops.Change(ops.ChangeKind.SENT, wid, sent_at, pms_id=pms_id)
+        outstanding.append(self.store.submit(sent))
         self.metrics.writebacks.labels(record.request.kind.value, record.request.type, "sent").inc()
         self.metrics.delivery_seconds.labels(pms).observe(max(0.0, sent_at - record.created_at))
         self.metrics.queue_depth.dec()
@@ -413,8 +412,9 @@ class Drainer:
         self, record: WritebackRecord, pms: str | None, reason: FailReason, message: str
     ) -> None:
         wid = record.id
+        failed = ops.ChangeKind.FAILED
         await self.store.run(
-            lambda c: ops.mark_failed(c, wid, reason.value, message, now=self._clock())
+            ops.Change(failed, wid, self._clock(), reason=reason.value, message=message)
         )
         log.warning("writeback %s for practice %s failed (%s): %s", wid, record.practice_id,
                     reason.value, message)  # fmt: skip

@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from reconciler.writeback.errors import StoreError
@@ -418,6 +419,110 @@ def defer(
     return cur.rowcount == 1
 
 
+class ChangeKind(StrEnum):
+    """The delivery state changes the drainer makes (see `Change`)."""
+
+    SENDING = "sending"  # mark_sending
+    SENT = "sent"  # mark_sent
+    FAILED = "failed"  # mark_failed
+    DEFER = "defer"  # defer
+
+
+@dataclass(frozen=True)
+class Change:
+    """One of the drainer's state changes as a value, so the writer can apply a group commit's
+    worth with one UPDATE per kind (`apply_changes`). Called as an op on its own, it is the
+    matching function above. Returns nothing: the drainer does not need the answers."""
+
+    kind: ChangeKind
+    writeback_id: str
+    now: float
+    pms_id: str = ""  # SENT
+    reason: str = ""  # FAILED
+    message: str = ""  # FAILED, DEFER
+    until: float = 0.0  # DEFER
+
+    def __call__(self, conn: sqlite3.Connection) -> None:
+        wid, now = self.writeback_id, self.now
+        if self.kind is ChangeKind.SENDING:
+            mark_sending(conn, wid, now=now)
+        elif self.kind is ChangeKind.SENT:
+            mark_sent(conn, wid, self.pms_id, now=now)
+        elif self.kind is ChangeKind.FAILED:
+            mark_failed(conn, wid, self.reason, self.message, now=now)
+        else:
+            defer(conn, wid, self.until, self.message, now=now)
+
+
+_CHANGE_SETS = {
+    ChangeKind.SENDING: "status = ?, attempts = attempts + v.column2, updated_at = v.column3",
+    ChangeKind.SENT: "status = ?, pms_id = v.column2, sent_at = v.column3, updated_at = v.column3,"
+    " reason = NULL, message = NULL, content = NULL",
+    ChangeKind.FAILED: "status = ?, reason = v.column2, message = v.column3, updated_at = v.column4",
+    ChangeKind.DEFER: "status = ?, next_attempt_at = v.column2, message = v.column3,"
+    " updated_at = v.column4",
+}
+
+
+def _change_values(change: Change, times: int) -> tuple[Any, ...]:
+    """The VALUES row of one change (id first), matching `_CHANGE_SETS`."""
+    c = change
+    if c.kind is ChangeKind.SENDING:
+        return (c.writeback_id, times, c.now)
+    if c.kind is ChangeKind.SENT:
+        return (c.writeback_id, c.pms_id, c.now)
+    if c.kind is ChangeKind.FAILED:
+        return (c.writeback_id, c.reason, c.message, c.now)
+    return (c.writeback_id, c.until, c.message, c.now)
+
+
+_CHANGE_STATUS = {
+    ChangeKind.SENDING: Status.SENDING,
+    ChangeKind.SENT: Status.SENT,
+    ChangeKind.FAILED: Status.FAILED,
+    ChangeKind.DEFER: Status.PENDING,
+}
+
+
+def apply_changes(conn: sqlite3.Connection, changes: Sequence[Change]) -> None:
+    """Apply `changes` with one UPDATE per kind; the same end state as one by one, in order.
+
+    Kinds go in the order a record moves (sending, then sent / failed / defer), which is the
+    order the drainer makes one record's changes in; two `sending`s of one record count two
+    attempts. Whatever comes after a record's final change (the drainer makes one per turn, and
+    waits for it before the next turn) is applied one by one, after, in order.
+    """
+    by_kind: dict[ChangeKind, dict[str, tuple[Change, int]]] = {k: {} for k in ChangeKind}
+    later: list[Change] = []
+    ended: set[str] = set()  # records with a final change in the groups
+    for change in changes:
+        wid = change.writeback_id
+        if wid in ended:
+            later.append(change)
+        elif change.kind is ChangeKind.SENDING:
+            seen = by_kind[change.kind].get(wid)
+            times = 1 if seen is None else seen[1] + 1
+            by_kind[change.kind][wid] = (change, times)  # the latest time, every attempt
+        else:
+            by_kind[change.kind][wid] = (change, 1)
+            ended.add(wid)
+    for kind, group in by_kind.items():
+        if not group:
+            continue
+        sets = _CHANGE_SETS[kind]
+        rows = [_change_values(c, n) for c, n in group.values()]
+        for k in range(0, len(rows), _GROUP_ROWS):
+            chunk = rows[k : k + _GROUP_ROWS]
+            row = "(" + ",".join("?" * len(chunk[0])) + ")"
+            conn.execute(
+                f"UPDATE writebacks SET {sets} FROM (VALUES {','.join([row] * len(chunk))}) AS v"
+                " WHERE writebacks.id = v.column1 AND writebacks.status IN (?, ?)",
+                [_CHANGE_STATUS[kind].value, *(x for r in chunk for x in r), *_OPEN],
+            )
+    for change in later:
+        change(conn)
+
+
 def retry(conn: sqlite3.Connection, writeback_id: str, *, now: float) -> WritebackRecord | None:
     """Put a failed record back in its practice's queue (attempts start over); None if not failed."""
     cur = conn.execute(
@@ -590,16 +695,8 @@ class Store:
         grouped: dict[int, Any] = {}
         try:
             conn.execute("BEGIN IMMEDIATE")
-            inserts = [(k, op) for k, (op, _, _) in enumerate(batch) if isinstance(op, Insert)]
-            if not isolate and len(inserts) > 1:
-                # All of them first, in one statement: they touch only new rows (and replays
-                # read stored ones), so running them ahead of the batch's other ops (updates of
-                # records already committed) changes no op's result.
-                try:
-                    values = insert_many(conn, [op for _, op in inserts])
-                except Exception as exc:
-                    raise _OpFailed from exc
-                grouped = {k: v for (k, _), v in zip(inserts, values, strict=True)}
+            if not isolate:
+                grouped = self._run_grouped(conn, batch)
             for k, (op, fut, _) in enumerate(batch):
                 if k in grouped:
                     results.append((fut, True, grouped[k]))
@@ -633,6 +730,26 @@ class Store:
             error = StoreError(f"{self.path}: commit failed: {exc}")
             results = [(fut, False, error) for _, fut, _ in batch]
         return results
+
+    @staticmethod
+    def _run_grouped(conn: sqlite3.Connection, batch: list[_Item]) -> dict[int, Any]:
+        """Run the batch's `Insert`s, then its `Change`s, each kind in one go; their results by
+        position. They go ahead of the batch's other ops, which changes no result: inserts touch
+        new rows only, changes touch open records only the drainer changes, and the other ops
+        (retries of failed records, reads) are concurrent requests either order may serve."""
+        inserts = [(k, op) for k, (op, _, _) in enumerate(batch) if isinstance(op, Insert)]
+        changes = [(k, op) for k, (op, _, _) in enumerate(batch) if isinstance(op, Change)]
+        grouped: dict[int, Any] = {}
+        try:
+            if len(inserts) > 1:
+                values = insert_many(conn, [op for _, op in inserts])
+                grouped.update((k, v) for (k, _), v in zip(inserts, values, strict=True))
+            if len(changes) > 1:
+                apply_changes(conn, [op for _, op in changes])
+                grouped.update((k, None) for k, _ in changes)
+        except Exception as exc:
+            raise _OpFailed from exc
+        return grouped
 
     def _notify(
         self, batch: list[_Item], results: list[tuple[asyncio.Future[Any], bool, Any]]
