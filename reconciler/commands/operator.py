@@ -11,6 +11,12 @@ endpoint (`/healthz` on --probe-port); metrics are Prometheus text on --metrics-
 The writeback API (`reconciler.writeback.service`, docs/writeback.md) is served on
 --writeback-port (0: off) with the bearer token from $PMSCTL_WRITEBACK_TOKEN or the file named
 by $PMSCTL_WRITEBACK_TOKEN_FILE; without one the command refuses to start (exit 2).
+
+With --leader-elect (PMSCTL_LEADER_ELECT=true) the process first takes a coordination.k8s.io
+Lease (`reconciler.leader`; docs/operator.md, "Leader election") and only then opens the
+SQLite files and starts Kopf; a standby waits (answering /healthz so it is not restarted) and
+exits 0 on SIGTERM. The holder renews the Lease alongside Kopf, releases it on a clean stop,
+and exits 1 when it loses it (Kubernetes then restarts it as a standby).
 """
 
 from __future__ import annotations
@@ -18,7 +24,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from reconciler.leader import LeaderElector, LeaseConfig
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -122,6 +131,42 @@ def register(sub: Any) -> None:
         help="SQLite queue of accepted writebacks (put it on a persistent volume; "
         "default: $PMSCTL_WRITEBACK_DB or .pmsctl/writebacks.db)",
     )
+    le = p.add_argument_group(
+        "leader election",
+        "only the holder of a coordination.k8s.io Lease works; the others wait as standbys",
+    )
+    le.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=_truthy(_env("PMSCTL_LEADER_ELECT")),
+        help="take the Lease before working (default: $PMSCTL_LEADER_ELECT, else off)",
+    )
+    le.add_argument(
+        "--leader-election-id",
+        default=_env("PMSCTL_LEADER_ELECTION_ID"),
+        metavar="NAME",
+        help="the Lease's name (default: pmsctl-operator, plus a short hash of --selector when "
+        "one is given, so each shard has its own Lease)",
+    )
+    le.add_argument(
+        "--leader-election-namespace",
+        default=_env("PMSCTL_LEADER_ELECTION_NAMESPACE"),
+        metavar="NS",
+        help="the Lease's namespace (default: the pod's namespace, else $PMSCTL_POD_NAMESPACE, "
+        "else default)",
+    )
+    for flag, env, default, text in (
+        ("lease-duration", "LEASE_DURATION", "15", "a holder not renewing for this long is replaced"),
+        ("renew-deadline", "RENEW_DEADLINE", "10", "the holder stops when it could not renew for this long"),
+        ("retry-period", "RETRY_PERIOD", "2", "time between renewals and between attempts to acquire"),
+    ):  # fmt: skip
+        le.add_argument(
+            f"--leader-elect-{flag}",
+            type=float,
+            default=float(_env(f"PMSCTL_LEADER_ELECT_{env}", default) or default),
+            metavar="SECONDS",
+            help=f"{text} (default {default})",
+        )
     p.set_defaults(func=run)
 
 
@@ -131,19 +176,20 @@ def run(args: argparse.Namespace) -> int:
 
     import kopf
 
-    from reconciler import metrics
-    from reconciler.engine import Engine, EngineSettings
-    from reconciler.kube import KubeSecrets, StatusWriter, connection_info, load_api_client
-    from reconciler.operator import build_registry, parse_selector
-    from reconciler.sink import sink_from_url
-    from reconciler.store import SqliteCursorStore
+    from reconciler.kube import load_api_client
+    from reconciler.leader import LeaderElectionError
+    from reconciler.operator import parse_selector
 
     try:
         labels = parse_selector(args.selector)
-        sink = sink_from_url(args.sink)
+        sink = _deferred_sink(args.sink)
         token = _writeback_token(args.writeback_port)
+        lease = _lease_config(args)
     except ValueError as exc:
         print(f"pmsctl operator: {exc}", file=sys.stderr)
+        return 2
+    except LeaderElectionError as exc:
+        print(f"pmsctl operator: --leader-elect: {exc}", file=sys.stderr)
         return 2
     namespaces = args.namespace
     if not namespaces and not args.all_namespaces and _env("PMSCTL_NAMESPACES"):
@@ -160,9 +206,84 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"pmsctl operator: cannot load the Kubernetes configuration: {exc}", file=sys.stderr)
         return 2
+    try:
+        return asyncio.run(_operate(args, api, labels, sink, token, namespaces, lease))
+    except LeaderElectionError as exc:
+        print(f"pmsctl operator: leader election: {exc}", file=sys.stderr)
+        return 2
+
+
+async def _operate(
+    args: argparse.Namespace,
+    api: Any,
+    labels: Any,
+    sink: Any,
+    token: str | None,
+    namespaces: list[str] | None,
+    lease: LeaseConfig | None,
+) -> int:
+    """Take the Lease (when electing), keep renewing it, and run the engine under Kopf until
+    it stops. 0: a clean stop (or SIGTERM while standby); 1: the Lease was lost."""
+    import asyncio
+    import logging
+
+    from reconciler.leader import LeaderElector, RenewalThread
+
+    stop = asyncio.Event()  # Kopf's stop flag: a lost Lease, SIGTERM, SIGINT
+    if lease is None:
+        await _work(args, api, labels, sink, token, namespaces, stop)
+        return 0
+    log = logging.getLogger("reconciler.commands.operator")
+    elector = LeaderElector(api, lease)
+    log.info("leader election: lease %s as %s", elector.where, lease.identity)
+    lost: list[str] = []
+    try:
+        if not await _acquire_as_standby(elector, args.probe_port):
+            log.info("stopped while waiting for lease %s; it was never held", elector.where)
+            return 0
+        loop = asyncio.get_running_loop()
+        renewals = RenewalThread(
+            elector, lambda reason: _on_lost(elector, reason, loop, stop, lost)
+        )
+        renewals.start()  # at once: the first renewal is due retry_period after acquiring
+        try:
+            await _work(args, api, labels, sink, token, namespaces, stop)
+        finally:
+            await asyncio.to_thread(renewals.stop)
+            if not lost:
+                await elector.release()
+    finally:
+        elector.close()
+    if lost:
+        log.error("stopped after losing the lease (%s); exit 1", lost[0])
+        return 1
+    return 0
+
+
+async def _work(
+    args: argparse.Namespace,
+    api: Any,
+    labels: Any,
+    sink: Any,
+    token: str | None,
+    namespaces: list[str] | None,
+    stop: Any,
+) -> None:
+    """Open the SQLite files, build the engine and run Kopf until `stop` is set (or Kopf ends)."""
+    import asyncio
+    import signal
+
+    import kopf
+
+    from reconciler import metrics
+    from reconciler.engine import Engine, EngineSettings
+    from reconciler.kube import KubeSecrets, StatusWriter, connection_info
+    from reconciler.operator import build_registry
+    from reconciler.store import SqliteCursorStore
+
     writer = StatusWriter(api)
     engine = Engine(
-        sink=sink,
+        sink=sink(),
         store=SqliteCursorStore(args.state_db),
         secrets=KubeSecrets(api),
         settings=EngineSettings(
@@ -180,19 +301,155 @@ def run(args: argparse.Namespace) -> int:
 
         memo.writebacks = WritebackService(engine, args.writeback_db or default_db_path(), token)
         memo.writeback_listen = ("0.0.0.0", args.writeback_port)
-    asyncio.run(
-        kopf.operator(
-            registry=build_registry(labels=labels),
-            memo=memo,
-            standalone=True,
-            clusterwide=not namespaces,
-            namespaces=namespaces or [],
-            liveness_endpoint=f"http://0.0.0.0:{args.probe_port}/healthz"
-            if args.probe_port
-            else None,
-        )
+    # kopf.operator() spelled out, so that SIGTERM/SIGINT set the same stop flag as a lost
+    # lease: with only Kopf's own signal handlers its stop-flag waiter outlives a SIGTERM and
+    # Kopf waits 5 s for it before the Lease can be released.
+    existing = asyncio.all_tasks()
+    tasks = await kopf.spawn_tasks(
+        registry=build_registry(labels=labels),
+        memo=memo,
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=namespaces or [],
+        liveness_endpoint=f"http://0.0.0.0:{args.probe_port}/healthz" if args.probe_port else None,
+        stop_flag=stop,
     )
-    return 0
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _stop_on_signal, sig, stop)
+    await kopf.run_tasks(tasks, ignored=existing)
+
+
+def _stop_on_signal(sig: int, stop: Any) -> None:
+    import logging
+    import signal
+
+    logging.getLogger("reconciler.commands.operator").info(
+        "%s received: stopping", signal.Signals(sig).name
+    )
+    stop.set()
+
+
+def _on_lost(elector: LeaderElector, reason: str, loop: Any, stop: Any, lost: list[str]) -> None:
+    """The Lease is lost (called on the renewal thread): stop Kopf gracefully now, and be gone
+    for sure before any standby may take the Lease (`hard_stop_after`), even if a cleanup
+    handler hangs or the event loop is stuck: the timer is a thread of its own."""
+    import logging
+    import threading
+
+    from reconciler.leader import hard_stop_after
+
+    grace = hard_stop_after(elector.config)
+    logging.getLogger("reconciler.commands.operator").error(
+        "lost the leadership of lease %s (%s): stopping; exit 1 so Kubernetes restarts this pod "
+        "as a standby (forced exit in %.1f s)",
+        elector.where, reason, grace,
+    )  # fmt: skip
+    lost.append(reason)
+    timer = threading.Timer(grace, _hard_exit, (elector.where,))
+    timer.daemon = True
+    timer.start()
+    loop.call_soon_threadsafe(stop.set)
+
+
+def _hard_exit(where: str) -> None:
+    """End the process at once: a holder that lost its lease must not outlive it."""
+    import logging
+
+    logging.getLogger("reconciler.commands.operator").error(
+        "still stopping after losing lease %s: exiting now (exit 1)", where
+    )
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
+async def _acquire_as_standby(elector: LeaderElector, probe_port: int) -> bool:
+    """Wait for the Lease; True once held. While waiting, answer /healthz on `probe_port` (so
+    the liveness probe does not restart a standby) and treat SIGTERM/SIGINT as "stop waiting"
+    (False). Kopf installs its own signal handlers and probe server afterwards."""
+    import asyncio
+    import signal
+
+    loop = asyncio.get_running_loop()
+    waiting = asyncio.create_task(elector.acquire(), name="lease acquire")
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, waiting.cancel)
+    probe = await _standby_probe(elector, probe_port) if probe_port else None
+    try:
+        await waiting
+        return True
+    except asyncio.CancelledError:
+        if waiting.cancelled() and not _current_task_cancelling():
+            return False
+        raise
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        if probe is not None:
+            await probe.cleanup()
+
+
+def _current_task_cancelling() -> bool:
+    import asyncio
+
+    task = asyncio.current_task()
+    return bool(task and task.cancelling())
+
+
+async def _standby_probe(elector: LeaderElector, port: int) -> Any:
+    """An aiohttp runner answering GET /healthz with {"standby": ...} while the Lease is held
+    elsewhere (Kopf's probe endpoint replaces it once this process leads)."""
+    from aiohttp import web
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response(
+            {"standby": {"lease": elector.where, "identity": elector.identity}}
+        )
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "0.0.0.0", port).start()
+    return runner
+
+
+def _deferred_sink(url: str) -> Any:
+    """A factory for the event sink: an HTTP sink is built (and checked) now, a file sink opens
+    its file only when called, after the Lease is held, so a standby opens nothing. A bad
+    --sink raises sink_from_url's ValueError now, before connecting."""
+    from reconciler.sink import sink_from_url
+
+    if url.startswith(("http://", "https://")):
+        built = sink_from_url(url)
+        return lambda: built
+    if not url.removeprefix("file:").removeprefix("//"):
+        sink_from_url(url)  # raises, naming the fix
+    return lambda: sink_from_url(url)
+
+
+def _lease_config(args: argparse.Namespace) -> LeaseConfig | None:
+    """The Lease to hold under --leader-elect (None without it); LeaderElectionError naming
+    the bad value."""
+    if not args.leader_elect:
+        return None
+    from reconciler.leader import LeaseConfig, lease_name_for, local_identity, local_namespace
+
+    return LeaseConfig(
+        name=args.leader_election_id or lease_name_for(args.selector),
+        namespace=args.leader_election_namespace or local_namespace(),
+        identity=local_identity(),
+        lease_duration=args.leader_elect_lease_duration,
+        renew_deadline=args.leader_elect_renew_deadline,
+        retry_period=args.leader_elect_retry_period,
+    )
+
+
+def _truthy(text: str | None) -> bool:
+    return (text or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _fraction(text: str) -> float:
