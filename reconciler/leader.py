@@ -384,9 +384,9 @@ class LeaderElector:
     async def run_renewals(self, on_lost: Callable[[str], object]) -> None:
         """Renew the held Lease every `retry_period` (counted from the acquisition or the last
         attempt, so the first renewal is due at once if this starts late) until cancelled.
-        When the Lease names
-        another holder, or no renewal succeeded for `renew_deadline`, call `on_lost(reason)`
-        once and return. Cancel the task to stop renewing (then `release()`)."""
+        When the Lease names another holder, or no renewal succeeded for `renew_deadline`,
+        call `on_lost(reason)` once and return. Cancel the task to stop renewing (then
+        `release()`)."""
         cfg = self.config
         if self._record is None:
             raise LeaderElectionError(f"lease {self.where}: run_renewals() before acquire()")
