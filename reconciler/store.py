@@ -6,6 +6,9 @@ Cursors outlive `Engine.remove()` (a deleted and re-created practice resumes whe
 `forget(key)` drops them.
 
 `SqliteCursorStore(":memory:")` works for throwaway runs; the operator uses a file on a volume.
+The store has one writer (one operator process per file; see `reconciler.leader`), so it keeps
+the cursors it read or wrote in memory: a poll's `get()` costs a dict lookup instead of a SELECT,
+while every `put()` still goes to SQLite before it returns.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ class SqliteCursorStore:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
+        # (key, kind) -> cursor, for every cursor this store read or wrote (write-through).
+        self._cache: dict[tuple[str, str], str] = {}
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -48,11 +53,17 @@ class SqliteCursorStore:
             )
 
     def get(self, key: str, kind: str) -> str | None:
+        cached = self._cache.get((key, kind))
+        if cached is not None:
+            return cached
         with self._lock:
             row = self._db.execute(
                 "SELECT cursor FROM cursors WHERE practice_key = ? AND kind = ?", (key, kind)
             ).fetchone()
-        return str(row[0]) if row else None
+            if row is None:
+                return None  # not cached: "no cursor yet" is asked once per poller anyway
+            cursor = self._cache[(key, kind)] = str(row[0])
+        return cursor
 
     def put(self, key: str, kind: str, cursor: str) -> None:
         with self._lock:
@@ -62,10 +73,14 @@ class SqliteCursorStore:
                 " updated_at = excluded.updated_at",
                 (key, kind, cursor, time.time()),
             )
+            # Only once SQLite has it: a failed write must not leave a cursor that was never saved.
+            self._cache[(key, kind)] = cursor
 
     def forget(self, key: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM cursors WHERE practice_key = ?", (key,))
+            for k in [k for k in self._cache if k[0] == key]:
+                del self._cache[k]
 
     def all(self) -> dict[tuple[str, str], str]:
         """Every stored cursor (for tests and `pmsctl` diagnostics)."""

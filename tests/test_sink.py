@@ -7,6 +7,7 @@ closed and reopened to show cursors survive a restart. Nothing is faked.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -83,6 +84,27 @@ async def test_jsonl_sink_appends_one_event_per_line_across_reopen(tmp_path: Pat
     await sink.close()
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     assert [e["practiceid"] for e in lines] == ["acme", "b", "b"]
+
+
+async def test_concurrent_publishes_share_fsyncs_and_all_lines_land(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    sink = JsonlSink(path)
+    events = [[patient_event(f"p{i}", "OD", PATIENT, photos=False)] for i in range(50)]
+    await asyncio.gather(*(sink.publish(e) for e in events))
+    # The first publish's fsync runs alone; the 49 that queued behind it share one more.
+    assert sink.fsyncs == 2
+    await sink.publish(events[0])
+    assert sink.fsyncs == 3  # a lone publish still waits for its own fsync
+    await sink.close()
+    lines = [json.loads(x)["practiceid"] for x in path.read_text().splitlines()]
+    assert sorted(lines) == sorted([f"p{i}" for i in range(50)] + ["p0"])
+
+
+async def test_a_closed_jsonl_sink_raises_a_sink_error(tmp_path: Path) -> None:
+    sink = JsonlSink(tmp_path / "events.jsonl")
+    await sink.close()
+    with pytest.raises(SinkError, match=r"events\.jsonl"):
+        await sink.publish([patient_event("acme", "OD", PATIENT, photos=False)])
 
 
 class Receiver:
@@ -168,3 +190,24 @@ def test_cursors_survive_reopening_the_store(tmp_path: Path) -> None:
     store.forget("ns/a")
     assert store.all() == {("ns/b", "patients"): "y"}
     store.close()
+
+
+def test_the_store_answers_from_memory_but_saves_every_cursor_at_once(tmp_path: Path) -> None:
+    db = tmp_path / "cursors.db"
+    writer = SqliteCursorStore(db)
+    reader = SqliteCursorStore(db)  # another connection sees only what reached SQLite
+    try:
+        assert writer.get("ns/a", "patients") is None
+        writer.put("ns/a", "patients", "c1")
+        assert reader.get("ns/a", "patients") == "c1"
+        writer.put("ns/a", "patients", "c2")
+        assert writer.get("ns/a", "patients") == "c2"
+        assert reader.all()[("ns/a", "patients")] == "c2"
+        writer.put("ns/b", "patients", "y")
+        writer.forget("ns/a")
+        assert writer.get("ns/a", "patients") is None  # forgotten in memory too
+        assert writer.get("ns/b", "patients") == "y"
+        assert reader.all() == {("ns/b", "patients"): "y"}
+    finally:
+        writer.close()
+        reader.close()
