@@ -114,9 +114,10 @@ async def call(
     """Send one request; return the 2xx response or raise the mapped `PmsError` (chained)."""
     secrets = tuple(secrets)
     started = time.perf_counter()
+    url, query = with_query(url, params)
     try:
         response = await client.request(
-            method, url, headers=dict(headers), params=dict(params or {}), json=json_body
+            method, url, headers=dict(headers), params=query, json=json_body
         )
     except httpx.TimeoutException as exc:
         raise TemporaryPmsError(
@@ -148,6 +149,25 @@ async def call(
     except httpx.HTTPStatusError as exc:
         raise error_for(response, pms=pms, operation=operation, secrets=secrets) from exc
     return response
+
+
+def with_query(
+    url: str, params: Mapping[str, str | int] | None
+) -> tuple[str, Mapping[str, str | int] | None]:
+    """(url with `params` encoded into it, None), as httpx would encode them (`urlencode`, JSON-style
+    booleans); a URL that already has a query or fragment keeps `params` for httpx to merge.
+
+    httpx merges `params=` by re-parsing the whole URL a second time, in pure Python: half of
+    its request building, ~0.15 ms a request. At thousands of pollers that is CPU worth saving.
+    """
+    if not params:
+        return url, None
+    if "?" in url or "#" in url:
+        return url, params
+    pairs = [
+        (k, "true" if v is True else "false" if v is False else str(v)) for k, v in params.items()
+    ]
+    return f"{url}?{urlencode(pairs)}", None
 
 
 def json_of(response: httpx.Response, *, pms: str, operation: str) -> Any:

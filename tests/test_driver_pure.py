@@ -38,7 +38,7 @@ from pms_drivers.stamp_cursor import (
     advance,
     flow_changes,
 )
-from pms_drivers.wire import error_for, redact_url, scrub
+from pms_drivers.wire import error_for, redact_url, scrub, with_query
 
 T0 = "2026-11-26 09:15:00"
 
@@ -299,3 +299,24 @@ def test_redact_url_hides_user_info_and_secret_parameters() -> None:
         == "https://pms.test/a?token=<redacted>&since=5&customerKey=<redacted>"
     )
     assert scrub("abc secretvalue", ["secretvalue", "", "ab"]) == "abc <redacted>"
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"limit": 500, "since": "2026-11-26T08:30:00+00:00 a/b&c=é"},
+        {"includePhotos": True, "deleted": False, "offset": 0},
+        {},
+    ],
+)
+def test_query_parameters_are_encoded_exactly_as_httpx_would(params: dict[str, object]) -> None:
+    client = httpx.AsyncClient()
+    url, rest = with_query("http://pms.test:8080/api/v1/patients", params)  # type: ignore[arg-type]
+    assert rest is None
+    ours = client.build_request("GET", url).url
+    theirs = client.build_request("GET", "http://pms.test:8080/api/v1/patients", params=params).url
+    assert ours == theirs
+
+
+def test_a_url_that_already_has_a_query_leaves_the_parameters_to_httpx() -> None:
+    assert with_query("http://pms.test/x?a=1", {"b": 2}) == ("http://pms.test/x?a=1", {"b": 2})

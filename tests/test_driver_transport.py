@@ -28,7 +28,9 @@ from pms_drivers.errors import (
 )
 from pms_drivers.retry import RetryPolicy, with_retry
 from pms_drivers.transport import (
+    URL_CACHE_SIZE,
     AiohttpTransport,
+    PracticeClient,
     RateLimitedTransport,
     TokenBucket,
     bucket_of,
@@ -392,3 +394,42 @@ async def test_closing_the_client_closes_its_connections(
     assert session is not None and not session.closed
     await client.aclose()
     assert session.closed
+
+
+async def test_the_practice_client_parses_a_repeated_url_once_and_keeps_no_cookies() -> None:
+    """Real loopback server that sets a cookie; the client must neither store nor send it back."""
+    seen: list[str | None] = []
+
+    async def page(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Cookie"))
+        response = web.json_response({"since": request.query.get("since")})
+        response.set_cookie("session", "s3cr3t")
+        return response
+
+    app = web.Application()
+    app.router.add_get("/page", page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with new_client(
+            f"http://127.0.0.1:{port}", timeout=5, rate_per_second=0, burst=1
+        ) as client:
+            assert isinstance(client, PracticeClient)
+            url = f"http://127.0.0.1:{port}/page?since=c1"
+            first = await client.get(url)
+            second = await client.get(url)
+            assert first.json() == second.json() == {"since": "c1"}
+            # One parse served both requests (httpx wraps the same parse result in each Request).
+            assert len(client._urls) == 1
+            assert first.request.url._uri_reference is second.request.url._uri_reference
+            for i in range(URL_CACHE_SIZE + 4):
+                await client.get(f"http://127.0.0.1:{port}/page?since=c{i + 2}")
+            assert len(client._urls) == URL_CACHE_SIZE
+            assert (await client.get(url)).json() == {"since": "c1"}  # parsed again, same answer
+            assert len(client.cookies) == 0
+    finally:
+        await runner.cleanup()
+    assert seen == [None] * len(seen)
