@@ -238,7 +238,7 @@ async def _operate(
     log.info("leader election: lease %s as %s", elector.where, lease.identity)
     lost: list[str] = []
     try:
-        if not await _acquire_as_standby(elector, args.probe_port):
+        if not await _acquire_as_standby(elector, args.probe_port, stop):
             log.info("stopped while waiting for lease %s; it was never held", elector.where)
             return 0
         loop = asyncio.get_running_loop()
@@ -365,11 +365,13 @@ def _hard_exit(where: str) -> None:
     os._exit(1)
 
 
-async def _acquire_as_standby(elector: LeaderElector, probe_port: int) -> bool:
+async def _acquire_as_standby(elector: LeaderElector, probe_port: int, stop: Any) -> bool:
     """Wait for the Lease; True once held. While waiting, answer /healthz on `probe_port` (so
     the liveness probe does not restart a standby) and treat SIGTERM/SIGINT as "stop waiting"
-    (False). Kopf installs its own signal handlers and probe server afterwards."""
+    (False). Once the Lease is held they set `stop` instead, so a signal before Kopf starts
+    still ends in a clean stop that releases the Lease."""
     import asyncio
+    import contextlib
     import signal
 
     loop = asyncio.get_running_loop()
@@ -377,17 +379,28 @@ async def _acquire_as_standby(elector: LeaderElector, probe_port: int) -> bool:
     signals = (signal.SIGTERM, signal.SIGINT)
     for sig in signals:
         loop.add_signal_handler(sig, waiting.cancel)
-    probe = await _standby_probe(elector, probe_port) if probe_port else None
+    probe = None
+    held = False
     try:
+        if probe_port:
+            probe = await _standby_probe(elector, probe_port)
         await waiting
+        held = True
         return True
     except asyncio.CancelledError:
         if waiting.cancelled() and not _current_task_cancelling():
             return False
         raise
     finally:
+        if not waiting.done():
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
         for sig in signals:
-            loop.remove_signal_handler(sig)
+            if held:
+                loop.add_signal_handler(sig, _stop_on_signal, sig, stop)
+            else:
+                loop.remove_signal_handler(sig)
         if probe is not None:
             await probe.cleanup()
 
