@@ -385,6 +385,36 @@ def assert_exactly_once_in_order(
         assert got == want, f"patient {patient}: notes out of order"
 
 
+async def test_a_burst_is_delivered_on_the_api_threads_notes_alone_in_order(
+    tmp_path: Path,
+) -> None:
+    """With the sweep out of the way (an hour apart), only the API thread's notes (coalesced
+    into one wake-up of the drainer per pass of the API loop) can start delivery: a burst of
+    concurrent requests to three practices is delivered, once each and in the queue's order per
+    patient."""
+    practices = [("od-burst", "OpenDental"), ("es-burst", "Eaglesoft"), ("dx-burst", "Dentrix")]
+    policy = dataclasses.replace(FAST, sweep_interval=3600.0)
+    async with running(tmp_path, practices, policy=policy) as (sim, _, service, url):
+        async with aiohttp.ClientSession() as http:
+            sent = [(pid, n) for n in range(20) for pid, _ in practices]
+            answers = await asyncio.gather(
+                *(post(http, url, pid, note_body(f"b-{n}", "outgoingSms", str(2 + n % 3)))
+                  for pid, n in sent)
+            )  # fmt: skip
+        assert all(status == 202 for status, _ in answers), answers
+        for pid, _ in practices:
+            assert await drained(service.counts, pid) == {
+                "sent": 20, "skipped": 0, "pending": 0, "failed": 0,
+            }  # fmt: skip
+            # Concurrent requests: their order is the order the queue stored them in.
+            stored = service.store.read(lambda c, pid=pid: ops.list_records(c, practice_id=pid))
+            posted = [(r.id, r.request.patient_id) for r in stored]
+            assert {w for w, _ in posted} == {
+                a["id"] for (p, _), (_, a) in zip(sent, answers, strict=True) if p == pid
+            }
+            assert_exactly_once_in_order(sim.notes(pid), posted)
+
+
 async def test_failing_writes_and_an_outage_lose_nothing_double_nothing_and_keep_order(
     tmp_path: Path,
 ) -> None:

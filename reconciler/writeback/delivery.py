@@ -33,6 +33,7 @@ import functools
 import logging
 import random
 import sqlite3
+import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -119,6 +120,10 @@ class Drainer:
             start_rate=self.policy.busy_write_rate,
             min_rate=min(self.policy.busy_write_rate_min, self.policy.busy_write_rate),
         )
+        self._pace_line = asyncio.Lock()  # writes waiting for the pacer queue here, in order
+        self._inbox: list[tuple[str, bool]] = []  # notify_threadsafe() from other threads
+        self._inbox_lock = threading.Lock()
+        self._inbox_waking = False
 
     # --- lifecycle ---
 
@@ -173,8 +178,32 @@ class Drainer:
             running = None
         if running is loop:
             self.notify(practice_id, now=now)
+            return
+        # One wake-up of the drainer's loop for all the notes that arrive before it runs, not
+        # one each: every wake-up is a syscall and a GIL hand-over on the API's path. It is
+        # sent once the caller's loop has run what is ready (all the requests one commit answered).
+        with self._inbox_lock:
+            self._inbox.append((practice_id, now))
+            if self._inbox_waking:
+                return
+            self._inbox_waking = True
+        if running is None:
+            self._wake_drainer(loop)
         else:
-            loop.call_soon_threadsafe(functools.partial(self.notify, practice_id, now=now))
+            running.call_soon(self._wake_drainer, loop)
+
+    def _wake_drainer(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            loop.call_soon_threadsafe(self._read_inbox)
+        except RuntimeError:  # that loop is closed: stopping; the next start sweeps the file
+            with self._inbox_lock:
+                self._inbox_waking = False
+
+    def _read_inbox(self) -> None:
+        with self._inbox_lock:
+            notes, self._inbox, self._inbox_waking = self._inbox, [], False
+        for practice_id, now in notes:
+            self.notify(practice_id, now=now)
 
     async def sweep_threadsafe(self) -> None:
         """`sweep()` from any event loop."""
@@ -370,8 +399,12 @@ class Drainer:
     async def _paced_write(self, record: WritebackRecord, target: WritebackTarget) -> WriteResult:
         """`_write`, started when the pacer allows: acknowledging comes first (the 202 is owed
         now; delivery is asynchronous anyway)."""
-        while (wait := self.pacer.delay()) > 0:
-            await asyncio.sleep(wait)
+        if self._pace_line.locked() or self.pacer.delay() > 0:
+            # Only the first in line asks the pacer again: hundreds of turns polling it would
+            # themselves take the CPU the pacing is meant to leave to the API.
+            async with self._pace_line:
+                while (wait := self.pacer.delay()) > 0:
+                    await asyncio.sleep(wait)
         return await self._write(record, target)
 
     async def _write(self, record: WritebackRecord, target: WritebackTarget) -> WriteResult:
