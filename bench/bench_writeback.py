@@ -121,7 +121,7 @@ async def serve(args: argparse.Namespace) -> None:
         max_concurrent_practices=args.max_concurrent,
         quantum=8,
         not_ready_delay=3600.0 if args.intake_only else 2.0,
-        ack_target=args.ack_target,
+        api_lag_target=args.api_lag_target,
     )
     service = WritebackService(
         directory,
@@ -257,7 +257,7 @@ async def main(args: argparse.Namespace) -> int:
                                    "--max-concurrent", str(args.max_concurrent),
                                    "--synchronous", args.synchronous,
                                    "--switch-interval", str(args.switch_interval),
-                                   "--ack-target", str(args.ack_target),
+                                   "--api-lag-target", str(args.api_lag_target),
                                    *(["--intake-only"] if args.intake_only else [])])  # fmt: skip
         try:
             t = time.perf_counter()
@@ -376,8 +376,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="SQLite synchronous: FULL fsyncs every group commit (the default)")  # fmt: skip
     p.add_argument("--switch-interval", type=float, default=API_SWITCH_INTERVAL,
                    help="the service's switch_interval (0.005: Python's default)")  # fmt: skip
-    p.add_argument("--ack-target", type=float, default=0.010,
-                   help="DeliveryPolicy.ack_target: PMS writes slow down while acks take longer")  # fmt: skip
+    p.add_argument("--api-lag-target", type=float, default=0.005,
+                   help="DeliveryPolicy.api_lag_target: PMS writes slow down while the API "
+                        "loop runs later than this")  # fmt: skip
     p.add_argument("--sim-url")
     p.add_argument("--db")
     p.add_argument("--url-file")

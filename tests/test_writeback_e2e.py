@@ -402,6 +402,7 @@ async def test_a_burst_is_delivered_on_the_api_threads_notes_alone_in_order(
                   for pid, n in sent)
             )  # fmt: skip
         assert all(status == 202 for status, _ in answers), answers
+        assert service.api._heartbeat is not None  # the API loop's lag is being sampled
         for pid, _ in practices:
             assert await drained(service.counts, pid) == {
                 "sent": 20, "skipped": 0, "pending": 0, "failed": 0,

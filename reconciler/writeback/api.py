@@ -19,12 +19,14 @@ The intake stores the request (group commit, fsync) BEFORE answering, so a 202 s
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -48,6 +50,7 @@ from reconciler.writeback.store import Store
 from reconciler.writeback.target import PracticeDirectory
 
 log = logging.getLogger(__name__)
+LAG_SAMPLE_SECONDS = 0.005  # how often the loop's lag is sampled while requests arrive
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -87,6 +90,7 @@ class WritebackApi:
     token: str
     metrics: WritebackMetrics
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    _heartbeat: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     def app(self) -> web.Application:
         """The aiohttp application (body limit = `max_body_bytes`)."""
@@ -98,7 +102,15 @@ class WritebackApi:
         app.router.add_post("/v1/writebacks/{id}/retry", self._auth(self.retry))
         app.router.add_get("/metrics", self.prometheus)
         app.router.add_get("/healthz", self.healthz)
+        app.on_cleanup.append(self._stop_heartbeat)
         return app
+
+    async def _stop_heartbeat(self, app: web.Application) -> None:
+        beat, self._heartbeat = self._heartbeat, None
+        if beat is not None and not beat.done():
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -203,10 +215,24 @@ class WritebackApi:
         if record.reason:
             answer["reason"] = record.reason
             answer["message"] = record.message
-        took = time.perf_counter() - started
-        self.metrics.ack_seconds.observe(took)
-        self.drainer.pacer.ack(took)  # PMS writes give way while acknowledgments are slow
+        self.metrics.ack_seconds.observe(time.perf_counter() - started)
+        self._paced()
         return ok(202, answer, {"Location": f"/v1/writebacks/{record.id}"})
+
+    def _paced(self) -> None:
+        """Tell the drainer's pacer that requests are arriving, and while they are, sample
+        how late this loop runs a timer (PMS writes slow down while it is late)."""
+        self.drainer.pacer.ack()
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
+
+    async def _beat(self) -> None:
+        loop = asyncio.get_running_loop()
+        pacer = self.drainer.pacer
+        while pacer.busy:
+            due = loop.time() + LAG_SAMPLE_SECONDS
+            await asyncio.sleep(LAG_SAMPLE_SECONDS)
+            pacer.lag(max(0.0, loop.time() - due))
 
     # --- lookup and retry ---
 

@@ -66,8 +66,8 @@ class DeliveryPolicy:
     sweep_interval: float = 2.0
     unknown_practice_grace: float = 600.0  # a practice unknown this long: its writebacks fail
     # Acknowledging comes first: while requests are arriving, PMS writes start at an adaptive
-    # rate that keeps the slowest acknowledgment per 0.1 s under `ack_target` (see AckPacer).
-    ack_target: float = 0.010
+    # rate that keeps the API loop's worst lag per 0.1 s under `api_lag_target` (see AckPacer).
+    api_lag_target: float = 0.005
     busy_write_rate: float = 200.0  # writes/s when a burst of requests begins
     busy_write_rate_min: float = 5.0
 
@@ -114,9 +114,9 @@ class Drainer:
         self._stopping = False
         self._missing_since: dict[str, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        #: The API reports each acknowledgment here (`pacer.ack(seconds)`, from its thread).
+        #: The API reports acknowledgments and its loop's lag here (from its own thread).
         self.pacer = AckPacer(
-            target=self.policy.ack_target,
+            target=self.policy.api_lag_target,
             start_rate=self.policy.busy_write_rate,
             min_rate=min(self.policy.busy_write_rate_min, self.policy.busy_write_rate),
         )

@@ -2,14 +2,19 @@
 
 The API and the drainer share one process and so one GIL (and, on a small machine, the same
 cores). A 202 is owed now; a PMS write only has to happen soon. So while acknowledgments are
-being sent the drainer starts writes at a limited rate, and adjusts that rate to the API's own
-acknowledgment times: every `interval` seconds, if the slowest acknowledgment in that window
-took longer than `target`, the rate halves (down to `min_rate`); otherwise it grows by a
-quarter (up to `max_rate`). When no acknowledgment was sent for `quiet` seconds, writes are not
-paced at all (and the next burst starts again at `start_rate`).
+being sent the drainer starts writes at a limited rate, adjusted to how late the API's event
+loop runs what is due (its lag, sampled every few ms while requests arrive): every `interval`
+seconds, if the worst lag in that window was over `target`, the rate halves (down to
+`min_rate`); otherwise it grows by a quarter (up to `max_rate`). When no acknowledgment was sent
+for `quiet` seconds, writes are not paced at all (and the next burst starts at `start_rate`).
 
-Pure bookkeeping over a clock: `ack()` is called from the API thread (two float stores, safe
-under the GIL; a lost update only blurs one window), `delay()` from the drainer's loop. No I/O.
+The loop's lag, not the acknowledgment time, is the signal: an acknowledgment also waits for
+the fsync, and a slow disk must not throttle delivery; the lag grows only when the API thread
+cannot get the CPU or the GIL, which is what fewer concurrent PMS writes give back.
+
+Pure bookkeeping over a clock: `ack()` and `lag()` are called from the API thread (float
+stores, safe under the GIL; a lost update only blurs one window), `delay()` from the drainer's
+loop. No I/O.
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ from dataclasses import dataclass, field
 
 @dataclass
 class AckPacer:
-    """Rate limit for PMS writes that adapts to the acknowledgment latency (see the module)."""
+    """Rate limit for PMS writes that adapts to the API loop's lag (see the module)."""
 
-    target: float = 0.010  # the slowest acknowledgment per window to stay under (s)
+    target: float = 0.005  # the API loop's worst lag per window to stay under (s)
     start_rate: float = 200.0  # writes/s when a burst of requests begins
     min_rate: float = 5.0
     max_rate: float = 5000.0
@@ -45,9 +50,12 @@ class AckPacer:
         self._tokens = self.burst
         self._filled_at = now
 
-    def ack(self, seconds: float) -> None:
-        """The API sent an acknowledgment that took `seconds` (request read -> answer ready)."""
+    def ack(self) -> None:
+        """The API sent an acknowledgment (requests are arriving)."""
         self._last_ack = self.clock()
+
+    def lag(self, seconds: float) -> None:
+        """The API's event loop ran a timer `seconds` late."""
         if seconds > self._peak:
             self._peak = seconds
 
