@@ -188,6 +188,8 @@ def test_deploy_manifests_pass_a_server_side_dry_run(
         "persistentvolumeclaim/pmsctl-state",
         "deployment.apps/pmsctl-operator",
         "service/pmsctl-writeback",
+        "role.rbac.authorization.k8s.io/pmsctl-operator-leader-election",
+        "rolebinding.rbac.authorization.k8s.io/pmsctl-operator-leader-election",
     ):
         assert kind in out, out
 
