@@ -151,6 +151,8 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 async def load(args: argparse.Namespace) -> None:
+    import resource
+
     import aiohttp
 
     pids = [pid for pid, _ in practice_ids(args.practices)]
@@ -195,7 +197,9 @@ async def load(args: argparse.Namespace) -> None:
             tasks.append(asyncio.create_task(one(http, pid, i, due)))
         await asyncio.gather(*tasks)
         wall = time.perf_counter() - started
-    print(json.dumps({"wall": wall, "acks": acks, "statuses": statuses}))
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
+    spent = cpu.ru_utime + cpu.ru_stime
+    print(json.dumps({"wall": wall, "acks": acks, "statuses": statuses, "cpu_s": spent}))
 
 
 # --- the main process: simulator, orchestration, checks ----------------------------------------
@@ -270,6 +274,7 @@ async def main(args: argparse.Namespace) -> int:
                   f"{time.perf_counter() - t:.1f}s", file=sys.stderr)  # fmt: skip
             for pid, _ in practices:
                 sim.clear_requests(pid)
+            cpu0 = time.process_time()  # the simulator's work from here on
             loader = await asyncio.create_subprocess_exec(
                 sys.executable, me, "load", "--url", url, "--practices", str(args.practices),
                 "--per-practice", str(args.per_practice), "--concurrency", str(args.concurrency),
@@ -298,6 +303,7 @@ async def main(args: argparse.Namespace) -> int:
                 ):
                     break
                 await asyncio.sleep(0.5)
+            sim_cpu = time.process_time() - cpu0
         finally:
             server.terminate()
             server.wait(30)
@@ -329,6 +335,9 @@ async def main(args: argparse.Namespace) -> int:
         "server_ack_ms_p50_p99_upper_bounds": server_ack,
         "group_commits": served.get("commits"),
         "service_cpu_s": round(served.get("cpu_s", 0.0), 1),
+        "load_client_cpu_s": round(result.get("cpu_s", 0.0), 1),
+        "simulator_cpu_s": round(sim_cpu, 1),
+        "machine_load_average_1m": os.getloadavg()[0],
         "sqlite_synchronous": args.synchronous,
         "sent": c["sent"],
         "failed": c["failed"],
