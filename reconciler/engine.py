@@ -29,12 +29,17 @@ condition recovers.
 
 `on_status(key, status, transitions)` is called promptly when a condition changes (and after every
 `apply`), and at most every `status_interval` seconds for poller counters alone.
+
+Once it holds hundreds of practices the engine tunes Python's garbage collector for a process
+full of long-lived state (`GcPolicy`, on by default; `EngineSettings(gc_tuning=False)` turns it
+off): without that, full collections walking every practice's objects stalled the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -146,6 +151,8 @@ class EngineSettings:
     failure_threshold: int = 3
     #: Seconds a stop waits for a poll that is publishing its events to also save its cursor.
     commit_grace: float = 5.0
+    #: Keep the long-lived practice state out of the garbage collector's full passes (`GcPolicy`).
+    gc_tuning: bool = True
 
 
 @dataclass
@@ -203,6 +210,70 @@ def _classify(exc: BaseException) -> ReachError:
     return ReachError(ReachFailure.PMS_ERROR, msg)
 
 
+class GcPolicy:
+    """Keeps the cyclic garbage collector's full passes short in a process holding many practices.
+
+    Each practice keeps ~250 objects the collector tracks (client, connection pool, driver,
+    catalogs, pollers), so at 4,000 practices a full pass walks a million objects that never
+    become garbage: bench_scale measured 3 full passes in 30 s, up to 1 s each, and no poll
+    starts during one (that was the p99 schedule lag). Objects alive once the engine holds
+    `min_practices`, and again whenever it grew by `growth`, are moved out of the collector's
+    sight (`gc.freeze()`; reference counting still frees them). A cycle that becomes garbage
+    after its freeze would be kept, so every `refresh` seconds everything is unfrozen, collected
+    once (one full pass) and frozen again: memory stays bounded, one long pass an hour instead of
+    several a minute. Meanwhile the young generation is collected after `young` net allocations
+    instead of Python's 700: each poll's short-lived objects are then mostly freed before a
+    collection sees them, so fewer reach the old generation (bench_scale, 4,000 practices: GC
+    time 4.8 s -> 1.4 s in 30 s, no full pass, from this alone).
+    """
+
+    def __init__(
+        self,
+        *,
+        min_practices: int = 500,
+        growth: float = 1.25,
+        refresh: float = 3600.0,
+        young: int = 50_000,
+    ) -> None:
+        self.min_practices = min_practices
+        self.growth = growth
+        self.refresh = refresh
+        self.young = young
+        self.frozen_practices = 0
+        self._refreshed_at: float | None = None
+        self._thresholds: tuple[int, int, int] | None = None
+
+    def check(self, practices: int, now: float) -> None:
+        """Called every status interval with the number of practices held and a monotonic time."""
+        if practices < self.min_practices:
+            self.release()
+            return
+        if self._thresholds is None:
+            self._thresholds = gc.get_threshold()
+            gc.set_threshold(max(self.young, self._thresholds[0]), *self._thresholds[1:])
+        if self._refreshed_at is None:
+            self._refreshed_at = now
+        if now - self._refreshed_at >= self.refresh:
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
+            self._refreshed_at = now
+            self.frozen_practices = practices
+        elif practices >= self.frozen_practices * self.growth:
+            gc.freeze()
+            self.frozen_practices = practices
+
+    def release(self) -> None:
+        """Hand every frozen object back to the collector and restore its thresholds."""
+        if self.frozen_practices:
+            gc.unfreeze()  # the next full pass looks at everything again
+            self.frozen_practices = 0
+        if self._thresholds is not None:
+            gc.set_threshold(*self._thresholds)
+            self._thresholds = None
+        self._refreshed_at = None
+
+
 class Engine:
     """Reconciles practices against their PMS and runs their pollers (see the module docstring)."""
 
@@ -230,6 +301,7 @@ class Engine:
         self._background: set[asyncio.Task[Any]] = set()
         self._flusher: asyncio.Task[None] | None = None
         self._writeback_counts: WritebackCounts | None = None
+        self._gc = GcPolicy() if self.settings.gc_tuning else None
         s = self.settings
         self.scheduler = Scheduler(
             workers=s.poll_workers,
@@ -271,6 +343,8 @@ class Engine:
             await self._close_client(p)
         await self._sink.close()
         self._store.close()
+        if self._gc is not None:
+            self._gc.release()
         metrics.PRACTICES.set(0)
         for kind in SyncKind:
             metrics.POLLERS_RUNNING.labels(str(kind)).set(0)
@@ -782,3 +856,5 @@ class Engine:
             for start in range(0, len(dirty), FLUSH_SLICE):
                 await asyncio.gather(*(flush(p) for p in dirty[start : start + FLUSH_SLICE]))
                 await asyncio.sleep(0)
+            if self._gc is not None:
+                self._gc.check(len(self._practices), asyncio.get_running_loop().time())

@@ -22,7 +22,7 @@ import pytest
 from pms_drivers.base import Credentials
 from pms_simulator import Simulator
 from reconciler.core import ConditionType, PracticeStatus, Reason, Transition
-from reconciler.engine import Engine, EngineSettings, SecretNotFoundError
+from reconciler.engine import Engine, EngineSettings, GcPolicy, SecretNotFoundError
 from reconciler.sink import JsonlSink
 from reconciler.spec import PracticeSpec, WritebackType
 from reconciler.store import SqliteCursorStore
@@ -557,3 +557,33 @@ async def test_a_stop_during_publish_saves_the_cursor_so_no_event_is_emitted_twi
     ids = [e["id"] for e in events(tmp_path)]
     twice = {i for i in ids if ids.count(i) > 1}
     assert not twice, f"{len(twice)} event ids emitted twice (first run: {len(first)} events)"
+
+
+def test_the_gc_policy_freezes_on_growth_refreshes_hourly_and_lets_go_when_small() -> None:
+    """The real collector: `gc.get_freeze_count()` shows what the policy froze."""
+    import gc
+
+    thresholds = gc.get_threshold()
+    policy = GcPolicy(min_practices=10, growth=2.0, refresh=100.0, young=thresholds[0] + 1000)
+    try:
+        policy.check(5, now=0.0)
+        assert gc.get_freeze_count() == 0  # too few practices to bother
+        assert gc.get_threshold() == thresholds
+        policy.check(10, now=1.0)
+        assert policy.frozen_practices == 10 and gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (thresholds[0] + 1000, *thresholds[1:])
+        tracked = [[i] for i in range(1000)]  # created after the first freeze
+        policy.check(15, now=2.0)  # grew, but not twofold: nothing new frozen
+        assert policy.frozen_practices == 10
+        policy.check(20, now=3.0)
+        assert policy.frozen_practices == 20
+        frozen = gc.get_freeze_count()
+        assert frozen >= len(tracked)
+        policy.check(20, now=200.0)  # the refresh: unfreeze, collect, freeze again
+        assert policy.frozen_practices == 20 and gc.get_freeze_count() > 0
+        policy.check(3, now=201.0)
+        assert policy.frozen_practices == 0 and gc.get_freeze_count() == 0
+        assert gc.get_threshold() == thresholds
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
