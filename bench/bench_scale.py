@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import resource
@@ -64,9 +65,47 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def cpu_pressure_us() -> int:
+    """Microseconds some task waited for a CPU, machine-wide (Linux PSI; 0 where unavailable)."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return 0
+    return int(line.rsplit("total=", 1)[1])
+
+
 def self_cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+class GcPauses:
+    """Times the cyclic garbage collector's passes (gc.callbacks), per generation, while on."""
+
+    def __init__(self) -> None:
+        self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses[info["generation"]].append(time.perf_counter() - self._started)
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def summary(self) -> dict[str, Any]:
+        full = self.pauses[2]
+        return {
+            "gc_full_passes": len(full),
+            "gc_full_max_ms": round(max(full, default=0.0) * 1000, 1),
+            "gc_total_ms": round(sum(sum(v) for v in self.pauses.values()) * 1000, 1),
+        }
 
 
 def pct(values: list[float], q: float) -> float:
@@ -184,7 +223,14 @@ class SimSecrets:
 
 
 async def bench_engine(
-    count: int, duration: float, warmup: float, workers: int, pms: str, sim_practices: int
+    count: int,
+    duration: float,
+    warmup: float,
+    workers: int,
+    pms: str,
+    sim_practices: int,
+    profile: str | None = None,
+    gc_tuning: bool = True,
 ) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     shared = min(count, sim_practices)
@@ -203,7 +249,12 @@ async def bench_engine(
             sink=JsonlSink(tmp / "events.jsonl", fsync=False),
             store=SqliteCursorStore(tmp / "state.db"),
             secrets=SimSecrets(pms),
-            settings=EngineSettings(poll_workers=workers, drift_interval=3600, status_interval=30),
+            settings=EngineSettings(
+                poll_workers=workers,
+                drift_interval=3600,
+                status_interval=30,
+                gc_tuning=gc_tuning,
+            ),
         )
         await engine.start()
         rss0 = rss_mb()
@@ -253,9 +304,23 @@ async def bench_engine(
         await asyncio.sleep(warmup)
         engine.scheduler.stats.lags.clear()
         runs0, fails0 = engine.scheduler.stats.runs, engine.scheduler.stats.failures
+        profiler = None
+        if profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
         cpu0, sim0, wall0 = self_cpu_seconds(), proc_cpu_seconds(sim.pid), time.monotonic()
-        await asyncio.sleep(duration)
+        psi0 = cpu_pressure_us()
+        with GcPauses() as gc_pauses:
+            await asyncio.sleep(duration)
         wall = time.monotonic() - wall0
+        # Share of the window in which some runnable task on the machine waited for a CPU: the
+        # machine is shared, and a starved benchmark reads as lag, not as CPU.
+        cpu_wait = (cpu_pressure_us() - psi0) / 1e6 / wall
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(f"{profile}.{count}")
         cpu = (self_cpu_seconds() - cpu0) / wall
         sim_cpu = (proc_cpu_seconds(sim.pid) - sim0) / wall
         lags = list(engine.scheduler.stats.lags)
@@ -272,7 +337,10 @@ async def bench_engine(
             "lag_p50_ms": round(pct(lags, 0.5) * 1000, 1), "lag_p99_ms": round(pct(lags, 0.99) * 1000, 1),
             "lag_max_ms": round(max(lags, default=0) * 1000, 1),
             "cpu_cores": round(cpu, 2), "sim_cpu_cores": round(sim_cpu, 2),
+            "cpu_ms_per_poll": round(cpu * wall / max(runs, 1) * 1000, 3),
+            "machine_cpu_wait_pct": round(cpu_wait * 100, 1),
             "rss_mb": round(rss, 1), "rss_added_mb": round(rss - rss0, 1),
+            **gc_pauses.summary(),
         }  # fmt: skip
     finally:
         sim.terminate()
@@ -301,6 +369,16 @@ def main() -> int:
         default=100,
         help="engine bench: simulator practices the engine's practices share",
     )
+    p.add_argument(
+        "--profile",
+        metavar="PATH",
+        help="engine bench: cProfile the measured window into PATH.<count> (slows the engine)",
+    )
+    p.add_argument(
+        "--no-gc-tuning",
+        action="store_true",
+        help="engine bench: EngineSettings(gc_tuning=False), Python's collector as it comes",
+    )
     p.add_argument("--json", action="store_true", help="print JSON lines only")
     args = p.parse_args()
     counts = [int(c) for c in args.counts.split(",") if c]
@@ -321,6 +399,8 @@ def main() -> int:
                         args.workers,
                         args.pms,
                         args.sim_practices,
+                        args.profile,
+                        not args.no_gc_tuning,
                     )
                 )
             rows.append(row)
