@@ -41,8 +41,9 @@ PAUSING_STATUSES = frozenset({429, 503})
 #: so each poll paid a TCP connect and close; keeping them halves the CPU per poll (bench_scale:
 #: 2,000 practices went from saturated, p99 lag 3.1 s, to 0.46 cores, p99 15 ms).
 KEEPALIVE_SECONDS = 120.0
-#: Parsed URLs each `PracticeClient` keeps (a practice polls three or four distinct URLs).
-URL_CACHE_SIZE = 16
+#: Parsed URLs each `PracticeClient` keeps (~700 bytes each): a practice polls three URLs, and
+#: a cursor that moved makes the old URL useless, so a few are enough.
+URL_CACHE_SIZE = 4
 #: A `Retry-After` longer than this is clamped (a misbehaving server must not park a practice for hours).
 MAX_PAUSE_SECONDS = 300.0
 
