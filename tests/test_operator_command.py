@@ -46,6 +46,10 @@ def _post(url: str, body: dict[str, Any], token: str) -> tuple[int, dict[str, An
         return r.status, json.loads(r.read())
 
 
+#: Operator process id -> its log file, so a failure shows what the operator said.
+_LOGS: dict[int, Path] = {}
+
+
 def _wait(check: Any, timeout: float, what: str, proc: subprocess.Popen[str] | None = None) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -53,8 +57,10 @@ def _wait(check: Any, timeout: float, what: str, proc: subprocess.Popen[str] | N
         if value:
             return value
         if proc is not None and proc.poll() is not None:
+            log = _LOGS.get(proc.pid)
+            tail = log.read_text()[-4000:] if log is not None and log.exists() else ""
             raise AssertionError(
-                f"the operator exited ({proc.returncode}) while waiting for {what}"
+                f"the operator exited ({proc.returncode}) while waiting for {what}; log:\n{tail}"
             )
         time.sleep(0.25)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
@@ -103,6 +109,7 @@ def test_pmsctl_operator_makes_a_practice_ready_and_serves_probes_and_metrics(
             text=True,
             cwd=tmp_path,
         )  # fmt: skip
+        _LOGS[proc.pid] = tmp_path / "operator.log"
         try:
 
             def ready() -> bool:
@@ -252,6 +259,7 @@ def test_operator_killed_mid_drain_and_restarted_loses_and_doubles_no_writeback(
             cwd=tmp_path,
         )  # fmt: skip
         procs.append(proc)
+        _LOGS[proc.pid] = tmp_path / f"operator{n}.log"
         return proc
 
     def status() -> dict[str, Any]:

@@ -316,11 +316,31 @@ def write_kubeconfig(path: Path, server: str, certs: Certificates) -> None:
 # Processes
 
 
+#: Ports handed out by `free_port` in this process (never the same one twice).
+_HANDED_OUT: set[int] = set()
+#: Below Linux's ephemeral range (32768-60999): the kernel never gives these to a `bind(port 0)`
+#: or an outgoing connection, so a port picked here cannot be taken by a simulator, a client or
+#: another test's server between the pick and the bind of the process it is meant for.
+_PORT_RANGE = (20000, 32000)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (a race is retried by callers)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port nothing listens on right now, on 127.0.0.1 and 0.0.0.0, outside the kernel's
+    ephemeral range and not handed out before in this process."""
+    rng = secrets.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(*_PORT_RANGE)
+        if port in _HANDED_OUT:
+            continue
+        try:
+            for host in ("0.0.0.0", "127.0.0.1"):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    s.bind((host, port))
+        except OSError:
+            continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free TCP port in {_PORT_RANGE[0]}-{_PORT_RANGE[1]} after 200 tries")
 
 
 _PR_SET_PDEATHSIG = 1
