@@ -18,7 +18,12 @@ The first-poll jitter spreads each poller's first run over its interval. The eng
 until every poller has read its practice's history once (`initial_sync_s`: each practice starts
 from an empty cursor, ~350 events) and then `--warmup` more seconds (default 16) before measuring,
 so the figures are steady state.
-The report says at which count p99 lag first passes 1 s.
+The report says at which count p99 lag first passes 1 s. Engine rows also carry what explains
+the lag on a shared machine: `cpu_ms_per_poll` (the engine's CPU per poll), `gc_*` (the cyclic
+collector's passes and time in the window), and `machine_cpu_wait_pct` (Linux PSI: the share of
+the window in which some task on the machine waited for a CPU; high means the figures are
+contended). `--profile PATH` writes a cProfile of the measured window to PATH.<count>;
+`--no-gc-tuning` runs the engine with Python's collector as it comes (`EngineSettings.gc_tuning`).
 """
 
 from __future__ import annotations
@@ -361,7 +366,7 @@ def main() -> int:
     )
     p.add_argument("--duration", type=float, default=30.0, help="seconds measured per count")
     p.add_argument("--warmup", type=float, default=16.0, help="seconds before measuring")
-    p.add_argument("--workers", type=int, default=64, help="polls in flight at once")
+    p.add_argument("--workers", type=int, default=256, help="polls in flight at once")
     p.add_argument("--pms", choices=("OpenDental", "Dentrix", "Eaglesoft"), default="Dentrix")
     p.add_argument(
         "--sim-practices",

@@ -140,8 +140,10 @@ class EngineSettings:
     retry_policy: RetryPolicy = field(
         default_factory=lambda: RetryPolicy(max_attempts=3, base_delay=0.5, max_delay=5.0)
     )
-    #: Polls in flight at once, across all practices.
-    poll_workers: int = 64
+    #: Polls in flight at once, across all practices. A poll waits on its PMS for tens of ms, so
+    #: this caps the polls a second: at 7,000 practices 64 left polls queued for a worker (lag
+    #: p50 452 ms, p99 6.5 s in bench_scale); 256 did not (p50 1.3 ms, p99 243 ms).
+    poll_workers: int = 256
     #: First poll of a new poller waits U(0, first_poll_jitter * interval) seconds (max_jitter cap).
     first_poll_jitter: float = 1.0
     jitter: float = 0.1
