@@ -547,18 +547,7 @@ def test_a_second_operator_process_stands_by_until_the_first_is_stopped_then_tak
         return (tmp_path / who / "operator.log").read_text()
 
     with sim.serve_in_thread():
-        doc["metadata"]["namespace"] = kube_namespace
-        doc["spec"]["pms"]["url"] = sim.base_url("Dentrix")
-        secret = {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {
-                "name": doc["spec"]["pms"]["credentialsSecretRef"]["name"],
-                "namespace": kube_namespace,
-            },
-            "stringData": creds,
-        }
-        kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([secret, doc]))
+        testenv.apply_practice(kube, doc, kube_namespace, sim.base_url("Dentrix"), creds)
         try:
             start("a")
             start("b")

@@ -75,18 +75,7 @@ def test_pmsctl_operator_makes_a_practice_ready_and_serves_probes_and_metrics(
     probe, metrics_port, wb_port = testenv.free_port(), testenv.free_port(), testenv.free_port()
     token = "command-test-token-0123456789"
     with sim.serve_in_thread():
-        doc["metadata"]["namespace"] = kube_namespace
-        doc["spec"]["pms"]["url"] = sim.base_url("Dentrix")
-        secret = {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {
-                "name": doc["spec"]["pms"]["credentialsSecretRef"]["name"],
-                "namespace": kube_namespace,
-            },
-            "stringData": creds,
-        }
-        kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([secret, doc]))
+        testenv.apply_practice(kube, doc, kube_namespace, sim.base_url("Dentrix"), creds)
         events = tmp_path / "events.jsonl"
         log = (tmp_path / "operator.log").open("w")
         proc = subprocess.Popen(
@@ -268,18 +257,7 @@ def test_operator_killed_mid_drain_and_restarted_loses_and_doubles_no_writeback(
 
     url = f"http://127.0.0.1:{wb_port}/v1/practices/{pid}/writebacks"
     with sim.serve_in_thread():
-        doc["metadata"]["namespace"] = kube_namespace
-        doc["spec"]["pms"]["url"] = sim.base_url("OpenDental")
-        secret = {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {
-                "name": doc["spec"]["pms"]["credentialsSecretRef"]["name"],
-                "namespace": kube_namespace,
-            },
-            "stringData": creds,
-        }
-        kube.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([secret, doc]))
+        testenv.apply_practice(kube, doc, kube_namespace, sim.base_url("OpenDental"), creds)
         try:
             first = start(1)
             _wait(

@@ -723,6 +723,25 @@ def install_crds(cluster: Cluster, folder: Path, timeout: float = 60.0) -> list[
     return names
 
 
+def apply_practice(
+    cluster: Cluster, doc: dict[str, Any], namespace: str, url: str, credentials: Mapping[str, str]
+) -> None:
+    """`kubectl apply` a PracticeWriteback `doc` (changed in place: put in `namespace`, pointed
+    at `url`) together with the Secret its `credentialsSecretRef` names, holding `credentials`."""
+    doc["metadata"]["namespace"] = namespace
+    doc["spec"]["pms"]["url"] = url
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": doc["spec"]["pms"]["credentialsSecretRef"]["name"],
+            "namespace": namespace,
+        },
+        "stringData": dict(credentials),
+    }
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([secret, doc]))
+
+
 def delete_namespace(cluster: Cluster, name: str, timeout: float = 30.0) -> None:
     """Delete a test namespace and what the tests left in it.
 
