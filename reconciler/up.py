@@ -639,7 +639,8 @@ def _now() -> datetime:
 def _local_settings() -> EngineSettings:
     # A handful of practices on a laptop: poll at once instead of spreading first polls over an
     # interval, and refresh counters every second so the table is live.
-    return EngineSettings(first_poll_jitter=0.0, status_interval=1.0)
+    # The listener is the table, not an API server: no cap on status updates.
+    return EngineSettings(first_poll_jitter=0.0, status_interval=1.0, status_qps=0.0)
 
 
 def _info(message: str) -> None:

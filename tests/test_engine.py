@@ -504,6 +504,31 @@ async def test_counter_updates_are_throttled_and_transitions_are_not(
         await engine.stop()
 
 
+async def test_counter_updates_share_one_process_wide_budget_oldest_first(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """12 practices whose counters change every second, a 0.5 s status interval and a cap of
+    4 counter-only writes a second: uncapped that is ~24 writes a second; capped it stays near
+    4 a second, and oldest-first still reaches every practice."""
+    keys = [f"c/d{n}" for n in range(12)]
+    for key in keys:
+        sim.add_practice(key.split("/")[1], "Dentrix")
+    listener = Statuses()
+    settings = EngineSettings(**{**FAST.__dict__, "status_interval": 0.5, "status_qps": 4.0})
+    engine = make_engine(sim, tmp_path, listener, settings=settings)
+    await engine.start()
+    try:
+        for key in keys:
+            await engine.apply(key, spec_for(sim, key.split("/")[1]))
+        start = len(listener.calls)
+        await asyncio.sleep(6)
+        quiet = [c for c in listener.calls[start:] if not c[2]]
+        assert len(quiet) <= 4 * 6 + 4, len(quiet)
+        assert {key for key, _, _ in quiet} == set(keys)
+    finally:
+        await engine.stop()
+
+
 class SlowFsyncSink(JsonlSink):
     """A real JsonlSink whose publish, after writing and flushing the lines, awaits `delay`
     seconds before returning: the injected part, standing in for a slow fsync (or a slow HTTP

@@ -109,6 +109,15 @@ def register(sub: Any) -> None:
         help="write poller counters to status at most this often (default 10)",
     )
     p.add_argument(
+        "--status-qps",
+        type=float,
+        default=float(_env("PMSCTL_STATUS_QPS", "20") or 20),
+        metavar="N",
+        help="at most N status writes a second that only carry poller counters, across all "
+        "practices, longest-unwritten first (default 20; 0: no cap). Condition changes are "
+        "written at once",
+    )
+    p.add_argument(
         "--first-poll-jitter",
         type=_fraction,
         default=_env("PMSCTL_FIRST_POLL_JITTER", "1") or "1",
@@ -181,6 +190,8 @@ def run(args: argparse.Namespace) -> int:
     from reconciler.operator import parse_selector
 
     try:
+        if args.status_qps < 0:
+            raise ValueError(f"--status-qps: {args.status_qps:g} is negative (0 turns the cap off)")
         labels = parse_selector(args.selector)
         sink = _deferred_sink(args.sink)
         token = _writeback_token(args.writeback_port)
@@ -289,6 +300,7 @@ async def _work(
         settings=EngineSettings(
             drift_interval=args.drift_interval,
             status_interval=args.status_interval,
+            status_qps=args.status_qps,
             first_poll_jitter=args.first_poll_jitter,
         ),
         on_status=writer,
