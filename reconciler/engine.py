@@ -343,18 +343,14 @@ class Engine:
         # stopped, which is not what the practice's spec asks for): oldest first, a few at a
         # time, for at most final_flush_seconds (thousands of practices would outlast the pod's
         # termination grace period; what is not written then is only counters).
-        limit = asyncio.Semaphore(16)
-
-        async def last(p: _Practice) -> None:
-            async with limit:
-                if p.dirty and not p.removed:
-                    with contextlib.suppress(Exception):
-                        await self._publish(p, self._decide(p), force=True)
-
-        if self._dirty():
+        dirty = self._dirty()
+        if dirty:
+            limit = asyncio.Semaphore(16)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
-                    asyncio.gather(*(last(p) for p in self._dirty())),
+                    asyncio.gather(
+                        *(self._write_counters(p, limit) for p in dirty), return_exceptions=True
+                    ),
                     self.settings.final_flush_seconds,
                 )
         await self.scheduler.close()
@@ -544,20 +540,29 @@ class Engine:
 
     async def _reconcile(self, p: _Practice) -> None:
         """One reconcile of `p` (caller holds p.lock)."""
-        spec = p.spec
         p.last_error = None
-        if p.duplicate_of is not None:
+        if p.duplicate_of is None:
+            await self._observe(p)
+        else:
             # Another resource manages this practice: contact nothing, hold no client.
             await self._close_client(p)
             p.pms_identity = None
-            p.providers = p.note_types = p.document_categories = None
-            p.pms_version, p.checked_at = None, None
+            self._forget_catalogs(p)
             p.reach_error = p.reconcile_error = None
-            metrics.RECONCILES.labels("error").inc()
-            decision = self._decide(p)
-            await self._apply_pollers(p, decision)
-            await self._publish(p, self._decide(p), force=True)
-            return
+        failed = p.last_error is not None or p.duplicate_of is not None
+        metrics.RECONCILES.labels("error" if failed else "ok").inc()
+        decision = self._decide(p)
+        await self._apply_pollers(p, decision)
+        await self._publish(p, self._decide(p), force=True)
+
+    def _forget_catalogs(self, p: _Practice) -> None:
+        p.providers = p.note_types = p.document_categories = None
+        p.pms_version, p.checked_at = None, None
+
+    async def _observe(self, p: _Practice) -> None:
+        """Connect to the practice's PMS and read its version and catalogs; a failure is
+        recorded on `p` (last_error, reach_error, reconcile_error), never raised."""
+        spec = p.spec
         try:
             conn = await self._connection(p)
             shape = (str(spec.pms.type), spec.pms.timeout_seconds)
@@ -566,8 +571,7 @@ class Engine:
                 # Another PMS: its cursors and catalogs mean nothing here; start over.
                 log.info("%s: PMS changed to %s at %s; cursors reset", p.key, *identity)
                 self._store.forget(p.key)
-                p.providers = p.note_types = p.document_categories = None
-                p.pms_version, p.checked_at = None, None
+                self._forget_catalogs(p)
             p.pms_identity = identity
             if conn != p.connection or p.driver is None or p.client_shape != shape:
                 await self._close_client(p)
@@ -600,10 +604,6 @@ class Engine:
             p.last_error = exc
             p.reach_error = ReachError(ReachFailure.PMS_ERROR, str(exc))
             p.reconcile_error = str(exc)
-        metrics.RECONCILES.labels("error" if p.last_error else "ok").inc()
-        decision = self._decide(p)
-        await self._apply_pollers(p, decision)
-        await self._publish(p, self._decide(p), force=True)
 
     async def _check_pms(self, p: _Practice) -> None:
         driver = p.driver
@@ -662,16 +662,12 @@ class Engine:
         wanted = {str(k): v for k, v in decision.pollers.items()}
         if p.driver is None:
             wanted = {}
-        if p.duplicate_of is not None:
-            await self.scheduler.stop_practice(key)
-            self._count_pollers()
-            return
         for kind in self.scheduler.kinds(key):
             if kind != DRIFT and kind not in wanted:
                 await self.scheduler.stop(key, kind)
         for kind, interval in wanted.items():
             self.scheduler.ensure(key, kind, interval, self._poll_fn(p, SyncKind(kind)))
-        if p.spec.suspend:
+        if p.spec.suspend or p.duplicate_of is not None:  # a duplicate is re-checked by _elect
             await self.scheduler.stop(key, DRIFT)
         else:
             self.scheduler.ensure(key, DRIFT, self.settings.drift_interval, self._drift_fn(p))
@@ -848,6 +844,12 @@ class Engine:
                 log.exception("%s: the status listener failed", p.key)
                 p.dirty = True
 
+    async def _write_counters(self, p: _Practice, limit: asyncio.Semaphore) -> None:
+        """Recompute and hand over `p`'s status if it is still unwritten (`limit` at a time)."""
+        async with limit:
+            if p.dirty and not p.removed:
+                await self._publish(p, self._decide(p), force=True)
+
     def _dirty(self) -> list[_Practice]:
         """Practices with an unwritten status, the longest unwritten first."""
         dirty = [p for p in self._practices.values() if p.dirty and not p.removed]
@@ -867,12 +869,7 @@ class Engine:
         # A few status writes at a time: at thousands of practices one at a time would take
         # longer than the interval, all at once would flood the API server.
         limit = asyncio.Semaphore(16)
-
-        async def flush(p: _Practice) -> None:
-            async with limit:
-                if p.dirty and not p.removed:
-                    await self._publish(p, self._decide(p), force=True)
-
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.settings.status_interval)
             if self._writeback_counts is not None:
@@ -886,10 +883,11 @@ class Engine:
             # With a listener and a status_qps cap, a slice is one second's worth of writes.
             qps = self.settings.status_qps if self._on_status is not None else 0.0
             step = max(1, min(FLUSH_SLICE, int(qps))) if qps > 0 else FLUSH_SLICE
-            loop = asyncio.get_running_loop()
             for start in range(0, len(dirty), step):
                 began = loop.time()
-                await asyncio.gather(*(flush(p) for p in dirty[start : start + step]))
+                await asyncio.gather(
+                    *(self._write_counters(p, limit) for p in dirty[start : start + step])
+                )
                 await asyncio.sleep(max(0.0, step / qps - (loop.time() - began)) if qps > 0 else 0)
             if self._gc is not None:
-                self._gc.check(len(self._practices), asyncio.get_running_loop().time())
+                self._gc.check(len(self._practices), loop.time())
