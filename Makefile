@@ -34,10 +34,10 @@ test-fast: setup ## Run the tests that need no API server
 	$(BIN)/pytest -m "not kube" $(PYTEST_ARGS)
 
 crds: setup ## Generate crds/ from schemas/
-	$(BIN)/python -m reconciler.crdgen --write
+	$(BIN)/python -m reconciler.api.crdgen --write
 
 check-crds: setup ## Fail when crds/ differs from what the generator writes
-	$(BIN)/python -m reconciler.crdgen --check
+	$(BIN)/python -m reconciler.api.crdgen --check
 
 lint: setup ## ruff (lint and format check), mypy strict, import-linter layering contracts
 	$(BIN)/ruff check .

@@ -43,7 +43,7 @@ from pms_drivers.retry import RetryPolicy, with_retry
 from pms_drivers.transport import new_client
 
 PMS_TYPES = ("OpenDental", "Eaglesoft", "Dentrix")
-#: The product's default poll intervals (reconciler.spec.DEFAULT_INTERVALS), in seconds.
+#: The product's default poll intervals (reconciler.api.spec.DEFAULT_INTERVALS), in seconds.
 DEFAULT_INTERVALS = {"appointmentStatus": 15.0, "appointments": 60.0, "patients": 30.0}
 
 

@@ -4,7 +4,7 @@ Two benchmarks, both reporting schedule lag (how late a poll started versus when
 p50/p99/max), CPU (cores used by this process, and by the simulator), and memory (RSS):
 
   scheduler  3 pollers per practice with a trivial poll, no I/O: the scheduler's own overhead.
-             `--mode heap` is `reconciler.scheduler.Scheduler` (one heap, one dispatcher, a bounded
+             `--mode heap` is `reconciler.engine.scheduler.Scheduler` (one heap, one dispatcher, a bounded
              pool); `--mode tasks` is the naive design (one sleeping task per poller) for comparison.
   engine     the real `Engine`: every practice reconciled against the PMS simulator (running in
              its own process, so it does not steal this process's GIL), then the three pollers per
@@ -47,11 +47,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from pms_drivers.base import Credentials  # noqa: E402
-from reconciler.engine import Engine, EngineSettings, SecretNotFoundError  # noqa: E402
-from reconciler.scheduler import Scheduler  # noqa: E402
-from reconciler.sink import JsonlSink  # noqa: E402
-from reconciler.spec import PracticeSpec  # noqa: E402
-from reconciler.store import SqliteCursorStore  # noqa: E402
+from reconciler.api.spec import PracticeSpec  # noqa: E402
+from reconciler.engine.cursors import SqliteCursorStore  # noqa: E402
+from reconciler.engine.engine import Engine, EngineSettings, SecretNotFoundError  # noqa: E402
+from reconciler.engine.scheduler import Scheduler  # noqa: E402
+from reconciler.engine.sink import JsonlSink  # noqa: E402
 
 INTERVALS = {"appointmentStatus": 15.0, "patients": 30.0, "appointments": 60.0}
 

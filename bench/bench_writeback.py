@@ -46,7 +46,7 @@ def practice_ids(n: int) -> list[tuple[str, str]]:
 
 
 def spec_for(pid: str, pms: str, url: str) -> Any:
-    from reconciler.spec import PracticeSpec
+    from reconciler.api.spec import PracticeSpec
 
     names = {"outgoingSms": "Text Message", "incomingSms": "Text Message",
              "outgoingEmail": "Email", "incomingCall": "Phone Call", "missedCall": "Missed Call"}  # fmt: skip

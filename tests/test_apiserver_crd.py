@@ -2,7 +2,7 @@
 
 Real: etcd, kube-apiserver and kubectl from the testenv (`tests/testenv.py`, or the cluster named
 by `PMSCTL_TEST_KUBECONFIG`), the CRD from `crds/`, the examples in `practices/`, the schema
-cases in `tests/cases/{valid,invalid}/` and `reconciler.validate` (what `pmsctl validate` runs).
+cases in `tests/cases/{valid,invalid}/` and `reconciler.api.validate` (what `pmsctl validate` runs).
 Nothing is faked. The comparison is the point: the JSON Schema (what `pmsctl validate` checks
 at commit time) and the CRD's OpenAPI schema plus CEL rules (what the API server checks at
 `kubectl apply` time) must give the same verdict on every case, otherwise a file passes review
@@ -27,7 +27,7 @@ import pytest
 import testenv
 import yaml
 
-from reconciler import validate
+from reconciler.api import validate
 
 pytestmark = pytest.mark.kube
 

@@ -1,4 +1,4 @@
-"""Table tests for the pure core (`reconciler.core.decide`).
+"""Table tests for the pure core (`reconciler.engine.core.decide`).
 
 Everything is real: plain specs and observed snapshots in, a Decision out. Nothing is faked
 because nothing here does I/O. The catalogs are the simulator's Open Dental and Dentrix seeds
@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from pms_drivers.base import DocumentCategory, NoteType, Provider
-from reconciler.core import (
+from reconciler.api.spec import DocumentType, PracticeSpec, SyncKind, WritebackType
+from reconciler.engine.core import (
     ConditionType,
     Observed,
     PollerState,
@@ -21,7 +22,6 @@ from reconciler.core import (
     Reason,
     decide,
 )
-from reconciler.spec import DocumentType, PracticeSpec, SyncKind, WritebackType
 
 NOW = datetime(2026, 11, 26, 9, 15, tzinfo=UTC)
 

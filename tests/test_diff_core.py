@@ -1,4 +1,4 @@
-"""The pure diff core: `reconciler.diff.diff_practices` and its renderers, over plain specs.
+"""The pure diff core: `reconciler.review.diff.diff_practices` and its renderers, over plain specs.
 
 Nothing is faked: specs are built with the real `PracticeSpec.from_spec` (product defaults
 included) and compared by the real core. Git and files are covered in test_diff_cli.py.
@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from reconciler.diff import (
+from reconciler.api.spec import PracticeSpec
+from reconciler.review.diff import (
     ChangeKind,
     PracticeStatus,
     Resource,
@@ -24,7 +25,6 @@ from reconciler.diff import (
     render_markdown,
     render_text,
 )
-from reconciler.spec import PracticeSpec
 
 BASE_SPEC: dict[str, Any] = {
     "practiceId": "bright-smiles-austin",

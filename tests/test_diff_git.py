@@ -3,7 +3,7 @@
 Everything is real: each test builds a repository with the `git` CLI (commits on `main`, edits
 in the working tree or on a branch), runs the real command through `reconciler.cli.main` (one
 test also through the installed `pmsctl` script), and reads stdout, stderr and the exit code.
-The validator is the real `reconciler.validate`. Nothing is faked.
+The validator is the real `reconciler.api.validate`. Nothing is faked.
 """
 
 from __future__ import annotations

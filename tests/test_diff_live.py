@@ -3,7 +3,7 @@
 Real: the kube-apiserver and etcd of the testenv (fixtures `kube`, `crd_installed`,
 `kube_namespace` from conftest.py), the generated CRD from `crds/`, objects created with the
 testenv's `kubectl apply --server-side`, and the command reading them through
-`reconciler.kube.list_practice_writebacks` (the `kubernetes` client) with the kubeconfig the
+`reconciler.kube.client.list_practice_writebacks` (the `kubernetes` client) with the kubeconfig the
 harness wrote. The API server applies the CRD's defaults to the stored objects, so these tests
 also prove that defaults filled in by the server are "no change". The unreachable-server case
 points a kubeconfig at a closed loopback port (a real refused connection, nothing faked).
@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from reconciler.cli import main
-from reconciler.kube import KubeReadError, context_namespace, list_practice_writebacks
+from reconciler.kube.client import KubeReadError, context_namespace, list_practice_writebacks
 
 pytestmark = pytest.mark.kube
 

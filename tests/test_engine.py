@@ -21,11 +21,11 @@ import pytest
 
 from pms_drivers.base import Credentials
 from pms_simulator import Simulator
-from reconciler.core import ConditionType, PracticeStatus, Reason, Transition
-from reconciler.engine import Engine, EngineSettings, GcPolicy, SecretNotFoundError
-from reconciler.sink import JsonlSink
-from reconciler.spec import PracticeSpec, WritebackType
-from reconciler.store import SqliteCursorStore
+from reconciler.api.spec import PracticeSpec, WritebackType
+from reconciler.engine.core import ConditionType, PracticeStatus, Reason, Transition
+from reconciler.engine.cursors import SqliteCursorStore
+from reconciler.engine.engine import Engine, EngineSettings, GcPolicy, SecretNotFoundError
+from reconciler.engine.sink import JsonlSink
 
 FAST = EngineSettings(
     first_poll_jitter=0.0,

@@ -16,8 +16,8 @@ import pytest
 from test_engine import FAST, Statuses, make_engine, spec_for
 
 from pms_simulator import Simulator
-from reconciler.core import ConditionType, PracticeStatus, Reason
-from reconciler.engine import Engine
+from reconciler.engine.core import ConditionType, PracticeStatus, Reason
+from reconciler.engine.engine import Engine
 
 OLDER = "2026-11-01T08:00:00Z"
 NEWER = "2026-11-20T08:00:00Z"

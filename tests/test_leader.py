@@ -1,4 +1,4 @@
-"""Lease-based leader election (`reconciler.leader`) and `pmsctl operator --leader-elect`.
+"""Lease-based leader election (`reconciler.kube.leader`) and `pmsctl operator --leader-elect`.
 
 Real: the kube-apiserver from the testenv and its `coordination.k8s.io/v1` Leases (the
 resourceVersion conflicts that keep two candidates from both winning are the API server's own),
@@ -30,7 +30,7 @@ import testenv
 import yaml
 
 from pms_simulator import Simulator
-from reconciler.leader import (
+from reconciler.kube.leader import (
     DEFAULT_LEASE_NAME,
     LeaderElectionError,
     LeaderElector,
@@ -263,7 +263,7 @@ async def test_a_candidate_creates_a_missing_lease_and_holds_it(
 async def test_a_standby_waits_while_the_holder_renews_and_takes_over_at_once_on_release(
     kube: testenv.Cluster, kube_namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="reconciler.leader")
+    caplog.set_level(logging.INFO, logger="reconciler.kube.leader")
     a, b = _elector(kube, kube_namespace, "cand-a"), _elector(kube, kube_namespace, "cand-b")
     await asyncio.wait_for(a.acquire(), 10)
     lost: list[str] = []

@@ -30,11 +30,18 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from pms_simulator import Simulator
-from reconciler.engine import Engine, EngineSettings
-from reconciler.kube import GROUP, PLURAL, VERSION, KubeSecrets, StatusWriter, connection_info
-from reconciler.operator import ANNOTATION_RECONCILE, FINALIZER, build_registry
-from reconciler.sink import JsonlSink
-from reconciler.store import SqliteCursorStore
+from reconciler.engine.cursors import SqliteCursorStore
+from reconciler.engine.engine import Engine, EngineSettings
+from reconciler.engine.sink import JsonlSink
+from reconciler.kube.client import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    KubeSecrets,
+    StatusWriter,
+    connection_info,
+)
+from reconciler.kube.handlers import ANNOTATION_RECONCILE, FINALIZER, build_registry
 from reconciler.writeback.service import WritebackService
 
 pytestmark = pytest.mark.kube

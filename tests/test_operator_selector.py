@@ -5,7 +5,7 @@ from __future__ import annotations
 import kopf
 import pytest
 
-from reconciler.operator import parse_selector
+from reconciler.kube.handlers import parse_selector
 
 
 def test_selector_terms_become_kopf_label_filters() -> None:

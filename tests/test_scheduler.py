@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import random
 
-from reconciler.scheduler import Scheduler
+from reconciler.engine.scheduler import Scheduler
 
 
 class Recorder:

@@ -16,7 +16,8 @@ import pytest
 from aiohttp import web
 
 from pms_drivers.base import Appointment, AppointmentStatusChange, Patient
-from reconciler.sink import (
+from reconciler.engine.cursors import SqliteCursorStore
+from reconciler.engine.sink import (
     BATCH_CONTENT_TYPE,
     TYPE_APPOINTMENT,
     TYPE_APPOINTMENT_STATUS,
@@ -29,7 +30,6 @@ from reconciler.sink import (
     patient_event,
     sink_from_url,
 )
-from reconciler.store import SqliteCursorStore
 
 PATIENT = Patient("42", "Ana", "Diaz", "2026-11-26T09:00:00", photo_ref="doc:77")
 

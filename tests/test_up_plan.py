@@ -1,4 +1,4 @@
-"""The pure and file-level parts of `pmsctl up` (`reconciler.up`): the planner, the folder
+"""The pure and file-level parts of `pmsctl up` (`reconciler.local.up`): the planner, the folder
 watcher, the local credentials source and the display (writing to a StringIO; one that says it is
 a terminal stands in for a TTY).
 
@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from pms_drivers.base import Credentials
-from reconciler.spec import PracticeSpec
-from reconciler.up import (
+from reconciler.api.spec import PracticeSpec
+from reconciler.local.table import PollerCell, Row
+from reconciler.local.up import (
     Applied,
     CredentialsNotFound,
     Display,
@@ -37,7 +38,6 @@ from reconciler.up import (
     practice_key,
     yaml_files,
 )
-from reconciler.uptable import PollerCell, Row
 
 
 def spec(practice_id: str = "p1", interval: str = "15s", pms: str = "OpenDental") -> PracticeSpec:

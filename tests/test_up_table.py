@@ -1,4 +1,4 @@
-"""The `pmsctl up` status table (`reconciler.uptable`): pure rendering, tested with tables.
+"""The `pmsctl up` status table (`reconciler.local.table`): pure rendering, tested with tables.
 
 Nothing is faked: the inputs are CRD-shaped status dicts like the engine's `to_dict()` gives,
 the outputs are the exact text a person or a machine reads.
@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from reconciler import uptable
-from reconciler.uptable import PollerCell, Row
+from reconciler.local import table as uptable
+from reconciler.local.table import PollerCell, Row
 
 NOW = datetime(2026, 11, 26, 19, 1, 2, tzinfo=UTC)
 

@@ -1,4 +1,4 @@
-"""`pmsctl validate` and the `reconciler.validate` API from the outside.
+"""`pmsctl validate` and the `reconciler.api.validate` API from the outside.
 
 Real: the CLI entry point (`reconciler.cli.main`, in-process), files in a temporary folder, the
 packaged schema, libyaml. Nothing is faked. The alias-bomb test bounds its own time.
@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import API_VERSION, KIND, validate
+from reconciler import API_VERSION, KIND
+from reconciler.api import validate
+from reconciler.api.spec import PmsType, SyncKind, parse_duration
+from reconciler.api.yamlsource import Limits, load_documents
 from reconciler.cli import main
-from reconciler.spec import PmsType, SyncKind, parse_duration
-from reconciler.yamlsource import Limits, load_documents
 
 ROOT = Path(__file__).resolve().parent.parent
 PRACTICES = ROOT / "practices"

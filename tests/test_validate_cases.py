@@ -1,6 +1,6 @@
 """The acceptance table: every file under tests/cases/ through the real validator.
 
-Real: the packaged schema, jsonschema, libyaml and `reconciler.validate`; nothing is faked.
+Real: the packaged schema, jsonschema, libyaml and `reconciler.api.validate`; nothing is faked.
 Each invalid case declares `# expect: <path> @ <line>` (see tests/cases/README.md) and the test
 asserts that exact problem is reported; valid cases must produce no problem. The fast boolean
 checker compiled from the schema must give jsonschema's verdict on every case, on the examples
@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from reconciler import validate
-from reconciler.yamlsource import load_documents
+from reconciler.api import validate
+from reconciler.api.yamlsource import load_documents
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ROOT / "tests" / "cases"

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from reconciler.api.spec import PracticeSpec
 from reconciler.cli import main
-from reconciler.spec import PracticeSpec
 from reconciler.writeback import store as ops
 from reconciler.writeback.model import Status, parse_request
 from reconciler.writeback.service import WritebackService

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.spec import DocumentType, PracticeSpec, WritebackType
+from reconciler.api.spec import DocumentType, PracticeSpec, WritebackType
 from reconciler.writeback.decide import Skip, Write, decide
 from reconciler.writeback.model import (
     Kind,

@@ -36,7 +36,7 @@ from pms_drivers.registry import create_driver
 from pms_drivers.retry import RetryPolicy
 from pms_drivers.transport import new_client
 from pms_simulator.server import Simulator, simulator_credentials
-from reconciler.spec import DocumentType, PracticeSpec, WritebackType
+from reconciler.api.spec import DocumentType, PracticeSpec, WritebackType
 from reconciler.writeback import store as ops
 from reconciler.writeback.delivery import DeliveryPolicy
 from reconciler.writeback.model import Status, parse_request

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reconciler.spec import DocumentType, WritebackType
+from reconciler.api.spec import DocumentType, WritebackType
 from reconciler.writeback.model import Kind, SkipReason, WritebackRequest
 from reconciler.writeback.target import WritebackTarget
 

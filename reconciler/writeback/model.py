@@ -20,7 +20,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, NotRequired, TypedDict
 
-from reconciler.spec import DocumentType, WritebackType
+from reconciler.api.spec import DocumentType, WritebackType
 
 #: Where the queue lives when nothing says otherwise (`--db`, `PMSCTL_WRITEBACK_DB`).
 DEFAULT_DB_PATH = ".pmsctl/writebacks.db"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pms_drivers.base import PmsDriver
-from reconciler.spec import DocumentType, PracticeSpec, WritebackType
+from reconciler.api.spec import DocumentType, PracticeSpec, WritebackType
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ def _github_escape(text: str, *, prop: bool = False) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Validate, print in the chosen format, return the exit code."""
-    from reconciler.validate import UsageError, validate_paths
+    from reconciler.api.validate import UsageError, validate_paths
 
     try:
         report = validate_paths(args.paths, skip_other_kinds=args.skip_other_kinds)

@@ -17,7 +17,7 @@ The pieces, from pure to edgy:
   engine a `connection_override` that points the practice at the simulator with the credentials
   the simulator made up. Its database lives in the state dir so a second run continues the same
   simulated offices and resumes from the saved cursors.
-- `Display`: writes what `reconciler.uptable` renders: the table repainted in place on a
+- `Display`: writes what `reconciler.local.table` renders: the table repainted in place on a
   terminal, one line per change otherwise, or JSON lines (`-o json`).
 - `run_up(options)`: wires the engine (the same one the operator runs), the sink, the cursor store,
   the writeback API (`reconciler.writeback.service`), the watcher and the display, and runs until
@@ -53,10 +53,10 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 import yaml
 
 from pms_drivers.base import Credentials
-from reconciler import uptable
-from reconciler.engine import Engine, EngineSettings, SecretNotFoundError
-from reconciler.spec import PmsType, PracticeSpec
-from reconciler.yamlsource import DEFAULT_LIMITS
+from reconciler.api.spec import PmsType, PracticeSpec
+from reconciler.api.yamlsource import DEFAULT_LIMITS
+from reconciler.engine.engine import Engine, EngineSettings, SecretNotFoundError
+from reconciler.local import table as uptable
 
 if TYPE_CHECKING:
     from reconciler.writeback.service import WritebackService
@@ -213,9 +213,9 @@ def display_names(applied: Mapping[str, Applied]) -> dict[str, str]:
 
 
 def load_text(text: str, path: str) -> FileResult:
-    """Validate one file's text with `reconciler.validate` (the checks `pmsctl validate` runs)
+    """Validate one file's text with `reconciler.api.validate` (the checks `pmsctl validate` runs)
     and turn its documents into practices; any problem makes the whole file not applied."""
-    from reconciler import validate
+    from reconciler.api import validate
 
     documents, problems = validate.validate_text(text, path)
     if problems:
@@ -763,7 +763,7 @@ def free_or_zero(port: int) -> int:
 
 
 def _make_sink(options: UpOptions) -> Any:
-    from reconciler import sink
+    from reconciler.engine import sink
 
     if options.sink_url:
         try:
@@ -821,7 +821,7 @@ async def _watch(runner: LocalRunner, stop: asyncio.Event, scan_seconds: float) 
 
 async def run_up(options: UpOptions, out: TextIO | None = None) -> int:
     """Run `pmsctl up` until SIGINT/SIGTERM (or once, with `options.once`); the exit code."""
-    from reconciler.store import SqliteCursorStore
+    from reconciler.engine.cursors import SqliteCursorStore
 
     out = out if out is not None else sys.stdout
     if not options.path.exists():

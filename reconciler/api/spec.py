@@ -1,7 +1,7 @@
 """The desired state of one practice, as frozen values with the product defaults applied.
 
 `PracticeSpec.from_resource()` takes a resource body that already passed schema validation
-(`reconciler.validate`) and returns plain values the core, the diff renderer and the local mode
+(`reconciler.api.validate`) and returns plain values the core, the diff renderer and the local mode
 share. Defaults live here and in the schema (the CRD defaults are generated from the schema);
 they are never written back into a resource's `spec`.
 """

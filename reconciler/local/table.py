@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from reconciler.spec import SyncKind
+from reconciler.api.spec import SyncKind
 
 #: Poller columns, in display order, with their headers.
 POLLER_COLUMNS: tuple[tuple[SyncKind, str], ...] = (

@@ -4,13 +4,13 @@
                                                          with the default branch) -> working tree
     pmsctl diff --live [--kubeconfig F] [PATH...]       objects in the cluster -> files
 
-Both sides go through `pmsctl validate`'s validator (`reconciler.validate.validate_text`), so an
+Both sides go through `pmsctl validate`'s validator (`reconciler.api.validate.validate_text`), so an
 invalid file is reported with the same `file:line:col: path: message` lines, never a traceback.
 Identical file contents are parsed once (keyed by git blob id), which halves the work when most
 files did not change. Exit codes follow `kubectl diff`: 0 no change, 1 changes, 2 errors.
 
-The live side reads the cluster through `reconciler.kube.list_practice_writebacks` (this module
-never imports the `kubernetes` client); the renderer is the same pure `reconciler.diff` as for git.
+The live side reads the cluster through `reconciler.kube.client.list_practice_writebacks` (this module
+never imports the `kubernetes` client); the renderer is the same pure `reconciler.review.diff` as for git.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reconciler.diff import RENDERERS, Resource, diff_practices
-from reconciler.gitsource import (
+from reconciler.review.diff import RENDERERS, Resource, diff_practices
+from reconciler.review.gitsource import (
     GitSourceError,
     SourceFile,
     default_base,
@@ -36,7 +36,7 @@ from reconciler.gitsource import (
 )
 
 if TYPE_CHECKING:
-    from reconciler.validate import Problem, ValidDocument
+    from reconciler.api.validate import Problem, ValidDocument
 
 DEFAULT_PATH = "practices"
 #: Seconds one request to the API server may take before `--live` gives up.
@@ -136,7 +136,7 @@ def load_side(
     is parsed once. Raises DiffInputError listing every problem, including a namespace/name or
     a practiceId used twice across files.
     """
-    from reconciler.validate import validate_text
+    from reconciler.api.validate import validate_text
 
     cache = {} if cache is None else cache
     resources: dict[str, Resource] = {}
@@ -292,10 +292,10 @@ def read_live(
     kubeconfig: str | None,
     context: str | None,
 ) -> tuple[dict[str, Resource], str]:
-    """The PracticeWritebacks in `namespaces` of the cluster (read by `reconciler.kube`), and
+    """The PracticeWritebacks in `namespaces` of the cluster (read by `reconciler.kube.client`), and
     a label naming the context."""
-    from reconciler.kube import KubeReadError, list_practice_writebacks
-    from reconciler.spec import PracticeSpec
+    from reconciler.api.spec import PracticeSpec
+    from reconciler.kube.client import KubeReadError, list_practice_writebacks
 
     try:
         live = list_practice_writebacks(
@@ -321,7 +321,7 @@ def read_live(
 
 
 def _context_namespace(kubeconfig: str | None, context: str | None) -> str:
-    from reconciler.kube import KubeReadError, context_namespace
+    from reconciler.kube.client import KubeReadError, context_namespace
 
     try:
         return context_namespace(kubeconfig, context)

@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from reconciler.core import PollerState
+from reconciler.engine.core import PollerState
 
 log = logging.getLogger(__name__)
 

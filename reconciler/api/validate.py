@@ -1,7 +1,7 @@
 """Validate PracticeWriteback files: the one JSON Schema plus what a schema cannot say.
 
 Real: the packaged JSON Schema (`load_schema()`, a byte copy of `schemas/`), the `jsonschema`
-library (draft 2020-12) for the explanation of every finding, and `reconciler.yamlsource` for
+library (draft 2020-12) for the explanation of every finding, and `reconciler.api.yamlsource` for
 bounded loading with positions. Around the schema this module adds the rules that span
 documents or need the file: YAML syntax errors, duplicate keys, empty files, another kind or
 apiVersion, the same `practiceId` or namespace/name in two documents.
@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import API_VERSION, KIND
-from reconciler.spec import PracticeSpec
-from reconciler.yamlsource import (
+from reconciler.api.spec import PracticeSpec
+from reconciler.api.yamlsource import (
     DEFAULT_LIMITS,
     Limits,
     PathKey,
@@ -149,10 +149,11 @@ class UsageError(Exception):
 
 @functools.cache
 def load_schema() -> dict[str, Any]:
-    """The PracticeWriteback JSON Schema (draft 2020-12), from the installed package."""
+    """The PracticeWriteback JSON Schema (draft 2020-12): `schemas/`, reached through the
+    package's `schemas` link (a copy in a built wheel)."""
     text = (
-        resources.files("reconciler")
-        .joinpath("schema", SCHEMA_RESOURCE)
+        resources.files("reconciler.api")
+        .joinpath("schemas", SCHEMA_RESOURCE)
         .read_text(encoding="utf-8")
     )
     schema: dict[str, Any] = json.loads(text)

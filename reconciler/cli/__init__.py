@@ -1,4 +1,4 @@
-"""`pmsctl`: the command line. Each subcommand lives in `reconciler.commands.<name>` and exposes
+"""`pmsctl`: the command line. Each subcommand lives in `reconciler.cli.<name>` and exposes
 `register(subparsers)`; heavy imports (kopf, aiohttp, the Kubernetes client) happen inside the
 command's run function so `pmsctl validate` starts fast.
 
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from reconciler import __version__
 
-#: Subcommand modules under reconciler.commands, in `pmsctl --help` order.
+#: Subcommand modules under reconciler.cli, in `pmsctl --help` order.
 COMMANDS = ("validate", "diff", "up", "simulate", "operator", "writebacks")
 
 
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pmsctl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
-        module = importlib.import_module(f"reconciler.commands.{name}")
+        module = importlib.import_module(f"reconciler.cli.{name}")
         module.register(sub)
     return parser
 

@@ -1,22 +1,6 @@
-"""`pmsctl operator` (also `python -m reconciler`): run the Kopf operator against a cluster.
-
-    pmsctl operator --namespace dental-practices --sink file:/var/lib/pmsctl/events.jsonl
-    pmsctl operator --all-namespaces --selector shard=a --sink https://events.example/ingest
-
-Flags have environment fallbacks (PMSCTL_NAMESPACES comma-separated, PMSCTL_SELECTOR,
-PMSCTL_SINK, PMSCTL_STATE_DB, PMSCTL_LOG_FORMAT, PMSCTL_LOG_LEVEL, PMSCTL_PROBE_PORT,
-PMSCTL_METRICS_PORT, PMSCTL_DRIFT_INTERVAL, PMSCTL_STATUS_INTERVAL, PMSCTL_WRITEBACK_PORT,
-PMSCTL_WRITEBACK_DB) so the Deployment can set them. Liveness and readiness are Kopf's probe
-endpoint (`/healthz` on --probe-port); metrics are Prometheus text on --metrics-port.
-The writeback API (`reconciler.writeback.service`, docs/writeback.md) is served on
---writeback-port (0: off) with the bearer token from $PMSCTL_WRITEBACK_TOKEN or the file named
-by $PMSCTL_WRITEBACK_TOKEN_FILE; without one the command refuses to start (exit 2).
-
-With --leader-elect (PMSCTL_LEADER_ELECT=true) the process first takes a coordination.k8s.io
-Lease (`reconciler.leader`; docs/operator.md, "Leader election") and only then opens the
-SQLite files and starts Kopf; a standby waits (answering /healthz so it is not restarted) and
-exits 0 on SIGTERM. The holder renews the Lease alongside Kopf, releases it on a clean stop,
-and exits 1 when it loses it (Kubernetes then restarts it as a standby).
+"""The operator process: take the Lease (with --leader-elect), build the engine, and run Kopf
+until SIGTERM/SIGINT or a lost Lease. `reconciler.cli.operator` parses the flags; this module
+does everything after.
 """
 
 from __future__ import annotations
@@ -27,167 +11,23 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from reconciler.leader import LeaderElector, LeaseConfig
+    from reconciler.kube.leader import LeaderElector, LeaseConfig
 
 
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name, default)
 
 
-def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "operator",
-        help="run the Kubernetes operator (reconciles PracticeWriteback resources)",
-        description="Reconcile PracticeWriteback resources against their PMS and run their pollers.",
-    )
-    scope = p.add_mutually_exclusive_group()
-    scope.add_argument(
-        "--namespace",
-        "-n",
-        action="append",
-        default=None,
-        metavar="NS",
-        help="watch this namespace (repeatable; default: $PMSCTL_NAMESPACES or all namespaces)",
-    )
-    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
-    p.add_argument(
-        "--selector",
-        "-l",
-        default=_env("PMSCTL_SELECTOR"),
-        metavar="LABELSEL",
-        help="only practices with these labels (k=v,k!=v,k,!k): one shard per replica",
-    )
-    p.add_argument(
-        "--sink",
-        default=_env("PMSCTL_SINK", "file:pmsctl-events.jsonl"),
-        metavar="URL|file:PATH",
-        help="where poller events go: an http(s) URL (CloudEvents batches) or file:PATH (JSON lines)",
-    )
-    p.add_argument(
-        "--state-db",
-        default=_env("PMSCTL_STATE_DB", "pmsctl-state.db"),
-        metavar="PATH",
-        help="SQLite file with the pollers' cursors (put it on a persistent volume)",
-    )
-    p.add_argument(
-        "--kubeconfig",
-        default=_env("KUBECONFIG"),
-        help="kubeconfig file (default: in-cluster, then ~/.kube/config)",
-    )
-    p.add_argument(
-        "--log-format", choices=("text", "json"), default=_env("PMSCTL_LOG_FORMAT", "text")
-    )
-    p.add_argument(
-        "--log-level",
-        choices=("debug", "info", "warning", "error"),
-        default=_env("PMSCTL_LOG_LEVEL", "info"),
-    )
-    p.add_argument(
-        "--probe-port",
-        type=int,
-        default=int(_env("PMSCTL_PROBE_PORT", "8080") or 0),
-        help="liveness/readiness on :PORT/healthz (0: off)",
-    )
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        default=int(_env("PMSCTL_METRICS_PORT", "9090") or 0),
-        help="Prometheus /metrics on :PORT (0: off)",
-    )
-    p.add_argument(
-        "--drift-interval",
-        type=float,
-        default=float(_env("PMSCTL_DRIFT_INTERVAL", "300") or 300),
-        metavar="SECONDS",
-        help="re-check each PMS this often (default 300)",
-    )
-    p.add_argument(
-        "--status-interval",
-        type=float,
-        default=float(_env("PMSCTL_STATUS_INTERVAL", "10") or 10),
-        metavar="SECONDS",
-        help="write poller counters to status at most this often (default 10)",
-    )
-    p.add_argument(
-        "--status-qps",
-        type=float,
-        default=float(_env("PMSCTL_STATUS_QPS", "20") or 20),
-        metavar="N",
-        help="at most N status writes a second that only carry poller counters, across all "
-        "practices, longest-unwritten first (default 20; 0: no cap). Condition changes are "
-        "written at once",
-    )
-    p.add_argument(
-        "--first-poll-jitter",
-        type=_fraction,
-        default=_env("PMSCTL_FIRST_POLL_JITTER", "1") or "1",
-        metavar="FRACTION",
-        help="spread each new poller's first run over U(0, FRACTION x interval), at most 30 s, "
-        "so a restart does not poll every practice at once (0..1, default 1; 0: at once)",
-    )
-    p.add_argument(
-        "--writeback-port",
-        type=int,
-        default=int(_env("PMSCTL_WRITEBACK_PORT", "8081") or 0),
-        metavar="PORT",
-        help="serve the writeback API on :PORT (default 8081; 0: off). Needs a token: "
-        "$PMSCTL_WRITEBACK_TOKEN or $PMSCTL_WRITEBACK_TOKEN_FILE",
-    )
-    p.add_argument(
-        "--writeback-db",
-        default=None,
-        metavar="PATH",
-        help="SQLite queue of accepted writebacks (put it on a persistent volume; "
-        "default: $PMSCTL_WRITEBACK_DB or .pmsctl/writebacks.db)",
-    )
-    le = p.add_argument_group(
-        "leader election",
-        "only the holder of a coordination.k8s.io Lease works; the others wait as standbys",
-    )
-    le.add_argument(
-        "--leader-elect",
-        action=argparse.BooleanOptionalAction,
-        default=_truthy(_env("PMSCTL_LEADER_ELECT")),
-        help="take the Lease before working (default: $PMSCTL_LEADER_ELECT, else off)",
-    )
-    le.add_argument(
-        "--leader-election-id",
-        default=_env("PMSCTL_LEADER_ELECTION_ID"),
-        metavar="NAME",
-        help="the Lease's name (default: pmsctl-operator, plus a short hash of --selector when "
-        "one is given, so each shard has its own Lease)",
-    )
-    le.add_argument(
-        "--leader-election-namespace",
-        default=_env("PMSCTL_LEADER_ELECTION_NAMESPACE"),
-        metavar="NS",
-        help="the Lease's namespace (default: the pod's namespace, else $PMSCTL_POD_NAMESPACE, "
-        "else default)",
-    )
-    for flag, env, default, text in (
-        ("lease-duration", "LEASE_DURATION", "15", "a holder not renewing for this long is replaced"),
-        ("renew-deadline", "RENEW_DEADLINE", "10", "the holder stops when it could not renew for this long"),
-        ("retry-period", "RETRY_PERIOD", "2", "time between renewals and between attempts to acquire"),
-    ):  # fmt: skip
-        le.add_argument(
-            f"--leader-elect-{flag}",
-            type=float,
-            default=float(_env(f"PMSCTL_LEADER_ELECT_{env}", default) or default),
-            metavar="SECONDS",
-            help=f"{text} (default {default})",
-        )
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
+def run_operator(args: argparse.Namespace) -> int:
+    """`pmsctl operator` after its flags are parsed; the exit code."""
     import asyncio
     import logging
 
     import kopf
 
-    from reconciler.kube import load_api_client
-    from reconciler.leader import LeaderElectionError
-    from reconciler.operator import parse_selector
+    from reconciler.kube.client import load_api_client
+    from reconciler.kube.handlers import parse_selector
+    from reconciler.kube.leader import LeaderElectionError
 
     try:
         if args.status_qps < 0:
@@ -238,13 +78,13 @@ async def _operate(
     import asyncio
     import logging
 
-    from reconciler.leader import LeaderElector, RenewalThread
+    from reconciler.kube.leader import LeaderElector, RenewalThread
 
     stop = asyncio.Event()  # Kopf's stop flag: a lost Lease, SIGTERM, SIGINT
     if lease is None:
         await _work(args, api, labels, sink, token, namespaces, stop)
         return 0
-    log = logging.getLogger("reconciler.commands.operator")
+    log = logging.getLogger("reconciler.kube.run")
     elector = LeaderElector(api, lease)
     log.info("leader election: lease %s as %s", elector.where, lease.identity)
     lost: list[str] = []
@@ -286,11 +126,11 @@ async def _work(
 
     import kopf
 
-    from reconciler import metrics
-    from reconciler.engine import Engine, EngineSettings
-    from reconciler.kube import KubeSecrets, StatusWriter, connection_info
-    from reconciler.operator import build_registry
-    from reconciler.store import SqliteCursorStore
+    from reconciler.engine import metrics
+    from reconciler.engine.cursors import SqliteCursorStore
+    from reconciler.engine.engine import Engine, EngineSettings
+    from reconciler.kube.client import KubeSecrets, StatusWriter, connection_info
+    from reconciler.kube.handlers import build_registry
 
     writer = StatusWriter(api)
     engine = Engine(
@@ -336,9 +176,7 @@ def _stop_on_signal(sig: int, stop: Any) -> None:
     import logging
     import signal
 
-    logging.getLogger("reconciler.commands.operator").info(
-        "%s received: stopping", signal.Signals(sig).name
-    )
+    logging.getLogger("reconciler.kube.run").info("%s received: stopping", signal.Signals(sig).name)
     stop.set()
 
 
@@ -349,10 +187,10 @@ def _on_lost(elector: LeaderElector, reason: str, loop: Any, stop: Any, lost: li
     import logging
     import threading
 
-    from reconciler.leader import hard_stop_after
+    from reconciler.kube.leader import hard_stop_after
 
     grace = hard_stop_after(elector.config)
-    logging.getLogger("reconciler.commands.operator").error(
+    logging.getLogger("reconciler.kube.run").error(
         "lost the leadership of lease %s (%s): stopping; exit 1 so Kubernetes restarts this pod "
         "as a standby (forced exit in %.1f s)",
         elector.where, reason, grace,
@@ -368,7 +206,7 @@ def _hard_exit(where: str) -> None:
     """End the process at once: a holder that lost its lease must not outlive it."""
     import logging
 
-    logging.getLogger("reconciler.commands.operator").error(
+    logging.getLogger("reconciler.kube.run").error(
         "still stopping after losing lease %s: exiting now (exit 1)", where
     )
     for handler in logging.getLogger().handlers:
@@ -446,7 +284,7 @@ def _deferred_sink(url: str) -> Any:
     """A factory for the event sink: an HTTP sink is built (and checked) now, a file sink opens
     its file only when called, after the Lease is held, so a standby opens nothing. A bad
     --sink raises sink_from_url's ValueError now, before connecting."""
-    from reconciler.sink import sink_from_url
+    from reconciler.engine.sink import sink_from_url
 
     if url.startswith(("http://", "https://")):
         built = sink_from_url(url)
@@ -461,7 +299,7 @@ def _lease_config(args: argparse.Namespace) -> LeaseConfig | None:
     the bad value."""
     if not args.leader_elect:
         return None
-    from reconciler.leader import LeaseConfig, lease_name_for, local_identity, local_namespace
+    from reconciler.kube.leader import LeaseConfig, lease_name_for, local_identity, local_namespace
 
     return LeaseConfig(
         name=args.leader_election_id or lease_name_for(args.selector),
@@ -471,21 +309,6 @@ def _lease_config(args: argparse.Namespace) -> LeaseConfig | None:
         renew_deadline=args.leader_elect_renew_deadline,
         retry_period=args.leader_elect_retry_period,
     )
-
-
-def _truthy(text: str | None) -> bool:
-    return (text or "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _fraction(text: str) -> float:
-    """argparse type for a number in 0..1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (use 0..1)") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is outside 0..1")
-    return value
 
 
 def _writeback_token(port: int) -> str | None:

@@ -1,6 +1,6 @@
 """The Kubernetes adapter: read Secrets, patch PracticeWriteback status, post Events.
 
-This module and `reconciler.operator` are the only ones that talk to the API server. It uses the
+This module and `reconciler.kube.handlers` are the only ones that talk to the API server. It uses the
 official `kubernetes` client (synchronous; every call runs in a worker thread so the event loop
 never blocks). Kopf itself gets its connection from `connection_info()`, built from the same
 configuration, so the operator and this adapter always talk to the same cluster as the same user.
@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pms_drivers.base import Credentials
-from reconciler.core import PracticeStatus, Transition, events_for
-from reconciler.engine import SecretNotFoundError
+from reconciler.engine.core import PracticeStatus, Transition, events_for
+from reconciler.engine.engine import SecretNotFoundError
 
 log = logging.getLogger(__name__)
 

@@ -3,9 +3,9 @@
 Pure: `diff_practices(base, head)` takes two mappings of `Resource` keyed by identity
 (`namespace/name`, never by file) and returns a `DiffReport`; `render_text`, `render_markdown` and
 `render_json` turn a report into strings. No git, no files, no Kubernetes here: the sources
-(`reconciler.gitsource`, the live reader in `reconciler.commands.diff`) build the mappings.
+(`reconciler.review.gitsource`, the live reader in `reconciler.cli.diff`) build the mappings.
 
-Specs are compared through `reconciler.spec.PracticeSpec`, so the product defaults apply on both
+Specs are compared through `reconciler.api.spec.PracticeSpec`, so the product defaults apply on both
 sides: spelling out a default, reordering keys, quoting or commenting is "no change", and so is a
 setting that has no effect (a note type under a disallowed writeback, the interval of a disabled
 sync).
@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from reconciler.spec import (
+from reconciler.api.spec import (
     DEFAULT_INTERVALS,
     DocumentMapping,
     DocumentType,

@@ -1,4 +1,4 @@
-"""The engine both adapters share: the operator (`reconciler.operator`) and `pmsctl up`.
+"""The engine both adapters share: the operator (`reconciler.kube.handlers`) and `pmsctl up`.
 
 The engine holds every practice it was given: its spec, its PMS client and driver (one
 `httpx.AsyncClient` per practice whose transport carries the practice's token bucket, shared by
@@ -17,7 +17,7 @@ store (it closes them in `stop()`).
 A reconcile (`apply`, a drift re-check every `drift_interval`, a Secret change via `refresh`):
 read the credentials (`SecretSource`, or `connection_override`), (re)build the client when the
 URL or credentials changed, ask the PMS for its version, providers, note types and document
-categories, let `reconciler.core.decide` compute pollers and status, then start, reschedule or
+categories, let `reconciler.engine.core.decide` compute pollers and status, then start, reschedule or
 stop pollers to match. PMS errors never escape `apply`: they become conditions (`last_error(key)`
 keeps the exception for adapters that want to retry, e.g. as `kopf.TemporaryError`).
 
@@ -62,8 +62,9 @@ from pms_drivers.errors import (
 from pms_drivers.registry import create_driver
 from pms_drivers.retry import RetryPolicy, with_retry
 from pms_drivers.transport import new_client
-from reconciler import metrics
-from reconciler.core import (
+from reconciler.api.spec import PracticeSpec, SyncKind
+from reconciler.engine import metrics
+from reconciler.engine.core import (
     PMS_LABEL,
     Condition,
     Decision,
@@ -75,16 +76,15 @@ from reconciler.core import (
     Transition,
     decide,
 )
-from reconciler.scheduler import Scheduler
-from reconciler.sink import (
+from reconciler.engine.cursors import CursorStore
+from reconciler.engine.scheduler import Scheduler
+from reconciler.engine.sink import (
     CloudEvent,
     EventSink,
     appointment_event,
     appointment_status_event,
     patient_event,
 )
-from reconciler.spec import PracticeSpec, SyncKind
-from reconciler.store import CursorStore
 from reconciler.writeback.target import WritebackTarget
 
 log = logging.getLogger(__name__)

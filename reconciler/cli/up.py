@@ -1,5 +1,5 @@
 """`pmsctl up [PATH]`: run the engine locally on a folder of practice files (see
-`reconciler.up`), against the embedded PMS simulator by default or against real PMSes with
+`reconciler.local.up`), against the embedded PMS simulator by default or against real PMSes with
 credentials from a local file or the environment.
 """
 
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     """Run `pmsctl up`; exit 0 on a clean stop, 1 for a failed --once, 2 when it cannot start."""
     import asyncio
 
-    from reconciler.up import UpError, UpOptions, run_up
+    from reconciler.local.up import UpError, UpOptions, run_up
 
     options = UpOptions(
         path=args.path,

@@ -31,7 +31,7 @@ from enum import StrEnum
 from typing import Any
 
 from pms_drivers.base import DocumentCategory, NoteType, Provider
-from reconciler.spec import (
+from reconciler.api.spec import (
     DocumentType,
     PmsType,
     PracticeSpec,

@@ -6,7 +6,7 @@ Cursors outlive `Engine.remove()` (a deleted and re-created practice resumes whe
 `forget(key)` drops them.
 
 `SqliteCursorStore(":memory:")` works for throwaway runs; the operator uses a file on a volume.
-The store has one writer (one operator process per file; see `reconciler.leader`), so it keeps
+The store has one writer (one operator process per file; see `reconciler.kube.leader`), so it keeps
 the cursors it read or wrote in memory: a poll's `get()` costs a dict lookup instead of a SELECT,
 while every `put()` still goes to SQLite before it returns.
 """

@@ -2,7 +2,7 @@
 
 Handlers unpack the body, call the engine (from Kopf's `memo`, never a module global) and turn
 the engine's last error into `kopf.TemporaryError` / `kopf.PermanentError`. The engine reports
-status through its listener (`reconciler.kube.StatusWriter`): it replaces `status` promptly on
+status through its listener (`reconciler.kube.client.StatusWriter`): it replaces `status` promptly on
 condition transitions (posting Events) and at most every `status_interval` for poller counters.
 
 - create / update / resume -> `engine.apply` (an update includes annotation changes, so
@@ -31,9 +31,9 @@ from typing import Any
 import kopf
 
 from pms_drivers.errors import PmsError, TemporaryPmsError
-from reconciler.engine import SecretNotFoundError
-from reconciler.kube import GROUP, PLURAL, VERSION
-from reconciler.spec import PracticeSpec
+from reconciler.api.spec import PracticeSpec
+from reconciler.engine.engine import SecretNotFoundError
+from reconciler.kube.client import GROUP, PLURAL, VERSION
 from reconciler.writeback.errors import WritebackError
 
 ANNOTATION_RECONCILE = "writeback.dental.dev/reconcile-requested-at"

@@ -1,0 +1,1 @@
+"""Everything about the PracticeWriteback resource: the schema, spec values and defaults, validation, YAML loading, the CRD generator."""

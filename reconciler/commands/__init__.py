@@ -1,1 +1,0 @@
-"""One module per `pmsctl` subcommand; each exposes `register(subparsers)` and sets `func`."""

@@ -1,0 +1,1 @@
+"""Review of configuration changes: the semantic diff and the git reader."""
