@@ -492,7 +492,7 @@ async def test_reconcile_annotation_forces_a_reconcile_and_is_echoed(env: Env) -
 async def test_a_writeback_posted_to_the_operator_lands_once_and_its_counts_reach_status(
     env: Env,
 ) -> None:
-    """The writeback API is the one the operator's startup handler starts (memo.writebacks);
+    """The writeback API is the one the operator's startup handler starts (through the memo);
     the engine feeds its counts into status.writebacks every status_interval (1 s here)."""
     await env.secrets_for_examples()
     async with operator(env, writebacks=True) as op:

@@ -44,8 +44,6 @@ RESOURCE = (GROUP, VERSION, PLURAL)
 #: Kopf retry delay (s) after a temporary PMS failure (the engine's pollers notice recovery sooner).
 RETRY_DELAY = 10.0
 
-log = logging.getLogger(__name__)
-
 
 def build_registry(*, labels: Mapping[str, Any] | None = None) -> kopf.OperatorRegistry:
     """All handlers, registered on a new registry; `labels` filters practices (a shard)."""

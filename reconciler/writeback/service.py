@@ -1,6 +1,7 @@
 """`WritebackService`: the queue file, the drainer and the HTTP API, started and stopped as one.
 
-The operator and `pmsctl up` each build one over their engine (a `PracticeDirectory`):
+The runtime (`reconciler.runtime`, under the operator and `pmsctl up`) builds one over its
+engine (a `PracticeDirectory`):
 
     service = WritebackService(engine, db_path, load_token())
     url = await service.start("0.0.0.0", 8081)     # opens the file, resumes delivery, serves
