@@ -110,6 +110,8 @@ def writeback_token(made_file: Path | None = None) -> tuple[str, str]:
 
 
 class _JsonFormatter(logging.Formatter):
+    """One JSON object a line (timestamp, level, logger, message), for log collectors."""
+
     def format(self, record: logging.LogRecord) -> str:
         import json
 

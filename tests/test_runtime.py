@@ -12,6 +12,8 @@ by tests/test_up.py and tests/test_operator_command.py, which read the same metr
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import signal
 import socket
@@ -22,7 +24,13 @@ import pytest
 
 from pms_drivers.base import Credentials
 from reconciler.engine import metrics as engine_metrics
-from reconciler.runtime import Runtime, RuntimeOptions, check_sink_url, writeback_token
+from reconciler.runtime import (
+    Runtime,
+    RuntimeOptions,
+    check_sink_url,
+    setup_logging,
+    writeback_token,
+)
 from reconciler.writeback import metrics as writeback_metrics
 from reconciler.writeback.errors import WritebackConfigError
 
@@ -148,3 +156,28 @@ def test_writeback_token_comes_from_the_environment_else_a_file_made_once(
     assert writeback_token(tmp_path / "t")[0] == made  # the same token on the next run
     with pytest.raises(WritebackConfigError, match="no writeback token"):
         writeback_token()  # the operator's case: no file is made up
+
+
+def test_logging_goes_to_the_log_file_as_json_lines_and_httpx_is_quiet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # as in a fresh process; pytest's come back after
+    monkeypatch.setattr(root, "level", root.level)
+    httpx_logger = logging.getLogger("httpx")
+    monkeypatch.setattr(httpx_logger, "level", httpx_logger.level)
+    log_file = tmp_path / "pmsctl.log"
+    setup_logging(RuntimeOptions(log_format="json", log_level="info", log_file=log_file))
+    try:
+        logging.getLogger("reconciler.test").info("hello %s", "there")
+        httpx_logger.info("HTTP Request: GET http://pms/ (200 OK)")
+    finally:
+        for handler in root.handlers:
+            handler.close()
+    [line] = log_file.read_text().splitlines()
+    entry = json.loads(line)
+    assert (entry["level"], entry["logger"], entry["message"]) == (
+        "info",
+        "reconciler.test",
+        "hello there",
+    )
