@@ -30,8 +30,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from pms_simulator import Simulator
-from reconciler.engine.cursors import SqliteCursorStore
-from reconciler.engine.engine import Engine, EngineSettings
+from reconciler.engine.engine import EngineSettings
 from reconciler.engine.sink import JsonlSink
 from reconciler.kube.client import (
     GROUP,
@@ -41,7 +40,8 @@ from reconciler.kube.client import (
     StatusWriter,
     connection_info,
 )
-from reconciler.kube.handlers import ANNOTATION_RECONCILE, FINALIZER, build_registry
+from reconciler.kube.handlers import ANNOTATION_RECONCILE, FINALIZER, build_registry, make_memo
+from reconciler.runtime import Runtime, RuntimeOptions
 from reconciler.writeback.service import WritebackService
 
 pytestmark = pytest.mark.kube
@@ -161,27 +161,31 @@ async def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any
 class Operator:
     """Kopf's `operator()` running in this event loop with a fresh engine; `stop()` ends it.
 
-    With `writebacks`, the memo carries a WritebackService on a free loopback port (as
-    `pmsctl operator` builds it), started by the startup handler; `self.service.url` is its URL.
+    The memo carries a `Runtime` as `pmsctl operator` builds it; with `writebacks`, its
+    WritebackService is on a free loopback port, started by the startup handler;
+    `self.service.url` is its URL.
     """
 
     def __init__(self, env: Env, settings: EngineSettings, writebacks: bool = False) -> None:
         api = env.kube.api_client
         self.writer = StatusWriter(api)
-        self.engine = Engine(
-            sink=JsonlSink(env.tmp / "events.jsonl", fsync=False),
-            store=SqliteCursorStore(env.tmp / "state.db"),
+        self.runtime = Runtime(
+            RuntimeOptions(
+                state_db=env.tmp / "state.db",
+                listen_host="127.0.0.1",
+                writeback_port=0 if writebacks else None,
+                writeback_token=TOKEN if writebacks else None,
+                writeback_db=env.tmp / "writebacks.db",
+            ),
             secrets=KubeSecrets(api),
             settings=settings,
             on_status=self.writer,
+            sink=JsonlSink(env.tmp / "events.jsonl", fsync=False),
         )
+        self.engine = self.runtime.engine
         self._stop = asyncio.Event()
-        memo = kopf.Memo(engine=self.engine, writer=self.writer, connection=connection_info(api))
-        self.service: WritebackService | None = None
-        if writebacks:
-            self.service = WritebackService(self.engine, env.tmp / "writebacks.db", TOKEN)
-            memo.writebacks = self.service
-            memo.writeback_listen = ("127.0.0.1", 0)
+        memo = make_memo(self.runtime, self.writer, connection_info(api))
+        self.service: WritebackService | None = self.runtime.writebacks
         self.task = asyncio.create_task(
             kopf.operator(
                 registry=build_registry(),
@@ -488,7 +492,7 @@ async def test_reconcile_annotation_forces_a_reconcile_and_is_echoed(env: Env) -
 async def test_a_writeback_posted_to_the_operator_lands_once_and_its_counts_reach_status(
     env: Env,
 ) -> None:
-    """The writeback API is the one the operator's startup handler starts (memo.writebacks);
+    """The writeback API is the one the operator's startup handler starts (through the memo);
     the engine feeds its counts into status.writebacks every status_interval (1 s here)."""
     await env.secrets_for_examples()
     async with operator(env, writebacks=True) as op:

@@ -152,6 +152,10 @@ def test_pmsctl_operator_makes_a_practice_ready_and_serves_probes_and_metrics(
             assert [n["writeback_id"] for n in notes] == [answer["id"]]
             assert notes[0]["kind"] == "missedCall" and notes[0]["provider_id"] == "DDS1"
             assert (tmp_path / "writebacks.db").exists()
+            # One registry on one port: the writeback path's metrics beside the engine's.
+            _, text = _get(f"http://127.0.0.1:{metrics_port}/metrics")
+            assert 'outcome="accepted",type="missedCall"} 1.0' in text
+            assert 'pmsctl_reconciles_total{result="ok"}' in text
         finally:
             proc.send_signal(signal.SIGTERM)
             try:

@@ -401,3 +401,29 @@ def test_sink_url_posts_cloudevent_batches(
     assert content_types == {"application/cloudevents-batch+json"}
     assert {e["type"] for e in received} >= {EVENT_PATIENT, EVENT_APPOINTMENT}
     assert not (tmp_path / ".pmsctl" / "events.jsonl").exists()
+
+
+def test_metrics_port_serves_the_engine_and_the_writeback_api_on_one_port(
+    tmp_path: Path, run_up: Callable[..., UpProcess]
+) -> None:
+    """`--metrics-port` serves the process's one registry, as `pmsctl operator` does: the
+    engine's metrics and the writeback API's side by side; the port closes on a clean stop."""
+    names = fast_copy(tmp_path / "practices")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    up = run_up(
+        "--simulate", "practices", "--tick-seconds", "1", "--writeback-port", "0",
+        "--metrics-port", str(port),
+    )  # fmt: skip
+    line = up.wait_for(r"metrics on http://", 20, stream="err")
+    url = re.search(r"(http://\S+)/metrics", line).group(1)  # type: ignore[union-attr]
+    assert url == f"http://127.0.0.1:{port}"
+    up.wait_ready(list(names.values()), timeout=30)
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    assert 'pmsctl_reconciles_total{result="ok"}' in text
+    assert f"pmsctl_practices {float(len(names))}" in text
+    assert "pmsctl_writeback_queue_depth 0.0" in text
+    assert "# TYPE pmsctl_writebacks_total counter" in text
+    assert up.stop() == 0, "\n".join(up.err[-20:])
+    assert port_closed(url)

@@ -1,4 +1,4 @@
-"""The pure and file-level parts of `pmsctl up` (`reconciler.local.up`): the planner, the folder
+"""The pure and file-level parts of `pmsctl up` (`reconciler.local`): the planner, the folder
 watcher, the local credentials source and the display (writing to a StringIO; one that says it is
 a terminal stands in for a TTY).
 
@@ -19,25 +19,24 @@ import pytest
 
 from pms_drivers.base import Credentials
 from reconciler.api.spec import PracticeSpec
-from reconciler.local.table import PollerCell, Row
-from reconciler.local.up import (
+from reconciler.local.display import Display
+from reconciler.local.errors import CredentialsNotFound, UpError
+from reconciler.local.folder import FolderWatcher, load_text, yaml_files
+from reconciler.local.plan import (
     Applied,
-    CredentialsNotFound,
-    Display,
     FileResult,
-    FolderWatcher,
     LoadedPractice,
-    LocalSecrets,
-    UpError,
     display_names,
-    env_var_name,
-    load_text,
-    parse_credentials_env,
-    parse_credentials_file,
     plan,
     practice_key,
-    yaml_files,
 )
+from reconciler.local.secrets import (
+    LocalSecrets,
+    env_var_name,
+    parse_credentials_env,
+    parse_credentials_file,
+)
+from reconciler.local.table import PollerCell, Row
 
 
 def spec(practice_id: str = "p1", interval: str = "15s", pms: str = "OpenDental") -> PracticeSpec:

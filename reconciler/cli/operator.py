@@ -7,7 +7,8 @@ Flags have environment fallbacks (PMSCTL_NAMESPACES comma-separated, PMSCTL_SELE
 PMSCTL_SINK, PMSCTL_STATE_DB, PMSCTL_LOG_FORMAT, PMSCTL_LOG_LEVEL, PMSCTL_PROBE_PORT,
 PMSCTL_METRICS_PORT, PMSCTL_DRIFT_INTERVAL, PMSCTL_STATUS_INTERVAL, PMSCTL_WRITEBACK_PORT,
 PMSCTL_WRITEBACK_DB) so the Deployment can set them. Liveness and readiness are Kopf's probe
-endpoint (`/healthz` on --probe-port); metrics are Prometheus text on --metrics-port.
+endpoint (`/healthz` on --probe-port); metrics (the engine's and the writeback path's, one
+registry) are Prometheus text on --metrics-port.
 The writeback API (`reconciler.writeback.service`, docs/writeback.md) is served on
 --writeback-port (0: off) with the bearer token from $PMSCTL_WRITEBACK_TOKEN or the file named
 by $PMSCTL_WRITEBACK_TOKEN_FILE; without one the command refuses to start (exit 2).

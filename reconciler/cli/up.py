@@ -107,6 +107,14 @@ def register(sub: Any) -> None:
         help="do not start the writeback API",
     )
     p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="serve Prometheus /metrics (the engine's and the writeback API's, as the operator "
+        "does) on 127.0.0.1:PORT (default 0: off)",
+    )
+    p.add_argument(
         "-o",
         "--output",
         choices=("auto", "table", "lines", "json"),
@@ -121,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
     """Run `pmsctl up`; exit 0 on a clean stop, 1 for a failed --once, 2 when it cannot start."""
     import asyncio
 
-    from reconciler.local.up import UpError, UpOptions, run_up
+    from reconciler.local.errors import UpError
+    from reconciler.local.up import UpOptions, run_up
 
     options = UpOptions(
         path=args.path,
@@ -135,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         output=args.output,
         tick_seconds=args.tick_seconds,
         writeback_port=args.writeback_port,
+        metrics_port=args.metrics_port,
     )
     try:
         return asyncio.run(run_up(options))

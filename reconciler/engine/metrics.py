@@ -9,12 +9,18 @@
     pmsctl_pollers_running{kind}                    pollers scheduled right now
     pmsctl_practices                                practices the engine holds
 
-The metric objects live in the default registry (one set per process); `serve(port)` exposes them.
+The metric objects live in `REGISTRY`, the process's one registry (prometheus_client's default,
+which the writeback path's process metrics join too); `serve(port)` exposes all of it on one port.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+
+__all__ = ["REGISTRY", "MetricsServer", "serve"]
 
 RECONCILES = Counter("pmsctl_reconciles_total", "Reconciles by result.", ["result"])
 PMS_CALLS = Counter(
@@ -37,6 +43,26 @@ POLLERS_RUNNING = Gauge("pmsctl_pollers_running", "Pollers scheduled right now."
 PRACTICES = Gauge("pmsctl_practices", "Practices the engine holds.")
 
 
-def serve(port: int, addr: str = "0.0.0.0") -> None:
-    """Expose /metrics on `port` (a daemon thread; returns at once)."""
-    start_http_server(port, addr=addr)
+class MetricsServer:
+    """`/metrics` of `REGISTRY` served from a thread of its own, so a busy event loop does not
+    delay a scrape; `close()` stops it and frees the port."""
+
+    def __init__(self, server: WSGIServer, thread: threading.Thread, addr: str) -> None:
+        self._server = server
+        self._thread = thread
+        port = server.server_address[1]
+        shown = f"[{addr}]" if ":" in addr else addr
+        #: The base URL it answers on (the bound port, also when asked for port 0).
+        self.url = f"http://{shown}:{port}"
+
+    def close(self) -> None:
+        """Stop serving and close the socket (blocks until the serving thread is done)."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+def serve(port: int, addr: str = "0.0.0.0") -> MetricsServer:
+    """Expose /metrics of `REGISTRY` on addr:port (a daemon thread; returns at once)."""
+    server, thread = start_http_server(port, addr=addr, registry=REGISTRY)
+    return MetricsServer(server, thread, addr)

@@ -15,11 +15,10 @@ condition transitions (posting Events) and at most every `status_interval` for p
   local mode), not a Kopf timer per object: at 10,000 practices that is one task, not 10,000.
 
 `build_registry(labels=...)` registers the handlers on a fresh registry so a label selector (one
-shard per replica) and the tests each get their own. `memo` must carry `engine` (Engine),
-`writer` (StatusWriter) and `connection` (kwargs for kopf.ConnectionInfo); optionally
-`writebacks` (a `reconciler.writeback.service.WritebackService` over the engine) and
-`writeback_listen` ((host, port)): the writeback API is then started with the engine and stopped
-before it, and its counts reach each practice's `status.writebacks` every `status_interval`.
+shard per replica) and the tests each get their own. The memo comes from `make_memo()`: the
+`reconciler.runtime.Runtime` (started by the startup handler, stopped by the cleanup handler:
+its writeback API before its engine), its `engine`, the `writer` (StatusWriter) and
+`connection` (kwargs for kopf.ConnectionInfo).
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ from pms_drivers.errors import PmsError, TemporaryPmsError
 from reconciler.api.spec import PracticeSpec
 from reconciler.engine.engine import SecretNotFoundError
 from reconciler.kube.client import GROUP, PLURAL, VERSION
+from reconciler.runtime import Runtime
 from reconciler.writeback.errors import WritebackError
 
 ANNOTATION_RECONCILE = "writeback.dental.dev/reconcile-requested-at"
@@ -44,8 +44,6 @@ RESOURCE = (GROUP, VERSION, PLURAL)
 #: Kopf retry delay (s) after a temporary PMS failure (the engine's pollers notice recovery sooner).
 RETRY_DELAY = 10.0
 
-log = logging.getLogger(__name__)
-
 
 def build_registry(*, labels: Mapping[str, Any] | None = None) -> kopf.OperatorRegistry:
     """All handlers, registered on a new registry; `labels` filters practices (a shard)."""
@@ -55,16 +53,11 @@ def build_registry(*, labels: Mapping[str, Any] | None = None) -> kopf.OperatorR
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         configure(settings)
-        await memo.engine.start()
-        await _start_writebacks(memo)
+        await _start_runtime(memo.runtime)
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-        service = memo.get("writebacks")
-        if service is not None:
-            memo.engine.watch_writebacks(None)
-            await service.stop()  # before the engine: its deliveries use the engine's clients
-        await memo.engine.stop()
+        await memo.runtime.stop()
 
     @kopf.on.login(registry=registry)
     def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
@@ -121,19 +114,20 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.posting.level = logging.WARNING  # the engine posts the Events that matter
 
 
-async def _start_writebacks(memo: kopf.Memo) -> None:
-    """Start `memo.writebacks` (a WritebackService, optional) on `memo.writeback_listen`
-    (host, port) and let the engine put its counters into each practice's status."""
-    service = memo.get("writebacks")
-    if service is None:
-        return
-    host, port = memo.get("writeback_listen") or ("0.0.0.0", 8081)
+def make_memo(runtime: Runtime, writer: Any, connection: Mapping[str, Any]) -> kopf.Memo:
+    """The memo every handler reads: the runtime, its engine, the status writer and the kwargs
+    of kopf.ConnectionInfo."""
+    return kopf.Memo(runtime=runtime, engine=runtime.engine, writer=writer, connection=connection)
+
+
+async def _start_runtime(runtime: Runtime) -> None:
+    """Start the runtime; a writeback API or metrics port that cannot be served is permanent."""
     try:
-        url = await service.start(host, port)
+        await runtime.start()
     except WritebackError as exc:  # the port is taken, the queue file cannot be opened
         raise kopf.PermanentError(f"the writeback service cannot start: {exc}") from exc
-    memo.engine.watch_writebacks(service.counts)
-    log.info("writeback API on %s (queue %s)", url, service.store.path)
+    except OSError as exc:  # the metrics port is taken
+        raise kopf.PermanentError(f"the metrics server cannot start: {exc}") from exc
 
 
 def _referenced(**kwargs: Any) -> bool:

@@ -6,15 +6,18 @@
     pmsctl_writeback_ack_seconds                   request received -> 202 (includes the commit)
     pmsctl_writeback_delivery_seconds{pms}         accepted -> written in the PMS
 
-The service serves them at `GET /metrics` on its own port; pass `registry=` to put them in the
-operator's registry instead.
+A process serves one registry: `process_metrics()` registers these once in prometheus_client's
+default registry, next to the engine's, and the runtime serves it on its one metrics port. A
+`WritebackService` built without metrics (a test, a tool) gets a private registry instead, which
+its API's `GET /metrics` shows.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (
     0.001,
@@ -84,3 +87,10 @@ class WritebackMetrics:
                 registry=reg,
             ),
         )
+
+
+@functools.cache
+def process_metrics() -> WritebackMetrics:
+    """The writeback metrics of this process, in the default registry (created once: a
+    registry refuses a second metric of the same name)."""
+    return WritebackMetrics.create(REGISTRY)

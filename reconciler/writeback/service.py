@@ -1,6 +1,7 @@
 """`WritebackService`: the queue file, the drainer and the HTTP API, started and stopped as one.
 
-The operator and `pmsctl up` each build one over their engine (a `PracticeDirectory`):
+The runtime (`reconciler.runtime`, under the operator and `pmsctl up`) builds one over its
+engine (a `PracticeDirectory`):
 
     service = WritebackService(engine, db_path, load_token())
     url = await service.start("0.0.0.0", 8081)     # opens the file, resumes delivery, serves
@@ -104,6 +105,7 @@ class WritebackService:
         policy: DeliveryPolicy | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         registry: CollectorRegistry | None = None,
+        metrics: WritebackMetrics | None = None,
         synchronous: str = "FULL",
         api_thread: bool = True,
         switch_interval: float | None = API_SWITCH_INTERVAL,
@@ -112,7 +114,9 @@ class WritebackService:
             raise WritebackConfigError("WritebackService needs a token (see load_token())")
         self.directory = directory
         self.store = Store(db_path, synchronous=synchronous)
-        self.metrics = WritebackMetrics.create(registry)
+        # `metrics` shares metric objects already registered (the process's, see
+        # `process_metrics()`); else they are registered anew in `registry` (None: a private one).
+        self.metrics = metrics if metrics is not None else WritebackMetrics.create(registry)
         self.drainer = Drainer(self.store, directory, policy=policy, metrics=self.metrics)
         self.api = WritebackApi(
             store=self.store,

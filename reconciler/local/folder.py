@@ -1,0 +1,117 @@
+"""Reading and watching the folder `pmsctl up` runs from: which files are practice files, and
+`FolderWatcher`, which polls them (stat, then a content hash only for files whose stat changed)
+and validates changed files with the same checks as `pmsctl validate`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler.api.yamlsource import DEFAULT_LIMITS
+from reconciler.local.plan import FileResult, LoadedPractice, practice_key
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def load_text(text: str, path: str) -> FileResult:
+    """Validate one file's text with `reconciler.api.validate` (the checks `pmsctl validate` runs)
+    and turn its documents into practices; any problem makes the whole file not applied."""
+    from reconciler.api import validate
+
+    documents, problems = validate.validate_text(text, path)
+    if problems:
+        return FileResult(path=path, problems=tuple(str(p) for p in problems))
+    practices = []
+    for doc in documents:
+        key, name = practice_key({"name": doc.name, "namespace": doc.namespace})
+        practices.append(LoadedPractice(key, name, path, doc.spec()))
+    return FileResult(path=path, practices=tuple(practices))
+
+
+def yaml_files(root: Path) -> list[Path]:
+    """The YAML files `pmsctl up` reads: the file itself, or every *.yaml/*.yml under a folder
+    (hidden files and folders skipped, as editors keep swap files there)."""
+    if root.is_file():
+        return [root]
+    found = []
+    for path in root.rglob("*"):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if path.suffix in YAML_SUFFIXES and path.is_file():
+            found.append(path)
+    return sorted(found)
+
+
+@dataclass
+class _Cached:
+    stat: tuple[int, int, int]
+    digest: str
+    result: FileResult
+
+
+class FolderWatcher:
+    """Polls a folder for YAML files and validates the ones that changed.
+
+    `scan()` returns the full snapshot (path -> FileResult) and whether anything differs from the
+    previous scan. A file is re-read only when its (mtime, size, inode) changed, and re-validated
+    only when its content hash changed, so a scan of an unchanged folder costs one stat per file.
+    """
+
+    def __init__(self, root: Path, load: Callable[[str, str], FileResult] = load_text) -> None:
+        self.root = root
+        self._load = load
+        self._cache: dict[str, _Cached] = {}
+
+    def _display_path(self, path: Path) -> str:
+        with contextlib.suppress(ValueError):
+            return str(path.relative_to(Path.cwd()))
+        return str(path)
+
+    def scan(self) -> tuple[dict[str, FileResult], bool]:
+        """Read the folder now; returns (snapshot, changed since the last scan)."""
+        changed = False
+        seen: dict[str, _Cached] = {}
+        for path in yaml_files(self.root):
+            shown = self._display_path(path)
+            try:
+                st = path.stat()
+                stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+                cached = self._cache.get(shown)
+                if cached is not None and cached.stat == stamp:
+                    seen[shown] = cached
+                    continue
+                if st.st_size > DEFAULT_LIMITS.max_bytes:
+                    limit = DEFAULT_LIMITS.max_bytes
+                    too_big = f"{shown}:1:1: <file>: file is {st.st_size} bytes, over the limit of {limit}"
+                    seen[shown] = _Cached(stamp, "", FileResult(shown, problems=(too_big,)))
+                    changed = changed or cached is None or cached.result != seen[shown].result
+                    continue
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue  # removed between listing and reading: the next scan sees it gone
+            except OSError as exc:
+                result = FileResult(shown, problems=(f"{shown}: cannot read: {exc.strerror}",))
+                seen[shown] = _Cached((0, 0, 0), "", result)
+                changed = changed or self._cache.get(shown) != seen[shown]
+                continue
+            digest = hashlib.sha256(data).hexdigest()
+            if cached is not None and cached.digest == digest:
+                seen[shown] = _Cached(stamp, digest, cached.result)
+                continue
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                result = FileResult(shown, problems=(f"{shown}: not UTF-8 text ({exc.reason})",))
+            else:
+                result = self._load(text, shown)
+            seen[shown] = _Cached(stamp, digest, result)
+            changed = True
+        if set(seen) != set(self._cache):
+            changed = True
+        self._cache = seen
+        return {p: c.result for p, c in seen.items()}, changed
