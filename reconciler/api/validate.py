@@ -23,12 +23,12 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from reconciler import API_VERSION, KIND
+from reconciler.api.durations import duration_ns
 from reconciler.api.spec import PracticeSpec
 from reconciler.api.yamlsource import (
     DEFAULT_LIMITS,
@@ -167,23 +167,6 @@ def _regex(pattern: str) -> re.Pattern[str]:
     if pattern.endswith("$") and not pattern.endswith("\\$"):
         pattern = pattern[:-1] + r"\Z"
     return re.compile(pattern)
-
-
-_DURATION_PART = re.compile(r"([0-9]+)(?:\.([0-9]+))?(h|ms|m|s)")
-_UNIT_NS = {"h": 3_600_000_000_000, "m": 60_000_000_000, "s": 1_000_000_000, "ms": 1_000_000}
-
-
-@functools.lru_cache(maxsize=4096)
-def duration_ns(text: str) -> int:
-    """Exact nanoseconds of a duration the schema's pattern accepts (Go's time.ParseDuration
-    arithmetic: integer nanoseconds, fractions truncated)."""
-    total = 0
-    for whole, frac, unit in _DURATION_PART.findall(text):
-        scale = _UNIT_NS[unit]
-        total += int(whole) * scale
-        if frac:
-            total += int(Decimal(int(frac)) * scale / (10 ** len(frac)))
-    return total
 
 
 def _duration_error(bounds: Mapping[str, str], value: Any) -> str | None:
