@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PRACTICES ?= practices
 
-.PHONY: help setup run test test-fast testenv check lint typecheck crds check-crds bench clean
+.PHONY: help setup run test test-fast testenv check lint typecheck crds check-crds deps check-contracts bench clean
 
 help: ## Show the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,7 +45,13 @@ lint: setup ## ruff (lint and format check), mypy strict, import-linter layering
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-check: check-crds lint ## Everything a pull request must pass besides the tests
+deps: setup ## deptry: the declared dependencies are exactly the imported ones
+	$(BIN)/deptry .
+
+check-contracts: setup ## Prove each import-linter contract fails on a violating import (tests/test_layers.py)
+	$(BIN)/pytest tests/test_layers.py -q $(PYTEST_ARGS)
+
+check: check-crds lint deps ## Everything a pull request must pass besides the tests
 
 bench: setup ## Run the benchmarks in bench/ (minutes; figures go in the README)
 	$(BIN)/python bench/run_all.py

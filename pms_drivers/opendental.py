@@ -1,6 +1,6 @@
 """The Open Dental driver: the documented REST API (`/api/v1`), as the simulator serves it too.
 
-Wire facts it relies on (see `shared/reference/pms-facts.md`): `Authorization: ODFHIR dev/customer`,
+Wire facts it relies on (docs/vendor-facts.md has them with the vendor pages): `Authorization: ODFHIR dev/customer`,
 PascalCase fields, booleans as "true"/"false", times `yyyy-MM-dd HH:mm:ss` in office local time,
 JSON arrays with `serverDateTime` on every item, Limit/Offset paging capped at 100 rows (first
 call without them; page while a full page comes back), `DateTStamp` change filters.
@@ -72,7 +72,7 @@ CATEGORY_APPT_CONFIRMED: Final = 2
 CATEGORY_IMAGE_CATS: Final = 18
 CATEGORY_COMMLOG_TYPES: Final = 27
 
-#: Writeback kind -> (Mode_, SentOrReceived), as issue 4 specifies.
+#: Writeback kind -> the commlog's (Mode_, SentOrReceived): the channel and its direction.
 COMMLOG_MODES: Final[Mapping[str, tuple[str, str]]] = {
     "outgoingSms": ("Text", "Sent"),
     "incomingSms": ("Text", "Received"),

@@ -2,7 +2,9 @@
 
 `with_retry(op, policy=...)` calls `op()` until it succeeds, raises an error that retrying cannot
 fix, or runs out of attempts. Only `TemporaryPmsError` (timeouts, connection errors, 5xx, 429) is
-retried; `PermanentPmsError`, `PmsNotFoundError` and `PmsAuthError` are raised at once. The wait
+retried; `PermanentPmsError`, `PmsNotFoundError` and `PmsAuthError` are raised at once. Callers
+outside the drivers (the engine's HTTP event sink) name their own retryable errors with
+`retry_on`, so every retry in the product follows this one schedule. The wait
 before attempt n+1 is uniform in [0, min(max_delay, base_delay * 2**(n-1))] ("full jitter"), and
 never shorter than the error's `retry_after` when the PMS sent one.
 
@@ -18,7 +20,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pms_drivers.errors import TemporaryPmsError
 
@@ -26,8 +28,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Called before each wait: (attempt that failed, its error, seconds about to wait).
-OnRetry = Callable[[int, TemporaryPmsError, float], Awaitable[None] | None]
+#: Called before each wait: (attempt that failed, its error, seconds about to wait). The error is
+#: a `TemporaryPmsError` unless the caller passed other `retry_on` types.
+OnRetry = Callable[[int, Any, float], Awaitable[None] | None]
 
 
 @dataclass(frozen=True)
@@ -54,13 +57,15 @@ class RetryPolicy:
     def delay(
         self,
         attempt: int,
-        error: TemporaryPmsError,
+        error: Exception,
         rng: Callable[[], float] = random.random,
     ) -> float:
-        """The wait before the next attempt: the backoff, but at least the server's Retry-After."""
+        """The wait before the next attempt: the backoff, but at least the server's Retry-After
+        (the error's `retry_after`, when it has one)."""
         wait = self.backoff(attempt, rng)
-        if error.retry_after is not None:
-            wait = max(wait, error.retry_after)
+        retry_after: float | None = getattr(error, "retry_after", None)
+        if retry_after is not None:
+            wait = max(wait, retry_after)
         return wait
 
 
@@ -71,17 +76,19 @@ async def with_retry(
     on_retry: OnRetry | None = None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     rng: Callable[[], float] = random.random,
+    retry_on: tuple[type[Exception], ...] = (TemporaryPmsError,),
 ) -> T:
-    """Run `op()` until it succeeds; retry only `TemporaryPmsError`, at most `policy.max_attempts` calls.
+    """Run `op()` until it succeeds; retry only `retry_on` errors (`TemporaryPmsError`), at most
+    `policy.max_attempts` calls.
 
-    The last temporary error is re-raised when attempts run out; any other exception propagates
+    The last retryable error is re-raised when attempts run out; any other exception propagates
     at once. `sleep` and `rng` are injectable so the schedule itself can be tested exactly.
     """
     attempt = 1
     while True:
         try:
             return await op()
-        except TemporaryPmsError as exc:
+        except retry_on as exc:
             if attempt >= policy.max_attempts:
                 raise
             wait = policy.delay(attempt, exc, rng)

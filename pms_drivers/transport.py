@@ -7,10 +7,10 @@ budget however many tasks use the client. When the PMS answers 429 or 503 with `
 transport pauses the whole bucket until then: every caller waits, not just the one that was told.
 
 The network transport is `AiohttpTransport`: httpx's API on top (drivers keep their injected
-`httpx.AsyncClient`), aiohttp's connection pool and C HTTP parser underneath. It replaced
-`httpx.AsyncHTTPTransport` (httpcore + h11, pure Python), which cost ~30% of the operator's CPU
-per poll: bench_scale at 4,000 practices went from 0.88 cores and p99 lag 5.7 s to 0.63 cores and
-1.4 s (docs/operator.md, "Scale and sharding").
+`httpx.AsyncClient`), aiohttp's connection pool and C HTTP parser underneath, because httpx's own
+`httpx.AsyncHTTPTransport` (httpcore + h11, pure Python) takes ~30% of the operator's CPU per poll
+(docs/operator.md, "Scale and sharding", has the bench_scale figures). The `httpx-aiohttp`
+package's transport measured worse on bench_drivers (see `AiohttpTransport`).
 
 The transport neither retries nor raises on HTTP statuses: drivers map statuses to
 `pms_drivers.errors`, and `pms_drivers.retry.with_retry` is the one place that retries.
@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 #: Statuses whose `Retry-After` pauses the practice's whole bucket.
 PAUSING_STATUSES = frozenset({429, 503})
 #: Idle connections are kept this long. httpx's default (5 s) is shorter than every poll interval,
-#: so each poll paid a TCP connect and close; keeping them halves the CPU per poll (bench_scale:
-#: 2,000 practices went from saturated, p99 lag 3.1 s, to 0.46 cores, p99 15 ms).
+#: so each poll would pay a TCP connect and close; keeping them halves the CPU per poll
+#: (bench_scale, docs/operator.md).
 KEEPALIVE_SECONDS = 120.0
 #: Parsed URLs each `PracticeClient` keeps (~700 bytes each): a practice polls three URLs, and
 #: a cursor that moved makes the old URL useless, so a few are enough.
@@ -168,6 +168,7 @@ def _shared_ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+# Kept over the httpx-aiohttp package's transport: bench_drivers (200 practices, 2 s intervals, same sitting) gave 294 vs 252 req/s, HTTP p50 4.7 vs 582 ms, and it maps a dropped connection to ConnectTimeout.
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """An httpx transport that sends each request over an `aiohttp.ClientSession` (aiohttp's C parser).
 
@@ -261,7 +262,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 class _NoCookies(http.cookiejar.CookieJar):
     """A cookie jar that keeps nothing: PMS APIs authenticate every request with a header, and
     httpx's cookie handling (building urllib's request and response views of every response)
-    was a tenth of the per-request cost."""
+    costs a tenth of each request."""
 
     def extract_cookies(self, response: Any, request: Any) -> None:
         return None
@@ -269,7 +270,7 @@ class _NoCookies(http.cookiejar.CookieJar):
 
 class PracticeClient(httpx.AsyncClient):
     """The `httpx.AsyncClient` `new_client()` returns: the same API, but each distinct URL string
-    is parsed once (httpx's pure-Python URL parser was the biggest single cost per request).
+    is parsed once (httpx's pure-Python URL parser is the biggest single cost of a request).
 
     A poller asks for the same URL until its cursor moves, so the last `URL_CACHE_SIZE` URLs are
     kept per client. Requests that pass `params=` are built by httpx as usual.

@@ -1,6 +1,6 @@
 """The Open Dental API subset the drivers use, served under `/api/v1` (see docs/simulator.md).
 
-Speaks like Open Dental's Remote API (pms-facts.md): `Authorization: ODFHIR {dev}/{customer}`,
+Speaks like Open Dental's Remote API (docs/vendor-facts.md): `Authorization: ODFHIR {dev}/{customer}`,
 PascalCase fields, `"true"`/`"false"` strings, `yyyy-MM-dd HH:mm:ss` office-local times,
 `serverDateTime` on every item, `Limit`/`Offset` paging capped at 100 rows, `DateTStamp` filters
 (rows changed at or after the stamp), 400/404 with a text/plain reason and 401 for bad keys.

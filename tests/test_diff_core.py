@@ -17,7 +17,7 @@ import pytest
 from reconciler.api.spec import PracticeSpec
 from reconciler.review.diff import (
     ChangeKind,
-    PracticeStatus,
+    DiffStatus,
     Resource,
     Risk,
     diff_practices,
@@ -234,7 +234,7 @@ def test_each_setting_change_is_named_with_its_meaning(edit, kind, message, risk
     report = diff_practices(side(spec()), side(spec(edit)))
     assert report.has_changes
     [practice] = report.practices
-    assert practice.status is PracticeStatus.CHANGED
+    assert practice.status is DiffStatus.CHANGED
     [change] = practice.changes
     assert (change.kind, change.message, change.risk) == (kind, message, risk)
     assert report.kind_counts == {kind: 1}
@@ -276,7 +276,7 @@ def test_spelling_out_a_default_or_an_inert_setting_is_no_change(edit):
 def test_a_move_alone_is_reported_but_changes_nothing():
     report = diff_practices(side(spec(), file="p/a.yaml"), side(spec(), file="p/b.yaml"))
     [p] = report.practices
-    assert p.status is PracticeStatus.MOVED
+    assert p.status is DiffStatus.MOVED
     assert p.changes[0].message == "moved p/a.yaml -> p/b.yaml"
     assert not report.has_changes
 
@@ -290,8 +290,8 @@ def test_added_and_removed_practices_describe_what_they_do():
     other = spec(_set("practiceId", "other"))
     report = diff_practices(side(spec()), side(other, name="other"))
     statuses = {p.name: p for p in report.practices}
-    assert statuses["other"].status is PracticeStatus.ADDED
-    assert statuses["bright-smiles-austin"].status is PracticeStatus.REMOVED
+    assert statuses["other"].status is DiffStatus.ADDED
+    assert statuses["bright-smiles-austin"].status is DiffStatus.REMOVED
     assert statuses["bright-smiles-austin"].risks == (Risk.PRACTICE_REMOVED,)
     added = statuses["other"].changes[0].message
     assert added.startswith("added: OpenDental at https://od.bright-smiles.example/api/v1")
@@ -302,7 +302,7 @@ def test_added_and_removed_practices_describe_what_they_do():
 def test_a_new_name_with_the_same_practice_id_is_a_rename_with_its_changes():
     report = diff_practices(side(spec()), side(spec(_set("providerId", "12")), name="bsa"))
     [p] = report.practices
-    assert p.status is PracticeStatus.RENAMED
+    assert p.status is DiffStatus.RENAMED
     assert (p.base_key, p.key) == ("dental/bright-smiles-austin", "dental/bsa")
     assert [c.kind for c in p.changes] == [ChangeKind.RENAMED, ChangeKind.PROVIDER]
 

@@ -224,6 +224,37 @@ async def test_retry_reraises_the_last_temporary_error_when_attempts_run_out() -
     assert seen == [1, 2]
 
 
+async def test_retry_on_names_other_retryable_errors_on_the_same_schedule() -> None:
+    class Busy(Exception):
+        retry_after = 3.0
+
+    waits: list[float] = []
+    calls = 0
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    async def op() -> str:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise Busy()
+        if calls == 3:
+            raise _temporary()  # not named in retry_on: propagates at once
+        return "unreachable"
+
+    with pytest.raises(TemporaryPmsError):
+        await with_retry(
+            op,
+            policy=RetryPolicy(max_attempts=5, base_delay=1.0),
+            sleep=sleep,
+            rng=lambda: 1.0,
+            retry_on=(Busy,),
+        )
+    # Full jitter ceilings 1 and 2, each raised to the error's retry_after of 3 s.
+    assert (calls, waits) == (3, [3.0, 3.0])
+
+
 def test_retry_policy_refuses_nonsense() -> None:
     with pytest.raises(ValueError, match="max_attempts"):
         RetryPolicy(max_attempts=0)

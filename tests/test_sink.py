@@ -167,6 +167,20 @@ async def test_http_sink_raises_when_the_receiver_rejects(receiver: tuple[Receiv
     assert rec.batches == []
 
 
+async def test_http_sink_gives_up_after_its_attempts_naming_the_last_answer(
+    receiver: tuple[Receiver, str],
+) -> None:
+    rec, url = receiver
+    rec.answers = [503, 429, 502, 202]
+    sink = HttpSink(url, attempts=3)
+    try:
+        with pytest.raises(SinkError, match=r"did not accept 1 event\(s\): HTTP 502"):
+            await sink.publish([patient_event("acme", "OD", PATIENT, photos=False)])
+    finally:
+        await sink.close()
+    assert rec.batches == [] and rec.answers == [202]  # three posts, none accepted
+
+
 async def test_http_sink_raises_when_nobody_listens() -> None:
     sink = HttpSink("http://127.0.0.1:9/events", attempts=2)
     try:

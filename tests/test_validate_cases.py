@@ -97,6 +97,20 @@ def test_fast_checker_agrees_with_jsonschema_on_every_case(name: str, body: Any)
     assert validate.is_valid_body(body) == _jsonschema_verdict(body)
 
 
+@pytest.mark.parametrize(
+    ("path", "valid"),
+    [
+        ("/api/v1$", True),  # `$` is a literal inside the path's character class
+        ("/api/v1\n", False),  # ... and the pattern's final `$` is the end of the text
+    ],
+)
+def test_fast_checker_reads_dollar_signs_as_the_api_server_does(path: str, valid: bool) -> None:
+    body = copy.deepcopy(next(b for n, b in _bodies() if n == "full-base"))
+    body["spec"]["pms"]["url"] = "https://pms.example.com" + path
+    assert validate.is_valid_body(body) is valid
+    assert _jsonschema_verdict(body) is valid
+
+
 _REPLACEMENTS: list[Any] = [
     None,
     True,

@@ -68,7 +68,7 @@ NOTE_TYPE_NAMES = {
 }
 PROVIDER = {"OpenDental": "1", "Dentrix": "DDS1", "Eaglesoft": "DCM"}
 STATEMENTS = {"OpenDental": "Statements", "Dentrix": "Statements", "Eaglesoft": "Statements"}
-#: Open Dental commlog Mode_ / SentOrReceived per writeback type (pms-facts.md).
+#: Open Dental commlog Mode_ / SentOrReceived per writeback type (docs/vendor-facts.md).
 OD_MODE = {
     "outgoingSms": ("Text", "Sent"),
     "incomingSms": ("Text", "Received"),

@@ -8,11 +8,12 @@ they are never written back into a resource's `spec`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from reconciler.api.durations import parse_duration
 
 
 class PmsType(StrEnum):
@@ -55,17 +56,6 @@ DEFAULT_INTERVALS: dict[SyncKind, int] = {
 MIN_INTERVAL_SECONDS = 5
 MAX_INTERVAL_SECONDS = 3600
 DEFAULT_TIMEOUT_SECONDS = 10
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
-_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:h|ms|m|s))+$")
-_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-
-
-def parse_duration(text: str) -> float:
-    """Parse a Go-style duration (`15s`, `1m30s`, `2h`) into seconds; ValueError if malformed."""
-    if not isinstance(text, str) or not _DURATION.match(text):
-        raise ValueError(f"{text!r} is not a duration like 15s, 1m or 1m30s")
-    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
 
 
 def format_duration(seconds: float) -> str:

@@ -227,7 +227,7 @@ class GcPolicy:
     Each practice keeps ~250 objects the collector tracks (client, connection pool, driver,
     catalogs, pollers), so at 4,000 practices a full pass walks a million objects that never
     become garbage: bench_scale measured 3 full passes in 30 s, up to 1 s each, and no poll
-    starts during one (that was the p99 schedule lag). Objects alive once the engine holds
+    starts during one (so they set the p99 schedule lag). Objects alive once the engine holds
     `min_practices`, and again whenever it grew by `growth`, are moved out of the collector's
     sight (`gc.freeze()`; reference counting still frees them). A cycle that becomes garbage
     after its freeze would be kept, so every `refresh` seconds everything is unfrozen, collected

@@ -14,7 +14,7 @@ the engine saves a cursor only after that):
 - `JsonlSink(path)`: appends one JSON object per line (flushed, fsynced by default; publishes
   that arrive during an fsync share the next one).
 - `HttpSink(url)`: POSTs batches with httpx as `application/cloudevents-batch+json`, retrying a
-  few times; any 2xx accepts the batch.
+  few times on the drivers' schedule (`pms_drivers.retry`); any 2xx accepts the batch.
 `sink_from_url("file:PATH" | "http(s)://...")` builds one from the `--sink` flag.
 """
 
@@ -31,6 +31,7 @@ from typing import Any, Protocol, TypedDict
 import httpx
 
 from pms_drivers.base import Appointment, AppointmentStatusChange, Patient
+from pms_drivers.retry import RetryPolicy, with_retry
 
 TYPE_APPOINTMENT_STATUS = "dev.dental.pmsctl.appointment-status.changed"
 TYPE_APPOINTMENT = "dev.dental.pmsctl.appointment.changed"
@@ -55,6 +56,10 @@ class CloudEvent(TypedDict):
 
 class SinkError(Exception):
     """The sink did not accept the events; the poller keeps its cursor and retries later."""
+
+
+class _NotYetAccepted(SinkError):
+    """A failure that the same batch may get past a moment later (network, 5xx, 408, 429)."""
 
 
 class EventSink(Protocol):
@@ -229,7 +234,7 @@ class HttpSink:
     ) -> None:
         self.url = url
         self._batch_size = batch_size
-        self._attempts = attempts
+        self._retry = RetryPolicy(max_attempts=attempts, base_delay=0.2, max_delay=2.0)
         self._client = client or httpx.AsyncClient(timeout=timeout, headers=dict(headers or {}))
         self._owns_client = client is None
 
@@ -239,22 +244,25 @@ class HttpSink:
 
     async def _post(self, batch: Sequence[CloudEvent]) -> None:
         body = json.dumps(list(batch), separators=(",", ":")).encode()
-        last = ""
-        for attempt in range(self._attempts):
+
+        def refused(why: str) -> str:
+            return f"event sink {self.url} did not accept {len(batch)} event(s): {why}"
+
+        async def attempt() -> None:
             try:
                 r = await self._client.post(
                     self.url, content=body, headers={"Content-Type": BATCH_CONTENT_TYPE}
                 )
             except httpx.HTTPError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            else:
-                if 200 <= r.status_code < 300:
-                    return
-                last = f"HTTP {r.status_code}"
-                if r.status_code < 500 and r.status_code not in (408, 429):
-                    break  # the receiver rejected the batch: retrying the same body will not help
-            await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
-        raise SinkError(f"event sink {self.url} did not accept {len(batch)} event(s): {last}")
+                raise _NotYetAccepted(refused(f"{type(exc).__name__}: {exc}")) from exc
+            if 200 <= r.status_code < 300:
+                return
+            if r.status_code >= 500 or r.status_code in (408, 429):
+                raise _NotYetAccepted(refused(f"HTTP {r.status_code}"))
+            # The receiver rejected the batch: retrying the same body will not help.
+            raise SinkError(refused(f"HTTP {r.status_code}"))
+
+        await with_retry(attempt, policy=self._retry, retry_on=(_NotYetAccepted,))
 
     async def close(self) -> None:
         if self._owns_client:

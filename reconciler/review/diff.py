@@ -95,8 +95,9 @@ class Risk(StrEnum):
     PRACTICE_REMOVED = "practice removed"
 
 
-class PracticeStatus(StrEnum):
-    """How one identity differs between the sides."""
+class DiffStatus(StrEnum):
+    """How one practice differs between the base and the head (git's name-status, per practice);
+    not the resource's `status`, which is `reconciler.engine.core.PracticeStatus`."""
 
     ADDED = "added"
     REMOVED = "removed"
@@ -132,7 +133,7 @@ class PracticeDiff:
     namespace: str
     name: str
     practice_id: str
-    status: PracticeStatus
+    status: DiffStatus
     changes: tuple[Change, ...]
     base_file: str | None = None
     head_file: str | None = None
@@ -171,7 +172,7 @@ class DiffReport:
     def risky(self) -> tuple[PracticeDiff, ...]:
         return tuple(p for p in self.practices if p.risks)
 
-    def count(self, status: PracticeStatus) -> int:
+    def count(self, status: DiffStatus) -> int:
         return sum(1 for p in self.practices if p.status is status)
 
 
@@ -438,7 +439,7 @@ def _moved(b: Resource, h: Resource) -> list[Change]:
 
 
 def _practice(
-    status: PracticeStatus,
+    status: DiffStatus,
     changes: Sequence[Change],
     base: Resource | None,
     head: Resource | None,
@@ -454,7 +455,7 @@ def _practice(
         changes=tuple(changes),
         base_file=base.file if base else None,
         head_file=head.file if head else None,
-        base_key=base.key if base and status is PracticeStatus.RENAMED else None,
+        base_key=base.key if base and status is DiffStatus.RENAMED else None,
     )
 
 
@@ -477,9 +478,9 @@ def diff_practices(
         changes = compare_specs(b.spec, h.spec)
         moved = _moved(b, h)
         if changes:
-            practices.append(_practice(PracticeStatus.CHANGED, moved + changes, b, h))
+            practices.append(_practice(DiffStatus.CHANGED, moved + changes, b, h))
         elif moved:
-            practices.append(_practice(PracticeStatus.MOVED, moved, b, h))
+            practices.append(_practice(DiffStatus.MOVED, moved, b, h))
         else:
             unchanged += 1
 
@@ -502,10 +503,10 @@ def diff_practices(
             h.key,
         )
         changes = [renamed, *_moved(b, h), *compare_specs(b.spec, h.spec)]
-        practices.append(_practice(PracticeStatus.RENAMED, changes, b, h))
+        practices.append(_practice(DiffStatus.RENAMED, changes, b, h))
     for h in added.values():
         change = Change(ChangeKind.ADDED, f"added: {describe(h.spec)}", "", None, h.key)
-        practices.append(_practice(PracticeStatus.ADDED, [change], None, h))
+        practices.append(_practice(DiffStatus.ADDED, [change], None, h))
     for b in removed.values():
         change = Change(
             ChangeKind.REMOVED,
@@ -515,7 +516,7 @@ def diff_practices(
             None,
             risk=Risk.PRACTICE_REMOVED,
         )
-        practices.append(_practice(PracticeStatus.REMOVED, [change], b, None))
+        practices.append(_practice(DiffStatus.REMOVED, [change], b, None))
 
     practices.sort(key=lambda p: p.key)
     kinds: Counter[ChangeKind] = Counter()
@@ -548,7 +549,7 @@ def summary_line(report: DiffReport) -> str:
     n = len(report.practices)
     if not n:
         return f"no changes ({report.unchanged} practices unchanged)"
-    parts = [f"{report.count(s)} {s.value}" for s in PracticeStatus if report.count(s)]
+    parts = [f"{report.count(s)} {s.value}" for s in DiffStatus if report.count(s)]
     word = "practice differs" if n == 1 else "practices differ"
     risky = len(report.risky)
     tail = f"; {risky} risky" if risky else ""
@@ -591,7 +592,7 @@ def render_markdown(report: DiffReport, *, limit: int = MARKDOWN_LIMIT) -> str:
     if not report.practices:
         return "\n".join(out)
     out += ["| Change | Practices |", "|---|---:|"]
-    for status in PracticeStatus:
+    for status in DiffStatus:
         if report.count(status):
             out.append(f"| {status.value} | {report.count(status)} |")
     for kind, count in report.kind_counts.items():
@@ -647,7 +648,7 @@ def report_to_json(report: DiffReport) -> dict[str, object]:
         "head": report.head_label,
         "hasChanges": report.has_changes,
         "summary": {
-            **{s.value: report.count(s) for s in PracticeStatus},
+            **{s.value: report.count(s) for s in DiffStatus},
             "unchanged": report.unchanged,
             "risky": len(report.risky),
             "byKind": {k.name.lower(): n for k, n in report.kind_counts.items()},
