@@ -137,8 +137,8 @@ def test_cross_field_rules_become_cel_with_messages() -> None:
     assert len(rules) == 3
     for rule, pms, pattern in zip(
         rules,
-        ("OpenDental", "Dentrix", "Eaglesoft"),
-        ("^[1-9][0-9]{0,9}$", "^[A-Za-z0-9_-]{4,10}$", "^[A-Za-z0-9]{1,10}$"),
+        ("OpenDental", "Eaglesoft", "Dentrix"),
+        ("^[1-9][0-9]{0,9}$", "^[A-Za-z0-9]{1,10}$", "^[A-Za-z0-9_-]{4,10}$"),
         strict=True,
     ):
         assert f'self.pms.type == "{pms}"' in rule["rule"]
