@@ -66,7 +66,8 @@ def _uses_keys(pms: str) -> bool:
 class Simulator:
     """Many simulated practices behind one HTTP server. Methods are thread-safe.
 
-    `personalities` are the PMSes it can play (default: every registered one)."""
+    `personalities` are the PMSes it can play (default: every registered one). Each must be
+    registered too: `State` seeds practices from `catalog`'s tables, which registering fills."""
 
     def __init__(
         self,
@@ -84,6 +85,9 @@ class Simulator:
         if tick_seconds <= 0 or tick_minutes <= 0:
             raise ValueError("tick_seconds and tick_minutes must be positive")
         self.personalities = dict(PERSONALITIES if personalities is None else personalities)
+        for name, played in self.personalities.items():
+            if PERSONALITIES.get(name) != played:
+                raise ValueError(f"{name}: register the personality before a Simulator plays it")
         self.state = State(db, start)
         self.autotick = autotick
         self.tick_seconds = tick_seconds

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jsonschema
 import pytest
 import yaml
@@ -269,9 +270,30 @@ async def test_the_simulator_serves_the_toy_and_the_engine_drives_it(
     assert any(r.path.startswith("/bridge/v1/") for r in sim.requests("toy-1"))
 
 
-async def test_the_registry_builds_the_toy_driver_by_its_import_path(toy: None) -> None:
-    import httpx
+async def test_a_simulator_plays_the_personalities_it_receives(toy: None) -> None:
+    sim = Simulator(personalities={"Toy": TOY_PERSONALITY})
+    try:
+        with pytest.raises(ValueError, match="'OpenDental' is not one of Toy"):
+            sim.add_practice("od-1", "OpenDental")
+        creds = sim.add_practice("toy-1", "Toy")
+        async with sim.serve() as url:
+            with pytest.raises(ValueError, match="is not one of Toy"):
+                sim.base_url("OpenDental")
+            async with httpx.AsyncClient() as client:
+                driver = create_driver("Toy", client, sim.base_url("Toy"), Credentials(creds))
+                providers = await driver.list_providers()
+                assert {p.id for p in providers} == {"TOY1", "TOY2"}
+                assert (await client.get(f"{url}/api/v1/providers")).status_code == 404
+    finally:
+        sim.close()
 
+
+def test_a_simulator_refuses_a_personality_that_is_not_registered() -> None:
+    with pytest.raises(ValueError, match="Toy: register the personality"):
+        Simulator(personalities={"Toy": TOY_PERSONALITY})
+
+
+async def test_the_registry_builds_the_toy_driver_by_its_import_path(toy: None) -> None:
     async with httpx.AsyncClient() as client:
         driver = create_driver("Toy", client, "http://127.0.0.1:1", Credentials({"token": "t"}))
     assert isinstance(driver, ToyDriver) and driver.pms == "Toy"
