@@ -33,10 +33,10 @@ test: setup testenv ## Run every test, against a real kube-apiserver from the te
 test-fast: setup ## Run the tests that need no API server
 	$(BIN)/pytest -m "not kube" $(PYTEST_ARGS)
 
-crds: setup ## Generate crds/ from schemas/
+crds: setup ## Generate crds/ from schemas/, and the PMS part of schemas/ from pms_drivers/records.py
 	$(BIN)/python -m reconciler.api.crdgen --write
 
-check-crds: setup ## Fail when crds/ differs from what the generator writes
+check-crds: setup ## Fail when crds/ or the PMS part of schemas/ differs from what the generator writes
 	$(BIN)/python -m reconciler.api.crdgen --check
 
 lint: setup ## ruff (lint and format check), mypy strict, import-linter layering contracts

@@ -6,5 +6,6 @@
 
 Modules: `base` (Protocol and values), `errors` (the hierarchy), `transport` (the per-practice client
 and its token bucket), `retry` (the one place that retries), `wire` (one call, errors mapped),
-`opendental` + `stamp_cursor` (Open Dental REST), `bridge` (Eaglesoft/Dentrix agent), `registry`.
+`opendental` + `stamp_cursor` (Open Dental REST), `bridge` (Eaglesoft/Dentrix agent), `records` (one
+`PmsRecord` per PMS: name, driver, providerId rule, catalog words) and `registry` (builds drivers).
 """

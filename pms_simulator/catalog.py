@@ -11,7 +11,8 @@ from dataclasses import dataclass
 OPEN_DENTAL = "OpenDental"
 EAGLESOFT = "Eaglesoft"
 DENTRIX = "Dentrix"
-PMS_TYPES = (OPEN_DENTAL, EAGLESOFT, DENTRIX)
+#: Every PMS with a seed below; `pms_simulator.personality.register` adds to these tables.
+PMS_TYPES: tuple[str, ...] = (OPEN_DENTAL, EAGLESOFT, DENTRIX)
 BRIDGE_TYPES = (EAGLESOFT, DENTRIX)
 
 #: Definition categories (Open Dental numbers; the bridge flavours reuse them internally).

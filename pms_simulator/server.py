@@ -6,6 +6,10 @@ Simulated: the PMS data and the office's clock, which only moves when `advance()
 picks the practice: `{url}/api/v1` for Open Dental, `{url}/bridge/v1` for Eaglesoft and Dentrix,
 `{url}/_admin` for tests and demos driving a simulator in another process.
 
+Which PMSes it plays, and so which APIs it mounts, is up to the personalities it receives
+(`pms_simulator.personality`; every registered one by default): the server imports no protocol
+module itself.
+
 Credentials are made up deterministically from the practice id (`simulator_credentials`), so a
 separate process can compute them; they are simulator credentials, never real ones.
 """
@@ -17,7 +21,7 @@ import contextlib
 import hashlib
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,6 +31,7 @@ from aiohttp import web
 from pms_simulator import catalog
 from pms_simulator.errors import UnknownPracticeError
 from pms_simulator.faults import FaultConfig, Gate
+from pms_simulator.personality import PERSONALITIES, Api, Personality
 from pms_simulator.state import Practice, State
 
 #: The developer key every simulated Open Dental practice accepts (a vendor-wide key, as in OD).
@@ -47,13 +52,22 @@ class RequestRecord:
 def simulator_credentials(practice_id: str, pms: str) -> dict[str, str]:
     """The made-up credentials the simulator gives `practice_id` (deterministic, not secret)."""
     digest = hashlib.sha256(f"pmsctl-simulator|{pms}|{practice_id}".encode()).hexdigest()
-    if pms == catalog.OPEN_DENTAL:
+    if _uses_keys(pms):
         return {"developerKey": DEVELOPER_KEY, "customerKey": f"sim-ck-{digest[:24]}"}
     return {"token": f"sim-token-{digest[:32]}"}
 
 
+def _uses_keys(pms: str) -> bool:
+    """Whether `pms` authenticates with an Open Dental key pair (otherwise a bearer token)."""
+    known = PERSONALITIES.get(pms)
+    return known is not None and known.api.credentials == "keys"
+
+
 class Simulator:
-    """Many simulated practices behind one HTTP server. Methods are thread-safe."""
+    """Many simulated practices behind one HTTP server. Methods are thread-safe.
+
+    `personalities` are the PMSes it can play (default: every registered one). Each must be
+    registered too: `State` seeds practices from `catalog`'s tables, which registering fills."""
 
     def __init__(
         self,
@@ -66,9 +80,14 @@ class Simulator:
         burst: float = 100,
         start: datetime | None = None,
         request_log_size: int = 2_000,
+        personalities: Mapping[str, Personality] | None = None,
     ) -> None:
         if tick_seconds <= 0 or tick_minutes <= 0:
             raise ValueError("tick_seconds and tick_minutes must be positive")
+        self.personalities = dict(PERSONALITIES if personalities is None else personalities)
+        for name, played in self.personalities.items():
+            if PERSONALITIES.get(name) != played:
+                raise ValueError(f"{name}: register the personality before a Simulator plays it")
         self.state = State(db, start)
         self.autotick = autotick
         self.tick_seconds = tick_seconds
@@ -87,7 +106,7 @@ class Simulator:
 
     def _index(self, pid: str, pms: str) -> dict[str, str]:
         creds = simulator_credentials(pid, pms)
-        if pms == catalog.OPEN_DENTAL:
+        if _uses_keys(pms):
             self._od_keys[creds["customerKey"]] = pid
         else:
             self._tokens[creds["token"]] = pid
@@ -95,6 +114,8 @@ class Simulator:
 
     def add_practice(self, practice_id: str, pms: str) -> dict[str, str]:
         """Register a practice (idempotent; seeded on first use) and return its credentials."""
+        if pms not in self.personalities:
+            raise ValueError(f"pms {pms!r} is not one of {', '.join(self.personalities)}")
         self.state.register(practice_id, pms)
         return self._index(practice_id, pms)
 
@@ -223,19 +244,23 @@ class Simulator:
 
     def base_url(self, pms: str) -> str:
         """The API base URL a driver for `pms` uses."""
-        if pms == catalog.OPEN_DENTAL:
-            return f"{self.url}/api/v1"
-        if pms in catalog.BRIDGE_TYPES:
-            return f"{self.url}/bridge/v1"
-        raise ValueError(f"pms {pms!r} is not one of {', '.join(catalog.PMS_TYPES)}")
+        known = self.personalities.get(pms)
+        if known is None:
+            raise ValueError(f"pms {pms!r} is not one of {', '.join(self.personalities)}")
+        return f"{self.url}{known.api.mount}"
 
     def make_app(self) -> web.Application:
-        """The aiohttp application: /api/v1, /bridge/v1 and /_admin."""
-        from pms_simulator import admin, bridge, opendental
+        """The aiohttp application: each personality's API once at its mount path, and /_admin."""
+        from pms_simulator import admin
 
         app = web.Application()
-        app.add_subapp("/api/v1", opendental.build_app(self))
-        app.add_subapp("/bridge/v1", bridge.build_app(self))
+        apis: dict[str, Api] = {}
+        for personality in self.personalities.values():
+            api = personality.api
+            if apis.setdefault(api.mount, api) != api:
+                raise ValueError(f"{personality.name}: another API is mounted at {api.mount}")
+        for mount, api in apis.items():
+            app.add_subapp(mount, api.build_app(self))
         app.add_subapp("/_admin", admin.build_app(self))
         return app
 

@@ -16,6 +16,7 @@ import jsonschema
 import pytest
 import yaml
 
+from pms_drivers import records
 from reconciler.api import crdgen, validate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,6 +75,38 @@ def test_check_fails_when_the_crd_drifts(
     assert "make crds" in capsys.readouterr().err
     assert crdgen.main(["--write", "--root", str(tmp_path)]) == 0
     assert crdgen.main(["--check", "--root", str(tmp_path)]) == 0
+
+
+def test_check_fails_when_a_generated_schema_node_is_edited_by_hand(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for part in ("schemas", "crds"):
+        shutil.copytree(ROOT / part, tmp_path / part)
+    schema = tmp_path / "schemas" / crdgen.SCHEMA_FILENAME
+    text = schema.read_text(encoding="utf-8")
+    edited = text.replace(
+        '"enum": ["OpenDental", "Eaglesoft", "Dentrix"]', '"enum": ["OpenDental"]'
+    )
+    assert edited != text
+    schema.write_text(edited, encoding="utf-8")
+    assert crdgen.main(["--check", "--root", str(tmp_path)]) == 1
+    assert f"schemas/{crdgen.SCHEMA_FILENAME} is not what the generator writes" in (
+        capsys.readouterr().err
+    )
+    assert crdgen.main(["--write", "--root", str(tmp_path)]) == 0
+    assert schema.read_text(encoding="utf-8") == text  # only the generated node changed back
+
+
+def test_regenerating_keeps_the_hand_written_rest_of_the_schema_byte_for_byte() -> None:
+    text = SCHEMA_PATH.read_text(encoding="utf-8")
+    assert crdgen.regenerate_schema(text, records.RECORDS) == text
+
+
+def test_a_schema_without_a_generated_node_is_refused() -> None:
+    text = SCHEMA_PATH.read_text(encoding="utf-8")
+    unmarked = text.replace(crdgen.GENERATED + "pms-type", "hand-written")
+    with pytest.raises(crdgen.GeneratorError, match="pms-type"):
+        crdgen.regenerate_schema(unmarked, records.RECORDS)
 
 
 def test_every_schema_node_has_a_type_and_a_description_and_no_json_schema_only_keyword() -> None:
@@ -137,8 +170,8 @@ def test_cross_field_rules_become_cel_with_messages() -> None:
     assert len(rules) == 3
     for rule, pms, pattern in zip(
         rules,
-        ("OpenDental", "Dentrix", "Eaglesoft"),
-        ("^[1-9][0-9]{0,9}$", "^[A-Za-z0-9_-]{4,10}$", "^[A-Za-z0-9]{1,10}$"),
+        ("OpenDental", "Eaglesoft", "Dentrix"),
+        ("^[1-9][0-9]{0,9}$", "^[A-Za-z0-9]{1,10}$", "^[A-Za-z0-9_-]{4,10}$"),
         strict=True,
     ):
         assert f'self.pms.type == "{pms}"' in rule["rule"]

@@ -8,6 +8,8 @@ at run time by the product.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import httpx
 
 from pms_drivers.base import Credentials, DriverFactory, PmsDriver
@@ -26,5 +28,5 @@ def check(client: httpx.AsyncClient, credentials: Credentials) -> None:
 
     # The classes themselves are driver factories, as the registry and base.DriverFactory say.
     factories: list[DriverFactory] = [OpenDentalDriver, EaglesoftDriver, DentrixDriver]
-    registry: dict[str, Factory] = DRIVERS
+    registry: Mapping[str, Factory] = DRIVERS
     del factories, registry

@@ -11,8 +11,13 @@ otherwise), and the rules a structural schema cannot say become CEL `x-kubernete
   `properties`, `const`, `pattern`, and fails loudly on anything else);
 - `x-duration: {minimum, maximum}` becomes `duration(self) >= duration(min) && ... <= duration(max)`.
 
-Run `python -m reconciler.api.crdgen --write` (`make crds`) after editing the schema, and
-`--check` (`make check-crds`, a test) to prove `crds/` is generated. The package reads the
+The PMS-specific part of the schema is generated too, from the records in `pms_drivers.records`:
+the nodes whose `$comment` starts with `GENERATED` (the `spec.pms.type` enum, the providerId
+description and the `allOf` item holding one providerId `if/then` rule per PMS) are rewritten in
+place, the rest of the file is left as written (`regenerate_schema`).
+
+Run `python -m reconciler.api.crdgen --write` (`make crds`) after editing the schema or the
+records, and `--check` (`make check-crds`, a test) to prove `schemas/` and `crds/` are generated. The package reads the
 schema through `reconciler/api/schemas`, a link to `schemas/` that the wheel build copies.
 Pure functions over dicts, plus a small file-writing edge in `main()`.
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from pms_drivers import records
 from reconciler import GROUP, KIND, PLURAL, VERSION
 
 SCHEMA_FILENAME = "practicewriteback.v1alpha1.schema.json"
@@ -73,8 +80,123 @@ _DROP = {
 }
 
 
+#: How a generated schema node starts: `{"$comment": GENERATED + "<node id>", ...}`.
+GENERATED = "generated from pms_drivers.records by `make crds`; edit the records, not this node: "
+_MARK = re.compile(r'\{\s*"\$comment":\s*"' + re.escape(GENERATED) + r'([a-z-]+)"')
+_WIDTH = 100
+
+
 class GeneratorError(Exception):
     """The schema uses a construct the CRD generator cannot translate."""
+
+
+def _one_of(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def generated_nodes(pms: Mapping[str, records.PmsRecord]) -> dict[str, dict[str, Any]]:
+    """The schema nodes the records decide, by node id: `pms-type` (the spec.pms.type enum),
+    `provider-id` (spec.providerId) and `provider-id-rules` (an allOf of one rule per PMS)."""
+    reached: dict[str, list[str]] = {}
+    for record in pms.values():
+        reached.setdefault(record.reached_through, []).append(record.name)
+    ways = ", ".join(f"{_one_of(names)} (through {how})" for how, names in reached.items())
+    rules = " ".join(
+        f'For {r.name}, {r.provider_id.summary} (e.g. "{r.provider_id.examples[0]}").'
+        for r in pms.values()
+    )
+    return {
+        "pms-type": {
+            "$comment": GENERATED + "pms-type",
+            "description": f"Which PMS the practice runs: {ways}.",
+            "type": "string",
+            "enum": list(pms),
+        },
+        "provider-id": {
+            "$comment": GENERATED + "provider-id",
+            "description": f"The PMS provider that writebacks are attributed to. {rules}",
+            "type": "string",
+            "minLength": 1,
+            "maxLength": records.PROVIDER_ID_MAX_LENGTH,
+        },
+        "provider-id-rules": {
+            "$comment": GENERATED + "provider-id-rules",
+            "allOf": [
+                {
+                    "x-rule": {
+                        "message": r.provider_id.message(r.name),
+                        "fieldPath": ".providerId",
+                        "reason": "FieldValueInvalid",
+                    },
+                    "if": {
+                        "required": ["pms"],
+                        "properties": {
+                            "pms": {"required": ["type"], "properties": {"type": {"const": r.name}}}
+                        },
+                    },
+                    "then": {"properties": {"providerId": {"pattern": r.provider_id.pattern}}},
+                }
+                for r in pms.values()
+            ],
+        },
+    }
+
+
+def _render(value: Any, column: int, indent: int, expand: bool = False) -> str:
+    """JSON in the schema file's style: a container on one line when it fits in `_WIDTH`,
+    otherwise one member per line indented by two more spaces."""
+    flat = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    if (
+        not isinstance(value, dict | list)
+        or not value
+        or (not expand and column + len(flat) <= _WIDTH)
+    ):
+        return flat
+    pad = " " * (indent + 2)
+    if isinstance(value, dict):
+        members = []
+        for key, item in value.items():
+            head = f"{pad}{json.dumps(key)}: "
+            members.append(head + _render(item, len(head), indent + 2))
+        return "{\n" + ",\n".join(members) + "\n" + " " * indent + "}"
+    members = [pad + _render(item, len(pad), indent + 2) for item in value]
+    return "[\n" + ",\n".join(members) + "\n" + " " * indent + "]"
+
+
+def regenerate_schema(text: str, pms: Mapping[str, records.PmsRecord]) -> str:
+    """The schema file's text with every generated node rewritten from `pms`, and nothing else
+    changed (the hand-written rest keeps its layout). GeneratorError unless each generated node
+    is marked exactly once."""
+    wanted = generated_nodes(pms)
+    found = list(_MARK.finditer(text))
+    ids = [m.group(1) for m in found]
+    if sorted(ids) != sorted(wanted):
+        raise GeneratorError(
+            f"the schema must mark each of {', '.join(wanted)} exactly once; found {ids or 'none'}"
+        )
+    decoder = json.JSONDecoder()
+    out = text
+    for mark in reversed(found):
+        try:
+            _, end = decoder.raw_decode(out, mark.start())
+        except json.JSONDecodeError as exc:
+            raise GeneratorError(f"generated node {mark.group(1)}: {exc}") from exc
+        line = out[out.rfind("\n", 0, mark.start()) + 1 : mark.start()]
+        indent = len(line) - len(line.lstrip(" "))
+        node = _render(wanted[mark.group(1)], len(line), indent, expand=True)
+        out = out[: mark.start()] + node + out[end:]
+    return out
+
+
+def _rule_items(items: Any) -> list[Any]:
+    """allOf items with a generated group (`{"$comment", "allOf"}`) flattened into its rules."""
+    out: list[Any] = []
+    for item in items:
+        if isinstance(item, Mapping) and "allOf" in item and set(item) <= {"allOf", "$comment"}:
+            out += _rule_items(item["allOf"])
+        else:
+            out.append(item)
+    return out
 
 
 def repo_root() -> Path:
@@ -183,7 +305,7 @@ def structural(node: Mapping[str, Any], root: Mapping[str, Any]) -> dict[str, An
         out["additionalProperties"] = structural(extra, root)
     if "items" in node:
         out["items"] = structural(node["items"], root)
-    rules = [rule_from_if_then(item, root) for item in node.get("allOf", ())]
+    rules = [rule_from_if_then(item, root) for item in _rule_items(node.get("allOf", ()))]
     if "x-duration" in node:
         rules.append(duration_rule(node["x-duration"]))
     if rules:
@@ -256,9 +378,10 @@ def render_crd(schema: Mapping[str, Any]) -> str:
 def outputs(root: Path) -> dict[Path, str]:
     """Every generated file under `root` and the text it must have."""
     source = root / "schemas" / SCHEMA_FILENAME
-    text = source.read_text(encoding="utf-8")
+    text = regenerate_schema(source.read_text(encoding="utf-8"), records.RECORDS)
     schema = json.loads(text)
     return {
+        source: text,
         root / "crds" / CRD_FILENAME: render_crd(schema),
     }
 
@@ -269,7 +392,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m reconciler.api.crdgen", description=__doc__.split("\n")[0]
     )
     mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--write", action="store_true", help="write crds/")
+    mode.add_argument(
+        "--write", action="store_true", help="rewrite the generated part of schemas/ and crds/"
+    )
     mode.add_argument("--check", action="store_true", help="fail when a generated file differs")
     parser.add_argument(
         "--root", type=Path, default=repo_root(), help="the checkout (default: this one)"

@@ -8,18 +8,43 @@ they are never written back into a resource's `spec`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from pms_drivers import records
 from reconciler.api.durations import parse_duration
 
 
-class PmsType(StrEnum):
-    OPEN_DENTAL = "OpenDental"
-    EAGLESOFT = "Eaglesoft"
-    DENTRIX = "Dentrix"
+class _Registered(type):
+    """Iterating over `PmsType` (or `in`) goes over the registered names, as over an enum."""
+
+    def __iter__(cls) -> Iterator[PmsType]:
+        return (PmsType(name) for name in list(records.RECORDS))
+
+    def __contains__(cls, value: object) -> bool:
+        return value in records.RECORDS
+
+
+class PmsType(str, metaclass=_Registered):
+    """A `spec.pms.type` with a registered PMS (`pms_drivers.records`); anything else is a
+    ValueError. The set is the registry's rather than a fixed enum's, so a PMS registered at run
+    time (a plug-in, a test's toy PMS) is accepted exactly like the built-in ones."""
+
+    __slots__ = ()
+
+    def __new__(cls, value: object) -> PmsType:
+        text = str(value)
+        if text not in records.RECORDS:
+            known = ", ".join(records.RECORDS)
+            raise ValueError(f"{text!r} is not a registered PMS type ({known})")
+        return super().__new__(cls, text)
+
+    @property
+    def value(self) -> str:
+        """The name as a plain string (as an enum member's value)."""
+        return str(self)
 
 
 class WritebackType(StrEnum):

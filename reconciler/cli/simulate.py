@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-PMS_TYPES = ("OpenDental", "Eaglesoft", "Dentrix")
+from pms_drivers import records
 
 
 def register(sub: Any) -> None:
@@ -90,9 +90,9 @@ def find_practices(path: Path) -> list[tuple[str, str, str]]:
             pms = spec.get("pms", {}).get("type") if isinstance(spec.get("pms"), dict) else None
             if not isinstance(pid, str) or not pid:
                 raise PracticesError(f"{file}: spec.practiceId: missing or not a string")
-            if pms not in PMS_TYPES:
+            if pms not in records.RECORDS:
                 raise PracticesError(
-                    f"{file}: spec.pms.type: {pms!r} is not one of {', '.join(PMS_TYPES)}"
+                    f"{file}: spec.pms.type: {pms!r} is not one of {', '.join(records.RECORDS)}"
                 )
             found.append((pid, pms, str(file)))
     return found

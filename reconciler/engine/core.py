@@ -30,33 +30,20 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from pms_drivers import records
 from pms_drivers.base import DocumentCategory, NoteType, Provider
 from reconciler.api.spec import (
     DocumentType,
-    PmsType,
     PracticeSpec,
     SyncKind,
     WritebackType,
     format_duration,
 )
 
-PMS_LABEL: dict[PmsType, str] = {
-    PmsType.OPEN_DENTAL: "Open Dental",
-    PmsType.EAGLESOFT: "Eaglesoft",
-    PmsType.DENTRIX: "Dentrix",
-}
-
-#: What a PMS calls its note types and document categories, for messages.
-_NOTE_NOUN = {
-    PmsType.OPEN_DENTAL: "commlog type",
-    PmsType.EAGLESOFT: "note type",
-    PmsType.DENTRIX: "note type",
-}
-_DOC_NOUN = {
-    PmsType.OPEN_DENTAL: "image category",
-    PmsType.EAGLESOFT: "document group",
-    PmsType.DENTRIX: "document type",
-}
+#: What messages call each PMS, and its note types and document categories (from its record).
+PMS_LABEL: Mapping[str, str] = records.RecordView(lambda r: r.display_name)
+_NOTE_NOUN: Mapping[str, str] = records.RecordView(lambda r: r.catalog.note_type)
+_DOC_NOUN: Mapping[str, str] = records.RecordView(lambda r: r.catalog.document_category)
 
 
 class ConditionType(StrEnum):
