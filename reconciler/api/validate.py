@@ -4,7 +4,8 @@ Real: the packaged JSON Schema (`load_schema()`, a byte copy of `schemas/`), the
 library (draft 2020-12) for the explanation of every finding, and `reconciler.api.yamlsource` for
 bounded loading with positions. Around the schema this module adds the rules that span
 documents or need the file: YAML syntax errors, duplicate keys, empty files, another kind or
-apiVersion, the same `practiceId` or namespace/name in two documents.
+apiVersion, the same `practiceId` or namespace/name in two documents, and a Secret committed with
+its values in plain text.
 
 Speed: a document is first checked by a boolean checker compiled from the same schema into
 closures (`_compile`); only a document it rejects is run through `jsonschema` to produce the
@@ -631,6 +632,10 @@ def _document_problems(
             )
         ], False
     kind, api_version = body.get("kind"), body.get("apiVersion")
+    if kind == "Secret":
+        secret = _secret_problem(doc, file)
+        if secret is not None:
+            return [secret], False
     if kind != KIND:
         if skip_other_kinds and isinstance(kind, str) and kind:
             skipped.append(Skipped(file, doc.line, doc.col, kind, str(api_version or "")))
@@ -644,6 +649,32 @@ def _document_problems(
             return [at(("apiVersion",), f"apiVersion is required: apiVersion: {API_VERSION}")], True
         return [at(("apiVersion",), f"{api_version!r} is not supported; use {API_VERSION}")], True
     return [], True
+
+
+def _secret_problem(doc: SourceDocument, file: str) -> Problem | None:
+    """A Secret with values, committed next to the practices: the credentials are in git for
+    everyone who can read the repository, now and in its history. A Secret without values, and
+    a SOPS-encrypted one (its `sops` block), are fine. Never shows a value."""
+    body = doc.value
+    if "sops" in body:
+        return None
+    held = [k for k in ("stringData", "data") if isinstance(body.get(k), dict) and body[k]]
+    if not held:
+        return None
+    meta = body.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    shown = f"Secret {name!r}" if isinstance(name, str) else "a Secret"
+    base64 = " (base64 is not encryption)" if held[0] == "data" else ""
+    line, col = doc.position((held[0],))
+    return Problem(
+        file,
+        line,
+        col,
+        held[0],
+        f"document {doc.index + 1}, {shown}, holds values in plain text{base64}; credentials "
+        "committed to git stay readable in its history: commit a SealedSecret, an "
+        "ExternalSecret or a SOPS-encrypted file instead, or keep the Secret out of git",
+    )
 
 
 def _check_documents(
