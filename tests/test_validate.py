@@ -83,6 +83,7 @@ def test_an_enum_error_lists_the_allowed_values(tmp_path: Path) -> None:
     )
     assert [str(p) for p in problems] == [
         "acme.yaml:9:5: spec.pms.type: 'OpenDentl' is not one of OpenDental, Eaglesoft, Dentrix"
+        " (did you mean OpenDental?)"
     ]
 
 
@@ -252,7 +253,7 @@ def test_duplicate_keys_are_reported_not_silently_merged() -> None:
         BASE.replace("  suspend: false\n", "  suspend: false\n  suspend: true\n"), "d.yaml"
     )
     assert [str(p) for p in problems] == [
-        "d.yaml:26:3: spec.suspend: duplicate key 'suspend' (first at line 25); YAML keeps only one of them"
+        "d.yaml:26:3: spec.suspend: duplicate key 'suspend' (first at line 25); YAML keeps only one of them: delete one"
     ]
 
 
