@@ -55,6 +55,24 @@ def test_leading_zeros_lost(source: str, value: object, lost: bool) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "meant"),
+    [
+        ("30 sec", "30s"),
+        ("30S", "30s"),
+        ("1 minute 30 seconds", "1m30s"),
+        ("1 Hour", "1h"),
+        ("500 ms", "500ms"),
+        ("1m30s", None),  # already a Go duration
+        ("30", None),  # no unit to translate
+        ("thirty seconds", None),
+        ("30 fortnights", None),
+    ],
+)
+def test_duration_reads_unit_words(text: str, meant: str | None) -> None:
+    assert hints.duration(text) == meant
+
+
+@pytest.mark.parametrize(
     ("text", "name"),
     [
         ("Acme_Dental", "acme-dental"),

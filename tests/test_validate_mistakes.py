@@ -149,6 +149,30 @@ MISTAKES: list[tuple[str, str, str]] = [
         "(units h, m, s, ms); a duration needs a unit: interval: 30s",
     ),
     (
+        "duration-in-words",
+        _swap("interval: 30s", "interval: 30 sec"),
+        f"{FILE}:23:31: spec.sync.patients.interval: '30 sec' is not a duration like 15s, 1m or "
+        "1m30s (units h, m, s, ms) (did you mean interval: 30s?)",
+    ),
+    (
+        "a-value-where-a-mapping-belongs",
+        _swap(
+            "    credentialsSecretRef:\n      name: case-pms\n",
+            "    credentialsSecretRef: case-pms\n",
+        ),
+        f"{FILE}:11:5: spec.pms.credentialsSecretRef: expected a mapping, got the string "
+        "'case-pms'; add name indented below it",
+    ),
+    (
+        "a-nested-key-indented-like-its-parent",
+        _swap(
+            "    credentialsSecretRef:\n      name: case-pms\n",
+            "    credentialsSecretRef:\n    name: case-pms\n",
+        ),
+        f"{FILE}:12:5: spec.pms.name: unknown field 'name'; name is a field of "
+        "spec.pms.credentialsSecretRef: check its indentation",
+    ),
+    (
         "duration-out-of-range",
         _swap("interval: 30s", "interval: 2s"),
         f"{FILE}:23:31: spec.sync.patients.interval: '2s' is below the minimum of 5s",

@@ -70,6 +70,45 @@ def quoted(key: str, source: str) -> str:
     return f'{key}: "{escaped}"'
 
 
+_DURATION_UNITS = {
+    "ms": "ms",
+    "msec": "ms",
+    "msecs": "ms",
+    "millisecond": "ms",
+    "milliseconds": "ms",
+    "s": "s",
+    "sec": "s",
+    "secs": "s",
+    "second": "s",
+    "seconds": "s",
+    "m": "m",
+    "min": "m",
+    "mins": "m",
+    "minute": "m",
+    "minutes": "m",
+    "h": "h",
+    "hr": "h",
+    "hrs": "h",
+    "hour": "h",
+    "hours": "h",
+}
+_DURATION_PART = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]+)\s*,?")
+
+
+def duration(text: str) -> str | None:
+    """The Go duration a person meant (`30 sec` -> `30s`, `1 Minute 30 Seconds` -> `1m30s`,
+    `30S` -> `30s`), or None when the text is not numbers with unit words."""
+    parts = []
+    end = 0
+    for match in _DURATION_PART.finditer(text):
+        unit = _DURATION_UNITS.get(match.group(2).lower())
+        if match.start() != end or unit is None:
+            return None
+        parts.append(match.group(1) + unit)
+        end = match.end()
+    return "".join(parts) if parts and end == len(text) and "".join(parts) != text else None
+
+
 _DNS_INVALID = re.compile(r"[^a-z0-9.-]+")
 
 

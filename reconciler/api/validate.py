@@ -634,7 +634,7 @@ def _type_hint(
     if expected == "object":
         if isinstance(value, str) and (pair := hints.missing_space_after_colon(value)):
             return f"; put a space after the colon: {pair[0]}: {pair[1]}"
-        if value is None:
+        if not isinstance(value, list):
             fields = list(schema.get("properties", ()))
             if schema.get("minProperties") and fields:
                 return f"; add {' or '.join(fields)} indented below it"
@@ -649,8 +649,12 @@ def _pattern_hint(value: Any, path: PathKey, schema: Mapping[str, Any], pattern:
     key = _key(path)
     if not isinstance(value, str) or key is None:
         return ""
-    if "x-duration" in schema and re.fullmatch(r"[0-9]+(\.[0-9]+)?", value.strip()):
-        return f"; a duration needs a unit: {key}: {value.strip()}s"
+    if "x-duration" in schema:
+        if re.fullmatch(r"[0-9]+(\.[0-9]+)?", value.strip()):
+            return f"; a duration needs a unit: {key}: {value.strip()}s"
+        meant = hints.duration(value)
+        if meant and _regex(pattern).search(meant):
+            return f" (did you mean {key}: {meant}?)"
     if "RFC 1123" in str((schema.get("x-messages") or {}).get("pattern", "")):
         name = hints.dns_name(value)
         if name and name != value and _regex(pattern).search(name):
@@ -695,6 +699,9 @@ def _unknown_field_message(key: str, path: PathKey, allowed: Sequence[str]) -> s
     here = format_path(path) if path else ""
     places = [p for p in _field_homes().get(key, ()) if p and p != here]
     if places:
+        # The nearest homes: a key slips by an indentation level, not across the document.
+        nearness = {p: _shared_prefix(p, here) for p in places}
+        places = [p for p in places if nearness[p] == max(nearness.values())]
         where = places[0] if len(places) == 1 else _common_parent(places)
         return f"unknown field {key!r}; {key} is a field of {where}: check its indentation"
     guess = hints.closest(key, allowed)
@@ -703,6 +710,16 @@ def _unknown_field_message(key: str, path: PathKey, allowed: Sequence[str]) -> s
         + (f" (did you mean {guess!r}?)" if guess else "")
         + (f"; allowed fields: {', '.join(allowed)}" if allowed else "")
     )
+
+
+def _shared_prefix(a: str, b: str) -> int:
+    """How many leading dotted parts two paths share."""
+    count = 0
+    for x, y in zip(a.split("."), b.split("."), strict=False):
+        if x != y:
+            break
+        count += 1
+    return count
 
 
 def _common_parent(places: Sequence[str]) -> str:
