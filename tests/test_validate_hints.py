@@ -103,3 +103,8 @@ def test_missing_space_after_colon(line: str, pair: tuple[str, str] | None) -> N
 
 def test_quoted_escapes_what_a_double_quoted_yaml_string_needs() -> None:
     assert hints.quoted("noteType", 'Say "hi" \\o/') == 'noteType: "Say \\"hi\\" \\\\o/"'
+
+
+def test_a_credential_looking_key_never_has_its_value_shown() -> None:
+    assert hints.quoted("apiKey", "12345") == 'apiKey: "..."'
+    assert hints.missing_space_after_colon("  password:hunter2") == ("password", "...")

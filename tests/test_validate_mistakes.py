@@ -247,6 +247,14 @@ MISTAKES: list[tuple[str, str, str]] = [
         "reference a Secret with spec.pms.credentialsSecretRef.name",
     ),
     (
+        "secret-reference-indented-one-level-too-far-out",
+        _swap("    credentialsSecretRef:\n      name: case-pms\n", "").replace(
+            "  providerId:", "  credentialsSecretRef:\n    name: case-pms\n  providerId:"
+        ),
+        f"{FILE}:12:3: spec.credentialsSecretRef: unknown field 'credentialsSecretRef'; "
+        "credentialsSecretRef is a field of spec.pms: check its indentation",
+    ),
+    (
         "empty-file",
         "# acme\n",
         f"{FILE}:1:1: <file>: the file is empty; expected a PracticeWriteback document",

@@ -86,3 +86,17 @@ def test_pmsctl_validate_fails_on_a_folder_with_a_committed_secret(
     out = capsys.readouterr().out
     assert f"{tmp_path / 'acme-pms.yaml'}:6:1: stringData: document 1, Secret" in out
     assert "all valid" not in out and "1 problem(s)" in out
+
+
+@pytest.mark.parametrize(
+    "values",
+    ["  token: s3cr3t: more\n", "  password:s3cr3t\n  other: x\n"],
+    ids=["colon-in-value", "no-space-after-colon"],
+)
+def test_the_fix_for_a_syntax_error_in_a_secret_never_shows_its_value(values: str) -> None:
+    text = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData:\n" + values
+    _, problems = validate.validate_text(text, FILE, skip_other_kinds=True)
+    (problem,) = problems
+    assert problem.path == "<file>"
+    assert problem.message.endswith(('token: "..."', "password: ..."))
+    assert "s3cr3t" not in str(problem)

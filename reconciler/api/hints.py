@@ -10,6 +10,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+#: Key names that hold credentials: a message never shows their values.
+CREDENTIAL_KEY = re.compile(
+    r"(pass(word|wd)?|secret|token|api[-_]?key|customer[-_]?key|developer[-_]?key|credential|bearer|authorization|^auth$)",
+    re.IGNORECASE,
+)
+
 #: The words YAML 1.1 (pyyaml, and the Kubernetes YAML reader) turns into booleans unquoted.
 BOOLEAN_WORDS = {
     "true": True,
@@ -65,7 +71,10 @@ def leading_zeros_lost(source: str, value: object) -> bool:
 
 
 def quoted(key: str, source: str) -> str:
-    """`key: "source"`, the way to write a scalar so that YAML keeps it a string."""
+    """`key: "source"`, the way to write a scalar so that YAML keeps it a string (`key: "..."`
+    for a credential-looking key: its value is never shown)."""
+    if CREDENTIAL_KEY.search(key):
+        return f'{key}: "..."'
     escaped = source.replace("\\", "\\\\").replace('"', '\\"')
     return f'{key}: "{escaped}"'
 
@@ -126,6 +135,10 @@ _KEY_WITHOUT_SPACE = re.compile(r"^\s*(?:-\s+)?([A-Za-z_][A-Za-z0-9_.-]*):([^\s/
 
 def missing_space_after_colon(line: str) -> tuple[str, str] | None:
     """(key, value) when `line` is `key:value` with no space after the colon (YAML then reads
-    the whole line as one string); None for `https://...`-like values and for anything else."""
+    the whole line as one string); None for `https://...`-like values and for anything else.
+    The value of a credential-looking key comes back as `...`."""
     match = _KEY_WITHOUT_SPACE.match(line.rstrip())
-    return (match.group(1), match.group(2)) if match else None
+    if not match:
+        return None
+    key = match.group(1)
+    return key, "..." if CREDENTIAL_KEY.search(key) else match.group(2)

@@ -50,10 +50,7 @@ SCHEMA_RESOURCE = "practicewriteback.v1alpha1.schema.json"
 FILE_PATH = "<file>"
 DOCUMENT_PATH = "<document>"
 CREDENTIALS_MESSAGE = "do not put credentials in the resource; reference a Secret with spec.pms.credentialsSecretRef.name"
-_CREDENTIAL_KEY = re.compile(
-    r"(pass(word|wd)?|secret|token|api[-_]?key|customer[-_]?key|developer[-_]?key|credential|bearer|authorization|^auth$)",
-    re.IGNORECASE,
-)
+_CREDENTIAL_KEY = hints.CREDENTIAL_KEY
 
 
 @dataclass(frozen=True)
@@ -539,11 +536,7 @@ def _problems_from_error(error: Any, file: str, doc: SourceDocument) -> list[Pro
         extras = [k for k in value if k not in allowed] if isinstance(value, dict) else []
         out = []
         for key in extras:
-            if _CREDENTIAL_KEY.search(str(key)):
-                msg = CREDENTIALS_MESSAGE
-            else:
-                msg = _unknown_field_message(str(key), path, allowed)
-            out.append(at((*path, key), msg))
+            out.append(at((*path, key), _unknown_field_message(str(key), path, allowed)))
         return out
     if rule is not None:
         return [
@@ -622,7 +615,7 @@ def _type_hint(
             )
             return f"{note}; quote it: {hints.quoted(key, source)}"
         if value is None:
-            return f"; write a value after {key}: (or remove the line)"
+            return f"; write a value after {key}:"
     if expected == "boolean" and isinstance(value, str):
         meant = hints.BOOLEAN_WORDS.get(value.strip().casefold())
         if meant is not None:
@@ -695,7 +688,8 @@ def _field_homes() -> dict[str, tuple[str, ...]]:
 
 def _unknown_field_message(key: str, path: PathKey, allowed: Sequence[str]) -> str:
     """`unknown field` with the way out: where the key belongs (a key indented under the wrong
-    parent), else the closest allowed key (a typo), then the allowed keys."""
+    parent, such as credentialsSecretRef one level too far out), else the Secret reference for
+    a credential, else the closest allowed key (a typo), then the allowed keys."""
     here = format_path(path) if path else ""
     places = [p for p in _field_homes().get(key, ()) if p and p != here]
     if places:
@@ -704,6 +698,8 @@ def _unknown_field_message(key: str, path: PathKey, allowed: Sequence[str]) -> s
         places = [p for p in places if nearness[p] == max(nearness.values())]
         where = places[0] if len(places) == 1 else _common_parent(places)
         return f"unknown field {key!r}; {key} is a field of {where}: check its indentation"
+    if _CREDENTIAL_KEY.search(key):
+        return CREDENTIALS_MESSAGE
     guess = hints.closest(key, allowed)
     return (
         f"unknown field {key!r}"
