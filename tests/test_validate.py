@@ -83,6 +83,7 @@ def test_an_enum_error_lists_the_allowed_values(tmp_path: Path) -> None:
     )
     assert [str(p) for p in problems] == [
         "acme.yaml:9:5: spec.pms.type: 'OpenDentl' is not one of OpenDental, Eaglesoft, Dentrix"
+        " (did you mean OpenDental?)"
     ]
 
 
@@ -163,13 +164,19 @@ def test_missing_path_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFix
 def test_other_kinds_are_errors_unless_skipped_with_a_note(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    secret = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s\nstringData:\n  token: t\n"
-    path = _write(tmp_path, "bundle.yaml", BASE + "---\n" + secret)
+    # A SealedSecret: what belongs next to the practices (a Secret with values does not, see
+    # tests/test_validate_secrets.py).
+    sealed = (
+        "apiVersion: bitnami.com/v1alpha1\nkind: SealedSecret\nmetadata:\n  name: s\n"
+        "spec:\n  encryptedData:\n    token: AgBy3i4OJSWK\n"
+    )
+    path = _write(tmp_path, "bundle.yaml", BASE + "---\n" + sealed)
     assert main(["validate", str(path)]) == 1
-    assert f"{path}:28:1: kind: 'Secret' is not PracticeWriteback" in capsys.readouterr().out
+    assert f"{path}:28:1: kind: 'SealedSecret' is not PracticeWriteback" in capsys.readouterr().out
     assert main(["validate", "--skip-other-kinds", str(path)]) == 0
     out = capsys.readouterr().out
-    assert f"note: {path}:27:1: skipped Secret (v1)" in out and "1 skipped" in out
+    assert f"note: {path}:27:1: skipped SealedSecret (bitnami.com/v1alpha1)" in out
+    assert "1 skipped" in out
 
 
 def test_duplicates_across_files_are_reported_on_the_second(tmp_path: Path) -> None:
@@ -246,7 +253,7 @@ def test_duplicate_keys_are_reported_not_silently_merged() -> None:
         BASE.replace("  suspend: false\n", "  suspend: false\n  suspend: true\n"), "d.yaml"
     )
     assert [str(p) for p in problems] == [
-        "d.yaml:26:3: spec.suspend: duplicate key 'suspend' (first at line 25); YAML keeps only one of them"
+        "d.yaml:26:3: spec.suspend: duplicate key 'suspend' (first at line 25); YAML keeps only one of them: delete one"
     ]
 
 

@@ -108,13 +108,16 @@ def generated_nodes(pms: Mapping[str, records.PmsRecord]) -> dict[str, dict[str,
     return {
         "pms-type": {
             "$comment": GENERATED + "pms-type",
-            "description": f"Which PMS the practice runs: {ways}.",
+            "description": f"Which PMS the practice runs: {ways}; case-sensitive. Required. "
+            f"Example: `{next(iter(pms))}`.",
             "type": "string",
             "enum": list(pms),
         },
         "provider-id": {
             "$comment": GENERATED + "provider-id",
-            "description": f"The PMS provider that writebacks are attributed to. {rules}",
+            "description": "The PMS provider that writebacks are attributed to, as a string (quote "
+            f"digits: YAML reads 0042 unquoted as a number). {rules} Required. "
+            f'Example: `"{next(iter(pms.values())).provider_id.examples[0]}"`.',
             "type": "string",
             "minLength": 1,
             "maxLength": records.PROVIDER_ID_MAX_LENGTH,

@@ -4,7 +4,12 @@ Real: the packaged JSON Schema (`load_schema()`, a byte copy of `schemas/`), the
 library (draft 2020-12) for the explanation of every finding, and `reconciler.api.yamlsource` for
 bounded loading with positions. Around the schema this module adds the rules that span
 documents or need the file: YAML syntax errors, duplicate keys, empty files, another kind or
-apiVersion, the same `practiceId` or namespace/name in two documents.
+apiVersion, the same `practiceId` or namespace/name in two documents, and a Secret committed with
+its values in plain text.
+
+Messages name the fix (`reconciler.api.hints` computes it): the closest valid key or enum value,
+quotes for a number or boolean YAML read where a string belongs (with the leading zeros it lost),
+a unit for a duration, https for a remote URL, a valid name close to an invalid one.
 
 Speed: a document is first checked by `fastjsonschema`'s validator compiled from the same schema
 (`_fast_check`); only a document it rejects is run through `jsonschema` to produce the messages.
@@ -30,6 +35,7 @@ from typing import Any
 import fastjsonschema
 
 from reconciler import API_VERSION, KIND
+from reconciler.api import hints
 from reconciler.api.durations import duration_ns
 from reconciler.api.spec import PracticeSpec
 from reconciler.api.yamlsource import (
@@ -46,10 +52,7 @@ SCHEMA_RESOURCE = "practicewriteback.v1alpha1.schema.json"
 FILE_PATH = "<file>"
 DOCUMENT_PATH = "<document>"
 CREDENTIALS_MESSAGE = "do not put credentials in the resource; reference a Secret with spec.pms.credentialsSecretRef.name"
-_CREDENTIAL_KEY = re.compile(
-    r"(pass(word|wd)?|secret|token|api[-_]?key|customer[-_]?key|developer[-_]?key|credential|bearer|authorization|^auth$)",
-    re.IGNORECASE,
-)
+_CREDENTIAL_KEY = hints.CREDENTIAL_KEY
 
 
 @dataclass(frozen=True)
@@ -381,13 +384,7 @@ def _problems_from_error(error: Any, file: str, doc: SourceDocument) -> list[Pro
         extras = [k for k in value if k not in allowed] if isinstance(value, dict) else []
         out = []
         for key in extras:
-            if _CREDENTIAL_KEY.search(str(key)):
-                msg = CREDENTIALS_MESSAGE
-            else:
-                msg = f"unknown field {key!r}" + (
-                    f"; allowed fields: {', '.join(allowed)}" if allowed else ""
-                )
-            out.append(at((*path, key), msg))
+            out.append(at((*path, key), _unknown_field_message(str(key), path, allowed)))
         return out
     if rule is not None:
         return [
@@ -398,9 +395,15 @@ def _problems_from_error(error: Any, file: str, doc: SourceDocument) -> list[Pro
         names = " or ".join(
             _TYPE_NAMES.get(t, t) for t in ([expected] if isinstance(expected, str) else expected)
         )
-        msg = f"expected {names}, got {_describe_value(value)}"
+        msg = f"expected {names}, got {_describe_value(value)}" + _type_hint(
+            expected, value, path, doc, schema
+        )
     elif keyword == "enum":
-        msg = f"{value!r} is not one of {', '.join(map(str, error.validator_value))}"
+        options = [str(o) for o in error.validator_value]
+        guess = hints.closest(value, options) if isinstance(value, str) else None
+        msg = f"{value!r} is not one of {', '.join(options)}" + (
+            f" (did you mean {guess}?)" if guess else ""
+        )
     elif keyword == "const":
         msg = f"{value!r} must be {error.validator_value!r}"
     elif keyword == "pattern":
@@ -410,10 +413,11 @@ def _problems_from_error(error: Any, file: str, doc: SourceDocument) -> list[Pro
             msg = (
                 (CREDENTIALS_MESSAGE + " (no user, password or query in the URL)")
                 if secretish
-                else f"{shown!r} {custom}"
+                else _url_message(shown, custom, error.validator_value)
             )
         else:
             msg = f"{value!r} " + (custom or f"does not match the pattern {error.validator_value}")
+            msg += _pattern_hint(value, path, schema, error.validator_value)
     elif keyword == "minLength":
         msg = (
             "must not be empty"
@@ -431,6 +435,147 @@ def _problems_from_error(error: Any, file: str, doc: SourceDocument) -> list[Pro
     else:
         msg = error.message
     return [at(path, msg)]
+
+
+def _key(path: PathKey) -> str | None:
+    """The field's own key, for a `key: value` example (None for a list item or the root)."""
+    return path[-1] if path and isinstance(path[-1], str) else None
+
+
+def _type_hint(
+    expected: Any, value: Any, path: PathKey, doc: SourceDocument, schema: Mapping[str, Any]
+) -> str:
+    """How to write `value` as the type the schema expects, or "" when there is no fix to show.
+    Works from the source text: YAML turned `0042` into 34 and `Off` into false."""
+    key = _key(path)
+    source = doc.sources.get(path)
+    if key is None:
+        return ""
+    if expected == "string":
+        if (
+            "x-duration" in schema
+            and not isinstance(value, bool)
+            and isinstance(value, int | float)
+        ):
+            return f"; a duration needs a unit: {key}: {source or value}s"
+        if value is not None and source is not None:
+            lost = hints.leading_zeros_lost(source, value)
+            note = (
+                f" (YAML reads the unquoted {source} as a number and drops its leading zeros)"
+                if lost
+                else ""
+            )
+            return f"{note}; quote it: {hints.quoted(key, source)}"
+        if value is None:
+            return f"; write a value after {key}:"
+    if expected == "boolean" and isinstance(value, str):
+        meant = hints.BOOLEAN_WORDS.get(value.strip().casefold())
+        if meant is not None:
+            return f"; write it without quotes: {key}: {str(meant).lower()}"
+    if expected == "integer" and isinstance(value, str):
+        number = re.fullmatch(r"\s*([0-9]+)\s*[A-Za-z]*\s*", value)
+        if number:
+            return f"; write the number alone: {key}: {number.group(1)}"
+    if expected == "object":
+        if isinstance(value, str) and (pair := hints.missing_space_after_colon(value)):
+            return f"; put a space after the colon: {pair[0]}: {pair[1]}"
+        if not isinstance(value, list):
+            fields = list(schema.get("properties", ()))
+            if schema.get("minProperties") and fields:
+                return f"; add {' or '.join(fields)} indented below it"
+            if schema.get("required"):
+                return f"; add {', '.join(schema['required'])} indented below it"
+            return "; add its fields indented below it, or remove the line"
+    return ""
+
+
+def _pattern_hint(value: Any, path: PathKey, schema: Mapping[str, Any], pattern: str) -> str:
+    """A corrected value for a string the pattern refused, when one is obvious."""
+    key = _key(path)
+    if not isinstance(value, str) or key is None:
+        return ""
+    if "x-duration" in schema:
+        if re.fullmatch(r"[0-9]+(\.[0-9]+)?", value.strip()):
+            return f"; a duration needs a unit: {key}: {value.strip()}s"
+        meant = hints.duration(value)
+        if meant and _regex(pattern).search(meant):
+            return f" (did you mean {key}: {meant}?)"
+    if "RFC 1123" in str((schema.get("x-messages") or {}).get("pattern", "")):
+        name = hints.dns_name(value)
+        if name and name != value and _regex(pattern).search(name):
+            return f"; for example {name!r}"
+    return ""
+
+
+def _url_message(shown: str, custom: str | None, pattern: str) -> str:
+    """The pattern message for a URL, naming https when that is the whole fix."""
+    scheme, sep, rest = shown.partition("://")
+    if sep and scheme.lower() == "http" and _regex(pattern).search("https://" + rest):
+        return (
+            f"{shown!r} uses http:// for a remote host; use https://{rest} "
+            "(http:// only for 127.0.0.1, localhost or [::1])"
+        )
+    return f"{shown!r} {custom}"
+
+
+@functools.cache
+def _field_homes() -> dict[str, tuple[str, ...]]:
+    """Every field name of the resource (status aside) -> the dotted paths of the mappings
+    that hold it, so a key written under the wrong parent can be sent home."""
+    root = load_schema()
+    homes: dict[str, list[str]] = {}
+
+    def walk(node: Mapping[str, Any], where: str, depth: int) -> None:
+        while "$ref" in node:
+            node = root["$defs"][node["$ref"].removeprefix("#/$defs/")]
+        for name, child in node.get("properties", {}).items():
+            if name == "status" or depth > 8:
+                continue
+            homes.setdefault(name, []).append(where)
+            walk(child, f"{where}.{name}" if where else name, depth + 1)
+
+    walk(root, "", 0)
+    return {name: tuple(places) for name, places in homes.items()}
+
+
+def _unknown_field_message(key: str, path: PathKey, allowed: Sequence[str]) -> str:
+    """`unknown field` with the way out: where the key belongs (a key indented under the wrong
+    parent, such as credentialsSecretRef one level too far out), else the Secret reference for
+    a credential, else the closest allowed key (a typo), then the allowed keys."""
+    here = format_path(path) if path else ""
+    places = [p for p in _field_homes().get(key, ()) if p and p != here]
+    if places:
+        # The nearest homes: a key slips by an indentation level, not across the document.
+        nearness = {p: _shared_prefix(p, here) for p in places}
+        places = [p for p in places if nearness[p] == max(nearness.values())]
+        where = places[0] if len(places) == 1 else _common_parent(places)
+        return f"unknown field {key!r}; {key} is a field of {where}: check its indentation"
+    if _CREDENTIAL_KEY.search(key):
+        return CREDENTIALS_MESSAGE
+    guess = hints.closest(key, allowed)
+    return (
+        f"unknown field {key!r}"
+        + (f" (did you mean {guess!r}?)" if guess else "")
+        + (f"; allowed fields: {', '.join(allowed)}" if allowed else "")
+    )
+
+
+def _shared_prefix(a: str, b: str) -> int:
+    """How many leading dotted parts two paths share."""
+    count = 0
+    for x, y in zip(a.split("."), b.split("."), strict=False):
+        if x != y:
+            break
+        count += 1
+    return count
+
+
+def _common_parent(places: Sequence[str]) -> str:
+    """`each entry under spec.sync` for siblings that all hold the field, else the list."""
+    parents = {p.rpartition(".")[0] for p in places}
+    if len(parents) == 1 and "" not in parents:
+        return f"each entry under {parents.pop()}"
+    return " or ".join(places)
 
 
 def _redact_url(url: str) -> tuple[str, bool]:
@@ -479,12 +624,20 @@ def _document_problems(
             )
         ], False
     kind, api_version = body.get("kind"), body.get("apiVersion")
+    if kind == "Secret":
+        secret = _secret_problem(doc, file)
+        if secret is not None:
+            return [secret], False
     if kind != KIND:
-        if skip_other_kinds and isinstance(kind, str) and kind:
+        meant = hints.closest(kind, [KIND]) if isinstance(kind, str) else None
+        if skip_other_kinds and isinstance(kind, str) and kind and not meant:
             skipped.append(Skipped(file, doc.line, doc.col, kind, str(api_version or "")))
             return [], False
         if kind is None:
             return [at(("kind",), f"kind is required: kind: {KIND}")], False
+        if meant:
+            case = " kinds are case-sensitive" if str(kind).casefold() == KIND.casefold() else ""
+            return [at(("kind",), f"{kind!r} is not {KIND} (did you mean {KIND}?{case})")], False
         hint = "" if skip_other_kinds else " (pass --skip-other-kinds to skip other kinds)"
         return [at(("kind",), f"{kind!r} is not {KIND}{hint}")], False
     if api_version != API_VERSION:
@@ -492,6 +645,32 @@ def _document_problems(
             return [at(("apiVersion",), f"apiVersion is required: apiVersion: {API_VERSION}")], True
         return [at(("apiVersion",), f"{api_version!r} is not supported; use {API_VERSION}")], True
     return [], True
+
+
+def _secret_problem(doc: SourceDocument, file: str) -> Problem | None:
+    """A Secret with values, committed next to the practices: the credentials are in git for
+    everyone who can read the repository, now and in its history. A Secret without values, and
+    a SOPS-encrypted one (its `sops` block), are fine. Never shows a value."""
+    body = doc.value
+    if "sops" in body:
+        return None
+    held = [k for k in ("stringData", "data") if isinstance(body.get(k), dict) and body[k]]
+    if not held:
+        return None
+    meta = body.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    shown = f"Secret {name!r}" if isinstance(name, str) else "a Secret"
+    base64 = " (base64 is not encryption)" if held[0] == "data" else ""
+    line, col = doc.position((held[0],))
+    return Problem(
+        file,
+        line,
+        col,
+        held[0],
+        f"document {doc.index + 1}, {shown}, holds values in plain text{base64}; credentials "
+        "committed to git stay readable in its history: commit a SealedSecret, an "
+        "ExternalSecret or a SOPS-encrypted file instead, or keep the Secret out of git",
+    )
 
 
 def _check_documents(

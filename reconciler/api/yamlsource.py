@@ -6,8 +6,12 @@ that it can, in one pass:
 
 - remember the line and column of every value (`SourceDocument.positions`, keyed by field path;
   a mapping entry is placed at its key, a sequence item at the item, the root at the document);
+- keep the source text of every scalar YAML did not read as a string
+  (`SourceDocument.sources`), so a message can show `0042` where the value became 34;
 - report duplicate keys (pyyaml silently keeps the last one), non-string keys and unsupported
   tags as `YamlIssue`s instead of losing them;
+- name the likely fix of a syntax error: a tab in the indentation, a key out of line with its
+  siblings, a value holding `: ` that needs quotes, a missing space after a colon;
 - bound the work: a file size cap (`Limits.max_bytes`), a cap on the number of values after alias
   expansion (`Limits.max_nodes`, which stops a "billion laughs" file after a few thousand steps),
   a nesting depth cap and recursive-alias detection.
@@ -24,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from reconciler.api.hints import missing_space_after_colon, quoted
 
 #: The fastest safe loader available: libyaml's when pyyaml was built with it.
 Loader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -86,6 +92,8 @@ class SourceDocument:
     value: Any
     positions: Mapping[PathKey, tuple[int, int]]
     issues: tuple[YamlIssue, ...] = ()
+    #: The source text of each scalar read as a number, boolean or null (`0042`, `Off`, `~`).
+    sources: Mapping[PathKey, str] = field(default_factory=dict)
 
     def position(self, path: PathKey) -> tuple[int, int]:
         """The (line, col) of `path`, or of its nearest ancestor that exists in the file."""
@@ -99,6 +107,7 @@ class _Walk:
     limits: Limits
     positions: dict[PathKey, tuple[int, int]] = field(default_factory=dict)
     issues: list[YamlIssue] = field(default_factory=list)
+    sources: dict[PathKey, str] = field(default_factory=dict)
     count: int = 0
     active: set[int] = field(default_factory=set)
 
@@ -111,6 +120,8 @@ def _scalar(node: yaml.ScalarNode, walk: _Walk, path: PathKey) -> Any:
     value = node.value
     if tag == _STR:
         return value
+    if tag != _TIMESTAMP:
+        walk.sources[path] = value
     if tag == _BOOL:
         known = _BOOLS.get(value)
         return known if known is not None else _constructor.construct_yaml_bool(node)
@@ -220,7 +231,7 @@ def _mapping(node: yaml.MappingNode, walk: _Walk, path: PathKey, depth: int) -> 
                 YamlIssue(
                     *where,
                     (*path, key),
-                    f"duplicate key {key!r} (first at line {first[0]}); YAML keeps only one of them",
+                    f"duplicate key {key!r} (first at line {first[0]}); YAML keeps only one of them: delete one",
                 )
             )
         seen[key] = where
@@ -248,6 +259,77 @@ def _describe(exc: yaml.YAMLError) -> str:
     return f"YAML error: {exc}"
 
 
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _previous_content_line(lines: list[str], line: int) -> int | None:
+    """The 1-based number of the last line before `line` holding more than a comment."""
+    for n in range(line - 1, 0, -1):
+        stripped = lines[n - 1].strip()
+        if stripped and not stripped.startswith("#"):
+            return n
+    return None
+
+
+def _syntax_hint(problem: str, lines: list[str], line: int, col: int, context: int) -> str | None:
+    """The likely fix of a libyaml syntax error at (line, col), read from the text around it."""
+    here = lines[line - 1] if 0 < line <= len(lines) else ""
+    before = _previous_content_line(lines, line)
+    above = lines[before - 1] if before else ""
+    if "mapping values are not allowed" in problem:
+        separator = here.find(": ")
+        if 0 <= separator < col - 1:
+            key = here[:separator].strip().removeprefix("- ").strip()
+            return f'a value that contains ": " must be quoted: {quoted(key, here[separator + 2 :].strip())}'
+        if before and (pair := missing_space_after_colon(above)):
+            return f"put a space after the colon on line {before}: {pair[0]}: {pair[1]}"
+        if before and _indent(here) > _indent(above) and not above.rstrip().endswith(":"):
+            return (
+                f"line {line} is indented deeper than line {before}, which already has a value: "
+                f"line it up with line {before} (or quote a value that contains ': ')"
+            )
+        return f"check the indentation of line {line}, and quote a value that contains ': '"
+    if "could not find expected ':'" in problem:
+        start = lines[context - 1] if 0 < context <= len(lines) else ""
+        if pair := missing_space_after_colon(start):
+            return f"put a space after the colon on line {context}: {pair[0]}: {pair[1]}"
+        return f"a key needs a colon and a space after it (line {context})"
+    if "did not find expected key" in problem and before:
+        n, m = _indent(here), _indent(above)
+        if n != m:
+            return (
+                f"line {line} is indented {n} spaces and line {before} {m}: "
+                "keys of one mapping start in the same column"
+            )
+        return f"check the indentation of line {line} against the keys above it"
+    if "did not find expected ','" in problem:
+        return "inside { } or [ ], quote a value that contains ': ' or ','"
+    return None
+
+
+def _syntax_error(exc: yaml.YAMLError, text: str) -> YamlSourceError:
+    """A libyaml error with its position and, when the text shows it, the fix. A tab in the
+    indentation near the error is named as the cause: libyaml's own words for it vary."""
+    line, col = _error_position(exc)
+    message = _describe(exc)
+    if not isinstance(exc, yaml.MarkedYAMLError) or not line:
+        return YamlSourceError(message, line, col)
+    lines = text.splitlines()
+    context = exc.context_mark.line + 1 if exc.context_mark is not None else line
+    for n in range(max(1, min(context, line - 1)), min(line, len(lines)) + 1):
+        indent = lines[n - 1][: len(lines[n - 1]) - len(lines[n - 1].lstrip(" \t"))]
+        if "\t" in indent:
+            return YamlSourceError(
+                f"line {n} is indented with a tab; YAML does not allow tabs for indentation; "
+                "indent with spaces",
+                n,
+                indent.index("\t") + 1,
+            )
+    hint = _syntax_hint(exc.problem or "", lines, line, col, context)
+    return YamlSourceError(f"{message}; {hint}" if hint else message, line, col)
+
+
 def load_documents(
     text: str, *, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[list[SourceDocument], YamlSourceError | None]:
@@ -266,10 +348,12 @@ def load_documents(
             walk.positions[()] = start
             value = _value(node, walk, (), 0)
             docs.append(
-                SourceDocument(len(docs), *start, value, walk.positions, tuple(walk.issues))
+                SourceDocument(
+                    len(docs), *start, value, walk.positions, tuple(walk.issues), walk.sources
+                )
             )
     except yaml.YAMLError as exc:
-        return docs, YamlSourceError(_describe(exc), *_error_position(exc))
+        return docs, _syntax_error(exc, text)
     except YamlSourceError as exc:
         return docs, exc
     finally:
