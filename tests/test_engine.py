@@ -24,7 +24,8 @@ from pms_simulator import Simulator
 from reconciler.api.spec import PracticeSpec, WritebackType
 from reconciler.engine.core import ConditionType, PracticeStatus, Reason, Transition
 from reconciler.engine.cursors import SqliteCursorStore
-from reconciler.engine.engine import Engine, EngineSettings, GcPolicy, SecretNotFoundError
+from reconciler.engine.engine import Engine, EngineSettings, SecretNotFoundError
+from reconciler.engine.gc import GcPolicy
 from reconciler.engine.sink import JsonlSink
 
 FAST = EngineSettings(
