@@ -47,6 +47,10 @@ from reconciler.engine.decisions import (
 
 log = logging.getLogger(__name__)
 
+#: Seconds early a poller may start. A timer fires once the clock is within its resolution of
+#: the due time, so waiting again for a remainder smaller than that would wake at once, forever
+#: (a clock that moves in whole microseconds, like looptime's, showed it).
+DUE_SLACK = 1e-6
 #: A poll: returns how many events it emitted; raises to report a failure.
 PollFn = Callable[[], Awaitable[int]]
 #: Called after every run with (key, kind, state, error or None).
@@ -247,7 +251,7 @@ class Scheduler:
                 continue
             due, _, key, kind, version = self._heap[0]
             delay = due - clock.now()
-            if delay > 0:
+            if delay > DUE_SLACK:
                 # A timer sets the same event a new earlier poller would: no wait_for task.
                 self._wake.clear()
                 timer: Timer = clock.call_later(delay, self._wake.set)
