@@ -14,7 +14,8 @@ store (it closes them in `stop()`).
     await engine.remove("clinics/acme")
     await engine.stop()
 
-A reconcile (`apply`, a drift re-check every `drift_interval`, a Secret change via `refresh`):
+A reconcile (`apply`, a drift re-check `drift_interval` after the last reconcile, a Secret change
+via `refresh`):
 read the credentials (`SecretSource`, or `connection_override`), (re)build the client when the
 URL or credentials changed, ask the PMS for its version, providers, note types and document
 categories, let `reconciler.engine.core.decide` compute pollers and status, then start, reschedule or
@@ -147,8 +148,9 @@ WritebackCounts = Callable[[str], Mapping[str, int]]
 class EngineSettings:
     """Engine-wide knobs; every default is what the operator runs with."""
 
-    #: Seconds between PMS re-checks of each practice (renamed note types, inactive providers).
-    drift_interval: float = 300.0
+    #: Seconds from a practice's last reconcile to its next PMS re-check (renamed note types,
+    #: inactive providers); every reconcile (a spec change, a Secret change) restarts it.
+    drift_interval: float = 30.0
     #: Seconds between status updates that only carry poller counters.
     status_interval: float = 10.0
     #: Process-wide cap on those counter-only status writes per second (0: no cap), oldest first.
@@ -612,7 +614,12 @@ class Engine:
         if plan.drift_in is None:
             await self.scheduler.stop(key, DRIFT)
         else:
-            self.scheduler.ensure(key, DRIFT, self.settings.drift_interval, self._drift_fn(p))
+            # This reconcile just read the PMS: the next check is one whole period from now.
+            interval = self.settings.drift_interval
+            fn = self._drift_fn(p)
+            self.scheduler.ensure(key, DRIFT, interval, fn, first_delay=plan.drift_in, jitter=0.0)
+            if DRIFT in running:
+                self.scheduler.postpone(key, DRIFT, plan.drift_in)
         self._count_pollers()
 
     def _count_pollers(self) -> None:
