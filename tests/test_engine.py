@@ -20,6 +20,7 @@ import asyncio
 import itertools
 import json
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from timing import elapse, eventually
 from pms_drivers.base import Credentials
 from pms_simulator import Simulator
 from reconciler.api.spec import PracticeSpec, WritebackType
+from reconciler.engine.clock import FakeClock
 from reconciler.engine.core import ConditionType, PracticeStatus, Reason, Transition, events_for
 from reconciler.engine.cursors import SqliteCursorStore
 from reconciler.engine.engine import Engine, EngineSettings, SecretNotFoundError
@@ -679,3 +681,26 @@ def test_the_gc_policy_freezes_on_growth_refreshes_hourly_and_lets_go_when_small
     finally:
         gc.unfreeze()
         gc.set_threshold(*thresholds)
+
+
+async def test_an_injected_clock_dates_the_status_and_drives_the_drift_check(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """`Engine(clock=FakeClock(...))`: the status carries the clock's wall time, and the drift
+    check waits for the clock, not for the event loop."""
+    clock = FakeClock(wall=datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC))
+    engine = make_engine(sim, tmp_path, settings=DRIFT_30, clock=clock)
+    await engine.start()
+    only_patients = {"patients": {"enabled": True, "interval": "3600s"}}
+    try:
+        status = await engine.apply("clinics/acme", spec_for(sim, sync=only_patients))
+        assert status.ready
+        assert {c.last_transition_time for c in status.conditions} == {"2031-05-06T07:08:09Z"}
+        assert status.to_dict()["pms"]["checkedAt"] == "2031-05-06T07:08:09Z"
+        check = definitions_read(sim)
+        await elapse(120.0)  # the loop's time moves, the engine's clock does not
+        assert definitions_read(sim) == check
+        await clock.advance(30.0)  # one drift period on the engine's clock
+        await eventually(lambda: definitions_read(sim) == 2 * check, what="the drift check")
+    finally:
+        await engine.stop()
