@@ -16,9 +16,9 @@ still the user's tool saying no, and the test accepts it as a rejection.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import testenv
 import yaml
+from timing import wait_until
 
 from reconciler.api import validate
 
@@ -343,12 +344,15 @@ def _table(text: str) -> list[dict[str, str]]:
 def _explain(kube: testenv.Cluster, field: str) -> str:
     # kubectl explain reads the OpenAPI v3 document, which the API server republishes a moment
     # after a CRD becomes Established; allow it that moment.
-    deadline = time.monotonic() + 20
-    while True:
-        answer = kube.kubectl("explain", field, check=False)
-        if answer.returncode == 0 or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    answers = []
+
+    def explained() -> bool:
+        answers.append(kube.kubectl("explain", field, check=False))
+        return answers[-1].returncode == 0
+
+    with contextlib.suppress(AssertionError):
+        wait_until(explained, 20, f"kubectl explain {field}", step=0.5)
+    answer = answers[-1]
     assert answer.returncode == 0, answer.stderr
     return answer.stdout
 

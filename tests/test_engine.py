@@ -3,9 +3,15 @@
 Real: the simulator's HTTP server and data (Open Dental and Dentrix flavours), the drivers and their
 rate-limited httpx clients, the scheduler, the SQLite cursor store, the JSONL event file.
 The secret source is a dict (`DictSecrets`), a complete implementation of the `SecretSource`
-protocol, not a fake of Kubernetes (the operator tests use real Secrets). Intervals are 1 s here
-(below the schema's 5 s minimum, which applies to resources, not to the engine) to keep each test
-to a few seconds.
+protocol, not a fake of Kubernetes (the operator tests use real Secrets).
+
+Faked: time. The tests run on the `looptime` plugin's event loop (`pytestmark` below): whenever
+nothing can run, the loop jumps to its next timer, so a 30 s drift period or a 6 s status budget
+takes no real time and timing assertions are exact (`elapse` lets loop time pass). I/O with the
+simulator takes no loop time. One test runs on real time: the drivers' token bucket honours the
+PMS's Retry-After on the real monotonic clock, which looptime does not move. Intervals are 1 s
+(below the schema's 5 s minimum, which applies to resources, not to the engine). The simulator
+stamps requests with the wall clock, so request timing is read on the loop's clock (`arrivals`).
 """
 
 from __future__ import annotations
@@ -13,27 +19,35 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from timing import elapse, eventually
 
 from pms_drivers.base import Credentials
 from pms_simulator import Simulator
 from reconciler.api.spec import PracticeSpec, WritebackType
-from reconciler.engine.core import ConditionType, PracticeStatus, Reason, Transition
+from reconciler.engine.clock import FakeClock
+from reconciler.engine.core import ConditionType, PracticeStatus, Reason, Transition, events_for
 from reconciler.engine.cursors import SqliteCursorStore
-from reconciler.engine.engine import Engine, EngineSettings, GcPolicy, SecretNotFoundError
+from reconciler.engine.engine import Engine, EngineSettings, SecretNotFoundError
+from reconciler.engine.gc import GcPolicy
 from reconciler.engine.sink import JsonlSink
+
+pytestmark = pytest.mark.looptime(end=3600)
 
 FAST = EngineSettings(
     first_poll_jitter=0.0,
     jitter=0.0,
     drift_interval=60.0,
     status_interval=0.5,
-    rate_per_second=50.0,
-    burst=50,
+    # The drivers' token bucket refills on the real clock; on looptime's loop a drained bucket
+    # would fast-forward loop time while it waits, so these tests never drain it.
+    rate_per_second=1000.0,
+    burst=1000,
     max_backoff=2.0,
 )
 
@@ -142,20 +156,6 @@ def missing(sim: Simulator, tmp_path: Path, pid: str = "acme") -> dict[str, set[
     return out
 
 
-async def eventually(
-    check: Callable[[], Any], timeout: float = 10.0, what: str = "condition"
-) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 def cond(engine: Engine, key: str, ctype: str) -> tuple[str, str, str]:
     status = engine.status(key)
     assert status is not None
@@ -210,6 +210,7 @@ async def test_practices_become_ready_and_pollers_emit_every_change(
     assert len(ids) == len(set(ids)), "a page was emitted twice"
 
 
+@pytest.mark.looptime(False)  # the drivers pause for the PMS's Retry-After on the real clock
 async def test_outage_flips_pms_reachable_and_every_change_made_during_it_is_emitted(
     sim: Simulator, tmp_path: Path
 ) -> None:
@@ -229,7 +230,10 @@ async def test_outage_flips_pms_reachable_and_every_change_made_during_it_is_emi
         assert not engine.status("clinics/acme").ready  # type: ignore[union-attr]
         sim.advance(120)  # the office keeps working during the outage
         assert any(missing(sim, tmp_path).values())
-        await asyncio.sleep(1.5)
+        failed = engine.scheduler.stats.failures
+        await eventually(
+            lambda: engine.scheduler.stats.failures >= failed + 2, what="polls failing meanwhile"
+        )
         sim.set_faults("acme")
         await eventually(
             lambda: engine.status("clinics/acme").ready, timeout=12, what="Ready again"
@@ -281,21 +285,24 @@ async def test_restart_resumes_from_saved_cursors_without_losing_or_replaying(
     assert len(patients_again) < 100
 
 
-async def test_renamed_note_type_flips_the_condition_within_the_drift_interval(
+DRIFT_30 = EngineSettings(**{**FAST.__dict__, "drift_interval": 30.0, "first_poll_jitter": 1.0})
+
+
+async def test_renamed_note_type_flips_the_condition_one_drift_interval_after_the_reconcile(
     sim: Simulator, tmp_path: Path
 ) -> None:
+    """The first drift check is one whole period after the reconcile (not jittered like a new
+    poller's first poll, which could come at once), and every period after that."""
     listener = Statuses()
-    settings = EngineSettings(**{**FAST.__dict__, "drift_interval": 1.0})
-    engine = make_engine(sim, tmp_path, listener, settings=settings)
+    engine = make_engine(sim, tmp_path, listener, settings=DRIFT_30)
     await engine.start()
     try:
         assert (await engine.apply("clinics/acme", spec_for(sim))).ready
         sim.rename_note_type("acme", "Text Message", "Texting")
-        await eventually(
-            lambda: cond(engine, "clinics/acme", ConditionType.NOTE_TYPES_RESOLVED)[0] == "False",
-            timeout=5,
-            what="drift noticed",
-        )
+        await elapse(29.9)
+        assert cond(engine, "clinics/acme", ConditionType.NOTE_TYPES_RESOLVED)[0] == "True"
+        await elapse(0.2)
+        assert cond(engine, "clinics/acme", ConditionType.NOTE_TYPES_RESOLVED)[0] == "False"
         _, reason, message = cond(engine, "clinics/acme", ConditionType.NOTE_TYPES_RESOLVED)
         assert reason == Reason.NOTE_TYPE_NOT_FOUND
         assert (
@@ -306,21 +313,81 @@ async def test_renamed_note_type_flips_the_condition_within_the_drift_interval(
         assert any(
             t.new_status == "False" for t in listener.transitions(ConditionType.NOTE_TYPES_RESOLVED)
         )
+        # Both flips become Warning Events.
+        _, _, transitions = next(c for c in listener.calls if c[2] and not c[1].ready)
+        warned = {t.type for t in events_for(transitions) if t.warning}
+        assert {ConditionType.NOTE_TYPES_RESOLVED, ConditionType.READY} <= warned
         assert engine.target("acme").note_type_ids == {}  # type: ignore[union-attr]
         sim.inactivate_provider("acme", "1")
-        await eventually(
-            lambda: (
-                cond(engine, "clinics/acme", ConditionType.PROVIDER_VERIFIED)[1]
-                == Reason.PROVIDER_INACTIVE
-            ),
-            timeout=5,
+        await elapse(29.7)  # the next check is at 60 s
+        assert cond(engine, "clinics/acme", ConditionType.PROVIDER_VERIFIED)[0] == "True"
+        await elapse(0.4)
+        assert (
+            cond(engine, "clinics/acme", ConditionType.PROVIDER_VERIFIED)[1]
+            == Reason.PROVIDER_INACTIVE
         )
     finally:
         await engine.stop()
 
 
-def request_times(sim: Simulator, pid: str, fragment: str) -> list[float]:
-    return [r.at for r in sim.requests(pid) if fragment in r.path]
+def definitions_read(sim: Simulator) -> int:
+    """Open Dental definition reads (note types and document categories: a few per PMS check)."""
+    return sum(1 for r in sim.requests("acme") if "/definitions" in r.path)
+
+
+async def test_every_apply_re_resolves_the_pms_names_and_restarts_the_drift_period(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """A change the PMS does not see (a label: a new generation with the same spec; the
+    reconcile-requested-at annotation: a token) still re-reads the PMS at once, and the next
+    drift check is one period after that reconcile, not after the first."""
+    engine = make_engine(sim, tmp_path, settings=DRIFT_30)
+    await engine.start()
+    key, spec = "clinics/acme", spec_for(sim)
+    try:
+        assert (await engine.apply(key, spec, generation=1)).ready
+        check = definitions_read(sim)  # what one PMS check reads
+        assert check > 0
+        await elapse(20.0)
+        assert definitions_read(sim) == check  # no drift check yet
+        sim.rename_note_type("acme", "Text Message", "Texting")
+        status = await engine.apply(key, spec, generation=2)
+        assert definitions_read(sim) == 2 * check
+        assert status.condition(ConditionType.NOTE_TYPES_RESOLVED).status == "False"  # type: ignore[union-attr]
+        assert status.observed_generation == 2
+        sim.rename_note_type("acme", "Texting", "Text Message")
+        status = await engine.apply(key, spec, generation=2, reconcile_token="2026-12-02T14:00:00Z")
+        assert definitions_read(sim) == 3 * check
+        assert status.ready
+        sim.rename_note_type("acme", "Text Message", "Texting")
+        await elapse(29.8)  # 49.8 s: the check first due at 30 s moved to 50 s
+        assert definitions_read(sim) == 3 * check
+        assert cond(engine, key, ConditionType.NOTE_TYPES_RESOLVED)[0] == "True"
+        await elapse(0.4)
+        assert definitions_read(sim) == 4 * check
+        assert cond(engine, key, ConditionType.NOTE_TYPES_RESOLVED)[0] == "False"
+    finally:
+        await engine.stop()
+
+
+async def arrivals(
+    sim: Simulator, pid: str, seconds: float, step: float = 0.1
+) -> list[tuple[float, str]]:
+    """(loop time, path) of each request `pid` sends in the next `seconds`, to `step` seconds.
+
+    Read between half-steps, so a poll due on a whole second is never read at the same instant.
+    """
+    loop = asyncio.get_running_loop()
+    out: list[tuple[float, str]] = []
+    seen = len(sim.requests(pid))
+    end = loop.time() + seconds
+    await elapse(step / 2)
+    while loop.time() < end:
+        await elapse(step)
+        reqs = sim.requests(pid)
+        out += [(loop.time(), r.path) for r in reqs[seen:]]
+        seen = len(reqs)
+    return out
 
 
 async def test_interval_change_disable_and_suspend_change_what_the_pms_sees(
@@ -330,16 +397,16 @@ async def test_interval_change_disable_and_suspend_change_what_the_pms_sees(
     await engine.start()
     try:
         await engine.apply("clinics/acme", spec_for(sim))
-        await asyncio.sleep(2.5)
+        await elapse(2.5)
         sync_fast = {
             "patients": {"enabled": True, "interval": "1s"},
             "appointments": {"enabled": True, "interval": "3s"},
         }
         await engine.apply("clinics/acme", spec_for(sim, sync=sync_fast))
         sim.clear_requests("acme")
-        await asyncio.sleep(3.2)
-        patients = request_times(sim, "acme", "/patients")
-        appointments = request_times(sim, "acme", "/appointments")
+        seen = await arrivals(sim, "acme", 3.2)
+        patients = [t for t, path in seen if "/patients" in path]
+        appointments = [t for t, path in seen if "/appointments" in path]
         assert 3 <= len(patients) <= 4, patients  # every 1 s
         assert 1 <= len(appointments) <= 3, (
             appointments
@@ -349,17 +416,19 @@ async def test_interval_change_disable_and_suspend_change_what_the_pms_sees(
         assert set(engine.scheduler.kinds("clinics/acme")) == {"patients", "appointments", "drift"}
         await engine.apply("clinics/acme", spec_for(sim, sync=sync_fast, suspend=True))
         sim.clear_requests("acme")
-        await asyncio.sleep(2.0)
+        await elapse(2.0)
         assert sim.requests("acme") == []
         assert engine.scheduler.kinds("clinics/acme") == {}
         assert cond(engine, "clinics/acme", ConditionType.SUSPENDED)[0] == "True"
         await engine.apply("clinics/acme", spec_for(sim, sync=sync_fast))
         await eventually(
-            lambda: request_times(sim, "acme", "/patients"), timeout=3, what="resumed polling"
+            lambda: any("/patients" in r.path for r in sim.requests("acme")),
+            timeout=3,
+            what="resumed polling",
         )
         await engine.remove("clinics/acme")
         sim.clear_requests("acme")
-        await asyncio.sleep(1.5)
+        await elapse(1.5)
         assert sim.requests("acme") == []
         assert engine.keys() == [] and len(engine.scheduler) == 0
     finally:
@@ -486,7 +555,7 @@ async def test_counter_updates_are_throttled_and_transitions_are_not(
     try:
         await engine.apply("c/acme", spec_for(sim))  # three pollers, each every 1 s
         start = len(listener.calls)
-        await asyncio.sleep(4.5)
+        await elapse(4.5)
         quiet = [c for c in listener.calls[start:] if not c[2]]
         assert 1 <= len(quiet) <= 2, len(quiet)  # ~13 polls, at most one write per 3 s
         assert quiet[-1][1].to_dict()["pollers"]["patients"]["eventsEmitted"] >= 300
@@ -521,7 +590,7 @@ async def test_counter_updates_share_one_process_wide_budget_oldest_first(
         for key in keys:
             await engine.apply(key, spec_for(sim, key.split("/")[1]))
         start = len(listener.calls)
-        await asyncio.sleep(6)
+        await elapse(6)
         quiet = [c for c in listener.calls[start:] if not c[2]]
         assert len(quiet) <= 4 * 6 + 4, len(quiet)
         assert {key for key, _, _ in quiet} == set(keys)
@@ -543,7 +612,7 @@ class SlowFsyncSink(JsonlSink):
         await super().publish(events)  # type: ignore[arg-type]
         if events:
             self.writing.set()
-            await asyncio.sleep(self.delay)
+            await elapse(self.delay)
 
 
 async def test_a_stop_during_publish_saves_the_cursor_so_no_event_is_emitted_twice(
@@ -612,3 +681,26 @@ def test_the_gc_policy_freezes_on_growth_refreshes_hourly_and_lets_go_when_small
     finally:
         gc.unfreeze()
         gc.set_threshold(*thresholds)
+
+
+async def test_an_injected_clock_dates_the_status_and_drives_the_drift_check(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """`Engine(clock=FakeClock(...))`: the status carries the clock's wall time, and the drift
+    check waits for the clock, not for the event loop."""
+    clock = FakeClock(wall=datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC))
+    engine = make_engine(sim, tmp_path, settings=DRIFT_30, clock=clock)
+    await engine.start()
+    only_patients = {"patients": {"enabled": True, "interval": "3600s"}}
+    try:
+        status = await engine.apply("clinics/acme", spec_for(sim, sync=only_patients))
+        assert status.ready
+        assert {c.last_transition_time for c in status.conditions} == {"2031-05-06T07:08:09Z"}
+        assert status.to_dict()["pms"]["checkedAt"] == "2031-05-06T07:08:09Z"
+        check = definitions_read(sim)
+        await elapse(120.0)  # the loop's time moves, the engine's clock does not
+        assert definitions_read(sim) == check
+        await clock.advance(30.0)  # one drift period on the engine's clock
+        await eventually(lambda: definitions_read(sim) == 2 * check, what="the drift check")
+    finally:
+        await engine.stop()

@@ -1,23 +1,26 @@
 """Two resources naming the same practiceId: the older one manages the practice, the other waits.
 
 Real: the PMS simulator on a loopback port, the drivers, the scheduler, SQLite and the JSONL sink
-(the fixtures of `test_engine.py`). A second resource for the same practice would double every
+(the fixtures of `test_engine.py`). Faked: time, on the `looptime` plugin's event loop, as in
+`test_engine.py`. A second resource for the same practice would double every
 event and could write a note twice, so the engine runs exactly one of them and says why in the
 other's status.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from test_engine import FAST, Statuses, make_engine, spec_for
+from timing import eventually
 
 from pms_simulator import Simulator
 from reconciler.engine.core import ConditionType, PracticeStatus, Reason
 from reconciler.engine.engine import Engine
+
+pytestmark = pytest.mark.looptime(end=3600)
 
 OLDER = "2026-11-01T08:00:00Z"
 NEWER = "2026-11-20T08:00:00Z"
@@ -36,14 +39,6 @@ def cond(status: PracticeStatus | None, ctype: ConditionType) -> tuple[str, str,
     assert status is not None
     c = next(c for c in status.conditions if c.type == ctype)
     return c.status, c.reason, c.message
-
-
-async def wait_until(check: object, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():  # type: ignore[operator]
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("timed out")
-        await asyncio.sleep(0.05)
 
 
 def requests_since(sim: Simulator, n: int) -> int:
@@ -94,7 +89,7 @@ async def test_an_older_resource_arriving_later_takes_over_and_the_newer_one_sto
         assert cond(newer, ConditionType.READY)[0] == "True"
         older = await engine.apply("clinic-a/acme", spec_for(sim), created=OLDER)
         assert cond(older, ConditionType.READY)[0] == "True"
-        await wait_until(
+        await eventually(
             lambda: (
                 cond(engine.status("clinic-b/acme-copy"), ConditionType.READY)[1]
                 == Reason.DUPLICATE_PRACTICE_ID
@@ -126,12 +121,12 @@ async def test_deleting_the_managing_resource_lets_the_duplicate_take_over(
         await engine.apply("clinic-b/acme-copy", spec_for(sim), created=NEWER)
         before = len(sim.requests("acme"))
         await engine.remove("clinic-a/acme")
-        await wait_until(
+        await eventually(
             lambda: cond(engine.status("clinic-b/acme-copy"), ConditionType.READY)[0] == "True"
         )
         assert engine.target("acme").key == "clinic-b/acme-copy"  # type: ignore[union-attr]
         assert len(engine.scheduler.kinds("clinic-b/acme-copy")) == 4
-        await wait_until(lambda: requests_since(sim, before) > 0)
+        await eventually(lambda: requests_since(sim, before) > 0)
     finally:
         await engine.stop()
 

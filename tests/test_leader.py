@@ -5,8 +5,12 @@ resourceVersion conflicts that keep two candidates from both winning are the API
 the kubernetes Python client, the `pmsctl operator` processes, their signals and exit codes, the
 simulator. Faked: nothing. A hung holder is a candidate whose renewal task is cancelled; an
 unreachable API server is a real loopback socket that accepts connections and never answers.
-The timing decisions are pure functions, tested with plain tables. Short durations
-(lease 2 s, renew deadline 1.5 s, retry 0.3 s) keep every test under about 20 s.
+The timing decisions are pure functions, tested with plain tables. Faked: time, in the tests
+marked `looptime`: the candidates measure expiry and wait on the event loop's clock (their default
+`LoopClock`), which the `looptime` plugin fast-forwards whenever nothing else can run; the API
+calls are real and take real time (looptime waits for the client's worker threads). Durations are
+read on the loop's clock there. Short durations (lease 2 s, renew deadline 1.5 s, retry 0.3 s)
+keep every test under about 20 s.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 import pytest
 import testenv
 import yaml
+from timing import elapse, wait_until
 
 from pms_simulator import Simulator
 from reconciler.kube.leader import (
@@ -260,10 +265,12 @@ async def test_a_candidate_creates_a_missing_lease_and_holds_it(
 
 
 @needs_kube
+@pytest.mark.looptime(end=600)
 async def test_a_standby_waits_while_the_holder_renews_and_takes_over_at_once_on_release(
     kube: testenv.Cluster, kube_namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="reconciler.kube.leader")
+    loop = asyncio.get_running_loop()
     a, b = _elector(kube, kube_namespace, "cand-a"), _elector(kube, kube_namespace, "cand-b")
     await asyncio.wait_for(a.acquire(), 10)
     lost: list[str] = []
@@ -271,7 +278,7 @@ async def test_a_standby_waits_while_the_holder_renews_and_takes_over_at_once_on
     waiting = asyncio.create_task(b.acquire())
     try:
         first_renewal = _lease(kube, kube_namespace)["spec"]["renewTime"]
-        await asyncio.sleep(3.0)  # one and a half lease durations
+        await elapse(3.0)  # one and a half lease durations
         assert not waiting.done(), "the standby took a lease that was being renewed"
         spec = _lease(kube, kube_namespace)["spec"]
         assert spec["holderIdentity"] == "cand-a" and spec["renewTime"] > first_renewal
@@ -279,10 +286,10 @@ async def test_a_standby_waits_while_the_holder_renews_and_takes_over_at_once_on
         assert f"waiting for lease {kube_namespace}/lock held by cand-a" in caplog.text
 
         await _stop(renewing)
-        released_at = time.monotonic()
+        released_at = loop.time()
         assert await a.release()
         record = await asyncio.wait_for(waiting, 5)
-        took = time.monotonic() - released_at
+        took = loop.time() - released_at
         assert record.holder == "cand-b" and b.is_leader
         assert took < 1.0, f"the standby took {took:.2f} s to take a released lease"
         spec = _lease(kube, kube_namespace)["spec"]
@@ -294,19 +301,21 @@ async def test_a_standby_waits_while_the_holder_renews_and_takes_over_at_once_on
 
 
 @needs_kube
+@pytest.mark.looptime(end=600)
 async def test_a_hung_holder_is_replaced_after_its_lease_expires_and_transitions_count_it(
     kube: testenv.Cluster, kube_namespace: str
 ) -> None:
+    loop = asyncio.get_running_loop()
     a, b = _elector(kube, kube_namespace, "cand-a"), _elector(kube, kube_namespace, "cand-b")
     await asyncio.wait_for(a.acquire(), 10)
     renewing = asyncio.create_task(a.run_renewals(lambda _: None))
     waiting = asyncio.create_task(b.acquire())
     try:
-        await asyncio.sleep(1.0)
+        await elapse(1.0)
         await _stop(renewing)  # the holder hangs: no more renewals, and no release
-        hung_at = time.monotonic()
+        hung_at = loop.time()
         record = await asyncio.wait_for(waiting, 8)
-        took = time.monotonic() - hung_at
+        took = loop.time() - hung_at
         # b saw the last renewal at most one retry before a hung; it waits the full 2 s from then.
         assert 2.0 - FAST["retry_period"] - 0.05 <= took <= 2.0 + 3 * FAST["retry_period"] + 1.0, (
             took
@@ -320,24 +329,26 @@ async def test_a_hung_holder_is_replaced_after_its_lease_expires_and_transitions
 
 
 @needs_kube
+@pytest.mark.looptime(end=600)
 async def test_a_holder_whose_lease_was_taken_by_someone_else_reports_the_loss(
     kube: testenv.Cluster, kube_namespace: str
 ) -> None:
     from kubernetes import client
 
+    loop = asyncio.get_running_loop()
     a = _elector(kube, kube_namespace, "cand-a")
     await asyncio.wait_for(a.acquire(), 10)
     lost: list[str] = []
     renewing = asyncio.create_task(a.run_renewals(lost.append))
     try:
-        await asyncio.sleep(0.5)
+        await elapse(0.5)
         leases = client.CoordinationV1Api(kube.api_client)
         # A merge patch: applied to whatever version is current, so it cannot lose a race with
         # a renewal (a read-then-replace could).
         leases.patch_namespaced_lease("lock", kube_namespace, {"spec": {"holderIdentity": "thief"}})
-        stolen_at = time.monotonic()
+        stolen_at = loop.time()
         await asyncio.wait_for(renewing, 5)  # returns once it has reported the loss
-        assert time.monotonic() - stolen_at < 2 * FAST["retry_period"] + 1.0
+        assert loop.time() - stolen_at < 2 * FAST["retry_period"] + 1.0
         assert lost == ["it is now held by thief"]
         assert not a.is_leader and a.record is None
         assert not await a.release()  # it never overwrites the new holder
@@ -408,6 +419,7 @@ async def test_a_holder_that_cannot_reach_the_api_server_gives_up_within_the_ren
 
 
 @needs_kube
+@pytest.mark.looptime(end=600)
 async def test_of_three_candidates_racing_for_a_missing_lease_exactly_one_wins(
     kube: testenv.Cluster, kube_namespace: str
 ) -> None:
@@ -415,7 +427,7 @@ async def test_of_three_candidates_racing_for_a_missing_lease_exactly_one_wins(
     tasks = [asyncio.create_task(c.acquire()) for c in candidates]
     try:
         await asyncio.wait(tasks, timeout=5, return_when=asyncio.FIRST_COMPLETED)
-        await asyncio.sleep(1.0)  # give a wrong second winner time to show up
+        await elapse(1.0)  # give a wrong second winner time to show up
         winners = [c for c, t in zip(candidates, tasks, strict=True) if t.done()]
         assert len(winners) == 1, [w.identity for w in winners]
         assert _lease(kube, kube_namespace)["spec"]["holderIdentity"] == winners[0].identity
@@ -485,13 +497,7 @@ async def test_the_deploy_rbac_lets_the_operator_hold_its_lease_and_only_in_its_
 
 
 def _wait(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return wait_until(check, timeout, what, step=0.1)
 
 
 @needs_kube

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 import testenv
 import yaml
+from timing import wait_until
 
 from pms_simulator import Simulator
 
@@ -51,19 +51,17 @@ _LOGS: dict[int, Path] = {}
 
 
 def _wait(check: Any, timeout: float, what: str, proc: subprocess.Popen[str] | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def alive_check() -> Any:
         value = check()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
+        if not value and proc is not None and proc.poll() is not None:
             log = _LOGS.get(proc.pid)
             tail = log.read_text()[-4000:] if log is not None and log.exists() else ""
             raise AssertionError(
                 f"the operator exited ({proc.returncode}) while waiting for {what}; log:\n{tail}"
             )
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        return value
+
+    return wait_until(alive_check, timeout, what, step=0.25)
 
 
 def test_pmsctl_operator_makes_a_practice_ready_and_serves_probes_and_metrics(

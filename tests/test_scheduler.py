@@ -1,8 +1,10 @@
-"""The poller scheduler on a real event loop with real (short) timers.
+"""The poller scheduler on a real event loop and a fake clock.
 
-Nothing is faked: polls are plain coroutines that record when they ran. Intervals are a fraction
-of a second so cadence can be observed quickly; timing assertions leave generous slack for a
-loaded 2-core machine.
+Real: the event loop, the scheduler's dispatcher and worker pool, the polls (plain coroutines that
+record when they ran). Faked: time. The scheduler runs on `FakeClock`, which the test moves
+forward by hand (`await clock.advance(seconds)`), so no test waits for a timer and the cadence,
+backoff and jitter assertions hold exactly on a loaded machine too. One test runs the real
+`LoopClock` on the `looptime` plugin's fast-forwarded event loop instead.
 """
 
 from __future__ import annotations
@@ -10,7 +12,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+from datetime import timedelta
 
+import pytest
+from timing import elapse
+
+from reconciler.engine.clock import FakeClock
 from reconciler.engine.scheduler import Scheduler
 
 
@@ -18,8 +25,14 @@ class Recorder:
     """A poll function that records start times, concurrency, and can fail on demand."""
 
     def __init__(
-        self, *, duration: float = 0.0, fail: int = 0, error: Exception | None = None
+        self,
+        clock: FakeClock,
+        *,
+        duration: float = 0.0,
+        fail: int = 0,
+        error: Exception | None = None,
     ) -> None:
+        self.clock = clock
         self.starts: list[float] = []
         self.duration = duration
         self.fail = fail
@@ -28,12 +41,12 @@ class Recorder:
         self.max_active = 0
 
     async def __call__(self) -> int:
-        self.starts.append(asyncio.get_running_loop().time())
+        self.starts.append(self.clock.now())
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         try:
             if self.duration:
-                await asyncio.sleep(self.duration)
+                await self.clock.sleep(self.duration)
             if self.fail:
                 self.fail -= 1
                 raise self.error
@@ -47,30 +60,33 @@ def gaps(starts: list[float]) -> list[float]:
 
 
 async def test_one_poller_per_key_and_kind_runs_at_its_interval() -> None:
-    s = Scheduler(first_jitter=0.0, jitter=0.0)
+    clock = FakeClock()
+    s = Scheduler(first_jitter=0.0, jitter=0.0, clock=clock)
     await s.start()
-    rec = Recorder()
+    rec = Recorder(clock)
     try:
         s.ensure("ns/a", "patients", 0.1, rec)
         s.ensure("ns/a", "patients", 0.1, rec)  # idempotent: still one poller
-        await asyncio.sleep(0.55)
+        await clock.advance(0.55)
     finally:
         await s.close()
     assert len(s) == 0
     assert 4 <= len(rec.starts) <= 7
+    assert len(rec.starts) == 6  # at 0, 0.1, ..., 0.5
     assert min(gaps(rec.starts)) >= 0.099
     assert rec.max_active == 1
 
 
 async def test_interval_change_reschedules_without_a_second_poller() -> None:
-    s = Scheduler(first_jitter=0.0, jitter=0.0)
+    clock = FakeClock()
+    s = Scheduler(first_jitter=0.0, jitter=0.0, clock=clock)
     await s.start()
-    rec = Recorder(duration=0.02)
+    rec = Recorder(clock, duration=0.02)
     try:
         s.ensure("ns/a", "appointments", 0.4, rec)
-        await asyncio.sleep(0.05)
+        await clock.advance(0.05)
         s.ensure("ns/a", "appointments", 0.1, rec)
-        await asyncio.sleep(0.6)
+        await clock.advance(0.6)
         state = s.state("ns/a", "appointments")
     finally:
         await s.close()
@@ -81,22 +97,23 @@ async def test_interval_change_reschedules_without_a_second_poller() -> None:
 
 
 async def test_stop_cancels_a_run_in_flight_and_no_more_runs_happen() -> None:
-    s = Scheduler(first_jitter=0.0)
+    clock = FakeClock()
+    s = Scheduler(first_jitter=0.0, clock=clock)
     await s.start()
-    slow = Recorder(duration=5.0)
-    other = Recorder()
+    slow = Recorder(clock, duration=5.0)
+    other = Recorder(clock)
     try:
         s.ensure("ns/a", "patients", 0.1, slow)
         s.ensure("ns/a", "appointments", 0.1, other)
         s.ensure("ns/b", "patients", 0.1, other)
-        await asyncio.sleep(0.05)
+        await clock.advance(0.05)
         assert slow.active == 1
         await s.stop_practice("ns/a")
         assert slow.active == 0  # cancelled, not left running
         assert s.kinds("ns/a") == {}
         assert s.kinds("ns/b") == {"patients": 0.1}
         n = len(slow.starts)
-        await asyncio.sleep(0.3)
+        await clock.advance(10.0)  # past the slow run's end: it neither finishes nor runs again
         assert len(slow.starts) == n
     finally:
         await s.close()
@@ -104,49 +121,58 @@ async def test_stop_cancels_a_run_in_flight_and_no_more_runs_happen() -> None:
 
 async def test_failures_back_off_exponentially_and_never_poll_faster_than_the_interval() -> None:
     seen: list[tuple[int, str | None]] = []
+    clock = FakeClock()
     s = Scheduler(
         first_jitter=0.0,
         jitter=0.0,
         max_backoff=0.4,
         on_result=lambda key, kind, st, err: seen.append((st.consecutive_failures, st.last_error)),
+        clock=clock,
     )
     await s.start()
-    rec = Recorder(fail=4)
+    rec = Recorder(clock, fail=4)
     try:
         s.ensure("ns/a", "patients", 0.1, rec)
-        await asyncio.sleep(1.6)
+        await clock.advance(1.6)
         state = s.state("ns/a", "patients")
     finally:
         await s.close()
     g = gaps(rec.starts)
     # 0.1, 0.2, 0.4, 0.4 (capped), then back to the interval after the first success.
     assert [round(x, 1) for x in g[:4]] == [0.1, 0.2, 0.4, 0.4]
+    assert [round(x, 6) for x in g[4:]] == [0.1] * len(g[4:])
     assert min(g) >= 0.099
     assert [f for f, _ in seen[:5]] == [1, 2, 3, 4, 0]
     assert seen[0][1] == "boom"
     assert state is not None and state.consecutive_failures == 0 and state.last_error is None
     assert state.events_emitted == 2 * (len(rec.starts) - 4)
     assert state.last_success is not None
+    # The clock's wall time of the last (successful) run, not the machine's.
+    last_run = clock.utcnow() - timedelta(seconds=clock.now() - rec.starts[-1])
+    assert abs((state.last_success - last_run).total_seconds()) < 1e-3
 
 
 async def test_retry_after_from_the_error_is_honoured() -> None:
     class Throttled(Exception):
         retry_after = 0.5
 
-    s = Scheduler(first_jitter=0.0, jitter=0.0)
+    clock = FakeClock()
+    s = Scheduler(first_jitter=0.0, jitter=0.0, clock=clock)
     await s.start()
-    rec = Recorder(fail=1, error=Throttled("429"))
+    rec = Recorder(clock, fail=1, error=Throttled("429"))
     try:
         s.ensure("ns/a", "patients", 0.1, rec)
-        await asyncio.sleep(0.75)
+        await clock.advance(0.75)
     finally:
         await s.close()
     assert len(rec.starts) >= 2
     assert gaps(rec.starts)[0] >= 0.499
+    assert gaps(rec.starts)[0] == pytest.approx(0.5)
 
 
 async def test_worker_pool_bounds_polls_in_flight() -> None:
-    s = Scheduler(workers=4, first_jitter=0.0)
+    clock = FakeClock()
+    s = Scheduler(workers=4, first_jitter=0.0, clock=clock)
     await s.start()
     active = 0
     peak = 0
@@ -156,7 +182,7 @@ async def test_worker_pool_bounds_polls_in_flight() -> None:
         nonlocal active, peak, runs
         active += 1
         peak = max(peak, active)
-        await asyncio.sleep(0.05)
+        await clock.sleep(0.05)
         active -= 1
         runs += 1
         return 0
@@ -164,28 +190,30 @@ async def test_worker_pool_bounds_polls_in_flight() -> None:
     try:
         for i in range(40):
             s.ensure(f"ns/p{i}", "patients", 5.0, poll)
-        await asyncio.sleep(0.8)
+        await clock.advance(0.8)
     finally:
         await s.close()
     assert peak == 4
     assert runs == 40  # each ran once; 10 rounds of 4 at 0.05 s each
     assert max(s.stats.lags) >= 0.2  # the queue was real: later polls started late
+    assert max(s.stats.lags) == pytest.approx(0.45)  # the tenth round waited for nine
 
 
 async def test_first_runs_are_spread_by_jitter() -> None:
-    s = Scheduler(first_jitter=1.0, rng=random.Random(7))
+    clock = FakeClock()
+    s = Scheduler(first_jitter=1.0, rng=random.Random(7), clock=clock)
     await s.start()
     starts: list[float] = []
 
     async def poll() -> int:
-        starts.append(asyncio.get_running_loop().time())
+        starts.append(clock.now())
         return 0
 
     try:
-        t0 = asyncio.get_running_loop().time()
+        t0 = clock.now()
         for i in range(50):
             s.ensure(f"ns/p{i}", "patients", 1.0, poll)
-        await asyncio.sleep(1.05)
+        await clock.advance(1.05)
     finally:
         await s.close()
     offsets = sorted(x - t0 for x in starts)
@@ -193,3 +221,49 @@ async def test_first_runs_are_spread_by_jitter() -> None:
     # Spread over the interval, not all at once: each tenth of the second got some.
     buckets = {int(o * 10) for o in offsets}
     assert len(buckets) >= 8
+
+
+async def test_a_poller_can_start_after_a_fixed_delay_without_jitter_and_be_postponed() -> None:
+    """What the engine's drift check uses: first run exactly `first_delay` after `ensure`,
+    then every interval with no jitter; `postpone` moves the next run from now."""
+    clock = FakeClock()
+    s = Scheduler(first_jitter=1.0, jitter=0.5, rng=random.Random(1), clock=clock)
+    await s.start()
+    rec = Recorder(clock)
+    t0 = clock.now()
+    try:
+        s.ensure("ns/a", "drift", 30.0, rec, first_delay=30.0, jitter=0.0)
+        await clock.advance(29.9)
+        assert rec.starts == []
+        await clock.advance(0.1)
+        assert [x - t0 for x in rec.starts] == [30.0]
+        await clock.advance(50.0)  # 60 s
+        assert [x - t0 for x in rec.starts] == [30.0, 60.0]
+        s.postpone("ns/a", "drift", 30.0)  # at 80 s: the next run moves from 90 s to 110 s
+        await clock.advance(29.0)
+        assert len(rec.starts) == 2
+        await clock.advance(1.0)
+        assert [x - t0 for x in rec.starts] == [30.0, 60.0, 110.0]
+        s.postpone("ns/none", "drift", 1.0)  # no such poller: nothing happens
+    finally:
+        await s.close()
+
+
+@pytest.mark.looptime(end=600)
+async def test_the_default_clock_is_the_event_loops_so_looptime_fast_forwards_it() -> None:
+    """No clock given: the scheduler reads the loop's time; `looptime` makes 300 s take none."""
+    s = Scheduler(first_jitter=0.0, jitter=0.0)
+    await s.start()
+    loop = asyncio.get_running_loop()
+    starts: list[float] = []
+
+    async def poll() -> int:
+        starts.append(loop.time())
+        return 0
+
+    try:
+        s.ensure("ns/a", "patients", 60.0, poll)
+        await elapse(300.5)
+    finally:
+        await s.close()
+    assert [round(b - a, 3) for a, b in itertools.pairwise(starts)] == [60.0] * 5

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from timing import elapse
 
 from pms_simulator import DriftError, Simulator, UnknownPracticeError
 
@@ -366,14 +367,16 @@ def test_the_clock_moves_patients_through_the_day_and_new_patients_appear() -> N
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
 
 
+@pytest.mark.looptime(end=60)
 async def test_autotick_moves_the_clock_while_serving() -> None:
+    """On looptime's fast-forwarded loop: the ticks are loop timers, the advances real threads."""
     sim = Simulator(autotick=True, tick_seconds=0.05, tick_minutes=10)
     sim.add_practice(PID, "OpenDental")
     async with sim.serve():
-        await asyncio.sleep(0.5)
+        await elapse(0.5)
         assert sim.now.hour >= 8
     moved = sim.now
-    await asyncio.sleep(0.2)
+    await elapse(0.2)
     assert sim.now == moved, "the ticker kept running after serve() exited"
 
 

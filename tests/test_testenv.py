@@ -7,6 +7,7 @@ tests start a second control plane of their own to watch it stop; they are the s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -15,13 +16,13 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import testenv
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from timing import wait_until
 
 WIDGET_CRD = """\
 apiVersion: apiextensions.k8s.io/v1
@@ -60,12 +61,8 @@ def _alive(pid: int) -> bool:
 
 
 def _wait_gone(pids: list[int], timeout: float = 15.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        alive = [pid for pid in pids if _alive(pid)]
-        if not alive:
-            return []
-        time.sleep(0.1)
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: not any(_alive(pid) for pid in pids), timeout, "exit", step=0.1)
     return [pid for pid in pids if _alive(pid)]
 
 

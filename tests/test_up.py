@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import timing
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,11 +145,7 @@ def read_events(path: Path) -> list[dict]:
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
+    timing.wait_until(check, timeout, what, step=0.2)
 
 
 def port_closed(url: str) -> bool:

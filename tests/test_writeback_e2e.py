@@ -22,7 +22,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 
 import aiohttp
 import httpx
+from timing import eventually
 
 from pms_drivers.base import Credentials, PmsDriver
 from pms_drivers.registry import create_driver
@@ -220,14 +220,16 @@ async def post(
 
 async def drained(counts: Any, pid: str, timeout: float = 15.0) -> dict[str, int]:
     """Wait until nothing is pending for `pid`; returns the final counts."""
-    deadline = time.monotonic() + timeout
-    while True:
-        c = counts(pid)
-        if c["pending"] == 0:
-            return dict(c)
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{pid} still has pending writebacks after {timeout}s: {c}")
-        await asyncio.sleep(0.05)
+    last: dict[str, int] = {}
+
+    def settled() -> dict[str, int] | None:
+        last.update(counts(pid))
+        return dict(last) if last["pending"] == 0 else None
+
+    result: dict[str, int] = await eventually(
+        settled, timeout, f"{pid} to have no pending writebacks (last counts: {last})"
+    )
+    return result
 
 
 def db_counts(path: Path, pid: str) -> dict[str, int]:
@@ -600,14 +602,13 @@ def child_cmd(
 
 
 async def wait_for_file(path: Path, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> str:
-    deadline = time.monotonic() + timeout
-    while not path.exists() or not path.read_text().strip():
+    def written() -> str:
         if proc.poll() is not None:
             raise AssertionError(f"the service exited early ({proc.returncode})")
-        if time.monotonic() > deadline:
-            raise AssertionError("the service did not start")
-        await asyncio.sleep(0.05)
-    return path.read_text().strip()
+        return path.read_text().strip() if path.exists() else ""
+
+    text: str = await eventually(written, timeout, "the service to start")
+    return text
 
 
 N_KILL = 20
@@ -640,10 +641,12 @@ async def test_a_service_killed_mid_drain_resumes_on_restart_without_loss_or_dou
                         assert status == 202
                         posted[pid].append((body["id"], patient))
             # Kill it hard once some, not all, notes are in the PMS.
-            deadline = time.monotonic() + 15
-            while sum(len(sim.notes(pid)) for pid, _ in practices) < 6:
-                assert time.monotonic() < deadline, "nothing was delivered before the kill"
-                await asyncio.sleep(0.02)
+            await eventually(
+                lambda: sum(len(sim.notes(pid)) for pid, _ in practices) >= 6,
+                15,
+                "some notes delivered before the kill",
+                step=0.02,
+            )
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
             landed = sum(len(sim.notes(pid)) for pid, _ in practices)
@@ -657,10 +660,12 @@ async def test_a_service_killed_mid_drain_resumes_on_restart_without_loss_or_dou
             proc2 = subprocess.Popen(child_cmd(sim_url, db, port_file2, practices))
             procs.append(proc2)
             await wait_for_file(port_file2, proc2)
-            deadline = time.monotonic() + 20
-            while any(db_counts(db, pid)["pending"] for pid, _ in practices):
-                assert time.monotonic() < deadline, "the restarted service did not finish"
-                await asyncio.sleep(0.1)
+            await eventually(
+                lambda: not any(db_counts(db, pid)["pending"] for pid, _ in practices),
+                20,
+                "the restarted service to finish",
+                step=0.1,
+            )
             for pid, _ in practices:
                 assert db_counts(db, pid) == {
                     "sent": N_KILL,

@@ -94,9 +94,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--drift-interval",
         type=float,
-        default=float(_env("PMSCTL_DRIFT_INTERVAL", "300") or 300),
+        default=float(_env("PMSCTL_DRIFT_INTERVAL", "30") or 30),
         metavar="SECONDS",
-        help="re-check each PMS this often (default 300)",
+        help="re-resolve each practice's PMS names this long after its last reconcile (default 30)",
     )
     p.add_argument(
         "--status-interval",

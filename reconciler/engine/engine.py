@@ -14,7 +14,8 @@ store (it closes them in `stop()`).
     await engine.remove("clinics/acme")
     await engine.stop()
 
-A reconcile (`apply`, a drift re-check every `drift_interval`, a Secret change via `refresh`):
+A reconcile (`apply`, a drift re-check `drift_interval` after the last reconcile, a Secret change
+via `refresh`):
 read the credentials (`SecretSource`, or `connection_override`), (re)build the client when the
 URL or credentials changed, ask the PMS for its version, providers, note types and document
 categories, let `reconciler.engine.core.decide` compute pollers and status, then start, reschedule or
@@ -31,19 +32,25 @@ condition recovers.
 `apply`), and at most every `status_interval` seconds for poller counters alone.
 
 Once it holds hundreds of practices the engine tunes Python's garbage collector for a process
-full of long-lived state (`GcPolicy`, on by default; `EngineSettings(gc_tuning=False)` turns it
-off): without that, full collections walking every practice's objects stalled the event loop.
+full of long-lived state (`reconciler.engine.gc.GcPolicy`, on by default;
+`EngineSettings(gc_tuning=False)` turns it off): without that, full collections walking every
+practice's objects stalled the event loop.
+
+The engine keeps the I/O and the bookkeeping; what to do is decided by the pure functions of
+`reconciler.engine.decisions` (error classes, the poll state machine, which pollers run, the
+drift check, duplicate owners, the status budget). Every timing decision reads the injected
+`clock` (`reconciler.engine.clock`, the event loop's by default), so tests run the engine on a
+fake clock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 
 from pms_drivers.base import (
@@ -53,17 +60,13 @@ from pms_drivers.base import (
     PmsDriver,
     Provider,
 )
-from pms_drivers.errors import (
-    PmsAuthError,
-    PmsError,
-    RateLimitedError,
-    TemporaryPmsError,
-)
+from pms_drivers.errors import PmsError
 from pms_drivers.registry import create_driver
 from pms_drivers.retry import RetryPolicy, with_retry
 from pms_drivers.transport import new_client
 from reconciler.api.spec import PracticeSpec, SyncKind
 from reconciler.engine import metrics
+from reconciler.engine.clock import Clock, LoopClock
 from reconciler.engine.core import (
     PMS_LABEL,
     Condition,
@@ -77,6 +80,22 @@ from reconciler.engine.core import (
     decide,
 )
 from reconciler.engine.cursors import CursorStore
+from reconciler.engine.decisions import (
+    DRIFT,
+    FLUSH_SLICE,
+    Claimant,
+    PollAction,
+    Unwritten,
+    WritePlan,
+    after_poll,
+    classify,
+    drops_client,
+    plan_counter_writes,
+    plan_pollers,
+    roles,
+)
+from reconciler.engine.errors import EngineError, SecretNotFoundError
+from reconciler.engine.gc import GcPolicy
 from reconciler.engine.scheduler import Scheduler
 from reconciler.engine.sink import (
     CloudEvent,
@@ -89,10 +108,6 @@ from reconciler.writeback.target import WritebackTarget
 
 log = logging.getLogger(__name__)
 
-#: The scheduler kind of the per-practice drift re-check (not a sync kind).
-DRIFT = "drift"
-#: Practices whose status is recomputed per event-loop pass when the status writer flushes.
-FLUSH_SLICE = 100
 #: The driver operation each sync kind polls (the `operation` label of the PMS call metrics).
 _POLL_OPERATION = {
     SyncKind.APPOINTMENT_STATUS: "appointment_status_since",
@@ -101,12 +116,16 @@ _POLL_OPERATION = {
 }
 
 
-class EngineError(Exception):
-    """Base of the engine's own errors (PMS errors are `pms_drivers.errors.PmsError`)."""
-
-
-class SecretNotFoundError(EngineError):
-    """The practice's credentials Secret does not exist (or cannot be read)."""
+__all__ = [
+    "DRIFT",
+    "FLUSH_SLICE",
+    "Engine",
+    "EngineError",
+    "EngineSettings",
+    "GcPolicy",
+    "SecretNotFoundError",
+    "SecretSource",
+]
 
 
 class SecretSource(Protocol):
@@ -129,8 +148,9 @@ WritebackCounts = Callable[[str], Mapping[str, int]]
 class EngineSettings:
     """Engine-wide knobs; every default is what the operator runs with."""
 
-    #: Seconds between PMS re-checks of each practice (renamed note types, inactive providers).
-    drift_interval: float = 300.0
+    #: Seconds from a practice's last reconcile to its next PMS re-check (renamed note types,
+    #: inactive providers); every reconcile (a spec change, a Secret change) restarts it.
+    drift_interval: float = 30.0
     #: Seconds between status updates that only carry poller counters.
     status_interval: float = 10.0
     #: Process-wide cap on those counter-only status writes per second (0: no cap), oldest first.
@@ -174,7 +194,7 @@ class _Practice:
     created: str = ""
     #: Key of the resource that manages this practiceId instead of this one (see `apply`).
     duplicate_of: str | None = None
-    #: Event-loop time of the last status handed to the listener (the flush writes oldest first).
+    #: Clock time of the last status handed to the listener (the flush writes oldest first).
     published_at: float = 0.0
     token: str | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -202,89 +222,6 @@ class _Practice:
     removed: bool = False
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _classify(exc: BaseException) -> ReachError:
-    msg = str(exc)
-    if isinstance(exc, SecretNotFoundError):
-        return ReachError(ReachFailure.SECRET_NOT_FOUND, msg)
-    if isinstance(exc, PmsAuthError):
-        if exc.operation == "configure":
-            return ReachError(ReachFailure.SECRET_INCOMPLETE, msg)
-        return ReachError(ReachFailure.AUTH, f"{msg}; fix the credentials in the practice's Secret")
-    if isinstance(exc, RateLimitedError) and exc.status == 429:
-        return ReachError(ReachFailure.RATE_LIMITED, msg)
-    if isinstance(exc, TemporaryPmsError):
-        return ReachError(ReachFailure.UNREACHABLE, msg)
-    return ReachError(ReachFailure.PMS_ERROR, msg)
-
-
-class GcPolicy:
-    """Keeps the cyclic garbage collector's full passes short in a process holding many practices.
-
-    Each practice keeps ~250 objects the collector tracks (client, connection pool, driver,
-    catalogs, pollers), so at 4,000 practices a full pass walks a million objects that never
-    become garbage: bench_scale measured 3 full passes in 30 s, up to 1 s each, and no poll
-    starts during one (so they set the p99 schedule lag). Objects alive once the engine holds
-    `min_practices`, and again whenever it grew by `growth`, are moved out of the collector's
-    sight (`gc.freeze()`; reference counting still frees them). A cycle that becomes garbage
-    after its freeze would be kept, so every `refresh` seconds everything is unfrozen, collected
-    once (one full pass) and frozen again: memory stays bounded, one long pass an hour instead of
-    several a minute. Meanwhile the young generation is collected after `young` net allocations
-    instead of Python's 700: each poll's short-lived objects are then mostly freed before a
-    collection sees them, so fewer reach the old generation (bench_scale, 4,000 practices: GC
-    time 4.8 s -> 1.4 s in 30 s, no full pass, from this alone).
-    """
-
-    def __init__(
-        self,
-        *,
-        min_practices: int = 500,
-        growth: float = 1.25,
-        refresh: float = 3600.0,
-        young: int = 50_000,
-    ) -> None:
-        self.min_practices = min_practices
-        self.growth = growth
-        self.refresh = refresh
-        self.young = young
-        self.frozen_practices = 0
-        self._refreshed_at: float | None = None
-        self._thresholds: tuple[int, int, int] | None = None
-
-    def check(self, practices: int, now: float) -> None:
-        """Called every status interval with the number of practices held and a monotonic time."""
-        if practices < self.min_practices:
-            self.release()
-            return
-        if self._thresholds is None:
-            self._thresholds = gc.get_threshold()
-            gc.set_threshold(max(self.young, self._thresholds[0]), *self._thresholds[1:])
-        if self._refreshed_at is None:
-            self._refreshed_at = now
-        if now - self._refreshed_at >= self.refresh:
-            gc.unfreeze()
-            gc.collect()
-            gc.freeze()
-            self._refreshed_at = now
-            self.frozen_practices = practices
-        elif practices >= self.frozen_practices * self.growth:
-            gc.freeze()
-            self.frozen_practices = practices
-
-    def release(self) -> None:
-        """Hand every frozen object back to the collector and restore its thresholds."""
-        if self.frozen_practices:
-            gc.unfreeze()  # the next full pass looks at everything again
-            self.frozen_practices = 0
-        if self._thresholds is not None:
-            gc.set_threshold(*self._thresholds)
-            self._thresholds = None
-        self._refreshed_at = None
-
-
 class Engine:
     """Reconciles practices against their PMS and runs their pollers (see the module docstring)."""
 
@@ -297,8 +234,10 @@ class Engine:
         settings: EngineSettings | None = None,
         on_status: StatusListener | None = None,
         connection_override: ConnectionOverride | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings or EngineSettings()
+        self._clock: Clock = clock or LoopClock()
         self._sink = sink
         self._store = store
         self._secrets = secrets
@@ -322,6 +261,7 @@ class Engine:
             max_backoff=s.max_backoff,
             on_result=self._on_poll_result,
             on_lag=lambda kind, lag: metrics.POLL_LAG.labels(kind).observe(lag),
+            clock=self._clock,
         )
 
     # ----- lifecycle -------------------------------------------------------------------------
@@ -343,7 +283,7 @@ class Engine:
         # stopped, which is not what the practice's spec asks for): oldest first, a few at a
         # time, for at most final_flush_seconds (thousands of practices would outlast the pod's
         # termination grace period; what is not written then is only counters).
-        dirty = self._dirty()
+        dirty = self._unwritten(self._counter_plan(qps=0.0))
         if dirty:
             limit = asyncio.Semaphore(16)
             with contextlib.suppress(TimeoutError):
@@ -516,13 +456,14 @@ class Engine:
         claimants = [
             self._practices[k] for k in self._claims.get(practice_id, ()) if k in self._practices
         ]
-        if not claimants:
+        elected = roles([Claimant(c.key, c.created) for c in claimants])
+        if not elected:
             self._by_practice_id.pop(practice_id, None)
             return
-        winner = min(claimants, key=lambda c: (c.created or "~", c.key))
-        self._by_practice_id[practice_id] = winner.key
         for c in claimants:
-            role = None if c is winner else winner.key
+            role = elected[c.key]
+            if role is None:
+                self._by_practice_id[practice_id] = c.key
             if role != c.duplicate_of:
                 c.duplicate_of = role
                 if c.key != caller:
@@ -594,11 +535,9 @@ class Engine:
             p.reconcile_error = None
         except (PmsError, SecretNotFoundError) as exc:
             p.last_error = exc
-            p.reach_error = _classify(exc)
+            p.reach_error = classify(exc)
             p.reconcile_error = p.reach_error.message
-            if isinstance(exc, SecretNotFoundError) or (
-                isinstance(exc, PmsAuthError) and exc.operation == "configure"
-            ):
+            if drops_client(exc):
                 await self._close_client(p)
         except ValueError as exc:  # e.g. an unknown PMS type: the spec needs a fix
             p.last_error = exc
@@ -627,7 +566,7 @@ class Engine:
         p.providers = tuple(providers)
         p.note_types = tuple(note_types)
         p.document_categories = tuple(categories)
-        p.checked_at = _now()
+        p.checked_at = self._clock.utcnow()
 
     def _decide(self, p: _Practice) -> Decision:
         conditions = p.decision.status.conditions if p.decision else p.previous_conditions
@@ -639,7 +578,7 @@ class Engine:
         return decide(
             p.spec,
             Observed(
-                now=_now(),
+                now=self._clock.utcnow(),
                 generation=p.generation,
                 reach_error=p.reach_error,
                 reconcile_error=p.reconcile_error,
@@ -659,18 +598,28 @@ class Engine:
 
     async def _apply_pollers(self, p: _Practice, decision: Decision) -> None:
         key = p.key
-        wanted = {str(k): v for k, v in decision.pollers.items()}
-        if p.driver is None:
-            wanted = {}
-        for kind in self.scheduler.kinds(key):
-            if kind != DRIFT and kind not in wanted:
-                await self.scheduler.stop(key, kind)
-        for kind, interval in wanted.items():
+        running = self.scheduler.kinds(key)
+        plan = plan_pollers(
+            running,
+            {str(k): v for k, v in decision.pollers.items()},
+            connected=p.driver is not None,
+            suspended=p.spec.suspend,
+            duplicate=p.duplicate_of is not None,  # a duplicate is re-checked by _elect
+            drift_interval=self.settings.drift_interval,
+        )
+        for kind in plan.stop:
+            await self.scheduler.stop(key, kind)
+        for kind, interval in plan.run.items():
             self.scheduler.ensure(key, kind, interval, self._poll_fn(p, SyncKind(kind)))
-        if p.spec.suspend or p.duplicate_of is not None:  # a duplicate is re-checked by _elect
+        if plan.drift_in is None:
             await self.scheduler.stop(key, DRIFT)
         else:
-            self.scheduler.ensure(key, DRIFT, self.settings.drift_interval, self._drift_fn(p))
+            # This reconcile just read the PMS: the next check is one whole period from now.
+            interval = self.settings.drift_interval
+            fn = self._drift_fn(p)
+            self.scheduler.ensure(key, DRIFT, interval, fn, first_delay=plan.drift_in, jitter=0.0)
+            if DRIFT in running:
+                self.scheduler.postpone(key, DRIFT, plan.drift_in)
         self._count_pollers()
 
     def _count_pollers(self) -> None:
@@ -708,8 +657,7 @@ class Engine:
         spec = p.spec
         pms = PMS_LABEL[spec.pms.type]
         cursor = self._store.get(p.key, str(kind))
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = self._clock.now()
         events: list[CloudEvent]
         op = _POLL_OPERATION[kind]
         try:
@@ -737,7 +685,7 @@ class Engine:
         # in the sink without their cursor, and the next run would send the page again.
         if events or (next_cursor and next_cursor != cursor):
             await self._uncancelled(self._commit(p, kind, events, cursor, next_cursor))
-        metrics.POLL_DURATION.labels(str(kind)).observe(loop.time() - started)
+        metrics.POLL_DURATION.labels(str(kind)).observe(self._clock.now() - started)
         return len(events)
 
     async def _commit(
@@ -776,25 +724,25 @@ class Engine:
         self, key: str, kind: str, state: PollerState, error: BaseException | None
     ) -> None:
         p = self._practices.get(key)
-        if p is None or p.removed or kind == DRIFT:
+        if p is None:
             return
-        if isinstance(error, PmsError):
-            reach = _classify(error)
-            if (
-                reach != p.reach_error
-                or state.consecutive_failures == self.settings.failure_threshold
-            ):
-                p.reach_error = reach
-                self._spawn(self._recompute(p))
-            else:
-                p.dirty = True
-        elif error is None and p.reach_error is not None and not p.recovering:
-            # The PMS answers again: reconcile fully so every condition recovers together.
+        verdict = after_poll(
+            kind=kind,
+            removed=p.removed,
+            failed=error is not None,
+            pms_error=classify(error) if isinstance(error, PmsError) else None,
+            consecutive_failures=state.consecutive_failures,
+            failure_threshold=self.settings.failure_threshold,
+            reach_error=p.reach_error,
+            recovering=p.recovering,
+        )
+        p.reach_error = verdict.reach_error
+        if verdict.action is PollAction.PUBLISH:
+            self._spawn(self._recompute(p))
+        elif verdict.action is PollAction.RECOVER:
             p.recovering = True
             self._spawn(self._recover(p))
-        elif error is not None and state.consecutive_failures == self.settings.failure_threshold:
-            self._spawn(self._recompute(p))
-        else:
+        elif verdict.action is PollAction.MARK_DIRTY:
             p.dirty = True
 
     async def _recompute(self, p: _Practice) -> None:
@@ -834,7 +782,7 @@ class Engine:
             )
         if self._on_status is None:
             return
-        p.published_at = asyncio.get_running_loop().time()
+        p.published_at = self._clock.now()
         async with p.publish_lock:
             # Always hand over the newest status: an older one may have waited on the lock.
             latest = p.decision.status if p.decision else decision.status
@@ -850,11 +798,21 @@ class Engine:
             if p.dirty and not p.removed:
                 await self._publish(p, self._decide(p), force=True)
 
-    def _dirty(self) -> list[_Practice]:
-        """Practices with an unwritten status, the longest unwritten first."""
-        dirty = [p for p in self._practices.values() if p.dirty and not p.removed]
-        dirty.sort(key=lambda p: p.published_at)
-        return dirty
+    def _counter_plan(self, qps: float) -> WritePlan:
+        """The practices with an unwritten status, ordered and batched by the status budget."""
+        return plan_counter_writes(
+            (
+                Unwritten(p.key, p.published_at)
+                for p in self._practices.values()
+                if p.dirty and not p.removed
+            ),
+            qps=qps,
+        )
+
+    def _unwritten(self, keys: Sequence[str] | WritePlan) -> list[_Practice]:
+        if isinstance(keys, WritePlan):
+            keys = keys.keys
+        return [p for k in keys if (p := self._practices.get(k)) is not None]
 
     async def _read_writebacks(self, counts: WritebackCounts) -> None:
         ids = list(self._by_practice_id)
@@ -869,25 +827,27 @@ class Engine:
         # A few status writes at a time: at thousands of practices one at a time would take
         # longer than the interval, all at once would flood the API server.
         limit = asyncio.Semaphore(16)
-        loop = asyncio.get_running_loop()
+        clock = self._clock
         while True:
-            await asyncio.sleep(self.settings.status_interval)
+            await clock.sleep(self.settings.status_interval)
             if self._writeback_counts is not None:
                 try:
                     await self._read_writebacks(self._writeback_counts)
                 except Exception:  # a failed read must not stop status writes
                     log.exception("reading the writeback counters failed")
-            dirty = self._dirty()
-            # In slices, yielding between them: recomputing thousands of statuses in one
+            # In batches, yielding between them: recomputing thousands of statuses in one
             # event-loop pass would stall every poll due meanwhile (seen as p99 lag in bench_scale).
-            # With a listener and a status_qps cap, a slice is one second's worth of writes.
+            # With a listener and a status_qps cap, a batch is one second's worth of writes.
             qps = self.settings.status_qps if self._on_status is not None else 0.0
-            step = max(1, min(FLUSH_SLICE, int(qps))) if qps > 0 else FLUSH_SLICE
-            for start in range(0, len(dirty), step):
-                began = loop.time()
+            plan = self._counter_plan(qps)
+            for batch in plan.batches:
+                began = clock.now()
                 await asyncio.gather(
-                    *(self._write_counters(p, limit) for p in dirty[start : start + step])
+                    *(self._write_counters(p, limit) for p in self._unwritten(batch))
                 )
-                await asyncio.sleep(max(0.0, step / qps - (loop.time() - began)) if qps > 0 else 0)
+                if plan.spacing > 0:
+                    await clock.sleep(max(0.0, plan.spacing - (clock.now() - began)))
+                else:
+                    await asyncio.sleep(0)  # let the polls due meanwhile run
             if self._gc is not None:
-                self._gc.check(len(self._practices), loop.time())
+                self._gc.check(len(self._practices), clock.now())

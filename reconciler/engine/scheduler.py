@@ -15,8 +15,13 @@ Timing rules:
 - `ensure()` with a new interval reschedules the same poller (no second poller): the next start
   becomes `last start + new interval` (or now, if that is already past).
 - A poller never runs twice at once; `stop()` cancels an in-flight run and waits for it.
+- `ensure(..., first_delay=, jitter=)` overrides the first delay and the jitter of one poller
+  (the engine's drift check runs exactly one period after each reconcile), and `postpone()`
+  moves a waiting poller's next run to a given delay from now.
 
-The clock is `loop.time()`; wall-clock times (for status) come from `time.time()`.
+The timing arithmetic is `reconciler.engine.decisions`'; time comes from the injected `Clock`
+(`clock.now()` for due times, `clock.utcnow()` for `lastSuccessTime`), so the scheduler runs on
+`FakeClock` in tests.
 """
 
 from __future__ import annotations
@@ -26,16 +31,26 @@ import contextlib
 import heapq
 import logging
 import random
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
+from reconciler.engine.clock import Clock, LoopClock, Timer
 from reconciler.engine.core import PollerState
+from reconciler.engine.decisions import (
+    backoff_delay,
+    first_poll_delay,
+    next_start_after_success,
+    rescheduled_due,
+)
 
 log = logging.getLogger(__name__)
 
+#: Seconds early a poller may start. A timer fires once the clock is within its resolution of
+#: the due time, so waiting again for a remainder smaller than that would wake at once, forever
+#: (a clock that moves in whole microseconds, like looptime's, showed it).
+DUE_SLACK = 1e-6
 #: A poll: returns how many events it emitted; raises to report a failure.
 PollFn = Callable[[], Awaitable[int]]
 #: Called after every run with (key, kind, state, error or None).
@@ -48,6 +63,8 @@ class _Poller:
     kind: str
     interval: float
     poll_fn: PollFn
+    #: This poller's jitter fraction (None: the scheduler's).
+    jitter: float | None = None
     version: int = 0
     due: float = 0.0
     last_start: float | None = None
@@ -93,6 +110,7 @@ class Scheduler:
         on_result: ResultListener | None = None,
         on_lag: Callable[[str, float], None] | None = None,
         rng: random.Random | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._workers = asyncio.Semaphore(workers) if workers > 0 else None
         self._jitter = jitter
@@ -102,6 +120,7 @@ class Scheduler:
         self._on_result = on_result
         self._on_lag = on_lag
         self._rng = rng or random.Random()
+        self._clock: Clock = clock or LoopClock()
         self._pollers: dict[tuple[str, str], _Poller] = {}
         # Indexes so per-practice and per-kind questions cost O(1), not O(all pollers).
         self._by_key: dict[str, dict[str, _Poller]] = {}
@@ -133,24 +152,45 @@ class Scheduler:
 
     # ----- pollers ---------------------------------------------------------------------------
 
-    def ensure(self, key: str, kind: str, interval: float, poll_fn: PollFn) -> None:
-        """Make sure exactly one poller runs `poll_fn` every `interval` seconds for (key, kind)."""
-        loop_now = asyncio.get_running_loop().time()
+    def ensure(
+        self,
+        key: str,
+        kind: str,
+        interval: float,
+        poll_fn: PollFn,
+        *,
+        first_delay: float | None = None,
+        jitter: float | None = None,
+    ) -> None:
+        """Make sure exactly one poller runs `poll_fn` every `interval` seconds for (key, kind).
+
+        A new poller first runs after `first_delay` seconds (default: jittered, see the module
+        docstring); `jitter` replaces the scheduler's jitter fraction for this poller."""
+        now = self._clock.now()
         p = self._pollers.get((key, kind))
         if p is None:
-            p = _Poller(key=key, kind=kind, interval=interval, poll_fn=poll_fn)
+            p = _Poller(key=key, kind=kind, interval=interval, poll_fn=poll_fn, jitter=jitter)
             self._pollers[(key, kind)] = p
             self._by_key.setdefault(key, {})[kind] = p
             self._per_kind[kind] = self._per_kind.get(kind, 0) + 1
-            spread = min(interval * self._first_jitter, self._max_jitter)
-            self._push(p, loop_now + self._rng.uniform(0, spread))
+            if first_delay is None:
+                u = self._rng.random()
+                first_delay = first_poll_delay(interval, self._first_jitter, self._max_jitter, u)
+            self._push(p, now + first_delay)
             return
         p.poll_fn = poll_fn
+        p.jitter = jitter
         if p.interval != interval:
             p.interval = interval
-            base = p.last_start if p.last_start is not None else loop_now
             if p.task is None:  # an in-flight run reschedules itself when it finishes
-                self._push(p, max(loop_now, base + interval))
+                self._push(p, rescheduled_due(now, p.last_start, interval))
+
+    def postpone(self, key: str, kind: str, delay: float) -> None:
+        """Move the next run of the waiting poller (key, kind) to `delay` seconds from now
+        (earlier or later). No-op when absent or running: a run reschedules itself."""
+        p = self._pollers.get((key, kind))
+        if p is not None and p.task is None:
+            self._push(p, self._clock.now() + delay)
 
     async def stop(self, key: str, kind: str) -> None:
         """Stop the poller for (key, kind), cancelling a run in flight; no-op when absent."""
@@ -203,18 +243,18 @@ class Scheduler:
             self._wake.set()
 
     async def _dispatch(self) -> None:
-        loop = asyncio.get_running_loop()
+        clock = self._clock
         while True:
             if not self._heap:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             due, _, key, kind, version = self._heap[0]
-            delay = due - loop.time()
-            if delay > 0:
+            delay = due - clock.now()
+            if delay > DUE_SLACK:
                 # A timer sets the same event a new earlier poller would: no wait_for task.
                 self._wake.clear()
-                timer = loop.call_at(due, self._wake.set)
+                timer: Timer = clock.call_later(delay, self._wake.set)
                 try:
                     await self._wake.wait()
                 finally:
@@ -229,7 +269,7 @@ class Scheduler:
                 if p.stopped or p.version != version:
                     self._workers.release()
                     continue
-            lag = loop.time() - due
+            lag = clock.now() - due
             self.stats.lags.append(lag)
             if self._on_lag is not None:
                 self._on_lag(kind, lag)
@@ -237,8 +277,8 @@ class Scheduler:
             p.task = asyncio.create_task(self._run(p), name=f"poll {key} {kind}")
 
     async def _run(self, p: _Poller) -> None:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
+        clock = self._clock
+        start = clock.now()
         p.last_start = start
         error: BaseException | None = None
         try:
@@ -261,25 +301,23 @@ class Scheduler:
         self._in_flight -= 1
         if p.stopped:
             return
-        now = loop.time()
+        now = clock.now()
         if error is None:
             p.consecutive_failures = 0
             p.last_error = None
-            p.last_success = datetime.fromtimestamp(time.time(), UTC)
+            p.last_success = clock.utcnow()
             p.events_emitted += int(emitted or 0)
-            spread = min(p.interval * self._jitter, self._max_jitter)
-            due = start + p.interval + self._rng.uniform(0, spread)
+            jitter = self._jitter if p.jitter is None else p.jitter
+            u = self._rng.random()
+            due = next_start_after_success(start, p.interval, jitter, self._max_jitter, u)
         else:
             self.stats.failures += 1
             p.consecutive_failures += 1
             p.last_error = str(error) or type(error).__name__
-            backoff = min(
-                p.interval * 2 ** (p.consecutive_failures - 1), max(p.interval, self._max_backoff)
-            )
             retry_after = getattr(error, "retry_after", None)
-            if isinstance(retry_after, int | float) and retry_after > backoff:
-                backoff = float(retry_after)
-            due = start + max(backoff, p.interval)
+            due = start + backoff_delay(
+                p.interval, p.consecutive_failures, self._max_backoff, retry_after
+            )
             log.debug(
                 "poll %s %s failed (%d in a row): %s", p.key, p.kind, p.consecutive_failures, error
             )

@@ -47,7 +47,6 @@ import re
 import secrets
 import socket
 import threading
-import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,6 +54,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypedDict
+
+from reconciler.engine.clock import Clock, LoopClock
 
 log = logging.getLogger(__name__)
 
@@ -311,17 +312,16 @@ class _Taken(Exception):
 
 class LeaderElector:
     """One candidate for one Lease (see the module docstring). `api` is a
-    `kubernetes.client.ApiClient`; `clock` a monotonic clock in seconds."""
+    `kubernetes.client.ApiClient`; `clock` the `reconciler.engine.clock.Clock` its expiry,
+    deadlines and waits are measured on (default: the running event loop's, monotonic)."""
 
-    def __init__(
-        self, api: Any, config: LeaseConfig, *, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, api: Any, config: LeaseConfig, *, clock: Clock | None = None) -> None:
         from kubernetes import client
 
         self.config = config
         self._api = api
         self._leases = client.CoordinationV1Api(api)
-        self._clock = clock
+        self._clock: Clock = clock or LoopClock()
         self._record: LeaseRecord | None = None  # the Lease as we last wrote it, while we hold it
         self._renewed_at = 0.0
         self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lease")
@@ -339,7 +339,7 @@ class LeaderElector:
     def is_leader(self) -> bool:
         """True while this candidate holds the Lease and its last renewal is within the deadline."""
         return self._record is not None and not renewal_overdue(
-            self._renewed_at, self.config.renew_deadline, self._clock()
+            self._renewed_at, self.config.renew_deadline, self._clock.now()
         )
 
     @property
@@ -356,7 +356,7 @@ class LeaderElector:
         while True:
             try:
                 record = await self._read()
-                sent = self._clock()
+                sent = self._clock.now()
                 if record is None:
                     won = await self._create(
                         next_spec(None, cfg.identity, cfg.duration_seconds, _now())
@@ -379,7 +379,7 @@ class LeaderElector:
                     )  # fmt: skip
             except _Transient as exc:
                 log.warning("lease %s: %s; retrying in %g s", self.where, exc, cfg.retry_period)
-            await asyncio.sleep(cfg.retry_period * (1 + JITTER * random.random()))
+            await self._clock.sleep(cfg.retry_period * (1 + JITTER * random.random()))
 
     async def run_renewals(self, on_lost: Callable[[str], object]) -> None:
         """Renew the held Lease every `retry_period` (counted from the acquisition or the last
@@ -393,8 +393,8 @@ class LeaderElector:
         attempted = self._renewed_at
         while True:
             # Due retry_period after the last attempt: at once when renewals start late.
-            await asyncio.sleep(max(0.0, attempted + cfg.retry_period - self._clock()))
-            now = attempted = self._clock()
+            await self._clock.sleep(max(0.0, attempted + cfg.retry_period - self._clock.now()))
+            now = attempted = self._clock.now()
             if renewal_overdue(self._renewed_at, cfg.renew_deadline, now):
                 self._lost(on_lost, f"could not renew it for {cfg.renew_deadline:g} s")
                 return
@@ -402,7 +402,7 @@ class LeaderElector:
             try:
                 self._record = await asyncio.wait_for(self._renew_once(), timeout=remaining)
                 self._renewed_at = now
-                took = self._clock() - now
+                took = self._clock.now() - now
                 if took > cfg.renew_deadline / 2:
                     log.warning("lease %s: a renewal took %.1f s", self.where, took)
             except _Taken as exc:
