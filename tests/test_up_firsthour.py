@@ -62,7 +62,8 @@ def test_a_taken_writeback_port_stops_up_with_exit_2_naming_the_port_and_the_fix
         up = run_up("--once", "practices", "--writeback-port", str(port))
         assert up.proc.wait(timeout=40) == 2, "\n".join(up.out + up.err)
     error = "\n".join(up.err)
-    assert f"127.0.0.1:{port} is in use" in error
+    assert f"--writeback-port {port}: cannot listen on 127.0.0.1:{port}" in error
+    assert "address already in use" in error
     assert "--writeback-port N" in error and "--no-writeback" in error
     assert "writeback API on" not in error, "it must not move to another port"
 

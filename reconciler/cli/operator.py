@@ -12,8 +12,9 @@ registry) are Prometheus text on --metrics-port.
 Ports: 0 means off, for every port flag and its variable, as in `pmsctl up`; `--no-writeback`
 and `--no-metrics` say the same in words.
 The writeback API (`reconciler.writeback.service`, docs/writeback.md) is served on
---writeback-port (0 or --no-writeback: off) with the bearer token from $PMSCTL_WRITEBACK_TOKEN or the file named
-by $PMSCTL_WRITEBACK_TOKEN_FILE; without one the command refuses to start (exit 2).
+--writeback-port (0 or --no-writeback: off) with the bearer token from $PMSCTL_WRITEBACK_TOKEN
+or the file named by $PMSCTL_WRITEBACK_TOKEN_FILE; without one the command refuses to start
+(exit 2).
 
 With --leader-elect (PMSCTL_LEADER_ELECT=true) the process first takes a coordination.k8s.io
 Lease (`reconciler.kube.leader`; docs/operator.md, "Leader election") and only then opens the

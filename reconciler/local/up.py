@@ -89,8 +89,9 @@ class UpOptions:
     output: OutputMode = "auto"
     scan_seconds: float = 1.0
     tick_seconds: float = 2.0
-    #: The writeback API's port on 127.0.0.1 (0: any free port; None: no writeback service).
-    #: The command line's 0 means off, as in `pmsctl operator`; tests ask for 0 here.
+    #: The writeback API's port on 127.0.0.1 (0: any free port, for callers that embed
+    #: `run_up`; None: no writeback service). `pmsctl up --writeback-port 0` arrives as None:
+    #: on the command line 0 means off, as in `pmsctl operator`.
     writeback_port: int | None = 8081
     #: Prometheus /metrics of the engine and the writeback path on 127.0.0.1 (0: not served).
     metrics_port: int = 0
@@ -295,8 +296,8 @@ def port_in_use(flag: str, port: int | None, exc: BaseException, off: str) -> Up
     """The exit-2 error for a listener that cannot bind: the port, and the ways out. A busy
     port is never swapped for another silently: scripts and curl commands name the port."""
     return UpError(
-        f"{flag} {port}: 127.0.0.1:{port} is in use ({exc}); is another pmsctl up running? "
-        f"Stop it, or pass {flag} N with a free port N, or {off}"
+        f"{flag} {port}: cannot listen on 127.0.0.1:{port} ({exc}). Is another pmsctl up "
+        f"running? Stop it, or pass {flag} N with a free port N, or {off}"
     )
 
 
