@@ -109,25 +109,34 @@ def writeback_token(made_file: Path | None = None) -> tuple[str, str]:
     return load_token(token_file=made_file), str(made_file)
 
 
+#: The attributes every LogRecord has; anything else on a record came from `extra=`.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
 class _JsonFormatter(logging.Formatter):
-    """One JSON object a line (timestamp, level, logger, message), for log collectors."""
+    """One JSON object a line (timestamp, level, logger, message, plus every field a caller
+    passed with `extra=`, as keys of their own), for log collectors."""
 
     def format(self, record: logging.LogRecord) -> str:
         import json
 
-        entry = {
+        entry: dict[str, object] = {
             "timestamp": self.formatTime(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRIBUTES and key not in entry:
+                entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+        return json.dumps(entry, default=str)
 
 
 def setup_logging(options: RuntimeOptions) -> None:
-    """Root logger at `log_level` (httpx's per-request lines at WARNING). A handler (stderr, or
+    """Root logger at `log_level`; httpx's one line per PMS request only at `debug` (at any other
+    level they would drown the lifecycle and configuration lines). A handler (stderr, or
     `log_file`; text or JSON) is added only when the root logger has none: an adapter (Kopf's
     own format) or a test harness that configured logging keeps its handlers."""
     root = logging.getLogger()
@@ -144,7 +153,11 @@ def setup_logging(options: RuntimeOptions) -> None:
         )
         root.addHandler(handler)
     root.setLevel(options.log_level.upper())
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # httpx's request lines are INFO records; httpcore's connection chatter stays off even then.
+    logging.getLogger("httpx").setLevel(
+        logging.NOTSET if options.log_level == "debug" else logging.WARNING
+    )
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
 def stop_on_signals(stop: asyncio.Event, hook: SignalHook | None = None) -> Callable[[], None]:

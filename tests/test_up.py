@@ -148,6 +148,13 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
     timing.wait_until(check, timeout, what, step=0.2)
 
 
+def free_port() -> int:
+    """A port nothing listens on now (the OS's pick): `pmsctl up`'s port flags take 0 as off."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def port_closed(url: str) -> bool:
     parts = urlsplit(url)
     try:
@@ -167,7 +174,9 @@ def test_up_reconciles_watches_edits_removals_breakage_and_stops_cleanly(
         f: yaml.safe_load((folder / f).read_text())["spec"]["practiceId"] for f in files
     }
     events = tmp_path / ".pmsctl" / "events.jsonl"
-    up = run_up("--simulate", "practices", "--tick-seconds", "1", "--writeback-port", "0")
+    up = run_up(
+        "--simulate", "practices", "--tick-seconds", "1", "--writeback-port", str(free_port())
+    )  # fmt: skip
     sim_url = up.simulator_url()
     wb_url = re.search(  # type: ignore[union-attr]
         r"(http://\S+)", up.wait_for(r"writeback API on http://", 20, stream="err")
@@ -406,11 +415,9 @@ def test_metrics_port_serves_the_engine_and_the_writeback_api_on_one_port(
     """`--metrics-port` serves the process's one registry, as `pmsctl operator` does: the
     engine's metrics and the writeback API's side by side; the port closes on a clean stop."""
     names = fast_copy(tmp_path / "practices")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     up = run_up(
-        "--simulate", "practices", "--tick-seconds", "1", "--writeback-port", "0",
+        "--simulate", "practices", "--tick-seconds", "1", "--writeback-port", str(free_port()),
         "--metrics-port", str(port),
     )  # fmt: skip
     line = up.wait_for(r"metrics on http://", 20, stream="err")

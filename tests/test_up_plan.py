@@ -447,3 +447,49 @@ def test_load_text_lists_each_missing_field_once_from_the_real_validator() -> No
         "acme.yaml:7:3: spec.pms.credentialsSecretRef: is required",
         "acme.yaml:7:3: spec.pms.url: is required",
     )
+
+
+# --- what the log says about an apply ---
+
+
+def test_config_changes_name_each_changed_field_as_pmsctl_diff_words_it() -> None:
+    from reconciler.local.plan import config_changes
+
+    assert config_changes(spec(interval="15s"), spec(interval="15s")) == []
+    (change,) = config_changes(spec(interval="15s"), spec(interval="20s"))
+    assert change["field"] == "spec.sync.appointmentStatus.interval"
+    assert "15s -> 20s" in change["message"]
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "expected"),
+    [
+        (None, "15s", [("appointmentStatus", "started", None, "15s")]),
+        ("15s", "20s", [("appointmentStatus", "rescheduled", "15s", "20s")]),
+        ("15s", "15s", []),
+    ],
+)
+def test_poller_changes_say_started_or_rescheduled_with_both_intervals(
+    before: str | None, after: str, expected: list[tuple[object, ...]]
+) -> None:
+    from reconciler.local.plan import poller_changes
+
+    old = spec(interval=before) if before is not None else None
+    got = poller_changes(old, spec(interval=after))
+    assert [(c["poller"], c["action"], c["before"], c["after"]) for c in got] == expected
+
+
+def test_a_disabled_poller_is_stopped() -> None:
+    from reconciler.local.plan import poller_changes
+
+    off = PracticeSpec.from_spec(
+        {
+            "practiceId": "p1",
+            "pms": {"type": "OpenDental", "url": "http://127.0.0.1:8830/api/v1",
+                    "credentialsSecretRef": {"name": "p1-pms"}},
+            "providerId": "7",
+            "sync": {"appointmentStatus": {"enabled": False}},
+        }
+    )  # fmt: skip
+    (change,) = [c for c in poller_changes(spec(), off) if c["poller"] == "appointmentStatus"]
+    assert (change["action"], change["before"], change["after"]) == ("stopped", "15s", None)

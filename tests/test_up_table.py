@@ -252,3 +252,11 @@ def test_not_ready_block_gives_each_reason_and_message() -> None:
         "  c: Pending",
     ]
     assert uptable.render_not_ready(rows[1:2]) == []
+
+
+def test_events_of_a_practice_removed_and_added_back_keep_counting() -> None:
+    status = {"pollers": {"patients": {"interval": "30s", "running": True, "eventsEmitted": 4}}}
+    row = uptable.row_from_status("p", "OpenDental", "1", status, earlier_events=300)
+    assert row.events == 304
+    assert uptable.table_cells(row, NOW)[-1] == "304"
+    assert uptable.row_from_status("p", "OpenDental", "1", None, earlier_events=300).events == 300

@@ -58,7 +58,7 @@ def test_list_failed_prints_a_table_with_the_reason_and_exits_1(
     assert main(["writebacks", "list", "--failed", "--db", str(db)]) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["ID", "PRACTICE", "KIND", "TYPE", "PATIENT", "STATUS", "REASON",
-                              "ATTEMPTS", "AGE"]  # fmt: skip
+                              "PMS-ID", "ATTEMPTS", "AGE"]  # fmt: skip
     assert out[1].split()[:7] == [ids["failed-1"], "p1", "note", "outgoingSms", "7", "failed",
                                   "PmsRejected"]  # fmt: skip
     assert "PatNum is invalid" in out[2]

@@ -9,9 +9,12 @@ PMSCTL_METRICS_PORT, PMSCTL_DRIFT_INTERVAL, PMSCTL_STATUS_INTERVAL, PMSCTL_WRITE
 PMSCTL_WRITEBACK_DB) so the Deployment can set them. Liveness and readiness are Kopf's probe
 endpoint (`/healthz` on --probe-port); metrics (the engine's and the writeback path's, one
 registry) are Prometheus text on --metrics-port.
+Ports: 0 means off, for every port flag and its variable, as in `pmsctl up`; `--no-writeback`
+and `--no-metrics` say the same in words.
 The writeback API (`reconciler.writeback.service`, docs/writeback.md) is served on
---writeback-port (0: off) with the bearer token from $PMSCTL_WRITEBACK_TOKEN or the file named
-by $PMSCTL_WRITEBACK_TOKEN_FILE; without one the command refuses to start (exit 2).
+--writeback-port (0 or --no-writeback: off) with the bearer token from $PMSCTL_WRITEBACK_TOKEN
+or the file named by $PMSCTL_WRITEBACK_TOKEN_FILE; without one the command refuses to start
+(exit 2).
 
 With --leader-elect (PMSCTL_LEADER_ELECT=true) the process first takes a coordination.k8s.io
 Lease (`reconciler.kube.leader`; docs/operator.md, "Leader election") and only then opens the
@@ -92,6 +95,13 @@ def register(sub: Any) -> None:
         help="Prometheus /metrics on :PORT (0: off)",
     )
     p.add_argument(
+        "--no-metrics",
+        dest="metrics_port",
+        action="store_const",
+        const=0,
+        help="serve no /metrics (same as --metrics-port 0)",
+    )
+    p.add_argument(
         "--drift-interval",
         type=float,
         default=float(_env("PMSCTL_DRIFT_INTERVAL", "30") or 30),
@@ -129,6 +139,13 @@ def register(sub: Any) -> None:
         metavar="PORT",
         help="serve the writeback API on :PORT (default 8081; 0: off). Needs a token: "
         "$PMSCTL_WRITEBACK_TOKEN or $PMSCTL_WRITEBACK_TOKEN_FILE",
+    )
+    p.add_argument(
+        "--no-writeback",
+        dest="writeback_port",
+        action="store_const",
+        const=0,
+        help="serve no writeback API (same as --writeback-port 0; needs no token)",
     )
     p.add_argument(
         "--writeback-db",

@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from reconciler.local.up import UpOptions
 
 
 def register(sub: Any) -> None:
@@ -93,26 +96,51 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--writeback-port",
-        type=int,
+        type=_port,
         default=8081,
         metavar="PORT",
-        help="serve the writeback API on 127.0.0.1:PORT (default 8081, a free port if taken; "
-        "0: any free port)",
+        help="serve the writeback API on 127.0.0.1:PORT (default 8081; 0: off, as in pmsctl "
+        "operator). A port in use stops pmsctl up (exit 2) rather than moving to another",
     )
     p.add_argument(
         "--no-writeback",
         dest="writeback_port",
         action="store_const",
-        const=None,
-        help="do not start the writeback API",
+        const=0,
+        help="do not start the writeback API (same as --writeback-port 0)",
     )
     p.add_argument(
         "--metrics-port",
-        type=int,
+        type=_port,
         default=0,
         metavar="PORT",
         help="serve Prometheus /metrics (the engine's and the writeback API's, as the operator "
         "does) on 127.0.0.1:PORT (default 0: off)",
+    )
+    p.add_argument(
+        "--no-metrics",
+        dest="metrics_port",
+        action="store_const",
+        const=0,
+        help="do not serve /metrics (the default; same as --metrics-port 0)",
+    )
+    p.add_argument(
+        "--skip-other-kinds",
+        action="store_true",
+        help="skip documents of other kinds (Secrets, ...) in the files, as pmsctl validate does",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="STATE_DIR/pmsctl.log as text lines or one JSON object a line (default text)",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="info: lifecycle, configuration changes, condition transitions; debug adds one "
+        "line per PMS request (default info)",
     )
     p.add_argument(
         "-o",
@@ -125,14 +153,11 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run `pmsctl up`; exit 0 on a clean stop, 1 for a failed --once, 2 when it cannot start."""
-    import asyncio
+def options_from_args(args: argparse.Namespace) -> UpOptions:
+    """The flags as `UpOptions` (a port of 0 on the command line: that listener is off)."""
+    from reconciler.local.up import UpOptions
 
-    from reconciler.local.errors import UpError
-    from reconciler.local.up import UpOptions, run_up
-
-    options = UpOptions(
+    return UpOptions(
         path=args.path,
         simulate=args.simulate,
         credentials=args.credentials,
@@ -143,11 +168,35 @@ def run(args: argparse.Namespace) -> int:
         once_timeout=args.timeout,
         output=args.output,
         tick_seconds=args.tick_seconds,
-        writeback_port=args.writeback_port,
+        writeback_port=args.writeback_port or None,
         metrics_port=args.metrics_port,
+        skip_other_kinds=args.skip_other_kinds,
+        log_format=args.log_format,
+        log_level=args.log_level,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `pmsctl up`; exit 0 on a clean stop, 1 for a failed --once, 2 when it cannot start
+    (a bad flag, a port in use)."""
+    import asyncio
+
+    from reconciler.local.errors import UpError
+    from reconciler.local.up import run_up
+
     try:
-        return asyncio.run(run_up(options))
+        return asyncio.run(run_up(options_from_args(args)))
     except UpError as exc:
         print(f"pmsctl up: {exc}", file=sys.stderr)
         return 2
+
+
+def _port(text: str) -> int:
+    """argparse type for a TCP port, 0..65535 (0: off)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (0..65535; 0: off)")
+    return value

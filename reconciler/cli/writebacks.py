@@ -4,8 +4,10 @@ Two ways to reach the queue:
 - `--db PATH` (default $PMSCTL_WRITEBACK_DB, else `.pmsctl/writebacks.db`): the SQLite file
   itself. Safe while a service runs on it (WAL, busy timeout); a running service picks retried
   records up on its next sweep (every 2 s).
-- `--server URL` with `--token-file F` (or $PMSCTL_WRITEBACK_TOKEN): the service's HTTP API, for
-  an operator in a cluster (e.g. through `kubectl port-forward`).
+- `--server URL` with `--token-file F` (default: $PMSCTL_WRITEBACK_TOKEN, the file named by
+  $PMSCTL_WRITEBACK_TOKEN_FILE, else `.pmsctl/writeback-token`, where `pmsctl up` keeps the one
+  it made): the service's HTTP API, for `pmsctl up` or an operator in a cluster (e.g. through
+  `kubectl port-forward`).
 
 Exit codes: 0 done; 1 `list --failed` listed failed writebacks, or `retry` found nothing to
 retry; 2 usage errors and unreachable queues.
@@ -21,6 +23,8 @@ import time
 from typing import Any
 
 STATUSES = ("pending", "sending", "sent", "skipped", "failed")
+#: The token file `pmsctl up` makes when no token is configured.
+DEFAULT_TOKEN_FILE = ".pmsctl/writeback-token"
 
 
 def register(sub: Any) -> None:
@@ -36,7 +40,8 @@ def register(sub: Any) -> None:
                        "or .pmsctl/writebacks.db)")  # fmt: skip
         q.add_argument("--server", metavar="URL", help="a running writeback service instead")
         q.add_argument("--token-file", metavar="FILE", help="bearer token for --server "
-                       "(default $PMSCTL_WRITEBACK_TOKEN)")  # fmt: skip
+                       "(default $PMSCTL_WRITEBACK_TOKEN, $PMSCTL_WRITEBACK_TOKEN_FILE, "
+                       "else .pmsctl/writeback-token as pmsctl up makes it)")  # fmt: skip
 
     ls = wsub.add_parser("list", help="list writebacks (newest last)")
     group = ls.add_mutually_exclusive_group()
@@ -83,11 +88,16 @@ def _db_path(args: argparse.Namespace) -> str:
 
 def _token(args: argparse.Namespace) -> str:
     from reconciler.writeback.errors import WritebackConfigError
-    from reconciler.writeback.service import load_token
+    from reconciler.writeback.service import TOKEN_ENV, TOKEN_FILE_ENV, load_token
 
     try:
         if args.token_file:
             return load_token(token_file=args.token_file)
+        if not (os.environ.get(TOKEN_ENV) or os.environ.get(TOKEN_FILE_ENV)) and os.path.exists(
+            DEFAULT_TOKEN_FILE
+        ):
+            # The file `pmsctl up` makes when no token is configured: what the server uses.
+            return load_token(token_file=DEFAULT_TOKEN_FILE)
         return load_token()
     except WritebackConfigError as exc:
         raise _Failure(f"--server needs a token: {exc}") from exc
@@ -177,7 +187,9 @@ def _age(created: str, now: float) -> str:
 
 def render_table(items: list[Any], *, now: float) -> str:
     """A kubectl-style table: upper-case headers, columns padded to the widest cell."""
-    headers = ("ID", "PRACTICE", "KIND", "TYPE", "PATIENT", "STATUS", "REASON", "ATTEMPTS", "AGE")
+    # PMS-ID: the note or document the PMS made, so a sent writeback can be found in the PMS.
+    headers = ("ID", "PRACTICE", "KIND", "TYPE", "PATIENT", "STATUS", "REASON", "PMS-ID",
+               "ATTEMPTS", "AGE")  # fmt: skip
     rows = [
         (
             str(i["id"]),
@@ -187,6 +199,7 @@ def render_table(items: list[Any], *, now: float) -> str:
             str(i["patientId"]),
             str(i["status"]),
             str(i.get("reason") or "<none>"),
+            str(i.get("pmsId") or "<none>"),
             str(i.get("attempts", 0)),
             _age(str(i.get("createdAt", "")), now),
         )

@@ -779,7 +779,9 @@ class Engine:
                 t.new_status,
                 t.reason,
                 t.message,
-            )
+                extra={"event": "condition.changed", "practice": p.key, "condition": t.type,
+                       "before": t.old_status, "after": t.new_status, "reason": t.reason},
+            )  # fmt: skip
         if self._on_status is None:
             return
         p.published_at = self._clock.now()

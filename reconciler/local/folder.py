@@ -17,12 +17,13 @@ from reconciler.local.plan import FileResult, LoadedPractice, practice_key
 YAML_SUFFIXES = (".yaml", ".yml")
 
 
-def load_text(text: str, path: str) -> FileResult:
-    """Validate one file's text with `reconciler.api.validate` (the checks `pmsctl validate` runs)
-    and turn its documents into practices; any problem makes the whole file not applied."""
+def load_text(text: str, path: str, skip_other_kinds: bool = False) -> FileResult:
+    """Validate one file's text with `reconciler.api.validate` (the checks `pmsctl validate` runs,
+    with its `--skip-other-kinds`) and turn its documents into practices; any problem makes the
+    whole file not applied."""
     from reconciler.api import validate
 
-    documents, problems = validate.validate_text(text, path)
+    documents, problems = validate.validate_text(text, path, skip_other_kinds=skip_other_kinds)
     if problems:
         return FileResult(path=path, problems=tuple(str(p) for p in problems))
     practices = []
@@ -62,9 +63,15 @@ class FolderWatcher:
     only when its content hash changed, so a scan of an unchanged folder costs one stat per file.
     """
 
-    def __init__(self, root: Path, load: Callable[[str, str], FileResult] = load_text) -> None:
+    def __init__(
+        self,
+        root: Path,
+        load: Callable[[str, str], FileResult] | None = None,
+        *,
+        skip_other_kinds: bool = False,
+    ) -> None:
         self.root = root
-        self._load = load
+        self._load = load or (lambda text, path: load_text(text, path, skip_other_kinds))
         self._cache: dict[str, _Cached] = {}
 
     def _display_path(self, path: Path) -> str:

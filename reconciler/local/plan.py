@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.api.spec import PracticeSpec
+from reconciler.api.spec import PracticeSpec, format_duration
 
 
 @dataclass(frozen=True)
@@ -142,3 +142,36 @@ def display_names(applied: Mapping[str, Applied]) -> dict[str, str]:
         key: entry.practice.name if counts[entry.practice.name] == 1 else key
         for key, entry in applied.items()
     }
+
+
+def config_changes(before: PracticeSpec, after: PracticeSpec) -> list[dict[str, Any]]:
+    """The fields that changed from `before` to `after`, as `pmsctl diff` words them (the review
+    package's semantic diff): [{field, before, after, message}], for the log."""
+    from reconciler.review.diff import compare_specs
+
+    return [
+        {"field": c.field, "before": c.before, "after": c.after, "message": c.message}
+        for c in compare_specs(before, after)
+    ]
+
+
+def poller_changes(before: PracticeSpec | None, after: PracticeSpec) -> list[dict[str, Any]]:
+    """Each poller whose schedule an apply changes: [{poller, action, before, after}] with action
+    `started`, `stopped` or `rescheduled` and the intervals (None: not running)."""
+    old = before.enabled_sync() if before is not None else {}
+    new = after.enabled_sync()
+    out: list[dict[str, Any]] = []
+    for kind in sorted(set(old) | set(new)):
+        b, a = old.get(kind), new.get(kind)
+        if b == a:
+            continue
+        action = "started" if b is None else "stopped" if a is None else "rescheduled"
+        out.append(
+            {
+                "poller": str(kind),
+                "action": action,
+                "before": format_duration(b) if b is not None else None,
+                "after": format_duration(a) if a is not None else None,
+            }
+        )
+    return out

@@ -47,10 +47,14 @@ class SimulatedPms:
         made = await asyncio.to_thread(self.sim.add_practice, spec.practice_id, spec.pms.type.value)
         self._creds[spec.practice_id] = (spec.pms.type.value, Credentials(dict(made)))
 
+    def base_url(self, spec: PracticeSpec) -> str:
+        """The simulator's base URL for the practice's PMS type (what the engine talks to)."""
+        return str(self.sim.base_url(PmsType(spec.pms.type).value))
+
     def override(self, spec: PracticeSpec) -> tuple[str, Credentials] | None:
         """The engine's `connection_override`: the simulator's base URL for this PMS type and the
         credentials it made up for this practice (None for a practice not registered)."""
         known = self._creds.get(spec.practice_id)
         if known is None or known[0] != spec.pms.type.value:
             return None
-        return str(self.sim.base_url(PmsType(spec.pms.type).value)), known[1]
+        return self.base_url(spec), known[1]

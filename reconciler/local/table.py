@@ -65,10 +65,13 @@ class Row:
     reason: str = "Pending"
     message: str = ""
     pollers: tuple[PollerCell, ...] = ()
+    #: Events emitted before the practice was last removed and added back (the engine's counters
+    #: start over with the practice; the events are still in the sink).
+    earlier_events: int = 0
 
     @property
     def events(self) -> int:
-        return sum(p.events for p in self.pollers)
+        return self.earlier_events + sum(p.events for p in self.pollers)
 
     def poller(self, kind: str) -> PollerCell | None:
         return next((p for p in self.pollers if p.kind == kind), None)
@@ -81,10 +84,17 @@ def _ready_condition(status: Mapping[str, Any]) -> Mapping[str, Any]:
     return {}
 
 
-def row_from_status(name: str, pms: str, provider: str, status: Mapping[str, Any] | None) -> Row:
-    """Build a row from the engine's CRD-shaped status dict (None: not reconciled yet)."""
+def row_from_status(
+    name: str,
+    pms: str,
+    provider: str,
+    status: Mapping[str, Any] | None,
+    earlier_events: int = 0,
+) -> Row:
+    """Build a row from the engine's CRD-shaped status dict (None: not reconciled yet);
+    `earlier_events` counts the events of the practice's earlier life (see `Row`)."""
     if not status:
-        return Row(name=name, pms=pms, provider=provider)
+        return Row(name=name, pms=pms, provider=provider, earlier_events=earlier_events)
     ready = _ready_condition(status)
     cells = []
     for kind, p in sorted((status.get("pollers") or {}).items()):
@@ -107,6 +117,7 @@ def row_from_status(name: str, pms: str, provider: str, status: Mapping[str, Any
         reason=str(ready.get("reason") or "Pending"),
         message=str(ready.get("message") or ""),
         pollers=tuple(cells),
+        earlier_events=earlier_events,
     )
 
 

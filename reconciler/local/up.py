@@ -7,7 +7,8 @@ cursor store, writeback API, metrics, SIGINT/SIGTERM) with what is local: `Local
 (`reconciler.local.simulated`) and settings for a handful of practices on a laptop. Then
 `LocalRunner` keeps the engine matched to the folder: scan (`reconciler.local.folder`), plan
 (`reconciler.local.plan`, pure), apply/remove, show (`reconciler.local.display`); until
-SIGINT/SIGTERM (a second one quits at once), then the runtime stops (writeback API and drainer;
+SIGINT/SIGTERM (a second one quits at once; `--once`: until every practice is Ready or failed for
+a reason waiting cannot fix), then the runtime stops (writeback API and drainer;
 engine: pollers, last statuses, clients, sink, cursor store; metrics), then the simulator, and
 `run_up` returns 0.
 
@@ -19,32 +20,57 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
-import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from errno import EACCES, EADDRINUSE
 from pathlib import Path
 from typing import Any, TextIO
 
+from reconciler.api.spec import PracticeSpec
+from reconciler.engine.core import Reason
 from reconciler.engine.engine import Engine, EngineSettings
 from reconciler.local import table as uptable
 from reconciler.local.display import Display, OutputMode
 from reconciler.local.errors import UpError
 from reconciler.local.folder import FolderWatcher
-from reconciler.local.plan import Applied, display_names, plan
+from reconciler.local.plan import Applied, config_changes, display_names, plan, poller_changes
 from reconciler.local.secrets import LocalSecrets
 from reconciler.local.simulated import SimulatedPms
 from reconciler.runtime import (
+    LogFormat,
+    LogLevel,
     Runtime,
     RuntimeOptions,
     check_sink_url,
     setup_logging,
     stop_on_signals,
     writeback_token,
+)
+
+log = logging.getLogger(__name__)
+
+#: Ready=False reasons that waiting does not fix: the file, the credentials or the PMS's
+#: catalog has to change first. `--once` stops waiting for a practice that shows one.
+PERMANENT_REASONS = frozenset(
+    {
+        Reason.SECRET_NOT_FOUND,
+        Reason.SECRET_INCOMPLETE,
+        Reason.CREDENTIALS_REJECTED,
+        Reason.PROVIDER_NOT_FOUND,
+        Reason.PROVIDER_INACTIVE,
+        Reason.NOTE_TYPE_NOT_FOUND,
+        Reason.NOTE_TYPE_HIDDEN,
+        Reason.DOCUMENT_TYPE_NOT_FOUND,
+        Reason.DOCUMENT_TYPE_HIDDEN,
+        Reason.DUPLICATE_PRACTICE_ID,
+        Reason.SUSPENDED,
+    }
 )
 
 
@@ -63,10 +89,16 @@ class UpOptions:
     output: OutputMode = "auto"
     scan_seconds: float = 1.0
     tick_seconds: float = 2.0
-    #: The writeback API's port on 127.0.0.1 (0: a free port; None: no writeback service).
+    #: The writeback API's port on 127.0.0.1 (0: any free port, for callers that embed
+    #: `run_up`; None: no writeback service). `pmsctl up --writeback-port 0` arrives as None:
+    #: on the command line 0 means off, as in `pmsctl operator`.
     writeback_port: int | None = 8081
     #: Prometheus /metrics of the engine and the writeback path on 127.0.0.1 (0: not served).
     metrics_port: int = 0
+    #: Skip documents of other kinds (Secrets next to the practices), as `pmsctl validate` does.
+    skip_other_kinds: bool = False
+    log_format: LogFormat = "text"
+    log_level: LogLevel = "info"
 
     @property
     def events_path(self) -> Path:
@@ -88,6 +120,11 @@ def _info(message: str) -> None:
     print(f"pmsctl up: {message}", file=sys.stderr, flush=True)
 
 
+def _events(status: Mapping[str, Any] | None) -> int:
+    pollers = (status or {}).get("pollers") or {}
+    return sum(int(p.get("eventsEmitted") or 0) for p in pollers.values())
+
+
 class LocalRunner:
     """Keeps the engine matched to the folder: scan, plan, apply/remove, show."""
 
@@ -105,6 +142,17 @@ class LocalRunner:
         self.applied: dict[str, Applied] = {}
         self.problems: dict[str, tuple[str, ...]] = {}
         self.files: set[str] = set()
+        #: Events a practice emitted before its file was removed: the engine forgets them with
+        #: the practice, the sink still holds them, so the EVENTS column keeps counting them.
+        self.earlier_events: dict[str, int] = {}
+
+    def _engine_spec(self, spec: PracticeSpec) -> PracticeSpec:
+        """The spec the engine runs: under `--simulate`, with the simulator's URL, so status
+        messages name the server the practice really talks to, not the file's URL."""
+        if self.sim is None:
+            return spec
+        url = self.sim.base_url(spec)
+        return dataclasses.replace(spec, pms=dataclasses.replace(spec.pms, url=url))
 
     async def sync_folder(self) -> None:
         """Scan the folder, then apply and remove so the engine runs what it says."""
@@ -116,18 +164,27 @@ class LocalRunner:
         next_applied = dict(result.applied)
         problems = {k: list(v) for k, v in result.problems.items()}
         for key in result.remove:
+            status = self.engine.status(key)
+            self.earlier_events[key] = self.earlier_events.get(key, 0) + _events(
+                status.to_dict() if status is not None else None
+            )
             await self.engine.remove(key)
+            log.info("%s: removed (its file is gone); pollers stopped", key,
+                     extra={"event": "practice.removed", "practice": key})  # fmt: skip
         for entry in result.apply:
             practice = entry.practice
+            previous = self.applied.get(practice.key)
             try:
                 if self.sim is not None:
                     await self.sim.ensure(practice.spec)
-                await self.engine.apply(practice.key, practice.spec, generation=entry.generation)
+                await self.engine.apply(
+                    practice.key, self._engine_spec(practice.spec), generation=entry.generation
+                )
+                _log_applied(previous, entry)
             except Exception as exc:  # the engine reports PMS trouble in status; this is the rest
                 problems.setdefault(practice.path, []).append(
                     f"{practice.path}: {practice.key}: not applied: {exc}"
                 )
-                previous = self.applied.get(practice.key)
                 if previous is None:
                     next_applied.pop(practice.key, None)
                 else:
@@ -144,7 +201,13 @@ class LocalRunner:
             as_dict: Mapping[str, Any] = status.to_dict() if status is not None else {}
             spec = entry.practice.spec
             rows.append(
-                uptable.row_from_status(shown[key], spec.pms.type.value, spec.provider_id, as_dict)
+                uptable.row_from_status(
+                    shown[key],
+                    spec.pms.type.value,
+                    spec.provider_id,
+                    as_dict,
+                    earlier_events=self.earlier_events.get(key, 0),
+                )
             )
             statuses[shown[key]] = as_dict
         return rows, statuses
@@ -164,30 +227,61 @@ class LocalRunner:
         return bool(rows) and all(r.ready == "True" for r in rows)
 
     def settled(self) -> bool:
-        """Every practice Ready and every running poller past its first poll (success or not)."""
+        """Nothing left to wait for: every practice is either Ready with every running poller
+        past its first poll (success or not), or not Ready for a reason waiting cannot fix."""
         rows, _ = self.rows()
-        return self.all_ready() and all(
-            p.last_success or p.consecutive_failures for r in rows for p in r.pollers if p.running
-        )
+        return bool(rows) and all(_row_settled(r) for r in rows)
 
 
-def runtime_options(options: UpOptions, mode: str, token: str | None) -> RuntimeOptions:
+def _row_settled(row: uptable.Row) -> bool:
+    if row.ready != "True":
+        return row.ready == "False" and row.reason in PERMANENT_REASONS
+    return all(p.last_success or p.consecutive_failures for p in row.pollers if p.running)
+
+
+def _log_applied(previous: Applied | None, entry: Applied) -> None:
+    """One line for the practice (added, or the fields that changed), one per poller whose
+    schedule changed; `extra` carries the same as keys for `--log-format json`."""
+    practice = entry.practice
+    key, path, gen = practice.key, practice.path, entry.generation
+    if previous is None:
+        log.info("%s: added from %s (generation %d)", key, path, gen,
+                 extra={"event": "practice.added", "practice": key, "file": path,
+                        "generation": gen})  # fmt: skip
+    else:
+        changes = config_changes(previous.practice.spec, practice.spec)
+        log.info(
+            "%s: changed in %s (generation %d): %s",
+            key,
+            path,
+            gen,
+            "; ".join(c["message"] for c in changes) or "no effective change",
+            extra={"event": "practice.changed", "practice": key, "file": path,
+                   "generation": gen, "changes": changes},
+        )  # fmt: skip
+    before = previous.practice.spec if previous is not None else None
+    for change in poller_changes(before, practice.spec):
+        old, new = change["before"], change["after"]
+        log.info("%s: poller %s %s (%s -> %s)", key, change["poller"], change["action"],
+                 old or "off", new or "off",
+                 extra={"event": f"poller.{change['action']}", "practice": key, **change})  # fmt: skip
+
+
+def runtime_options(options: UpOptions, token: str | None) -> RuntimeOptions:
     """The runtime's options for `pmsctl up`: files in the state dir, listeners on 127.0.0.1,
-    and, under the live table (`mode`), logs in STATE_DIR/pmsctl.log from INFO, where a stray
-    line would not break the in-place repaint; else warnings to stderr."""
-    table = mode == "table"
+    and the log in STATE_DIR/pmsctl.log, where it never breaks the table's in-place repaint
+    and a user finds it whatever the output mode."""
     return RuntimeOptions(
         sink_url=options.sink_url or f"file:{options.events_path}",
         state_db=options.state_dir / "state.db",
         listen_host="127.0.0.1",
-        writeback_port=(
-            free_or_zero(options.writeback_port) if options.writeback_port is not None else None
-        ),
+        writeback_port=options.writeback_port,
         writeback_token=token,
         writeback_db=options.state_dir / "writebacks.db",
         metrics_port=options.metrics_port,
-        log_level="info" if table else "warning",
-        log_file=options.state_dir / "pmsctl.log" if table else None,
+        log_format=options.log_format,
+        log_level=options.log_level,
+        log_file=options.state_dir / "pmsctl.log",
     )
 
 
@@ -198,16 +292,13 @@ def _on_signal(sig: signal.Signals, repeated: bool) -> None:
     _info("stopping (Ctrl-C again to quit at once)")
 
 
-def free_or_zero(port: int) -> int:
-    """`port` when 127.0.0.1:port can be bound now, else 0 (the OS picks a free one)."""
-    if port == 0:
-        return 0
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return 0
-    return port
+def port_in_use(flag: str, port: int | None, exc: BaseException, off: str) -> UpError:
+    """The exit-2 error for a listener that cannot bind: the port, and the ways out. A busy
+    port is never swapped for another silently: scripts and curl commands name the port."""
+    return UpError(
+        f"{flag} {port}: cannot listen on 127.0.0.1:{port} ({exc}). Is another pmsctl up "
+        f"running? Stop it, or pass {flag} N with a free port N, or {off}"
+    )
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
@@ -218,8 +309,9 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
 async def _settle_once(
     runner: LocalRunner, display: Display, stop: asyncio.Event, timeout: float
 ) -> int:
-    """`--once`: wait (bounded) for every practice to be Ready and its pollers' first polls,
-    print the table; the exit code."""
+    """`--once`: wait (bounded) until every practice is Ready with its pollers' first polls, or
+    failed for a reason waiting cannot fix; print the table (and why a practice is not Ready);
+    the exit code."""
     deadline = asyncio.get_running_loop().time() + timeout
     while runner.applied and not runner.settled() and not stop.is_set():
         if asyncio.get_running_loop().time() >= deadline:
@@ -260,10 +352,11 @@ async def run_up(options: UpOptions, out: TextIO | None = None) -> int:
             token, token_from = writeback_token(options.state_dir / "writeback-token")
     except (ValueError, WritebackConfigError) as exc:
         raise UpError(str(exc)) from None
-    settings = runtime_options(options, display.mode, token)
+    settings = runtime_options(options, token)
     if settings.log_file is not None and not logging.getLogger().handlers:
         _info(f"log in {settings.log_file}")
     setup_logging(settings)
+    sim_url_file = options.state_dir / "simulator-url"
     stop = asyncio.Event()
     release_signals = stop_on_signals(stop, _on_signal)
     code = 0
@@ -275,6 +368,9 @@ async def run_up(options: UpOptions, out: TextIO | None = None) -> int:
                     SimulatedPms.start(options.state_dir / "simulator.db", options.tick_seconds)
                 )
                 _info(f"simulator on {sim.server_url} (every practice points here)")
+                # Scripts (and the README's curl commands) find the simulator's port here.
+                sim_url_file.write_text(sim.server_url + "\n", encoding="utf-8")
+                stack.callback(sim_url_file.unlink, missing_ok=True)
             runtime = Runtime(
                 settings,
                 secrets=credentials,
@@ -286,12 +382,31 @@ async def run_up(options: UpOptions, out: TextIO | None = None) -> int:
                 f"watching {options.path}; events -> {options.sink_url or options.events_path}; "
                 f"cursors in {settings.state_db}"
             )
-            await stack.enter_async_context(runtime)  # stopped before the simulator
+            try:
+                await stack.enter_async_context(runtime)  # stopped before the simulator
+            except WritebackConfigError as exc:
+                raise port_in_use(
+                    "--writeback-port",
+                    options.writeback_port,
+                    exc.__cause__ or exc,
+                    "--no-writeback",
+                ) from None
+            except OSError as exc:
+                if not options.metrics_port or exc.errno not in (EADDRINUSE, EACCES):
+                    raise
+                raise port_in_use(  # the metrics server's bind
+                    "--metrics-port", options.metrics_port, exc, "--no-metrics"
+                ) from None
             if runtime.writeback_url is not None:
                 _info(f"writeback API on {runtime.writeback_url} (bearer token: {token_from})")
             if runtime.metrics_url is not None:
                 _info(f"metrics on {runtime.metrics_url}/metrics")
-            runner = LocalRunner(runtime.engine, FolderWatcher(options.path), display, sim)
+            log.info("started: watching %s", options.path,
+                     extra={"event": "started", "path": str(options.path),
+                            "writebackUrl": runtime.writeback_url,
+                            "simulatorUrl": sim.server_url if sim is not None else None})  # fmt: skip
+            watcher = FolderWatcher(options.path, skip_other_kinds=options.skip_other_kinds)
+            runner = LocalRunner(runtime.engine, watcher, display, sim)
             await runner.sync_folder()
             if not runner.files:
                 _info(f"no *.yaml or *.yml files in {options.path} (yet)")
@@ -301,5 +416,6 @@ async def run_up(options: UpOptions, out: TextIO | None = None) -> int:
                 await _watch(runner, stop, options.scan_seconds)
     finally:
         release_signals()
+    log.info("stopped cleanly", extra={"event": "stopped"})
     _info("stopped cleanly")
     return code
