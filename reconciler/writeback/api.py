@@ -4,7 +4,8 @@
                                                  200 the stored record, for a replayed callerId
     GET  /v1/writebacks/{id}                     200 the record
     GET  /v1/writebacks?status=failed&practiceId=&limit=&after=   200 {items, next}
-    POST /v1/writebacks/{id}/retry               200 the record, back to pending (409 if not failed)
+    POST /v1/writebacks/{id}/retry               200 the record, back to pending (409 if not failed
+                                                 or skipped for what the PMS answered)
     POST /v1/writebacks/retry?practiceId=        200 {retried: [ids]}: every failed one
     GET  /metrics, GET /healthz                  no token needed
 
@@ -33,12 +34,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reconciler.writeback import store as ops
-from reconciler.writeback.decide import Skip, decide
+from reconciler.writeback.decide import Skip, Wait, decide
 from reconciler.writeback.delivery import Drainer
 from reconciler.writeback.errors import StoreError
 from reconciler.writeback.metrics import WritebackMetrics
 from reconciler.writeback.model import (
     DEFAULT_MAX_BODY_BYTES,
+    RETRYABLE_SKIPS,
     RequestError,
     Status,
     dumps,
@@ -184,6 +186,9 @@ class WritebackApi:
             status = Status.SKIPPED
             insert = ops.Insert(req, status, t, reason=decision.reason.value,
                                 message=decision.message)  # fmt: skip
+        elif isinstance(decision, Wait):  # stored undecided: the drainer decides it later
+            status = Status.PENDING
+            insert = ops.Insert(req, status, t, message=decision.message)
         else:
             status = Status.PENDING
             insert = ops.Insert(req, status, t, target_type_id=decision.type_id,
@@ -280,7 +285,10 @@ class WritebackApi:
                 return self._unknown(wid)
             return error(
                 409, "not_failed",
-                f"writeback {wid} is {current.status.value}; only failed writebacks are retried",
+                f"writeback {wid} is {current.status.value}"
+                + (f" ({current.reason})" if current.reason else "")
+                + "; only failed writebacks, and ones skipped for what the PMS answered "
+                f"({', '.join(RETRYABLE_SKIPS)}), are retried",
             )  # fmt: skip
         self.metrics.queue_depth.inc()
         self.drainer.notify_threadsafe(record.practice_id, now=True)

@@ -64,6 +64,15 @@ class SkipReason(StrEnum):
     DOCUMENT_TYPE_UNRESOLVED = "DocumentTypeUnresolved"
 
 
+#: Skips that depend on what the PMS answered, not on the spec alone: `retry` by id puts such a
+#: record back undecided, to be decided again once the practice is checked.
+RETRYABLE_SKIPS = (
+    SkipReason.PROVIDER_NOT_VERIFIED,
+    SkipReason.NOTE_TYPE_UNRESOLVED,
+    SkipReason.DOCUMENT_TYPE_UNRESOLVED,
+)
+
+
 class FailReason(StrEnum):
     """Why a writeback ended `failed` (kept with the record; `pmsctl writebacks retry` resends)."""
 

@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 from reconciler.writeback.errors import StoreError
 from reconciler.writeback.model import (
     OPEN_STATUSES,
+    RETRYABLE_SKIPS,
     Kind,
     Status,
     WritebackRecord,
@@ -407,6 +408,31 @@ def mark_failed(
     return cur.rowcount == 1
 
 
+def resolve(
+    conn: sqlite3.Connection, writeback_id: str, type_id: str, provider_id: str, *, now: float
+) -> bool:
+    """Decide a record stored undecided (the PMS had not answered at intake): write it under this
+    note type (or category) id as this provider."""
+    cur = conn.execute(
+        "UPDATE writebacks SET target_type_id = ?, provider_id = ?, message = NULL, updated_at = ?"
+        " WHERE id = ? AND status IN (?, ?)",
+        (type_id, provider_id, now, writeback_id, *_OPEN),
+    )
+    return cur.rowcount == 1
+
+
+def mark_skipped(
+    conn: sqlite3.Connection, writeback_id: str, reason: str, message: str, *, now: float
+) -> bool:
+    """Decided at delivery not to write it (the PMS, once it answered, or the spec said no)."""
+    cur = conn.execute(
+        "UPDATE writebacks SET status = ?, reason = ?, message = ?, updated_at = ?"
+        " WHERE id = ? AND status IN (?, ?)",
+        (Status.SKIPPED.value, reason, message, now, writeback_id, *_OPEN),
+    )
+    return cur.rowcount == 1
+
+
 def defer(
     conn: sqlite3.Connection, writeback_id: str, until: float, message: str, *, now: float
 ) -> bool:
@@ -524,12 +550,15 @@ def apply_changes(conn: sqlite3.Connection, changes: Sequence[Change]) -> None:
 
 
 def retry(conn: sqlite3.Connection, writeback_id: str, *, now: float) -> WritebackRecord | None:
-    """Put a failed record back in its practice's queue (attempts start over); None if not failed."""
+    """Put a failed record back in its practice's queue (attempts start over), or a record skipped
+    for what the PMS said (`RETRYABLE_SKIPS`: it goes back undecided and is decided again against
+    the PMS); None if it is neither."""
     cur = conn.execute(
         "UPDATE writebacks SET status = ?, attempts = 0, next_attempt_at = 0, reason = NULL,"
-        " updated_at = ? WHERE id = ? AND status = ?",
-        (Status.PENDING.value, now, writeback_id, Status.FAILED.value),
-    )
+        " updated_at = ? WHERE id = ? AND (status = ? OR (status = ? AND reason IN (?, ?, ?)))",
+        (Status.PENDING.value, now, writeback_id, Status.FAILED.value, Status.SKIPPED.value,
+         *(r.value for r in RETRYABLE_SKIPS)),
+    )  # fmt: skip
     return get(conn, writeback_id) if cur.rowcount == 1 else None
 
 
