@@ -245,6 +245,8 @@ def _variants() -> list[Any]:
         {"occurredAt": "2026-11-26T09:15Z"}, {"type": "fax"}, {"extra": 1},
         {"contentType": "application/zip"}, {"filename": "a/b.pdf"}, {"contentBase64": ""},
         {"type": "outgoingSms"}, {"document": "insuranceVerification"}, {"filename": ""},
+        {"callerId": "c\x001"}, {"patientId": "\x00"}, {"text": "a\x00b"},
+        {"filename": "a\x00.pdf"}, {"callerId": "c1\n"},
     ]  # fmt: skip
     out: list[Any] = [[], "x", None, 1]
     for base in (note_ok, doc_ok):

@@ -45,8 +45,10 @@ from reconciler.writeback.model import (
     Status,
     dumps,
     is_safe_path_id,
+    is_unicode,
     parse_request,
     record_json,
+    shown,
 )
 from reconciler.writeback.store import Store
 from reconciler.writeback.target import PracticeDirectory
@@ -56,15 +58,23 @@ LAG_SAMPLE_SECONDS = 0.005  # how often the loop's lag is sampled while requests
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+#: Error messages are cut to this many characters: an error never grows with the input.
+MAX_ERROR_CHARS = 1000
+#: The largest `after` (a queue sequence number is a signed 64-bit SQLite integer).
+MAX_SEQ = 2**63 - 1
+
+
 def error(status: int, code: str, message: str, field: str | None = None) -> web.Response:
-    """A JSON error answer."""
+    """A JSON error answer, at most about `MAX_ERROR_CHARS` long whatever the request held."""
+    if len(message) > MAX_ERROR_CHARS:
+        message = message[:MAX_ERROR_CHARS] + "…"
     body: dict[str, Any] = {"code": code, "message": message}
     if field:
-        body["field"] = field
+        body["field"] = field[:MAX_ERROR_CHARS]
     headers = {"WWW-Authenticate": 'Bearer realm="pmsctl-writeback"'} if status == 401 else None
-    return web.Response(
-        status=status, text=dumps({"error": body}), content_type="application/json", headers=headers
-    )
+    # backslashreplace: a lone surrogate echoed from the request must not make the error a 500.
+    text = dumps({"error": body}).encode("utf-8", "backslashreplace")
+    return web.Response(status=status, body=text, content_type="application/json", headers=headers)
 
 
 def unread_body_error(
@@ -123,8 +133,15 @@ class WritebackApi:
         except web.HTTPException as exc:  # aiohttp's own 404/405: answer in our JSON shape
             if exc.status >= 400:
                 return error(exc.status, "not_found" if exc.status == 404 else "bad_request",
-                             f"{request.method} {request.path}: {exc.reason}")  # fmt: skip
+                             f"{request.method} {shown(request.path)}: {exc.reason}")  # fmt: skip
             raise
+        except (asyncio.CancelledError, ConnectionError):
+            raise  # the client went away: nothing to answer
+        except Exception:
+            # A bug, not the client's fault: log it once, and answer JSON without the details.
+            log.exception("writeback API: %s %s failed", request.method, shown(request.path))
+            return error(500, "internal_error", "the writeback service failed on this request; "
+                         "it is logged (nothing was accepted unless a 202 said so)")  # fmt: skip
 
     def _too_large(self) -> web.Response:
         return unread_body_error(
@@ -138,7 +155,9 @@ class WritebackApi:
         expected = f"Bearer {self.token}".encode()
 
         async def check(request: web.Request) -> web.StreamResponse:
-            given = request.headers.get("Authorization", "").encode()
+            # surrogateescape: aiohttp keeps a header's undecodable bytes as surrogates; they
+            # compare as the bytes they were (and never match), instead of failing to encode.
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
             if not hmac.compare_digest(given, expected):
                 return unread_body_error(
                     401, "unauthorized",
@@ -169,6 +188,9 @@ class WritebackApi:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             return error(400, "invalid_json", f"the body is not JSON: {exc}")
+        except RecursionError:
+            return error(400, "invalid_json", "the body is not JSON this service takes: it is "
+                         "nested too deeply (a writeback is one flat object)")  # fmt: skip
         try:
             req = parse_request(practice_id, body)
         except RequestError as exc:
@@ -177,7 +199,7 @@ class WritebackApi:
         if target is None:
             return error(
                 404, "practice_unknown",
-                f"no practice has practiceId {practice_id!r} (spec.practiceId of a "
+                f"no practice has practiceId {shown(practice_id)} (spec.practiceId of a "
                 "PracticeWriteback)", "practiceId",
             )  # fmt: skip
         decision = decide(req, target)
@@ -244,6 +266,8 @@ class WritebackApi:
     async def get(self, request: web.Request) -> web.Response:
         """One record by id."""
         wid = request.match_info["id"]
+        if not is_safe_path_id(wid):  # not an id this service makes: nothing to look up
+            return self._unknown(wid)
         record = self.store.read(lambda c: ops.get(c, wid))
         if record is None:
             return self._unknown(wid)
@@ -261,11 +285,14 @@ class WritebackApi:
         try:
             limit = int(q.get("limit", "500"))
             after = int(q.get("after", "0"))
-            if not 1 <= limit <= 5000 or after < 0:
+            if not 1 <= limit <= 5000 or not 0 <= after <= MAX_SEQ:
                 raise ValueError
         except ValueError:
-            return error(400, "invalid_query", "limit must be 1..5000 and after >= 0", "limit")
+            return error(400, "invalid_query", f"limit must be 1..5000 and after 0..{MAX_SEQ} "
+                         "(the `next` of the previous page)", "limit")  # fmt: skip
         practice_id = q.get("practiceId")
+        if practice_id is not None and not is_unicode(practice_id):
+            return error(400, "invalid_query", "practiceId is not valid Unicode", "practiceId")
         records = self.store.read(
             lambda c: ops.list_records(
                 c, statuses=statuses, practice_id=practice_id, limit=limit, after_seq=after
@@ -277,6 +304,8 @@ class WritebackApi:
     async def retry(self, request: web.Request) -> web.Response:
         """Put one failed record back in its practice's queue."""
         wid = request.match_info["id"]
+        if not is_safe_path_id(wid):
+            return self._unknown(wid)
         t = ops.now()
         record = await self.store.run(lambda c: ops.retry(c, wid, now=t))
         if record is None:
@@ -297,6 +326,8 @@ class WritebackApi:
     async def retry_all(self, request: web.Request) -> web.Response:
         """Put every failed record (of `practiceId`, or all) back in the queue."""
         practice_id = request.query.get("practiceId")
+        if practice_id is not None and not is_unicode(practice_id):
+            return error(400, "invalid_query", "practiceId is not valid Unicode", "practiceId")
         t = ops.now()
         ids = await self.store.run(lambda c: ops.retry_all(c, practice_id=practice_id, now=t))
         if ids:

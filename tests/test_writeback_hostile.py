@@ -1,0 +1,139 @@
+"""The writeback API against hostile and unlucky clients: odd bytes, huge and deep bodies.
+
+Real: the writeback service (aiohttp on loopback, the SQLite queue, the drainer), the PMS drivers
+and the PMS simulator (through `running()` of the end-to-end tests). Requests go over real
+sockets; the ones no HTTP client library would send (a raw 0xff byte in a header) are written
+byte for byte on a plain asyncio connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+from test_writeback_e2e import TOKEN, dump, note_body, running
+
+PID = "od-hostile"
+
+
+async def raw(url: str, request: bytes) -> tuple[int, bytes]:
+    """Send `request` as is; the status and body of the answer."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        return status, await reader.readexactly(length)
+    finally:
+        writer.close()
+
+
+def post_raw(path: str, body: bytes, auth: bytes = b"Bearer " + TOKEN.encode()) -> bytes:
+    return (
+        b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: " + auth + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n"
+        b"Connection: close\r\n\r\n" + body
+    )
+
+
+def note_json(**over: Any) -> bytes:
+    """A valid note body with some values replaced by raw JSON text (escapes kept as written)."""
+    body = note_body("h-1", "outgoingSms", "2")
+    text = json.dumps(body)
+    for key, raw_json in over.items():
+        text = text.replace(json.dumps(body[key]), raw_json, 1)
+    return text.encode()
+
+
+PATH = f"/v1/practices/{PID}/writebacks"
+DEEP = b"[" * 100_000 + b"]" * 100_000
+AUTH = b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+ODD: list[tuple[str, bytes, int, str | None]] = [
+    ("lone surrogate in text", post_raw(PATH, note_json(text='"hi \\ud800"')), 422, "text"),
+    ("lone surrogate in callerId", post_raw(PATH, note_json(callerId='"c-\\udfff"')), 422,
+     "callerId"),
+    ("body nested 100,000 deep", post_raw(PATH, DEEP), 400, None),
+    ("text nested 100,000 deep", post_raw(PATH, note_json(text=DEEP.decode())), 400, None),
+    ("bearer 0xff", post_raw(PATH, note_json(), auth=b"Bearer \xff"), 401, None),
+    ("after beyond 64 bits", b"GET /v1/writebacks?after=99999999999999999999999 HTTP/1.1\r\n"
+     b"Host: x\r\n" + AUTH + b"Connection: close\r\n\r\n", 400, "limit"),
+    ("surrogate in the practice path", post_raw("/v1/practices/%ED%A0%80/writebacks",
+     note_json()), 404, "practiceId"),
+    ("odd writeback id", b"GET /v1/writebacks/%ED%A0%80%00 HTTP/1.1\r\nHost: x\r\n" + AUTH
+     + b"Connection: close\r\n\r\n", 404, "id"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "request_", "status", "field"), ODD, ids=[o[0] for o in ODD])
+async def test_odd_input_gets_a_json_4xx_never_a_500_and_is_not_stored(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    case: str,
+    request_: bytes,
+    status: int,
+    field: str | None,
+) -> None:
+    async with running(tmp_path, [(PID, "OpenDental")]) as (sim, _, _, url):
+        before = dump(tmp_path / "wb.db")
+        with caplog.at_level(logging.WARNING):
+            got, body = await raw(url, request_)
+        assert got == status, body[:300]
+        answer = json.loads(body)
+        assert answer["error"]["message"]
+        assert answer["error"].get("field") == field, answer
+        assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+        assert dump(tmp_path / "wb.db") == before
+        assert not sim.notes(PID)
+
+
+HUGE = "x" * (5 * 1024 * 1024)
+OVERSIZED_OR_NUL: list[tuple[str, dict[str, Any], str, str]] = [
+    ("5 MB text", {"text": HUGE}, "text", "65536"),
+    ("5 MB type", {"type": HUGE}, "type", "is not one of"),
+    ("5 MB callerId", {"callerId": HUGE}, "callerId", "at most 200"),
+    ("5 MB unknown field", {HUGE: 1}, "", "is not a known field"),
+    ("4,000-digit patientId number", {"patientId": int("9" * 4000)}, "patientId", "not a number"),
+    ("NUL in callerId", {"callerId": "c\x001"}, "callerId", "NUL"),
+    ("NUL in patientId", {"patientId": "2\x00"}, "patientId", "NUL"),
+    ("NUL in text", {"text": "hello\x00world"}, "text", "NUL"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "change", "field", "words"), OVERSIZED_OR_NUL, ids=[o[0] for o in OVERSIZED_OR_NUL]
+)
+async def test_errors_stay_small_whatever_was_sent_and_nul_bytes_are_refused_by_name(
+    tmp_path: Path, case: str, change: dict[str, Any], field: str, words: str
+) -> None:
+    async with running(tmp_path, [(PID, "OpenDental")]) as (sim, _, _, url):
+        before = dump(tmp_path / "wb.db")
+        body = {**note_body("n-1", "outgoingSms", "2"), **change}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{url}{PATH}",
+                data=json.dumps(body),
+                headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+            ) as r,
+        ):
+            text = await r.read()
+        assert r.status == 422, text[:300]
+        assert len(text) < 2048, len(text)
+        error = json.loads(text)["error"]
+        assert error.get("field", "") == field, error
+        assert words in error["message"], error
+        assert dump(tmp_path / "wb.db") == before
+        assert not sim.notes(PID)
