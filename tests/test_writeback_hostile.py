@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
-from test_writeback_e2e import TOKEN, dump, note_body, running
+from test_writeback_e2e import TOKEN, drained, dump, note_body, post, running
 
 PID = "od-hostile"
 
@@ -137,3 +137,56 @@ async def test_errors_stay_small_whatever_was_sent_and_nul_bytes_are_refused_by_
         assert words in error["message"], error
         assert dump(tmp_path / "wb.db") == before
         assert not sim.notes(PID)
+
+
+# --- a writeback that can never be written does not get in the queue --------------------------
+
+PATIENT_IDS = [
+    ("OpenDental", "1042", True),
+    ("OpenDental", "9223372036854775807", True),
+    ("OpenDental", "9223372036854775808", False),
+    ("OpenDental", "9" * 40, False),
+    ("OpenDental", "0", False),
+    ("OpenDental", "12a", False),
+    ("OpenDental", "-5", False),
+    ("Dentrix", "DX-1042.a_b", True),
+    ("Dentrix", "9" * 40, False),
+    ("Dentrix", "a b", False),
+    ("Eaglesoft", "00000000000000000000001", True),
+    ("Eaglesoft", "x" * 65, False),
+]
+
+
+@pytest.mark.parametrize(("pms", "patient", "ok"), PATIENT_IDS)
+def test_patient_ids_are_checked_against_what_the_practices_pms_can_hold(
+    pms: str, patient: str, ok: bool
+) -> None:
+    from reconciler.api.spec import PmsType
+    from reconciler.writeback.pmsids import patient_id_problem
+
+    problem = patient_id_problem(PmsType(pms), patient)
+    assert (problem is None) == ok, problem
+    if not ok:
+        assert problem is not None and pms.replace("OpenDental", "Open Dental") in problem
+
+
+@pytest.mark.parametrize("pms", ["OpenDental", "Dentrix"])
+async def test_a_patient_id_the_pms_cannot_hold_is_a_422_and_the_next_writeback_goes_through(
+    tmp_path: Path, pms: str
+) -> None:
+    pid = f"{pms.lower()}-poison"
+    async with (
+        running(tmp_path, [(pid, pms)]) as (sim, _, service, url),
+        aiohttp.ClientSession() as http,
+    ):
+        status, answer = await post(http, url, pid, note_body("poison", "outgoingSms", "9" * 40))
+        assert status == 422, answer
+        assert answer["error"]["field"] == "patientId"
+        message = answer["error"]["message"]
+        assert "9" * 40 in message and ("PatNum" in message if pms == "OpenDental" else True)
+        status, good = await post(http, url, pid, note_body("good", "outgoingSms", "2"))
+        assert (status, good["status"]) == (202, "pending")
+        assert await drained(service.counts, pid) == {
+            "sent": 1, "skipped": 0, "pending": 0, "failed": 0,
+        }  # fmt: skip
+        assert [n["writeback_id"] for n in sim.notes(pid)] == [good["id"]]

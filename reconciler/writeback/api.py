@@ -12,7 +12,8 @@
 Every /v1 route needs `Authorization: Bearer <token>` (compared in constant time). Errors are JSON
 `{"error": {"code", "message", "field"?}}`: 400 not JSON / a bad value, 401 token, 404 unknown
 practice or id, 409 callerId reused with a different body, 413 body over the limit, 415 not
-`application/json`, 422 the body does not match the request schema, 503 the queue could not
+`application/json`, 422 the body does not match the request schema (or the patientId cannot
+exist in the practice's PMS), 503 the queue could not
 store it (retry with the same callerId). A refused request changes nothing.
 
 The intake stores the request (group commit, fsync) BEFORE answering, so a 202 survives a crash.
@@ -50,6 +51,7 @@ from reconciler.writeback.model import (
     record_json,
     shown,
 )
+from reconciler.writeback.pmsids import patient_id_problem
 from reconciler.writeback.store import Store
 from reconciler.writeback.target import PracticeDirectory
 
@@ -202,6 +204,10 @@ class WritebackApi:
                 f"no practice has practiceId {shown(practice_id)} (spec.practiceId of a "
                 "PracticeWriteback)", "practiceId",
             )  # fmt: skip
+        problem = patient_id_problem(target.spec.pms.type, req.patient_id)
+        if problem is not None:  # it could never be written: refuse it rather than queue it
+            return error(422, "invalid_request", f"patientId: {shown(req.patient_id)} {problem}",
+                         "patientId")  # fmt: skip
         decision = decide(req, target)
         t = ops.now()
         if isinstance(decision, Skip):
