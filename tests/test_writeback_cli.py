@@ -146,3 +146,43 @@ async def test_list_and_retry_through_a_running_service(
         assert "HTTP 401" in capsys.readouterr().err
     finally:
         await service.stop()
+
+
+SECRET_LINES = "first-secret-line-0123456789\nsecond-secret-line-0123456789\n"
+BAD_TOKEN_FILES: list[tuple[str, bytes, str]] = [
+    ("two lines", SECRET_LINES.encode(), "2 lines"),
+    ("a pasted Secret manifest", b"apiVersion: v1\nkind: Secret\ndata:\n  token: c2VjcmV0LXNlY3JldA==\n", "4 lines"),
+    ("a space inside", b"first-secret-line 0123456789\n", "character"),
+    ("not UTF-8", b"\xff\xfe-secret-line-0123456789\n", "UTF-8"),
+    ("a control character", b"first-secret-line\x1b0123456789\n", "character"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "content", "words"), BAD_TOKEN_FILES, ids=[b[0] for b in BAD_TOKEN_FILES]
+)
+def test_a_bad_token_file_exits_2_naming_the_file_and_never_printing_its_content(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, content: bytes, words: str
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_bytes(content)
+    # Nothing listens on port 9 (discard): the token is refused before any connection is tried.
+    for argv in (["list"], ["retry", "--all"]):
+        code = main(["writebacks", *argv, "--server", "http://127.0.0.1:9",
+                     "--token-file", str(token_file)])  # fmt: skip
+        out, err = capsys.readouterr()
+        assert code == 2, (argv, err)
+        assert str(token_file) in err and words in err, err
+        assert "Traceback" not in err
+        for secret in ("secret", "first", "second", "c2Vj", "Secret"):
+            assert secret not in out + err.replace(str(token_file), ""), (secret, err)
+
+
+def test_the_service_refuses_a_token_an_http_header_cannot_carry_without_quoting_it(
+    tmp_path: Path,
+) -> None:
+    from reconciler.writeback.errors import WritebackConfigError
+
+    with pytest.raises(WritebackConfigError) as err:
+        WritebackService(Suspended(), tmp_path / "wb.db", SECRET_LINES)
+    assert "2 lines" in str(err.value) and "secret" not in str(err.value)

@@ -82,15 +82,26 @@ def _db_path(args: argparse.Namespace) -> str:
 
 
 def _token(args: argparse.Namespace) -> str:
+    """The bearer token for --server, checked; no message ever quotes it (or the file)."""
+    from reconciler.writeback.api import token_problem
     from reconciler.writeback.errors import WritebackConfigError
-    from reconciler.writeback.service import load_token
+    from reconciler.writeback.service import TOKEN_ENV, TOKEN_FILE_ENV, load_token
 
+    source = f"${TOKEN_ENV}"
+    if args.token_file:
+        source = f"token file {args.token_file}"
+    elif not os.environ.get(TOKEN_ENV) and os.environ.get(TOKEN_FILE_ENV):
+        source = f"token file {os.environ[TOKEN_FILE_ENV]} (${TOKEN_FILE_ENV})"
     try:
-        if args.token_file:
-            return load_token(token_file=args.token_file)
-        return load_token()
+        token = load_token(token_file=args.token_file) if args.token_file else load_token()
     except WritebackConfigError as exc:
-        raise _Failure(f"--server needs a token: {exc}") from exc
+        raise _Failure(f"--server needs a token: {exc}") from None
+    except UnicodeDecodeError:  # its message would quote the file's bytes
+        raise _Failure(f"--server needs a token: {source} is not UTF-8 text") from None
+    problem = token_problem(token)
+    if problem is not None:
+        raise _Failure(f"--server needs a token: the token from {source} {problem}")
+    return token
 
 
 def _http(args: argparse.Namespace, method: str, path: str) -> Any:
@@ -114,6 +125,8 @@ def _http(args: argparse.Namespace, method: str, path: str) -> Any:
         raise _Failure(f"{method} {url}: HTTP {exc.code}: {detail}") from exc
     except (urllib.error.URLError, OSError) as exc:
         raise _Failure(f"{method} {url}: cannot reach the writeback service: {exc}") from exc
+    except ValueError as exc:  # urllib's "unknown url type" (the token was checked before)
+        raise _Failure(f"{method} {url}: --server must be an http:// or https:// URL") from exc
 
 
 # --- list ---

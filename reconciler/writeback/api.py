@@ -37,7 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from reconciler.writeback import store as ops
 from reconciler.writeback.decide import Skip, Wait, decide
 from reconciler.writeback.delivery import Drainer
-from reconciler.writeback.errors import StoreError
+from reconciler.writeback.errors import StoreError, WritebackConfigError
 from reconciler.writeback.metrics import WritebackMetrics
 from reconciler.writeback.model import (
     DEFAULT_MAX_BODY_BYTES,
@@ -64,6 +64,21 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_ERROR_CHARS = 1000
 #: The largest `after` (a queue sequence number is a signed 64-bit SQLite integer).
 MAX_SEQ = 2**63 - 1
+
+
+def token_problem(token: str) -> str | None:
+    """None for a usable bearer token, else what is wrong with it, never quoting it: one line of
+    visible ASCII (what an HTTP header can carry and every client sends unchanged)."""
+    lines = token.splitlines()
+    if len(lines) > 1:
+        return f"holds {len(lines)} lines; a token is one line (put only the token in the file)"
+    for n, char in enumerate(token, 1):
+        if not "!" <= char <= "~":
+            return (
+                f"has a character that cannot go in an HTTP header at position {n}; a token is "
+                "visible ASCII (letters, digits, punctuation) without spaces"
+            )
+    return None
 
 
 def error(status: int, code: str, message: str, field: str | None = None) -> web.Response:
@@ -105,6 +120,11 @@ class WritebackApi:
     metrics: WritebackMetrics
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     _heartbeat: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        problem = token_problem(self.token)
+        if problem is not None:
+            raise WritebackConfigError(f"the writeback token {problem}")
 
     def app(self) -> web.Application:
         """The aiohttp application (body limit = `max_body_bytes`)."""
