@@ -11,13 +11,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
+from aiohttp import web
 from test_writeback_e2e import TOKEN, drained, dump, note_body, post, running
+
+from reconciler.writeback.api import WritebackApi
+from reconciler.writeback.service import WritebackService
 
 PID = "od-hostile"
 
@@ -190,3 +196,79 @@ async def test_a_patient_id_the_pms_cannot_hold_is_a_422_and_the_next_writeback_
             "sent": 1, "skipped": 0, "pending": 0, "failed": 0,
         }  # fmt: skip
         assert [n["writeback_id"] for n in sim.notes(pid)] == [good["id"]]
+
+
+# --- slow and vanishing clients --------------------------------------------------------------
+# These use the server's real timers, set to 0.3 s, and wait for the event they cause (the
+# server closing the socket), bounded at 20 s: aiohttp's keep-alive timer and the body deadline
+# run on the loop's own clock, which a fake clock cannot drive while real sockets are involved.
+
+SHORT = 0.3
+
+
+@asynccontextmanager
+async def short_timeouts(tmp_path: Path) -> AsyncIterator[tuple[WritebackService, str]]:
+    """The service's parts, served with 0.3 s header and body timeouts on this loop."""
+    async with running(tmp_path, [(PID, "OpenDental")]) as (_, directory, service, _):
+        api = WritebackApi(store=service.store, drainer=service.drainer, directory=directory,
+                           token=TOKEN, metrics=service.metrics, header_timeout=SHORT,
+                           body_timeout=SHORT)  # fmt: skip
+        runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        try:
+            yield service, f"http://127.0.0.1:{runner.addresses[0][1]}"
+        finally:
+            await runner.cleanup()
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    return await asyncio.wait_for(reader.read(), timeout=20)
+
+
+async def test_stalled_clients_are_cut_off(tmp_path: Path) -> None:
+    body = note_json()
+    head = post_raw(PATH, body)[: -len(body)]
+    async with short_timeouts(tmp_path) as (service, url):
+        parts = urlsplit(url)
+        conns = [await asyncio.open_connection(parts.hostname, parts.port) for _ in range(60)]
+        for n, (_, writer) in enumerate(conns):
+            if n % 3 == 0:
+                writer.write(head[:20])  # headers never finished
+            elif n % 3 == 1:
+                writer.write(head + body[:10])  # a body promised and stalled
+            # else: connected, nothing sent
+        answers = await asyncio.gather(*(closed_by_server(r) for r, _ in conns))
+        for n, answer in enumerate(answers):
+            if n % 3 == 1:
+                assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
+                assert b'"request_timeout"' in answer
+            else:
+                assert answer == b"", answer[:100]
+        for _, writer in conns:
+            writer.close()
+        assert service.counts(PID) == {"sent": 0, "skipped": 0, "pending": 0, "failed": 0}
+
+
+async def test_a_client_that_vanishes_mid_body_logs_no_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = note_json()
+    head = post_raw(PATH, body)[: -len(body)]
+    async with running(tmp_path, [(PID, "OpenDental")]) as (_, _, service, url):
+        parts = urlsplit(url)
+        with caplog.at_level(logging.INFO):
+            for _ in range(5):
+                _, writer = await asyncio.open_connection(parts.hostname, parts.port)
+                writer.write(head + body[:10])
+                await writer.drain()
+                writer.transport.abort()
+            # The server sees each EOF at once; then it answers a normal request as usual.
+            async with aiohttp.ClientSession() as http:
+                status, answer = await post(http, url, PID, note_body("after", "outgoingSms", "2"))
+            assert status == 202, answer
+            await drained(service.counts, PID)
+        assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+        assert service.counts(PID)["sent"] == 1

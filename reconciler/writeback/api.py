@@ -11,10 +11,14 @@
 
 Every /v1 route needs `Authorization: Bearer <token>` (compared in constant time). Errors are JSON
 `{"error": {"code", "message", "field"?}}`: 400 not JSON / a bad value, 401 token, 404 unknown
-practice or id, 409 callerId reused with a different body, 413 body over the limit, 415 not
-`application/json`, 422 the body does not match the request schema (or the patientId cannot
-exist in the practice's PMS), 503 the queue could not
-store it (retry with the same callerId). A refused request changes nothing.
+practice or id, 408 the body did not arrive within `body_timeout` of the headers, 409 callerId
+reused with a different body, 413 body over the limit, 415 not `application/json`, 422 the body
+does not match the request schema (or the patientId cannot exist in the practice's PMS), 500 a
+bug (logged), 503 the queue could not store it (retry with the same callerId). A refused request
+changes nothing. Messages quote at most a few dozen characters of the request.
+
+Request time is bounded: `header_timeout` for the request line and headers (aiohttp's keep-alive
+timer, which trickled bytes do not extend), then `body_timeout` for the body.
 
 The intake stores the request (group commit, fsync) BEFORE answering, so a 202 survives a crash.
 """
@@ -57,6 +61,12 @@ from reconciler.writeback.target import PracticeDirectory
 
 log = logging.getLogger(__name__)
 LAG_SAMPLE_SECONDS = 0.005  # how often the loop's lag is sampled while requests arrive
+#: A connection has this long to send a request's headers (from when it opens, or from the
+#: previous answer on a kept-alive connection); then it is closed. Also the keep-alive idle limit.
+HEADER_TIMEOUT = 10.0
+#: A request's body must have arrived this long after its headers, or the answer is 408. The
+#: default lets a 10 MiB document through a 2 Mbit/s uplink.
+BODY_TIMEOUT = 60.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -119,6 +129,8 @@ class WritebackApi:
     token: str
     metrics: WritebackMetrics
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    header_timeout: float = HEADER_TIMEOUT
+    body_timeout: float = BODY_TIMEOUT
     _heartbeat: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -128,7 +140,15 @@ class WritebackApi:
 
     def app(self) -> web.Application:
         """The aiohttp application (body limit = `max_body_bytes`)."""
-        app = web.Application(client_max_size=self.max_body_bytes, middlewares=[self._errors])
+        app = web.Application(
+            client_max_size=self.max_body_bytes,
+            middlewares=[self._errors],
+            # keepalive_timeout: aiohttp closes a connection that has not sent a whole request
+            # by then (slowly trickled header bytes do not extend it). lingering_time: after an
+            # early answer (401, 408, 413) to a client still sending, read and drop the rest for
+            # at most 1 s, not aiohttp's 10 s. Set here, whoever runs the app cannot loosen them.
+            handler_args={"keepalive_timeout": self.header_timeout, "lingering_time": 1.0},
+        )
         app.router.add_post("/v1/practices/{practiceId}/writebacks", self._auth(self.post))
         app.router.add_get("/v1/writebacks", self._auth(self.list))
         app.router.add_post("/v1/writebacks/retry", self._auth(self.retry_all))
@@ -157,8 +177,10 @@ class WritebackApi:
                 return error(exc.status, "not_found" if exc.status == 404 else "bad_request",
                              f"{request.method} {shown(request.path)}: {exc.reason}")  # fmt: skip
             raise
-        except (asyncio.CancelledError, ConnectionError):
-            raise  # the client went away: nothing to answer
+        except ConnectionError:  # the client went away: nothing to answer, nothing to debug
+            log.info("writeback API: %s %s: the client closed the connection", request.method,
+                     shown(request.path))  # fmt: skip
+            return unread_body_error(400, "connection_lost", "the connection was closed")
         except Exception:
             # A bug, not the client's fault: log it once, and answer JSON without the details.
             log.exception("writeback API: %s %s failed", request.method, shown(request.path))
@@ -203,9 +225,20 @@ class WritebackApi:
                 f"Content-Type is {request.content_type or 'missing'}; send application/json",
             )  # fmt: skip
         try:
-            raw = await request.read()
+            async with asyncio.timeout(self.body_timeout):
+                raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return self._too_large()
+        except TimeoutError:
+            return unread_body_error(
+                408, "request_timeout",
+                f"the body did not arrive within {self.body_timeout:g} s of the headers; send "
+                "the request again (with the same callerId)",
+            )  # fmt: skip
+        except ConnectionError:  # the client went away mid-body: nobody to answer, no traceback
+            log.info("writeback intake for %s: the client closed the connection mid-body",
+                     shown(practice_id))  # fmt: skip
+            return unread_body_error(400, "connection_lost", "the body was cut off")
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
