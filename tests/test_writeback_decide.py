@@ -246,7 +246,8 @@ def _variants() -> list[Any]:
         {"contentType": "application/zip"}, {"filename": "a/b.pdf"}, {"contentBase64": ""},
         {"type": "outgoingSms"}, {"document": "insuranceVerification"}, {"filename": ""},
         {"callerId": "c\x001"}, {"patientId": "\x00"}, {"text": "a\x00b"},
-        {"filename": "a\x00.pdf"}, {"callerId": "c1\n"},
+        {"filename": "a\x00.pdf"}, {"callerId": "c1\n"}, {"document": {}}, {"type": []},
+        {"document": ["accountStatement"]},
     ]  # fmt: skip
     out: list[Any] = [[], "x", None, 1]
     for base in (note_ok, doc_ok):

@@ -7,7 +7,8 @@
     POST /v1/writebacks/{id}/retry               200 the record, back to pending (409 if not failed
                                                  or skipped for what the PMS answered)
     POST /v1/writebacks/retry?practiceId=        200 {retried: [ids]}: every failed one
-    GET  /metrics, GET /healthz                  no token needed
+    GET  /metrics, GET /healthz, GET /openapi.json   no token needed (the last: this API's
+                                                     OpenAPI document, docs/writeback.openapi.yaml)
 
 Every /v1 route needs `Authorization: Bearer <token>` (compared in constant time). Errors are JSON
 `{"error": {"code", "message", "field"?}}`: 400 not JSON / a bad value, 401 token, 404 unknown
@@ -45,6 +46,7 @@ from reconciler.writeback.errors import StoreError, WritebackConfigError
 from reconciler.writeback.metrics import WritebackMetrics
 from reconciler.writeback.model import (
     DEFAULT_MAX_BODY_BYTES,
+    MAX_SEQ,
     RETRYABLE_SKIPS,
     RequestError,
     Status,
@@ -55,6 +57,7 @@ from reconciler.writeback.model import (
     record_json,
     shown,
 )
+from reconciler.writeback.openapi import document
 from reconciler.writeback.pmsids import patient_id_problem
 from reconciler.writeback.store import Store
 from reconciler.writeback.target import PracticeDirectory
@@ -72,8 +75,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: Error messages are cut to this many characters: an error never grows with the input.
 MAX_ERROR_CHARS = 1000
-#: The largest `after` (a queue sequence number is a signed 64-bit SQLite integer).
-MAX_SEQ = 2**63 - 1
 
 
 def token_problem(token: str) -> str | None:
@@ -132,6 +133,7 @@ class WritebackApi:
     header_timeout: float = HEADER_TIMEOUT
     body_timeout: float = BODY_TIMEOUT
     _heartbeat: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _openapi: bytes | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         problem = token_problem(self.token)
@@ -156,6 +158,7 @@ class WritebackApi:
         app.router.add_post("/v1/writebacks/{id}/retry", self._auth(self.retry))
         app.router.add_get("/metrics", self.prometheus)
         app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/openapi.json", self.openapi)
         app.on_cleanup.append(self._stop_heartbeat)
         return app
 
@@ -409,3 +412,9 @@ class WritebackApi:
 
     async def healthz(self, request: web.Request) -> web.Response:
         return ok(200, {"ok": True})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        """This API's OpenAPI 3.1 document (`reconciler.writeback.openapi`)."""
+        if self._openapi is None:
+            self._openapi = dumps(document()).encode()
+        return web.Response(body=self._openapi, content_type="application/json")

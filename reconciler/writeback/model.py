@@ -29,6 +29,8 @@ DB_PATH_ENV = "PMSCTL_WRITEBACK_DB"
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 MAX_TEXT_CHARS = 65_536
 MAX_ID_CHARS = 200
+#: The largest queue sequence number (`after`): SQLite integers are signed 64-bit.
+MAX_SEQ = 2**63 - 1
 DOCUMENT_CONTENT_TYPES = ("application/pdf", "image/jpeg", "image/png", "image/tiff", "text/plain")
 
 
@@ -286,6 +288,7 @@ def fast_valid(body: Any) -> bool:
         filename, ctype, content = (body.get(k) for k in _FILE_FIELDS)
         return (
             "type" not in body
+            and isinstance(body["document"], str)
             and body["document"] in _DOC_TYPES
             and isinstance(filename, str)
             and 0 < len(filename) <= 255
