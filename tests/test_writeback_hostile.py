@@ -199,16 +199,16 @@ async def test_a_patient_id_the_pms_cannot_hold_is_a_422_and_the_next_writeback_
 
 
 # --- slow and vanishing clients --------------------------------------------------------------
-# These use the server's real timers, set to 0.3 s, and wait for the event they cause (the
+# These use the server's real timers, set to 1 s, and wait for the event they cause (the
 # server closing the socket), bounded at 20 s: aiohttp's keep-alive timer and the body deadline
 # run on the loop's own clock, which a fake clock cannot drive while real sockets are involved.
 
-SHORT = 0.3
+SHORT = 1.0
 
 
 @asynccontextmanager
 async def short_timeouts(tmp_path: Path) -> AsyncIterator[tuple[WritebackService, str]]:
-    """The service's parts, served with 0.3 s header and body timeouts on this loop."""
+    """The service's parts, served with 1 s header and body timeouts on this loop."""
     async with running(tmp_path, [(PID, "OpenDental")]) as (_, directory, service, _):
         api = WritebackApi(store=service.store, drainer=service.drainer, directory=directory,
                            token=TOKEN, metrics=service.metrics, header_timeout=SHORT,
@@ -233,13 +233,15 @@ async def test_stalled_clients_are_cut_off(tmp_path: Path) -> None:
     head = post_raw(PATH, body)[: -len(body)]
     async with short_timeouts(tmp_path) as (service, url):
         parts = urlsplit(url)
-        conns = [await asyncio.open_connection(parts.hostname, parts.port) for _ in range(60)]
-        for n, (_, writer) in enumerate(conns):
+        conns = []
+        for n in range(60):
+            reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
             if n % 3 == 0:
                 writer.write(head[:20])  # headers never finished
             elif n % 3 == 1:
                 writer.write(head + body[:10])  # a body promised and stalled
             # else: connected, nothing sent
+            conns.append((reader, writer))
         answers = await asyncio.gather(*(closed_by_server(r) for r, _ in conns))
         for n, answer in enumerate(answers):
             if n % 3 == 1:
