@@ -83,9 +83,9 @@ def _db_path(args: argparse.Namespace) -> str:
 
 def _token(args: argparse.Namespace) -> str:
     """The bearer token for --server, checked; no message ever quotes it (or the file)."""
-    from reconciler.writeback.api import token_problem
     from reconciler.writeback.errors import WritebackConfigError
     from reconciler.writeback.service import TOKEN_ENV, TOKEN_FILE_ENV, load_token
+    from reconciler.writeback.tokens import token_problem
 
     source = f"${TOKEN_ENV}"
     if args.token_file:

@@ -10,7 +10,8 @@
     GET  /metrics, GET /healthz, GET /openapi.json   no token needed (the last: this API's
                                                      OpenAPI document, docs/writeback.openapi.yaml)
 
-Every /v1 route needs `Authorization: Bearer <token>` (compared in constant time). Errors are JSON
+Every /v1 route needs `Authorization: Bearer <token>` (compared in constant time; a token file
+that changes is picked up, and the previous token keeps working for a while: `tokens.py`). Errors are JSON
 `{"error": {"code", "message", "field"?}}`: 400 not JSON / a bad value, 401 token, 404 unknown
 practice or id, 408 the body did not arrive within `body_timeout` of the headers, 409 callerId
 reused with a different body, 413 body over the limit, 415 not `application/json`, 422 the body
@@ -28,12 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -61,6 +63,7 @@ from reconciler.writeback.openapi import document
 from reconciler.writeback.pmsids import patient_id_problem
 from reconciler.writeback.store import Store
 from reconciler.writeback.target import PracticeDirectory
+from reconciler.writeback.tokens import TOKEN_FILE_ENV, BearerTokens, token_problem
 
 log = logging.getLogger(__name__)
 LAG_SAMPLE_SECONDS = 0.005  # how often the loop's lag is sampled while requests arrive
@@ -75,21 +78,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: Error messages are cut to this many characters: an error never grows with the input.
 MAX_ERROR_CHARS = 1000
-
-
-def token_problem(token: str) -> str | None:
-    """None for a usable bearer token, else what is wrong with it, never quoting it: one line of
-    visible ASCII (what an HTTP header can carry and every client sends unchanged)."""
-    lines = token.splitlines()
-    if len(lines) > 1:
-        return f"holds {len(lines)} lines; a token is one line (put only the token in the file)"
-    for n, char in enumerate(token, 1):
-        if not "!" <= char <= "~":
-            return (
-                f"has a character that cannot go in an HTTP header at position {n}; a token is "
-                "visible ASCII (letters, digits, punctuation) without spaces"
-            )
-    return None
 
 
 def error(status: int, code: str, message: str, field: str | None = None) -> web.Response:
@@ -135,10 +123,21 @@ class WritebackApi:
     _heartbeat: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _openapi: bytes | None = field(default=None, init=False, repr=False)
 
+    #: The file the token came from, watched for a rotated one (`BearerTokens`). None: the file
+    #: named by $PMSCTL_WRITEBACK_TOKEN_FILE when it holds `token` (a mounted Secret key).
+    token_file: str | None = None
+    tokens: BearerTokens = field(init=False, repr=False)
+
     def __post_init__(self) -> None:
         problem = token_problem(self.token)
         if problem is not None:
             raise WritebackConfigError(f"the writeback token {problem}")
+        path = self.token_file
+        if path is None and (named := os.environ.get(TOKEN_FILE_ENV)):
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                if Path(named).read_text(encoding="utf-8").strip() == self.token:
+                    path = named
+        self.tokens = BearerTokens(self.token, path=path)
 
     def app(self) -> web.Application:
         """The aiohttp application (body limit = `max_body_bytes`)."""
@@ -199,13 +198,13 @@ class WritebackApi:
         )
 
     def _auth(self, handler: Handler) -> Handler:
-        expected = f"Bearer {self.token}".encode()
+        tokens = self.tokens
 
         async def check(request: web.Request) -> web.StreamResponse:
             # surrogateescape: aiohttp keeps a header's undecodable bytes as surrogates; they
             # compare as the bytes they were (and never match), instead of failing to encode.
             given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
-            if not hmac.compare_digest(given, expected):
+            if not tokens.accepts(given):
                 return unread_body_error(
                     401, "unauthorized",
                     "missing or wrong bearer token (Authorization: Bearer <token>)",
