@@ -11,13 +11,14 @@
                                                      OpenAPI document, docs/writeback.openapi.yaml)
 
 Every /v1 route needs `Authorization: Bearer <token>` (compared in constant time; a token file
-that changes is picked up, and the previous token keeps working for a while: `tokens.py`). Errors are JSON
-`{"error": {"code", "message", "field"?}}`: 400 not JSON / a bad value, 401 token, 404 unknown
-practice or id, 408 the body did not arrive within `body_timeout` of the headers, 409 callerId
-reused with a different body, 413 body over the limit, 415 not `application/json`, 422 the body
-does not match the request schema (or the patientId cannot exist in the practice's PMS), 500 a
-bug (logged), 503 the queue could not store it (retry with the same callerId). A refused request
-changes nothing. Messages quote at most a few dozen characters of the request.
+that changes is picked up, and the previous token keeps working for a while: `tokens.py`).
+Errors are JSON `{"error": {"code", "message", "field"?}}`: 400 not JSON / a bad value, 401
+token, 404 unknown practice or id, 408 the body did not arrive within `body_timeout` of the
+headers, 409 callerId reused with a different body, 413 body over the limit, 415 not
+`application/json`, 422 the body does not match the request schema (or the patientId cannot
+exist in the practice's PMS), 500 a bug (logged), 503 the queue could not store it (retry with
+the same callerId). A refused request changes nothing. Messages quote at most a few dozen
+characters of the request.
 
 Request time is bounded: `header_timeout` for the request line and headers (aiohttp's keep-alive
 timer, which trickled bytes do not extend), then `body_timeout` for the body.
