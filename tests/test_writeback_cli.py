@@ -186,3 +186,36 @@ def test_the_service_refuses_a_token_an_http_header_cannot_carry_without_quoting
     with pytest.raises(WritebackConfigError) as err:
         WritebackService(Suspended(), tmp_path / "wb.db", SECRET_LINES)
     assert "2 lines" in str(err.value) and "secret" not in str(err.value)
+
+
+def test_retry_on_the_file_takes_a_record_skipped_for_what_the_pms_said_not_one_the_spec_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "wb.db"
+    make_queue(db)
+    conn = ops.connect(db)
+    ids = {}
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        for caller, reason in (
+            ("pms-said-no", "ProviderNotVerified"),
+            ("spec-said-no", "NotAllowed"),
+        ):
+            req = parse_request(
+                "p1",
+                {"callerId": caller, "type": "outgoingSms", "patientId": "7",
+                 "occurredAt": "2026-11-26T09:15:00Z", "text": "hi"},
+            )  # fmt: skip
+            ops.insert(conn, req, status=Status.SKIPPED, now=ops.now(), reason=reason,
+                       message="why")  # fmt: skip
+            ids[caller] = req.id
+    conn.close()
+    assert main(["writebacks", "retry", ids["pms-said-no"], "--db", str(db)]) == 0
+    assert main(["writebacks", "retry", ids["spec-said-no"], "--db", str(db)]) == 1
+    assert "is skipped (NotAllowed); only failed ones are retried" in capsys.readouterr().err
+    conn = ops.connect(db)
+    record = ops.get(conn, ids["pms-said-no"])
+    conn.close()
+    # Back in the queue undecided: the drainer decides it again against the PMS.
+    assert record is not None and record.status is Status.PENDING
+    assert record.reason is None and record.target_type_id is None

@@ -48,7 +48,10 @@ def register(sub: Any) -> None:
     where(ls)
     ls.set_defaults(func=run_list)
 
-    rt = wsub.add_parser("retry", help="put failed writebacks back in the queue")
+    rt = wsub.add_parser(
+        "retry",
+        help="put failed writebacks (or one skipped for what the PMS answered) back in the queue",
+    )
     rt.add_argument("id", nargs="?", help="the writeback id (wb-...)")
     rt.add_argument("--all", action="store_true", help="every failed writeback")
     rt.add_argument("--practice", metavar="ID", help="with --all: only this practiceId")
@@ -270,9 +273,11 @@ def _retry(args: argparse.Namespace) -> tuple[list[str], str | None]:
             current = ops.get(conn, args.id)
             if current is None:
                 return [], f"no writeback has id {args.id}"
+            why = f" ({current.reason})" if current.reason else ""
             return (
                 [],
-                f"writeback {args.id} is {current.status.value}; only failed ones are retried",
+                f"writeback {args.id} is {current.status.value}{why}; only failed ones are "
+                "retried (and ones skipped for what the PMS answered)",
             )
     finally:
         conn.close()
