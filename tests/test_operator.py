@@ -391,8 +391,13 @@ async def test_wrong_provider_unknown_note_type_and_missing_secret_say_how_to_fi
             "outgoingSms: commlog type 'SMS' not found in Open Dental; available: Appt Related, Email, "
             in c["message"]
         )
-        warnings = {e.reason for e in await env.events() if e.type == "Warning"}
-        assert {"ProviderInactive", "NoteTypeNotFound"} <= warnings
+
+        # An Event is posted beside the status write, not before it: wait for it to be listed.
+        async def warned() -> bool:
+            warnings = {e.reason for e in await env.events() if e.type == "Warning"}
+            return {"ProviderInactive", "NoteTypeNotFound"} <= warnings
+
+        await eventually(warned, 10, "the Warning Events ProviderInactive and NoteTypeNotFound")
         await env.patch(
             "bright-smiles",
             {

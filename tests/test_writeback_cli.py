@@ -146,3 +146,76 @@ async def test_list_and_retry_through_a_running_service(
         assert "HTTP 401" in capsys.readouterr().err
     finally:
         await service.stop()
+
+
+SECRET_LINES = "first-secret-line-0123456789\nsecond-secret-line-0123456789\n"
+BAD_TOKEN_FILES: list[tuple[str, bytes, str]] = [
+    ("two lines", SECRET_LINES.encode(), "2 lines"),
+    ("a pasted Secret manifest", b"apiVersion: v1\nkind: Secret\ndata:\n  token: c2VjcmV0LXNlY3JldA==\n", "4 lines"),
+    ("a space inside", b"first-secret-line 0123456789\n", "character"),
+    ("not UTF-8", b"\xff\xfe-secret-line-0123456789\n", "UTF-8"),
+    ("a control character", b"first-secret-line\x1b0123456789\n", "character"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "content", "words"), BAD_TOKEN_FILES, ids=[b[0] for b in BAD_TOKEN_FILES]
+)
+def test_a_bad_token_file_exits_2_naming_the_file_and_never_printing_its_content(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, content: bytes, words: str
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_bytes(content)
+    # Nothing listens on port 9 (discard): the token is refused before any connection is tried.
+    for argv in (["list"], ["retry", "--all"]):
+        code = main(["writebacks", *argv, "--server", "http://127.0.0.1:9",
+                     "--token-file", str(token_file)])  # fmt: skip
+        out, err = capsys.readouterr()
+        assert code == 2, (argv, err)
+        assert str(token_file) in err and words in err, err
+        assert "Traceback" not in err
+        for secret in ("secret", "first", "second", "c2Vj", "Secret"):
+            assert secret not in out + err.replace(str(token_file), ""), (secret, err)
+
+
+def test_the_service_refuses_a_token_an_http_header_cannot_carry_without_quoting_it(
+    tmp_path: Path,
+) -> None:
+    from reconciler.writeback.errors import WritebackConfigError
+
+    with pytest.raises(WritebackConfigError) as err:
+        WritebackService(Suspended(), tmp_path / "wb.db", SECRET_LINES)
+    assert "2 lines" in str(err.value) and "secret" not in str(err.value)
+
+
+def test_retry_on_the_file_takes_a_record_skipped_for_what_the_pms_said_not_one_the_spec_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "wb.db"
+    make_queue(db)
+    conn = ops.connect(db)
+    ids = {}
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        for caller, reason in (
+            ("pms-said-no", "ProviderNotVerified"),
+            ("spec-said-no", "NotAllowed"),
+        ):
+            req = parse_request(
+                "p1",
+                {"callerId": caller, "type": "outgoingSms", "patientId": "7",
+                 "occurredAt": "2026-11-26T09:15:00Z", "text": "hi"},
+            )  # fmt: skip
+            ops.insert(conn, req, status=Status.SKIPPED, now=ops.now(), reason=reason,
+                       message="why")  # fmt: skip
+            ids[caller] = req.id
+    conn.close()
+    assert main(["writebacks", "retry", ids["pms-said-no"], "--db", str(db)]) == 0
+    assert main(["writebacks", "retry", ids["spec-said-no"], "--db", str(db)]) == 1
+    assert "is skipped (NotAllowed); only failed ones are retried" in capsys.readouterr().err
+    conn = ops.connect(db)
+    record = ops.get(conn, ids["pms-said-no"])
+    conn.close()
+    # Back in the queue undecided: the drainer decides it again against the PMS.
+    assert record is not None and record.status is Status.PENDING
+    assert record.reason is None and record.target_type_id is None

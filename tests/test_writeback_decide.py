@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from reconciler.api.spec import DocumentType, PracticeSpec, WritebackType
-from reconciler.writeback.decide import Skip, Write, decide
+from reconciler.writeback.decide import Skip, Wait, Write, decide
 from reconciler.writeback.model import (
     Kind,
     RequestError,
@@ -44,11 +44,13 @@ def target(
     provider: str | None = "1",
     notes: dict[WritebackType, str] | None = None,
     docs: dict[DocumentType, str] | None = None,
+    checked: bool = True,
 ) -> WritebackTarget:
     return WritebackTarget(
         key="default/p1",
         spec=s or spec(),
         provider_id=provider,
+        checked=checked,
         note_type_ids={WritebackType.OUTGOING_SMS: "221"} if notes is None else notes,
         document_category_ids={DocumentType.INSURANCE_VERIFICATION: "305"}
         if docs is None
@@ -104,6 +106,37 @@ DECISIONS = [
     ),
     ("document, suspended", document(), target(spec(suspend=True)), SkipReason.SUSPENDED),
 ]
+
+#: A practice whose PMS has not answered since start (`checked` False: down, credentials refused).
+UNCHECKED = target(provider=None, notes={}, docs={}, checked=False)
+WAITS = [
+    ("note, PMS not read yet", note(), UNCHECKED, Wait),
+    ("document, PMS not read yet", document(), UNCHECKED, Wait),
+    ("provider known, note types not read", note(), target(notes={}, checked=False), Wait),
+    ("document categories not read", document(), target(docs={}, checked=False), Wait),
+    # What the spec alone decides does not wait for the PMS.
+    ("not allowed, PMS not read", note("incomingSms"), UNCHECKED, SkipReason.NOT_ALLOWED),
+    ("suspended, PMS not read", note(), target(spec(suspend=True), checked=False),
+     SkipReason.SUSPENDED),
+    ("no noteType, PMS not read", note("missedCall"), UNCHECKED, SkipReason.NOTE_TYPE_UNRESOLVED),
+    ("not mapped, PMS not read", document("accountStatement"), UNCHECKED, SkipReason.NOT_ALLOWED),
+    # Ids already resolved are used even before the next check.
+    ("resolved, not re-read", note(), target(checked=False), Write("221", "1")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "request_", "target_", "expected"), WAITS,
+                         ids=[w[0] for w in WAITS])  # fmt: skip
+def test_a_practice_whose_pms_has_not_answered_yet_makes_allowed_requests_wait_not_skip(
+    case: str, request_: Any, target_: WritebackTarget, expected: Any
+) -> None:
+    got = decide(request_, target_)
+    if expected is Wait:
+        assert isinstance(got, Wait) and "default/p1" in got.message
+    elif isinstance(expected, Write):
+        assert got == expected
+    else:
+        assert isinstance(got, Skip) and got.reason is expected
 
 
 @pytest.mark.parametrize(
@@ -212,6 +245,9 @@ def _variants() -> list[Any]:
         {"occurredAt": "2026-11-26T09:15Z"}, {"type": "fax"}, {"extra": 1},
         {"contentType": "application/zip"}, {"filename": "a/b.pdf"}, {"contentBase64": ""},
         {"type": "outgoingSms"}, {"document": "insuranceVerification"}, {"filename": ""},
+        {"callerId": "c\x001"}, {"patientId": "\x00"}, {"text": "a\x00b"},
+        {"filename": "a\x00.pdf"}, {"callerId": "c1\n"}, {"document": {}}, {"type": []},
+        {"document": ["accountStatement"]},
     ]  # fmt: skip
     out: list[Any] = [[], "x", None, 1]
     for base in (note_ok, doc_ok):

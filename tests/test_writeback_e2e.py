@@ -143,6 +143,7 @@ class Directory:
             key=f"default/{spec.practice_id}",
             spec=spec,
             provider_id=spec.provider_id if spec.provider_id in active else None,
+            checked=True,  # the catalogs above were read from the PMS
             note_type_ids={k: names[n] for k, n in spec.allowed_note_types().items() if n in names},
             document_category_ids={
                 k: cats[m.write_to]

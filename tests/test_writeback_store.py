@@ -252,3 +252,37 @@ async def test_grouped_state_changes_end_where_the_same_changes_one_by_one_end(
     assert (by_caller["b"].status, by_caller["b"].reason) == (Status.FAILED, "PmsRejected")
     assert (by_caller["c"].status, by_caller["c"].next_attempt_at) == (Status.PENDING, 60.0)
     assert (by_caller["d"].status, by_caller["d"].attempts) == (Status.SENDING, 1)
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+async def test_the_queue_files_are_private_to_their_owner_whatever_the_umask(
+    tmp_path: Path,
+) -> None:
+    import os
+
+    old = os.umask(0o002)  # a typical shared-group umask: files 0664, folders 0775
+    try:
+        folder = tmp_path / "state" / ".pmsctl"
+        store = Store(folder / "writebacks.db")
+        store.open()
+        try:
+            await store.run(ops.Insert(request("m1"), Status.PENDING, ops.now()))
+            assert store.read(lambda c: ops.counts(c))["pending"] == 1  # the reader made -shm too
+            files = {p.name: _mode(p) for p in folder.iterdir()}
+        finally:
+            store.close()
+        assert _mode(folder) == 0o700
+        assert files.pop("writebacks.db") == 0o600
+        assert files == {"writebacks.db-wal": 0o600, "writebacks.db-shm": 0o600}
+
+        # A file left readable by an older version (or a copy) is made private on open.
+        loose = tmp_path / "loose.db"
+        ops.connect(loose).close()
+        os.chmod(loose, 0o644)
+        ops.connect(loose).close()
+        assert _mode(loose) == 0o600
+    finally:
+        os.umask(old)

@@ -53,7 +53,10 @@ def register(sub: Any) -> None:
     where(ls)
     ls.set_defaults(func=run_list)
 
-    rt = wsub.add_parser("retry", help="put failed writebacks back in the queue")
+    rt = wsub.add_parser(
+        "retry",
+        help="put failed writebacks (or one skipped for what the PMS answered) back in the queue",
+    )
     rt.add_argument("id", nargs="?", help="the writeback id (wb-...)")
     rt.add_argument("--all", action="store_true", help="every failed writeback")
     rt.add_argument("--practice", metavar="ID", help="with --all: only this practiceId")
@@ -87,20 +90,35 @@ def _db_path(args: argparse.Namespace) -> str:
 
 
 def _token(args: argparse.Namespace) -> str:
+    """The bearer token for --server, checked; no message ever quotes it (or the file)."""
     from reconciler.writeback.errors import WritebackConfigError
     from reconciler.writeback.service import TOKEN_ENV, TOKEN_FILE_ENV, load_token
+    from reconciler.writeback.tokens import token_problem
 
+    source = f"${TOKEN_ENV}"
+    if args.token_file:
+        source = f"token file {args.token_file}"
+    elif not os.environ.get(TOKEN_ENV) and os.environ.get(TOKEN_FILE_ENV):
+        source = f"token file {os.environ[TOKEN_FILE_ENV]} (${TOKEN_FILE_ENV})"
     try:
         if args.token_file:
-            return load_token(token_file=args.token_file)
-        if not (os.environ.get(TOKEN_ENV) or os.environ.get(TOKEN_FILE_ENV)) and os.path.exists(
+            token = load_token(token_file=args.token_file)
+        elif not (os.environ.get(TOKEN_ENV) or os.environ.get(TOKEN_FILE_ENV)) and os.path.exists(
             DEFAULT_TOKEN_FILE
         ):
             # The file `pmsctl up` makes when no token is configured: what the server uses.
-            return load_token(token_file=DEFAULT_TOKEN_FILE)
-        return load_token()
+            source = f"token file {DEFAULT_TOKEN_FILE}"
+            token = load_token(token_file=DEFAULT_TOKEN_FILE)
+        else:
+            token = load_token()
     except WritebackConfigError as exc:
-        raise _Failure(f"--server needs a token: {exc}") from exc
+        raise _Failure(f"--server needs a token: {exc}") from None
+    except UnicodeDecodeError:  # its message would quote the file's bytes
+        raise _Failure(f"--server needs a token: {source} is not UTF-8 text") from None
+    problem = token_problem(token)
+    if problem is not None:
+        raise _Failure(f"--server needs a token: the token from {source} {problem}")
+    return token
 
 
 def _http(args: argparse.Namespace, method: str, path: str) -> Any:
@@ -124,6 +142,8 @@ def _http(args: argparse.Namespace, method: str, path: str) -> Any:
         raise _Failure(f"{method} {url}: HTTP {exc.code}: {detail}") from exc
     except (urllib.error.URLError, OSError) as exc:
         raise _Failure(f"{method} {url}: cannot reach the writeback service: {exc}") from exc
+    except ValueError as exc:  # urllib's "unknown url type" (the token was checked before)
+        raise _Failure(f"{method} {url}: --server must be an http:// or https:// URL") from exc
 
 
 # --- list ---
@@ -270,9 +290,11 @@ def _retry(args: argparse.Namespace) -> tuple[list[str], str | None]:
             current = ops.get(conn, args.id)
             if current is None:
                 return [], f"no writeback has id {args.id}"
+            why = f" ({current.reason})" if current.reason else ""
             return (
                 [],
-                f"writeback {args.id} is {current.status.value}; only failed ones are retried",
+                f"writeback {args.id} is {current.status.value}{why}; only failed ones are "
+                "retried (and ones skipped for what the PMS answered)",
             )
     finally:
         conn.close()

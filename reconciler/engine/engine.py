@@ -430,6 +430,7 @@ class Engine:
             key=p.key,
             spec=p.spec,
             provider_id=d.provider_id,
+            checked=d.status.checked_at is not None,
             note_type_ids=dict(d.note_type_ids),
             document_category_ids=dict(d.document_category_ids),
             driver=p.driver,

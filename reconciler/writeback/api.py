@@ -4,15 +4,24 @@
                                                  200 the stored record, for a replayed callerId
     GET  /v1/writebacks/{id}                     200 the record
     GET  /v1/writebacks?status=failed&practiceId=&limit=&after=   200 {items, next}
-    POST /v1/writebacks/{id}/retry               200 the record, back to pending (409 if not failed)
+    POST /v1/writebacks/{id}/retry               200 the record, back to pending (409 if not failed
+                                                 or skipped for what the PMS answered)
     POST /v1/writebacks/retry?practiceId=        200 {retried: [ids]}: every failed one
-    GET  /metrics, GET /healthz                  no token needed
+    GET  /metrics, GET /healthz, GET /openapi.json   no token needed (the last: this API's
+                                                     OpenAPI document, docs/writeback.openapi.yaml)
 
-Every /v1 route needs `Authorization: Bearer <token>` (compared in constant time). Errors are JSON
-`{"error": {"code", "message", "field"?}}`: 400 not JSON / a bad value, 401 token, 404 unknown
-practice or id, 409 callerId reused with a different body, 413 body over the limit, 415 not
-`application/json`, 422 the body does not match the request schema, 503 the queue could not
-store it (retry with the same callerId). A refused request changes nothing.
+Every /v1 route needs `Authorization: Bearer <token>` (compared in constant time; a token file
+that changes is picked up, and the previous token keeps working for a while: `tokens.py`).
+Errors are JSON `{"error": {"code", "message", "field"?}}`: 400 not JSON / a bad value, 401
+token, 404 unknown practice or id, 408 the body did not arrive within `body_timeout` of the
+headers, 409 callerId reused with a different body, 413 body over the limit, 415 not
+`application/json`, 422 the body does not match the request schema (or the patientId cannot
+exist in the practice's PMS), 500 a bug (logged), 503 the queue could not store it (retry with
+the same callerId). A refused request changes nothing. Messages quote at most a few dozen
+characters of the request.
+
+Request time is bounded: `header_timeout` for the request line and headers (aiohttp's keep-alive
+timer, which trickled bytes do not extend), then `body_timeout` for the body.
 
 The intake stores the request (group commit, fsync) BEFORE answering, so a 202 survives a crash.
 """
@@ -21,48 +30,68 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reconciler.writeback import store as ops
-from reconciler.writeback.decide import Skip, decide
+from reconciler.writeback.decide import Skip, Wait, decide
 from reconciler.writeback.delivery import Drainer
-from reconciler.writeback.errors import StoreError
+from reconciler.writeback.errors import StoreError, WritebackConfigError
 from reconciler.writeback.metrics import WritebackMetrics
 from reconciler.writeback.model import (
     DEFAULT_MAX_BODY_BYTES,
+    MAX_SEQ,
+    RETRYABLE_SKIPS,
     RequestError,
     Status,
     dumps,
     is_safe_path_id,
+    is_unicode,
     parse_request,
     record_json,
+    shown,
 )
+from reconciler.writeback.openapi import document
+from reconciler.writeback.pmsids import patient_id_problem
 from reconciler.writeback.store import Store
 from reconciler.writeback.target import PracticeDirectory
+from reconciler.writeback.tokens import TOKEN_FILE_ENV, BearerTokens, token_problem
 
 log = logging.getLogger(__name__)
 LAG_SAMPLE_SECONDS = 0.005  # how often the loop's lag is sampled while requests arrive
+#: A connection has this long to send a request's headers (from when it opens, or from the
+#: previous answer on a kept-alive connection); then it is closed. Also the keep-alive idle limit.
+HEADER_TIMEOUT = 10.0
+#: A request's body must have arrived this long after its headers, or the answer is 408. The
+#: default lets a 10 MiB document through a 2 Mbit/s uplink.
+BODY_TIMEOUT = 60.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+#: Error messages are cut to this many characters: an error never grows with the input.
+MAX_ERROR_CHARS = 1000
+
+
 def error(status: int, code: str, message: str, field: str | None = None) -> web.Response:
-    """A JSON error answer."""
+    """A JSON error answer, at most about `MAX_ERROR_CHARS` long whatever the request held."""
+    if len(message) > MAX_ERROR_CHARS:
+        message = message[:MAX_ERROR_CHARS] + "…"
     body: dict[str, Any] = {"code": code, "message": message}
     if field:
-        body["field"] = field
+        body["field"] = field[:MAX_ERROR_CHARS]
     headers = {"WWW-Authenticate": 'Bearer realm="pmsctl-writeback"'} if status == 401 else None
-    return web.Response(
-        status=status, text=dumps({"error": body}), content_type="application/json", headers=headers
-    )
+    # backslashreplace: a lone surrogate echoed from the request must not make the error a 500.
+    text = dumps({"error": body}).encode("utf-8", "backslashreplace")
+    return web.Response(status=status, body=text, content_type="application/json", headers=headers)
 
 
 def unread_body_error(
@@ -90,11 +119,38 @@ class WritebackApi:
     token: str
     metrics: WritebackMetrics
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    header_timeout: float = HEADER_TIMEOUT
+    body_timeout: float = BODY_TIMEOUT
     _heartbeat: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _openapi: bytes | None = field(default=None, init=False, repr=False)
+
+    #: The file the token came from, watched for a rotated one (`BearerTokens`). None: the file
+    #: named by $PMSCTL_WRITEBACK_TOKEN_FILE when it holds `token` (a mounted Secret key).
+    token_file: str | None = None
+    tokens: BearerTokens = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        problem = token_problem(self.token)
+        if problem is not None:
+            raise WritebackConfigError(f"the writeback token {problem}")
+        path = self.token_file
+        if path is None and (named := os.environ.get(TOKEN_FILE_ENV)):
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                if Path(named).read_text(encoding="utf-8").strip() == self.token:
+                    path = named
+        self.tokens = BearerTokens(self.token, path=path)
 
     def app(self) -> web.Application:
         """The aiohttp application (body limit = `max_body_bytes`)."""
-        app = web.Application(client_max_size=self.max_body_bytes, middlewares=[self._errors])
+        app = web.Application(
+            client_max_size=self.max_body_bytes,
+            middlewares=[self._errors],
+            # keepalive_timeout: aiohttp closes a connection that has not sent a whole request
+            # by then (slowly trickled header bytes do not extend it). lingering_time: after an
+            # early answer (401, 408, 413) to a client still sending, read and drop the rest for
+            # at most 1 s, not aiohttp's 10 s. Set here, whoever runs the app cannot loosen them.
+            handler_args={"keepalive_timeout": self.header_timeout, "lingering_time": 1.0},
+        )
         app.router.add_post("/v1/practices/{practiceId}/writebacks", self._auth(self.post))
         app.router.add_get("/v1/writebacks", self._auth(self.list))
         app.router.add_post("/v1/writebacks/retry", self._auth(self.retry_all))
@@ -102,6 +158,7 @@ class WritebackApi:
         app.router.add_post("/v1/writebacks/{id}/retry", self._auth(self.retry))
         app.router.add_get("/metrics", self.prometheus)
         app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/openapi.json", self.openapi)
         app.on_cleanup.append(self._stop_heartbeat)
         return app
 
@@ -121,8 +178,17 @@ class WritebackApi:
         except web.HTTPException as exc:  # aiohttp's own 404/405: answer in our JSON shape
             if exc.status >= 400:
                 return error(exc.status, "not_found" if exc.status == 404 else "bad_request",
-                             f"{request.method} {request.path}: {exc.reason}")  # fmt: skip
+                             f"{request.method} {shown(request.path)}: {exc.reason}")  # fmt: skip
             raise
+        except ConnectionError:  # the client went away: nothing to answer, nothing to debug
+            log.info("writeback API: %s %s: the client closed the connection", request.method,
+                     shown(request.path))  # fmt: skip
+            return unread_body_error(400, "connection_lost", "the connection was closed")
+        except Exception:
+            # A bug, not the client's fault: log it once, and answer JSON without the details.
+            log.exception("writeback API: %s %s failed", request.method, shown(request.path))
+            return error(500, "internal_error", "the writeback service failed on this request; "
+                         "it is logged (nothing was accepted unless a 202 said so)")  # fmt: skip
 
     def _too_large(self) -> web.Response:
         return unread_body_error(
@@ -133,11 +199,13 @@ class WritebackApi:
         )
 
     def _auth(self, handler: Handler) -> Handler:
-        expected = f"Bearer {self.token}".encode()
+        tokens = self.tokens
 
         async def check(request: web.Request) -> web.StreamResponse:
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
+            # surrogateescape: aiohttp keeps a header's undecodable bytes as surrogates; they
+            # compare as the bytes they were (and never match), instead of failing to encode.
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+            if not tokens.accepts(given):
                 return unread_body_error(
                     401, "unauthorized",
                     "missing or wrong bearer token (Authorization: Bearer <token>)",
@@ -160,13 +228,27 @@ class WritebackApi:
                 f"Content-Type is {request.content_type or 'missing'}; send application/json",
             )  # fmt: skip
         try:
-            raw = await request.read()
+            async with asyncio.timeout(self.body_timeout):
+                raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return self._too_large()
+        except TimeoutError:
+            return unread_body_error(
+                408, "request_timeout",
+                f"the body did not arrive within {self.body_timeout:g} s of the headers; send "
+                "the request again (with the same callerId)",
+            )  # fmt: skip
+        except ConnectionError:  # the client went away mid-body: nobody to answer, no traceback
+            log.info("writeback intake for %s: the client closed the connection mid-body",
+                     shown(practice_id))  # fmt: skip
+            return unread_body_error(400, "connection_lost", "the body was cut off")
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             return error(400, "invalid_json", f"the body is not JSON: {exc}")
+        except RecursionError:
+            return error(400, "invalid_json", "the body is not JSON this service takes: it is "
+                         "nested too deeply (a writeback is one flat object)")  # fmt: skip
         try:
             req = parse_request(practice_id, body)
         except RequestError as exc:
@@ -175,15 +257,22 @@ class WritebackApi:
         if target is None:
             return error(
                 404, "practice_unknown",
-                f"no practice has practiceId {practice_id!r} (spec.practiceId of a "
+                f"no practice has practiceId {shown(practice_id)} (spec.practiceId of a "
                 "PracticeWriteback)", "practiceId",
             )  # fmt: skip
+        problem = patient_id_problem(target.spec.pms.type, req.patient_id)
+        if problem is not None:  # it could never be written: refuse it rather than queue it
+            return error(422, "invalid_request", f"patientId: {shown(req.patient_id)} {problem}",
+                         "patientId")  # fmt: skip
         decision = decide(req, target)
         t = ops.now()
         if isinstance(decision, Skip):
             status = Status.SKIPPED
             insert = ops.Insert(req, status, t, reason=decision.reason.value,
                                 message=decision.message)  # fmt: skip
+        elif isinstance(decision, Wait):  # stored undecided: the drainer decides it later
+            status = Status.PENDING
+            insert = ops.Insert(req, status, t, message=decision.message)
         else:
             status = Status.PENDING
             insert = ops.Insert(req, status, t, target_type_id=decision.type_id,
@@ -239,6 +328,8 @@ class WritebackApi:
     async def get(self, request: web.Request) -> web.Response:
         """One record by id."""
         wid = request.match_info["id"]
+        if not is_safe_path_id(wid):  # not an id this service makes: nothing to look up
+            return self._unknown(wid)
         record = self.store.read(lambda c: ops.get(c, wid))
         if record is None:
             return self._unknown(wid)
@@ -256,11 +347,14 @@ class WritebackApi:
         try:
             limit = int(q.get("limit", "500"))
             after = int(q.get("after", "0"))
-            if not 1 <= limit <= 5000 or after < 0:
+            if not 1 <= limit <= 5000 or not 0 <= after <= MAX_SEQ:
                 raise ValueError
         except ValueError:
-            return error(400, "invalid_query", "limit must be 1..5000 and after >= 0", "limit")
+            return error(400, "invalid_query", f"limit must be 1..5000 and after 0..{MAX_SEQ} "
+                         "(the `next` of the previous page)", "limit")  # fmt: skip
         practice_id = q.get("practiceId")
+        if practice_id is not None and not is_unicode(practice_id):
+            return error(400, "invalid_query", "practiceId is not valid Unicode", "practiceId")
         records = self.store.read(
             lambda c: ops.list_records(
                 c, statuses=statuses, practice_id=practice_id, limit=limit, after_seq=after
@@ -272,6 +366,8 @@ class WritebackApi:
     async def retry(self, request: web.Request) -> web.Response:
         """Put one failed record back in its practice's queue."""
         wid = request.match_info["id"]
+        if not is_safe_path_id(wid):
+            return self._unknown(wid)
         t = ops.now()
         record = await self.store.run(lambda c: ops.retry(c, wid, now=t))
         if record is None:
@@ -280,7 +376,10 @@ class WritebackApi:
                 return self._unknown(wid)
             return error(
                 409, "not_failed",
-                f"writeback {wid} is {current.status.value}; only failed writebacks are retried",
+                f"writeback {wid} is {current.status.value}"
+                + (f" ({current.reason})" if current.reason else "")
+                + "; only failed writebacks, and ones skipped for what the PMS answered "
+                f"({', '.join(RETRYABLE_SKIPS)}), are retried",
             )  # fmt: skip
         self.metrics.queue_depth.inc()
         self.drainer.notify_threadsafe(record.practice_id, now=True)
@@ -289,6 +388,8 @@ class WritebackApi:
     async def retry_all(self, request: web.Request) -> web.Response:
         """Put every failed record (of `practiceId`, or all) back in the queue."""
         practice_id = request.query.get("practiceId")
+        if practice_id is not None and not is_unicode(practice_id):
+            return error(400, "invalid_query", "practiceId is not valid Unicode", "practiceId")
         t = ops.now()
         ids = await self.store.run(lambda c: ops.retry_all(c, practice_id=practice_id, now=t))
         if ids:
@@ -311,3 +412,9 @@ class WritebackApi:
 
     async def healthz(self, request: web.Request) -> web.Response:
         return ok(200, {"ok": True})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        """This API's OpenAPI 3.1 document (`reconciler.writeback.openapi`)."""
+        if self._openapi is None:
+            self._openapi = dumps(document()).encode()
+        return web.Response(body=self._openapi, content_type="application/json")

@@ -1,4 +1,4 @@
-"""The writeback decision: given a request and the practice's current target, write or skip.
+"""The writeback decision: given a request and the practice's current target, write, skip or wait.
 
 Pure: a function over plain values, tested with tables (`tests/test_writeback_decide.py`). The
 checks run in this order, and the first that fails names the skip reason:
@@ -8,6 +8,11 @@ checks run in this order, and the first that fails names the skip reason:
 
 An allowed and resolved request becomes `Write(type_id, provider_id)`: the resolved PMS note type
 id (or document category id) and the verified provider.
+
+Only the spec or an answer from the PMS skips a request. When the PMS has not been read yet
+(`WritebackTarget.checked` is False: it is down, or refuses the credentials, since the process
+started) a request the spec allows becomes `Wait`: it is stored `pending` without a type id, and
+the drainer decides it again once the practice has been checked.
 """
 
 from __future__ import annotations
@@ -35,7 +40,14 @@ class Skip:
     message: str
 
 
-Decision = Write | Skip
+@dataclass(frozen=True)
+class Wait:
+    """Not decidable yet: the PMS has not answered since start. Keep it pending, decide later."""
+
+    message: str
+
+
+Decision = Write | Skip | Wait
 
 
 def decide(request: WritebackRequest, target: WritebackTarget | None) -> Decision:
@@ -69,6 +81,8 @@ def _decide_note(kind: WritebackType, target: WritebackTarget) -> Decision:
         return _provider_skip(target)
     type_id = target.note_type_ids.get(kind)
     if type_id is None:
+        if not target.checked:
+            return _wait(target)
         return Skip(
             SkipReason.NOTE_TYPE_UNRESOLVED,
             f"note type {setting.note_type!r} (spec.writeback.{kind.value}.noteType) is not "
@@ -88,6 +102,8 @@ def _decide_document(kind: DocumentType, target: WritebackTarget) -> Decision:
         return _provider_skip(target)
     category_id = target.document_category_ids.get(kind)
     if category_id is None:
+        if not target.checked:
+            return _wait(target)
         return Skip(
             SkipReason.DOCUMENT_TYPE_UNRESOLVED,
             f"document category {mapping.write_to!r} (spec.documents.{kind.value}.writeTo) is "
@@ -96,9 +112,18 @@ def _decide_document(kind: DocumentType, target: WritebackTarget) -> Decision:
     return Write(type_id=category_id, provider_id=target.provider_id)
 
 
-def _provider_skip(target: WritebackTarget) -> Skip:
+def _provider_skip(target: WritebackTarget) -> Skip | Wait:
+    if not target.checked:
+        return _wait(target)
     return Skip(
         SkipReason.PROVIDER_NOT_VERIFIED,
         f"provider {target.spec.provider_id!r} (spec.providerId) is not verified as an active "
         f"provider in the PMS of {target.key}",
+    )
+
+
+def _wait(target: WritebackTarget) -> Wait:
+    return Wait(
+        f"waiting for the PMS of {target.key} to answer (provider {target.spec.provider_id!r} "
+        "and names not verified yet)"
     )

@@ -13,7 +13,10 @@ Scheduling (in memory; the queue itself is the SQLite file, so nothing here need
   `max_attempts` the record is `failed` (RetriesExhausted) and the next one goes.
 - A permanent error (400/404) fails the record at once, with the PMS's reason.
 - While the practice is suspended or its driver is not ready, the practice is parked (records
-  wait; they are not skipped: the caller was told they would be written). A practice the
+  wait; they are not skipped: the caller was told they would be written).
+- A record accepted while the practice's PMS had not answered yet is stored undecided (no note
+  type id). Its turn decides it with `decide()` once the engine has checked the practice: write,
+  or skip when the PMS or the spec now says no; until then the practice is parked. A practice the
   directory does not know is parked too (after a restart the engine may not have loaded it
   yet); after `unknown_practice_grace` its writebacks fail with `PracticeUnknown`.
 - A sweep every `sweep_interval` seconds picks up practices with open records that nobody
@@ -43,6 +46,7 @@ from pms_drivers.base import DocumentUpload, NoteWrite, WriteResult
 from pms_drivers.errors import PermanentPmsError, PmsAuthError, PmsError, TemporaryPmsError
 from pms_drivers.retry import RetryPolicy, with_retry
 from reconciler.writeback import store as ops
+from reconciler.writeback.decide import Skip, Wait, decide
 from reconciler.writeback.metrics import WritebackMetrics
 from reconciler.writeback.model import FailReason, Kind, WritebackRecord
 from reconciler.writeback.pacing import AckPacer
@@ -330,10 +334,39 @@ class Drainer:
             self._missing_since.pop(pid, None)
             if target.spec.suspend or target.driver is None:
                 return ("parked", self.policy.not_ready_delay)
+            if record.target_type_id is None:  # accepted before the PMS answered: decide now
+                decided = await self._decide_late(record, target)
+                if decided is None:
+                    return ("parked", self.policy.not_ready_delay)
+                if decided is False:
+                    continue
+                record = decided
             parked = await self._deliver(record, target, outstanding)
             if parked is not None:
                 return ("parked", parked)
         return ("more", 0.0) if len(head) == quantum else ("idle", 0.0)
+
+    async def _decide_late(
+        self, record: WritebackRecord, target: WritebackTarget
+    ) -> WritebackRecord | Literal[False] | None:
+        """Decide a record stored undecided: the decided record, False if it is now skipped (the
+        PMS or the spec said no), or None while the PMS still has not answered."""
+        decision = decide(record.request, target)
+        if isinstance(decision, Wait):
+            return None
+        wid, t = record.id, self._clock()
+        if isinstance(decision, Skip):
+            reason, message = decision.reason.value, decision.message
+            await self.store.run(lambda c: ops.mark_skipped(c, wid, reason, message, now=t))
+            log.info("writeback %s for %s skipped (%s): %s", wid, target.key, reason, message)
+            self.metrics.writebacks.labels(
+                record.request.kind.value, record.request.type, "skipped"
+            ).inc()
+            self.metrics.queue_depth.dec()
+            return False
+        type_id, provider = decision.type_id, decision.provider_id
+        await self.store.run(lambda c: ops.resolve(c, wid, type_id, provider, now=t))
+        return replace(record, target_type_id=type_id, provider_id=provider, message=None)
 
     async def _deliver(
         self,

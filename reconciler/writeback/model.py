@@ -29,6 +29,8 @@ DB_PATH_ENV = "PMSCTL_WRITEBACK_DB"
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 MAX_TEXT_CHARS = 65_536
 MAX_ID_CHARS = 200
+#: The largest queue sequence number (`after`): SQLite integers are signed 64-bit.
+MAX_SEQ = 2**63 - 1
 DOCUMENT_CONTENT_TYPES = ("application/pdf", "image/jpeg", "image/png", "image/tiff", "text/plain")
 
 
@@ -64,6 +66,15 @@ class SkipReason(StrEnum):
     DOCUMENT_TYPE_UNRESOLVED = "DocumentTypeUnresolved"
 
 
+#: Skips that depend on what the PMS answered, not on the spec alone: `retry` by id puts such a
+#: record back undecided, to be decided again once the practice is checked.
+RETRYABLE_SKIPS = (
+    SkipReason.PROVIDER_NOT_VERIFIED,
+    SkipReason.NOTE_TYPE_UNRESOLVED,
+    SkipReason.DOCUMENT_TYPE_UNRESOLVED,
+)
+
+
 class FailReason(StrEnum):
     """Why a writeback ended `failed` (kept with the record; `pmsctl writebacks retry` resends)."""
 
@@ -74,7 +85,10 @@ class FailReason(StrEnum):
 
 
 _RFC3339 = r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
-_ID_PATTERN = r"^\S(.*\S)?$"
+# No NUL anywhere (no PMS stores one, and C code downstream truncates at it); an id neither
+# starts nor ends with whitespace and has no line break.
+_ID_PATTERN = r"^[^\s\u0000]([^\n\u0000]*[^\s\u0000])?$"
+_NO_NUL = r"^[^\u0000]*$"
 _ID = {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS, "pattern": _ID_PATTERN}
 
 #: The request body, as JSON Schema (draft 2020-12). `docs/writeback.md` shows it with examples.
@@ -91,8 +105,13 @@ REQUEST_SCHEMA: dict[str, Any] = {
         "document": {"enum": [d.value for d in DocumentType], "description": "The document kind."},
         "patientId": {**_ID, "description": "The PMS patient id (PatNum, bridge id)."},
         "occurredAt": {"type": "string", "pattern": _RFC3339, "description": "RFC 3339 time."},
-        "text": {"type": "string", "maxLength": MAX_TEXT_CHARS},
-        "filename": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"^[^/\\]+$"},
+        "text": {"type": "string", "maxLength": MAX_TEXT_CHARS, "pattern": _NO_NUL},
+        "filename": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 255,
+            "pattern": r"^[^/\\\u0000]+$",
+        },
         "contentType": {"enum": list(DOCUMENT_CONTENT_TYPES)},
         "contentBase64": {"type": "string", "minLength": 1},
     },
@@ -135,9 +154,38 @@ class RequestError(ValueError):
         self.status = status
 
 
+#: How much of a refused value an error message shows: errors stay small whatever was sent.
+SHOWN_CHARS = 60
+
+
+def shown(value: Any) -> str:
+    """`repr(value)`, cut to `SHOWN_CHARS` (with the full length said), for error messages."""
+    if isinstance(value, str) and len(value) > SHOWN_CHARS:
+        return f"{value[:SHOWN_CHARS]!r}… ({len(value)} characters)"
+    text = repr(value) if isinstance(value, str | int | float | bool | None) else _json_type(value)
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "…"
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    return type(value).__name__
+
+
+_JSON_TYPE_NAMES = {
+    str: "a string", bool: "a boolean", int: "a number", float: "a number", type(None): "null",
+    dict: "an object", list: "an array",
+}  # fmt: skip
+
+
 def _schema_error(error: Any) -> RequestError:
-    """Turn one jsonschema error into a message naming the field and what it should be."""
-    path = ".".join(str(p) for p in error.absolute_path)
+    """Turn one jsonschema error into a message naming the field and what it should be.
+
+    Messages never carry the whole refused value (jsonschema's own do): at most `SHOWN_CHARS`.
+    """
+    path = ".".join(str(p) for p in error.absolute_path)[:MAX_ID_CHARS]
     kind = error.validator
     if kind == "required" or kind == "dependentRequired":
         instance = error.instance if isinstance(error.instance, dict) else {}
@@ -159,21 +207,51 @@ def _schema_error(error: Any) -> RequestError:
     if kind == "additionalProperties":
         extra = sorted(set(error.instance) - set(REQUEST_SCHEMA["properties"]))
         known = ", ".join(REQUEST_SCHEMA["properties"])
-        return RequestError(
-            extra[0] if extra else path, f"is not a known field (known: {known})", status=422
-        )
+        name = extra[0] if extra else path
+        if len(name) > MAX_ID_CHARS or not is_safe_path_id(name):
+            return RequestError(
+                "", f"{shown(name)} is not a known field (known: {known})", status=422
+            )
+        return RequestError(name, f"is not a known field (known: {known})", status=422)
     if kind == "enum":
         allowed = ", ".join(str(v) for v in error.validator_value)
-        return RequestError(path, f"{error.instance!r} is not one of {allowed}", status=422)
+        return RequestError(path, f"{shown(error.instance)} is not one of {allowed}", status=422)
+    if kind == "pattern" and isinstance(error.instance, str) and "\x00" in error.instance:
+        return RequestError(
+            path, "contains a NUL character (\\u0000); remove it: a PMS cannot store it", status=422
+        )
     if kind == "pattern" and path == "occurredAt":
         return RequestError(
             path,
-            f"{error.instance!r} is not an RFC 3339 time like 2026-11-26T09:15:00-05:00",
+            f"{shown(error.instance)} is not an RFC 3339 time like 2026-11-26T09:15:00-05:00",
             status=422,
+        )
+    if kind == "pattern" and path == "filename":
+        return RequestError(path, "must not contain / or \\", status=422)
+    if kind == "pattern":
+        return RequestError(
+            path, "must not start or end with whitespace nor contain a line break", status=422
         )
     if kind == "type" and not path:
         return RequestError("", "the body must be a JSON object", status=422)
-    return RequestError(path, error.message, status=422)
+    if kind == "type":
+        return RequestError(
+            path,
+            f"must be a {error.validator_value}, not "
+            f"{_JSON_TYPE_NAMES.get(type(error.instance), _json_type(error.instance))}",
+            status=422,
+        )
+    if kind == "maxLength":
+        n = len(error.instance) if isinstance(error.instance, str) else 0
+        return RequestError(
+            path, f"is {n} characters; at most {error.validator_value} are allowed", status=422
+        )
+    if kind == "minLength":
+        return RequestError(path, "must not be empty", status=422)
+    message = error.message
+    if len(message) > 2 * SHOWN_CHARS:
+        message = f"{message[: 2 * SHOWN_CHARS]}…"
+    return RequestError(path, message, status=422)
 
 
 _validator: Any = None
@@ -202,12 +280,15 @@ def fast_valid(body: Any) -> bool:
     if not isinstance(occurred, str) or not _TIME_RE.search(occurred):
         return False
     text = body.get("text")
-    if "text" in body and (not isinstance(text, str) or len(text) > MAX_TEXT_CHARS):
+    if "text" in body and (
+        not isinstance(text, str) or len(text) > MAX_TEXT_CHARS or "\x00" in text
+    ):
         return False
     if "document" in body:
         filename, ctype, content = (body.get(k) for k in _FILE_FIELDS)
         return (
             "type" not in body
+            and isinstance(body["document"], str)
             and body["document"] in _DOC_TYPES
             and isinstance(filename, str)
             and 0 < len(filename) <= 255
@@ -238,8 +319,31 @@ def schema_errors(body: Any) -> list[Any]:
     )
 
 
+def is_unicode(value: str) -> bool:
+    """False for a string with a lone surrogate (JSON lets `"\\ud800"` through; UTF-8 cannot
+    encode it, so SQLite and the PMS could not take it)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_request(practice_id: str, body: Any) -> WritebackRequest:
     """Check a decoded JSON body against `REQUEST_SCHEMA` and build the request (RequestError if not)."""
+    if isinstance(body, dict):
+        for key, value in body.items():
+            if not is_unicode(key):
+                raise RequestError("", "a field name is not valid Unicode (a lone surrogate)",
+                                   status=422)  # fmt: skip
+            if isinstance(value, str) and not is_unicode(value):
+                raise RequestError(
+                    key if key in _KNOWN else "",
+                    "is not valid Unicode: it contains a lone surrogate (\\ud800-\\udfff)",
+                    status=422,
+                )
     if not fast_valid(body):
         errors = schema_errors(body)
         if errors:

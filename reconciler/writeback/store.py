@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 from reconciler.writeback.errors import StoreError
 from reconciler.writeback.model import (
     OPEN_STATUSES,
+    RETRYABLE_SKIPS,
     Kind,
     Status,
     WritebackRecord,
@@ -90,12 +91,43 @@ _WITHOUT_CONTENT = _COLUMNS.format(content="NULL")
 _OPEN = tuple(s.value for s in OPEN_STATUSES)
 
 
+#: The queue holds patients' note texts and documents: only its owner may read it.
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def _private_file(path: str) -> None:
+    """Create `path` 0600 if missing (SQLite gives its -wal and -shm files the database file's
+    mode), and take group and other access away from the queue's files if they have any.
+
+    Never opens an existing file: closing any descriptor of a file drops every POSIX lock this
+    process holds on it, including those of the SQLite connections already open on the queue
+    (which then corrupt it). Only a file that does not exist yet, so nobody has open, is opened.
+    """
+    if not os.path.exists(path):
+        with contextlib.suppress(FileExistsError):  # another process made it meanwhile
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        try:
+            mode = os.stat(name).st_mode & 0o777
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            os.chmod(name, mode & 0o700)
+
+
 def connect(path: str | os.PathLike[str], *, synchronous: str = "FULL") -> sqlite3.Connection:
-    """Open (and create or migrate) the queue file; the caller owns the connection."""
+    """Open (and create or migrate) the queue file; the caller owns the connection.
+
+    A missing folder is created 0700 and a missing file 0600 (its -wal and -shm follow); an
+    existing file loses any group and other access. An existing folder is left as it is (it may
+    be a mounted volume or shared with other files): give it 0700 yourself.
+    """
     path = os.fspath(path)
     parent = os.path.dirname(os.path.abspath(path))
     try:
-        os.makedirs(parent, exist_ok=True)
+        os.makedirs(parent, mode=DIR_MODE, exist_ok=True)
+        _private_file(path)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
     except (OSError, sqlite3.Error) as exc:
         raise StoreError(f"{path}: cannot open the writeback queue: {exc}") from exc
@@ -407,6 +439,31 @@ def mark_failed(
     return cur.rowcount == 1
 
 
+def resolve(
+    conn: sqlite3.Connection, writeback_id: str, type_id: str, provider_id: str, *, now: float
+) -> bool:
+    """Decide a record stored undecided (the PMS had not answered at intake): write it under this
+    note type (or category) id as this provider."""
+    cur = conn.execute(
+        "UPDATE writebacks SET target_type_id = ?, provider_id = ?, message = NULL, updated_at = ?"
+        " WHERE id = ? AND status IN (?, ?)",
+        (type_id, provider_id, now, writeback_id, *_OPEN),
+    )
+    return cur.rowcount == 1
+
+
+def mark_skipped(
+    conn: sqlite3.Connection, writeback_id: str, reason: str, message: str, *, now: float
+) -> bool:
+    """Decided at delivery not to write it (the PMS, once it answered, or the spec said no)."""
+    cur = conn.execute(
+        "UPDATE writebacks SET status = ?, reason = ?, message = ?, updated_at = ?"
+        " WHERE id = ? AND status IN (?, ?)",
+        (Status.SKIPPED.value, reason, message, now, writeback_id, *_OPEN),
+    )
+    return cur.rowcount == 1
+
+
 def defer(
     conn: sqlite3.Connection, writeback_id: str, until: float, message: str, *, now: float
 ) -> bool:
@@ -524,12 +581,15 @@ def apply_changes(conn: sqlite3.Connection, changes: Sequence[Change]) -> None:
 
 
 def retry(conn: sqlite3.Connection, writeback_id: str, *, now: float) -> WritebackRecord | None:
-    """Put a failed record back in its practice's queue (attempts start over); None if not failed."""
+    """Put a failed record back in its practice's queue (attempts start over), or a record skipped
+    for what the PMS said (`RETRYABLE_SKIPS`: it goes back undecided and is decided again against
+    the PMS); None if it is neither."""
     cur = conn.execute(
         "UPDATE writebacks SET status = ?, attempts = 0, next_attempt_at = 0, reason = NULL,"
-        " updated_at = ? WHERE id = ? AND status = ?",
-        (Status.PENDING.value, now, writeback_id, Status.FAILED.value),
-    )
+        " updated_at = ? WHERE id = ? AND (status = ? OR (status = ? AND reason IN (?, ?, ?)))",
+        (Status.PENDING.value, now, writeback_id, Status.FAILED.value, Status.SKIPPED.value,
+         *(r.value for r in RETRYABLE_SKIPS)),
+    )  # fmt: skip
     return get(conn, writeback_id) if cur.rowcount == 1 else None
 
 

@@ -4,6 +4,17 @@ The engine (operator or `pmsctl up`) knows each practice's current spec, what it
 PMS, and holds the practice's driver (whose HTTP client carries the practice's rate budget). The
 writeback path asks it for a `WritebackTarget` by practice id each time it decides or delivers, so
 a setting changed in the spec takes effect for the next request.
+
+Whether the practice's provider and names are usable is a tri-state, read from `provider_id`
+(and the id maps) together with `checked`:
+
+    verified      provider_id set                    write
+    not verified  provider_id None, checked          the PMS said no: skip (ProviderNotVerified)
+    unknown       provider_id None, not checked      the PMS has not answered since start (down,
+                                                     credentials refused): wait, decide later
+
+"Not verified yet" is not "not allowed": a request the PMS has not been asked about yet stays
+pending and is decided when the practice is checked.
 """
 
 from __future__ import annotations
@@ -24,6 +35,10 @@ class WritebackTarget:
     spec: PracticeSpec
     #: The verified active provider id, or None when the provider is not (yet) verified.
     provider_id: str | None
+    #: Whether the PMS's providers, note types and document categories have been read (since
+    #: the process started or the practice moved to another PMS). False makes a missing
+    #: provider or id "unknown", not "not verified".
+    checked: bool = False
     #: Resolved PMS note type id for each allowed writeback type whose name resolved.
     note_type_ids: Mapping[WritebackType, str] = field(default_factory=dict)
     #: Resolved PMS document category id (the `writeTo` mapping) per document type.
