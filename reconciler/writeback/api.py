@@ -46,7 +46,7 @@ from reconciler.writeback.model import (
     parse_request,
     record_json,
 )
-from reconciler.writeback.store import Store
+from reconciler.writeback.store import QueueStore
 from reconciler.writeback.target import PracticeDirectory
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def ok(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Res
 class WritebackApi:
     """The handlers, over the store, the drainer and the practice directory."""
 
-    store: Store
+    store: QueueStore
     drainer: Drainer
     directory: PracticeDirectory
     token: str
