@@ -87,6 +87,10 @@ def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
         writeback_port=args.writeback_port if token is not None else None,
         writeback_token=token,
         writeback_db=Path(args.writeback_db or default_db_path()),
+        store_url=getattr(args, "store", None),
+        store_password_file=(
+            Path(args.store_password_file) if getattr(args, "store_password_file", None) else None
+        ),
         metrics_port=args.metrics_port,
         log_format=args.log_format,
         log_level=args.log_level,
