@@ -31,11 +31,20 @@ from test_writeback_e2e import (
     practice_spec,
 )
 
+from pms_drivers.base import NoteWrite
 from pms_simulator.server import Simulator
+from reconciler.api.spec import WritebackType
 from reconciler.stores import backend_from_url, scrub
-from reconciler.stores.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresBackend
+from reconciler.stores.postgres import (
+    CLAIM_PREFIX,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    PgConn,
+    PostgresBackend,
+)
 from reconciler.writeback import store as ops
 from reconciler.writeback.errors import StoreError
+from reconciler.writeback.model import Status, parse_request
 from reconciler.writeback.service import WritebackService
 
 
@@ -244,3 +253,71 @@ def test_pmsctl_store_migrate_applies_the_schema_once_and_prints_no_password(
         assert "wrong-pw-77" not in out.stdout + out.stderr
     missing = pmsctl("store", "migrate", env={"PMSCTL_STORE": ""})
     assert missing.returncode == 2 and "--store URL" in missing.stderr
+
+
+# --- exactly once into the PMS across a crash -------------------------------------------------
+
+
+@pytest.mark.parametrize("pms", ["OpenDental", "Dentrix"])
+async def test_a_replica_that_dies_after_the_pms_write_and_before_recording_it_causes_no_double(
+    pg_url: str, pms: str
+) -> None:
+    """Replica A claims a practice, marks a writeback `sending`, writes the note to the PMS, and
+    dies before it records `sent`. Replica B cannot take the practice while A's claim holds;
+    once A's session is gone it delivers the record again, and the PMS write is recognised
+    (Open Dental: the marker in the commlog, read back before writing; the bridge agent: the
+    Idempotency-Key): one note in the PMS, and the record carries its id."""
+    pid = f"crash-{pms.lower()}"
+    sim = Simulator(rate_limit_per_second=500, burst=500)
+    sim.add_practice(pid, pms)
+    backend = PostgresBackend(pg_url)
+    backend.migrate()
+    service: WritebackService | None = None
+    try:
+        async with sim.serve() as sim_url:
+            directory = Directory(sim_url)
+            target = await directory.apply(practice_spec(pid, pms, sim_url))
+            assert target.driver is not None and target.provider_id is not None
+            type_id = target.note_type_ids[WritebackType.OUTGOING_SMS]
+            # Replica A, step by step, on its own session.
+            a = psycopg.connect(pg_url, autocommit=True)
+            a.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (CLAIM_PREFIX + pid,))
+            req = parse_request(pid, note_body("crash-1", "outgoingSms", "2"))
+            ops.insert(PgConn(a), req, status=Status.PENDING, now=ops.now(),
+                       target_type_id=type_id, provider_id=target.provider_id)  # fmt: skip
+            assert ops.mark_sending(PgConn(a), req.id, now=ops.now()) == 1
+            written = await target.driver.write_note(
+                NoteWrite(
+                    writeback_id=req.id,
+                    kind=req.type,
+                    patient_id=req.patient_id,
+                    note_type_id=type_id,
+                    provider_id=target.provider_id,
+                    occurred_at=req.occurred_at,
+                    text=req.text,
+                )
+            )
+            assert [n["writeback_id"] for n in sim.notes(pid)] == [req.id]
+
+            # Replica B starts while A still holds the practice.
+            service = WritebackService(
+                directory, "unused", TOKEN, policy=FAST, store=backend.queue_store()
+            )
+            await service.start(host=None)
+            assert not await service.store.claim(pid)
+            # A dies: its session ends without a word (as the server sees a killed process).
+            with psycopg.connect(pg_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (a.info.backend_pid,))
+            assert await drained(service.counts, pid, timeout=20) == {
+                "sent": 1, "skipped": 0, "pending": 0, "failed": 0,
+            }  # fmt: skip
+            record = service.store.read(lambda c: ops.get(c, req.id))
+            assert record is not None and record.pms_id == written.id
+            assert record.attempts == 2  # A's attempt and B's
+            assert [n["writeback_id"] for n in sim.notes(pid)] == [req.id]  # no second note
+            a.close()
+            await directory.close()
+    finally:
+        if service is not None:
+            await service.stop(grace=1.0)
+        sim.close()
