@@ -321,3 +321,32 @@ async def test_a_replica_that_dies_after_the_pms_write_and_before_recording_it_c
         if service is not None:
             await service.stop(grace=1.0)
         sim.close()
+
+
+# --- the runtime on a store URL ---------------------------------------------------------------
+
+
+async def test_the_runtime_keeps_cursors_and_the_queue_in_the_store_url_and_logs_no_password(
+    pg_server: pg.Server, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from test_runtime import NoSecrets, options
+    from test_store_contract import request
+
+    from reconciler.runtime import Runtime
+    from reconciler.stores.postgres import PgCursorStore, PgQueueStore
+
+    url = pg_server.database("runtime_store")
+    opts = options(tmp_path, store_url=url)
+    caplog.set_level(logging.DEBUG)
+    async with Runtime(opts, secrets=NoSecrets()) as runtime:
+        assert isinstance(runtime.store, PgCursorStore)
+        assert runtime.writebacks is not None
+        assert isinstance(runtime.writebacks.store, PgQueueStore)
+        runtime.store.put("ns/a", "patients", "c1")
+        await runtime.writebacks.store.run(ops.Insert(request("r1"), Status.PENDING, 1.0))
+    assert not (tmp_path / "state.db").exists() and not (tmp_path / "writebacks.db").exists()
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT cursor FROM cursors").fetchall() == [("c1",)]
+        assert conn.execute("SELECT caller_id FROM writebacks").fetchall() == [("r1",)]
+    assert "queue postgresql://pmsctl:***@" in caplog.text
+    assert pg.PASSWORD not in caplog.text and pg.PASSWORD not in repr(opts)
