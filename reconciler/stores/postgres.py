@@ -240,6 +240,9 @@ class PgQueueStore(GroupCommitStore):
             self.backend.migrate()
         super().open()
 
+    def describe(self, exc: BaseException) -> str:
+        return self.backend.clean(exc)
+
     def connect_writer(self) -> PgConn:
         return PgConn(self.backend.connect())
 

@@ -667,6 +667,10 @@ class GroupCommitStore:
         """A new read-only connection for one reading thread."""
         raise NotImplementedError
 
+    def describe(self, exc: BaseException) -> str:
+        """`exc` as a message may show it (a backend masks what must not be shown)."""
+        return str(exc)
+
     async def claim(self, practice_id: str) -> bool:
         """True: this process alone delivers `practice_id` (one process per queue: always)."""
         return True
@@ -790,8 +794,9 @@ class GroupCommitStore:
         except self.errors as exc:
             with contextlib.suppress(*self.errors):
                 conn.execute("ROLLBACK")
-            log.error("writeback queue %s: commit failed: %s", self.path, exc)
-            error = StoreError(f"{self.path}: commit failed: {exc}")
+            why = self.describe(exc)
+            log.error("writeback queue %s: commit failed: %s", self.path, why)
+            error = StoreError(f"{self.path}: commit failed: {why}")
             results = [(fut, False, error) for _, fut, _ in batch]
         return results
 
