@@ -9,8 +9,10 @@ loopback (the helpers of test_writeback_e2e.py).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -29,7 +31,9 @@ from test_writeback_e2e import (
     note_body,
     post,
     practice_spec,
+    wait_for_file,
 )
+from timing import eventually
 
 from pms_drivers.base import NoteWrite
 from pms_simulator.server import Simulator
@@ -350,3 +354,92 @@ async def test_the_runtime_keeps_cursors_and_the_queue_in_the_store_url_and_logs
         assert conn.execute("SELECT caller_id FROM writebacks").fetchall() == [("r1",)]
     assert "queue postgresql://pmsctl:***@" in caplog.text
     assert pg.PASSWORD not in caplog.text and pg.PASSWORD not in repr(opts)
+
+
+# --- a replica killed mid-drain ---------------------------------------------------------------
+
+N_KILL = 20
+
+
+async def test_a_replica_killed_mid_drain_leaves_its_practices_to_the_other_without_loss_or_doubles(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Replica A (a child process) takes the requests and starts delivering; replica B (this
+    process) shares the queue. A is killed with SIGKILL mid-drain, holding claims: the server
+    drops them with A's connections, B delivers the rest; every note is in the PMS once, in
+    order per patient."""
+    practices = [("od-kill-pg", "OpenDental"), ("es-kill-pg", "Eaglesoft")]
+    sim = Simulator(rate_limit_per_second=500, burst=500)
+    for pid, pms in practices:
+        sim.add_practice(pid, pms)
+        sim.set_faults(pid, latency_ms=25)  # slow writes, so the kill lands mid-drain
+    proc: subprocess.Popen[bytes] | None = None
+    service: WritebackService | None = None
+    directory: Directory | None = None
+    try:
+        async with sim.serve() as sim_url:
+            port_file = tmp_path / "port"
+            proc = subprocess.Popen(
+                [sys.executable, __file__, "serve", sim_url, pg_url, str(port_file),
+                 json.dumps(practices)]
+            )  # fmt: skip
+            url = await wait_for_file(port_file, proc)
+            posted: dict[str, list[tuple[str, str]]] = {pid: [] for pid, _ in practices}
+            async with aiohttp.ClientSession() as http:
+                for n in range(N_KILL):
+                    for pid, _ in practices:
+                        patient = str(2 + n % 4)
+                        status, body = await post(
+                            http, url, pid, note_body(f"k{n}", "outgoingSms", patient)
+                        )
+                        assert status == 202
+                        posted[pid].append((body["id"], patient))
+            await eventually(
+                lambda: sum(len(sim.notes(pid)) for pid, _ in practices) >= 6,
+                15,
+                "some notes delivered before the kill",
+                step=0.02,
+            )
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            landed = sum(len(sim.notes(pid)) for pid, _ in practices)
+            assert landed < 2 * N_KILL, "the drain finished before the kill; slow the PMS down"
+
+            directory = Directory(sim_url)
+            for pid, pms in practices:
+                await directory.apply(practice_spec(pid, pms, sim_url))
+            service = WritebackService(
+                directory, "unused", TOKEN, policy=FAST, store=PostgresBackend(pg_url).queue_store()
+            )
+            await service.start(host=None)
+            for pid, _ in practices:
+                assert await drained(service.counts, pid, timeout=30) == {
+                    "sent": N_KILL, "skipped": 0, "pending": 0, "failed": 0,
+                }  # fmt: skip
+                assert_exactly_once_in_order(sim.notes(pid), posted[pid])
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        if service is not None:
+            await service.stop(grace=1.0)
+        if directory is not None:
+            await directory.close()
+        sim.close()
+
+
+async def _serve_child(sim_url: str, url: str, port_file: str, practices: list[list[str]]) -> None:
+    directory = Directory(sim_url)
+    for pid, pms in practices:
+        await directory.apply(practice_spec(pid, pms, sim_url))
+    store = PostgresBackend(url).queue_store()
+    service = WritebackService(directory, "unused", TOKEN, policy=FAST, store=store)
+    address = await service.start("127.0.0.1", 0)
+    Path(port_file).write_text(f"{address}\n")
+    await asyncio.Event().wait()  # until killed
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["serve"]:
+        _, _, sim_url_, url_, port_file_, practices_ = sys.argv
+        asyncio.run(_serve_child(sim_url_, url_, port_file_, json.loads(practices_)))
