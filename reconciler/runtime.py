@@ -98,6 +98,16 @@ def check_sink_url(url: str) -> None:
         sink_from_url(url)  # raises, naming the fix
 
 
+def check_store_url(url: str) -> None:
+    """ValueError naming the fix (and not the password) when `url` names no known store
+    backend. Connects to nothing."""
+    from reconciler.stores import BACKENDS, scheme, scrub
+
+    if scheme(url) not in BACKENDS:
+        known = ", ".join(f"{s}://" for s in BACKENDS)
+        raise ValueError(f"--store {scrub(url)}: unknown store; use {known}")
+
+
 def writeback_token(made_file: Path | None = None) -> tuple[str, str]:
     """(token, where it came from) for the writeback API: $PMSCTL_WRITEBACK_TOKEN or the file
     named by $PMSCTL_WRITEBACK_TOKEN_FILE; without either, `made_file` (created once with a

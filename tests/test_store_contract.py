@@ -344,3 +344,30 @@ async def test_claims_are_exclusive_between_stores_sharing_a_queue(backing: Back
     finally:
         one.close()
         two.close()
+
+
+async def test_one_caller_id_sent_through_two_stores_at_once_is_stored_once(
+    backing: Backing,
+) -> None:
+    """Two processes on one queue take the same requests at the same time (a client retrying
+    on another replica): each caller id is stored once, one answer says created, and both
+    answers carry the same record."""
+    one, two = backing.make("q"), backing.make("q")
+    one.open()
+    two.open()
+    try:
+        results = await asyncio.gather(
+            *(s.run(ops.Insert(request(f"c{i}"), Status.PENDING, 1.0))
+              for i in range(60) for s in (one, two))
+        )  # fmt: skip
+        answers: dict[str, list[tuple[int, bool]]] = {}
+        for record, created in results:
+            answers.setdefault(record.id, []).append((record.seq, created))
+        assert len(answers) == 60
+        for got in answers.values():
+            assert sorted(created for _, created in got) == [False, True]
+            assert len({seq for seq, _ in got}) == 1
+        assert len(one.read(lambda c: ops.list_records(c))) == 60
+    finally:
+        one.close()
+        two.close()

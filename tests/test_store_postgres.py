@@ -259,6 +259,17 @@ def test_pmsctl_store_migrate_applies_the_schema_once_and_prints_no_password(
     assert missing.returncode == 2 and "--store URL" in missing.stderr
 
 
+def test_pmsctl_operator_refuses_an_unknown_store_before_connecting(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "reconciler", "--sink", "file:x", "--writeback-port", "0",
+         "--store", "mysql://u:hunter22@db/x"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "--store mysql://u:***@db/x: unknown store; use postgresql://" in result.stderr
+    assert "hunter22" not in result.stderr
+
+
 # --- exactly once into the PMS across a crash -------------------------------------------------
 
 

@@ -65,20 +65,27 @@ def run_operator(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"pmsctl operator: cannot load the Kubernetes configuration: {exc}", file=sys.stderr)
         return 2
+    from reconciler.writeback.errors import StoreError
+
     try:
         return asyncio.run(_operate(args, api, labels, options, namespaces, lease))
     except LeaderElectionError as exc:
         print(f"pmsctl operator: leader election: {exc}", file=sys.stderr)
+        return 2
+    except StoreError as exc:  # the store named by --store cannot be used (message scrubbed)
+        print(f"pmsctl operator: {exc}", file=sys.stderr)
         return 2
 
 
 def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
     """The runtime's options from the operator's flags; ValueError naming the bad flag (a sink
     URL that cannot work, a writeback port without a token)."""
-    from reconciler.runtime import check_sink_url
+    from reconciler.runtime import check_sink_url, check_store_url
     from reconciler.writeback.service import default_db_path
 
     check_sink_url(args.sink)
+    if getattr(args, "store", None):
+        check_store_url(args.store)
     token = _writeback_token(args.writeback_port)
     return RuntimeOptions(
         sink_url=args.sink,
