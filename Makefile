@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PRACTICES ?= practices
 
-.PHONY: help setup run test test-fast testenv check lint typecheck crds check-crds deps check-contracts bench clean
+.PHONY: help setup run test test-fast testenv postgres check lint typecheck crds check-crds deps check-contracts bench clean
 
 help: ## Show the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -27,10 +27,20 @@ run: setup ## Set everything up and run the main job: pmsctl up --simulate on pr
 testenv: ## Build etcd, kube-apiserver and kubectl from pinned Go modules (cached in ~/.cache/pmsctl)
 	@hack/testenv/build.sh >/dev/null
 
-test: setup testenv ## Run every test, against a real kube-apiserver from the testenv
+# The tests start their own PostgreSQL server (tests/pg.py) from Debian's `postgresql` binaries.
+PG_BINS := $(wildcard /usr/lib/postgresql/*/bin/initdb)
+postgres: ## Install the PostgreSQL server binaries the tests start (Debian's postgresql package)
+	@if [ -n "$(PG_BINS)" ] || [ -n "$$PMSCTL_PG_BINDIR" ] || command -v initdb >/dev/null; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then \
+	  echo "PostgreSQL server binaries (initdb, postgres) not found and no apt-get here: install PostgreSQL 13+ and set PMSCTL_PG_BINDIR to its bin directory" >&2; exit 1; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "PostgreSQL server binaries not found: run 'sudo apt-get install -y postgresql' (or set PMSCTL_PG_BINDIR)" >&2; exit 1; fi; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+
+test: setup testenv postgres ## Run every test, against a real kube-apiserver from the testenv and a real PostgreSQL
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test-fast: setup ## Run the tests that need no API server
+test-fast: setup postgres ## Run the tests that need no API server
 	$(BIN)/pytest -m "not kube" $(PYTEST_ARGS)
 
 crds: setup ## Generate crds/ from schemas/, and the PMS part of schemas/ from pms_drivers/records.py

@@ -6,7 +6,8 @@
     ...                        # the adapter feeds runtime.engine its desired state
     await runtime.stop()       # writeback API and drainer, then the engine, then metrics
 
-What it owns: the event sink and the SQLite cursor store (built from `RuntimeOptions`), the
+What it owns: the event sink and the cursor store (built from `RuntimeOptions`: SQLite files, or
+the shared store `store_url` names, see `reconciler.stores`), the
 `Engine` over them (with the adapter's secret source, status listener, connection override and
 settings), the writeback service over the engine (its counters reach each practice's status
 through `Engine.watch_writebacks`), the Prometheus server for the process's one registry (engine
@@ -35,7 +36,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Literal
 
 from reconciler.engine import metrics as engine_metrics
-from reconciler.engine.cursors import SqliteCursorStore
+from reconciler.engine.cursors import CursorStore, SqliteCursorStore
 from reconciler.engine.engine import (
     ConnectionOverride,
     Engine,
@@ -44,6 +45,7 @@ from reconciler.engine.engine import (
     StatusListener,
 )
 from reconciler.engine.sink import EventSink, sink_from_url
+from reconciler.stores import Backend, backend_from_url
 
 if TYPE_CHECKING:
     from reconciler.writeback.service import WritebackService
@@ -74,6 +76,11 @@ class RuntimeOptions:
     writeback_token: str | None = field(default=None, repr=False)
     #: The SQLite queue of accepted writebacks.
     writeback_db: Path = Path(".pmsctl/writebacks.db")
+    #: A shared store for the cursors and the writeback queue instead of the two SQLite files
+    #: (`postgresql://...`; see `reconciler.stores`). None: the SQLite files.
+    store_url: str | None = field(default=None, repr=False)
+    #: A file holding the store's password (a mounted Secret key), when not in `store_url`.
+    store_password_file: Path | None = None
     #: Prometheus /metrics of the whole process on this port (0: not served).
     metrics_port: int = 0
     log_format: LogFormat = "text"
@@ -89,6 +96,16 @@ def check_sink_url(url: str) -> None:
         return
     if not url.removeprefix("file:").removeprefix("//"):
         sink_from_url(url)  # raises, naming the fix
+
+
+def check_store_url(url: str) -> None:
+    """ValueError naming the fix (and not the password) when `url` names no known store
+    backend. Connects to nothing."""
+    from reconciler.stores import BACKENDS, scheme, scrub
+
+    if scheme(url) not in BACKENDS:
+        known = ", ".join(f"{s}://" for s in BACKENDS)
+        raise ValueError(f"--store {scrub(url)}: unknown store; use {known}")
 
 
 def writeback_token(made_file: Path | None = None) -> tuple[str, str]:
@@ -210,7 +227,14 @@ class Runtime:
         self.stop_event = stop if stop is not None else asyncio.Event()
         #: `sink` is one already built (a test's, a benchmark's); else `options.sink_url`'s.
         self.sink: EventSink = sink if sink is not None else sink_from_url(options.sink_url)
-        self.store = SqliteCursorStore(options.state_db)
+        backend: Backend | None = None
+        self.store: CursorStore
+        if options.store_url:
+            backend = backend_from_url(options.store_url, password_file=options.store_password_file)
+            backend.migrate()
+            self.store = backend.cursor_store()
+        else:
+            self.store = SqliteCursorStore(options.state_db)
         self.engine = Engine(
             sink=self.sink,
             store=self.store,
@@ -229,6 +253,7 @@ class Runtime:
                 options.writeback_db,
                 options.writeback_token,
                 metrics=writeback_metrics.process_metrics(),
+                store=backend.queue_store() if backend is not None else None,
             )
         #: The writeback API's base URL once started.
         self.writeback_url: str | None = None

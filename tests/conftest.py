@@ -12,14 +12,24 @@ The Kubernetes fixtures (harness in `tests/testenv.py`, guide in `docs/testenv.m
 - `kube_namespace` (per test): a fresh namespace name, deleted with what the test left in it.
 
 Mark every test that uses them `@pytest.mark.kube`.
+
+The PostgreSQL fixtures (harness in `tests/pg.py`):
+
+- `pg_server` (session): a real PostgreSQL server on a free loopback port, from Debian's
+  `postgresql` binaries (`make postgres` installs them; missing ones fail the tests).
+- `pg_url` (per test): the URL of a fresh, empty database of the test's own.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import pg
 import pytest
 import testenv
 
@@ -64,3 +74,22 @@ def kube_namespace(kube: testenv.Cluster, request: pytest.FixtureRequest) -> Ite
         yield name
     finally:
         testenv.delete_namespace(kube, name)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[pg.Server]:
+    """A real PostgreSQL server for the session, stopped and removed at its end."""
+    # Not under pytest's tmp_path: that is private to root, and the server runs as another user.
+    base = Path(tempfile.mkdtemp(prefix="pmsctl-pg-"))
+    try:
+        with pg.start_server(base) as server:
+            yield server
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(pg_server: pg.Server, request: pytest.FixtureRequest) -> str:
+    """A fresh database of the test's own; its URL."""
+    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:12]
+    return pg_server.database(f"t_{digest}")

@@ -6,7 +6,8 @@
 Flags have environment fallbacks (PMSCTL_NAMESPACES comma-separated, PMSCTL_SELECTOR,
 PMSCTL_SINK, PMSCTL_STATE_DB, PMSCTL_LOG_FORMAT, PMSCTL_LOG_LEVEL, PMSCTL_PROBE_PORT,
 PMSCTL_METRICS_PORT, PMSCTL_DRIFT_INTERVAL, PMSCTL_STATUS_INTERVAL, PMSCTL_WRITEBACK_PORT,
-PMSCTL_WRITEBACK_DB) so the Deployment can set them. Liveness and readiness are Kopf's probe
+PMSCTL_WRITEBACK_DB, PMSCTL_STORE, PMSCTL_STORE_PASSWORD_FILE) so the Deployment can set them.
+Liveness and readiness are Kopf's probe
 endpoint (`/healthz` on --probe-port); metrics (the engine's and the writeback path's, one
 registry) are Prometheus text on --metrics-port.
 Ports: 0 means off, for every port flag and its variable, as in `pmsctl up`; `--no-writeback`
@@ -153,6 +154,20 @@ def register(sub: Any) -> None:
         metavar="PATH",
         help="SQLite queue of accepted writebacks (put it on a persistent volume; "
         "default: $PMSCTL_WRITEBACK_DB or .pmsctl/writebacks.db)",
+    )
+    p.add_argument(
+        "--store",
+        default=_env("PMSCTL_STORE") or None,
+        metavar="URL",
+        help="keep the cursors and the writeback queue in this database instead of the SQLite "
+        "files: postgresql://USER@HOST/DB (default: $PMSCTL_STORE; see docs/store.md)",
+    )
+    p.add_argument(
+        "--store-password-file",
+        default=_env("PMSCTL_STORE_PASSWORD_FILE") or None,
+        metavar="PATH",
+        help="a file holding the store's password (a mounted Secret key; default: "
+        "$PMSCTL_STORE_PASSWORD_FILE, else the password in the URL, if any)",
     )
     le = p.add_argument_group(
         "leader election",

@@ -65,20 +65,27 @@ def run_operator(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"pmsctl operator: cannot load the Kubernetes configuration: {exc}", file=sys.stderr)
         return 2
+    from reconciler.writeback.errors import StoreError
+
     try:
         return asyncio.run(_operate(args, api, labels, options, namespaces, lease))
     except LeaderElectionError as exc:
         print(f"pmsctl operator: leader election: {exc}", file=sys.stderr)
+        return 2
+    except StoreError as exc:  # the store named by --store cannot be used (message scrubbed)
+        print(f"pmsctl operator: {exc}", file=sys.stderr)
         return 2
 
 
 def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
     """The runtime's options from the operator's flags; ValueError naming the bad flag (a sink
     URL that cannot work, a writeback port without a token)."""
-    from reconciler.runtime import check_sink_url
+    from reconciler.runtime import check_sink_url, check_store_url
     from reconciler.writeback.service import default_db_path
 
     check_sink_url(args.sink)
+    if getattr(args, "store", None):
+        check_store_url(args.store)
     token = _writeback_token(args.writeback_port)
     return RuntimeOptions(
         sink_url=args.sink,
@@ -87,6 +94,10 @@ def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
         writeback_port=args.writeback_port if token is not None else None,
         writeback_token=token,
         writeback_db=Path(args.writeback_db or default_db_path()),
+        store_url=getattr(args, "store", None),
+        store_password_file=(
+            Path(args.store_password_file) if getattr(args, "store_password_file", None) else None
+        ),
         metrics_port=args.metrics_port,
         log_format=args.log_format,
         log_level=args.log_level,

@@ -62,7 +62,7 @@ from reconciler.writeback.model import (
 )
 from reconciler.writeback.openapi import document
 from reconciler.writeback.pmsids import patient_id_problem
-from reconciler.writeback.store import Store
+from reconciler.writeback.store import QueueStore
 from reconciler.writeback.target import PracticeDirectory
 from reconciler.writeback.tokens import TOKEN_FILE_ENV, BearerTokens, token_problem
 
@@ -113,7 +113,7 @@ def ok(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Res
 class WritebackApi:
     """The handlers, over the store, the drainer and the practice directory."""
 
-    store: Store
+    store: QueueStore
     drainer: Drainer
     directory: PracticeDirectory
     token: str

@@ -1,6 +1,6 @@
 """The drainer: delivers stored writebacks to each practice's PMS, in order, fairly, with retries.
 
-Scheduling (in memory; the queue itself is the SQLite file, so nothing here needs to survive):
+Scheduling (in memory; the queue itself is durable, so nothing here needs to survive):
 
 - Per practice, strict FIFO by arrival (`seq`): a practice's next record is not attempted before
   the one ahead of it is sent or has failed, so the order per patient is kept.
@@ -19,6 +19,9 @@ Scheduling (in memory; the queue itself is the SQLite file, so nothing here need
   or skip when the PMS or the spec now says no; until then the practice is parked. A practice the
   directory does not know is parked too (after a restart the engine may not have loaded it
   yet); after `unknown_practice_grace` its writebacks fail with `PracticeUnknown`.
+- On a queue several replicas share (PostgreSQL), a turn first claims its practice
+  (`QueueStore.claim`): a practice another replica is delivering is parked here and retried
+  later, so each practice has one deliverer at a time.
 - A sweep every `sweep_interval` seconds picks up practices with open records that nobody
   announced: records left `pending`/`sending` by a previous process (a restart resumes them;
   the drivers' writes are idempotent by writeback id, so re-sending an interrupted write cannot
@@ -35,7 +38,6 @@ import contextlib
 import functools
 import logging
 import random
-import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -50,7 +52,7 @@ from reconciler.writeback.decide import Skip, Wait, decide
 from reconciler.writeback.metrics import WritebackMetrics
 from reconciler.writeback.model import FailReason, Kind, WritebackRecord
 from reconciler.writeback.pacing import AckPacer
-from reconciler.writeback.store import Store
+from reconciler.writeback.store import QueueStore
 from reconciler.writeback.target import PracticeDirectory, WritebackTarget
 
 log = logging.getLogger(__name__)
@@ -96,7 +98,7 @@ class Drainer:
 
     def __init__(
         self,
-        store: Store,
+        store: QueueStore,
         directory: PracticeDirectory,
         *,
         policy: DeliveryPolicy | None = None,
@@ -283,7 +285,7 @@ class Drainer:
     async def sweep(self) -> None:
         """Announce every practice with open records (and refresh the queue-depth gauge)."""
 
-        def op(conn: sqlite3.Connection) -> tuple[list[str], int]:
+        def op(conn: ops.Conn) -> tuple[list[str], int]:
             return ops.practices_with_open(conn), ops.open_count(conn)
 
         practices, depth = await asyncio.to_thread(self.store.read, op)
@@ -305,6 +307,12 @@ class Drainer:
         # State changes of this turn's deliveries are queued without waiting for their commit
         # (a re-sent write is harmless: writes are idempotent), and all are committed before
         # the turn ends, so the practice's next turn reads them.
+        # On a shared queue (PostgreSQL) another replica may be delivering this practice: the
+        # claim keeps one deliverer per practice, so its records go out once and in order. It
+        # is released only after this turn's changes are committed, so the next owner reads
+        # them; a replica that dies loses its claim with its connection.
+        if not await self.store.claim(pid):
+            return ("parked", self.policy.not_ready_delay)
         outstanding: list[asyncio.Future[Any]] = []
         try:
             return await self._turn_body(pid, outstanding)
@@ -312,6 +320,7 @@ class Drainer:
             for result in await asyncio.gather(*outstanding, return_exceptions=True):
                 if isinstance(result, BaseException):
                     log.error("writeback queue update failed: %s", result)
+            await self.store.release(pid)
 
     async def _turn_body(self, pid: str, outstanding: list[asyncio.Future[Any]]) -> Turn:
         quantum = self.policy.quantum

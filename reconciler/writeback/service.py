@@ -32,7 +32,7 @@ from reconciler.writeback.delivery import DeliveryPolicy, Drainer
 from reconciler.writeback.errors import WritebackConfigError
 from reconciler.writeback.metrics import WritebackMetrics
 from reconciler.writeback.model import DB_PATH_ENV, DEFAULT_DB_PATH, DEFAULT_MAX_BODY_BYTES
-from reconciler.writeback.store import Store
+from reconciler.writeback.store import QueueStore, Store
 from reconciler.writeback.target import PracticeDirectory
 
 TOKEN_ENV = "PMSCTL_WRITEBACK_TOKEN"
@@ -109,11 +109,15 @@ class WritebackService:
         synchronous: str = "FULL",
         api_thread: bool = True,
         switch_interval: float | None = API_SWITCH_INTERVAL,
+        store: QueueStore | None = None,
     ) -> None:
         if not token:
             raise WritebackConfigError("WritebackService needs a token (see load_token())")
         self.directory = directory
-        self.store = Store(db_path, synchronous=synchronous)
+        # `store`: a queue from `reconciler.stores` (e.g. PostgreSQL); else the SQLite file.
+        self.store: QueueStore = (
+            store if store is not None else Store(db_path, synchronous=synchronous)
+        )
         # `metrics` shares metric objects already registered (the process's, see
         # `process_metrics()`); else they are registered anew in `registry` (None: a private one).
         self.metrics = metrics if metrics is not None else WritebackMetrics.create(registry)

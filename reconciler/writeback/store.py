@@ -1,11 +1,13 @@
-"""The durable writeback queue: one SQLite file in WAL mode, written by one thread with group commit.
+"""The durable writeback queue: ops over a connection, committed by one writer thread with group
+commit. SQLite (one file in WAL mode, `Store`) is the embedded default; PostgreSQL
+(`reconciler.stores.postgres`) runs the very same ops, so several replicas can share one queue.
 
-Every change goes through `Store.run(op)`: the op (a plain function over a `sqlite3.Connection`,
-defined in this module) is queued to the single writer thread, which takes every op waiting,
-runs them in ONE transaction (each in its own savepoint, so one failing op does not undo the
-others), commits with `synchronous=FULL` (fsync), and only then resolves the callers' futures.
-So an accepted request is on disk before its 202 is sent, and a burst of a thousand requests
-costs a handful of fsyncs instead of a thousand.
+Every change goes through `store.run(op)`: the op (a plain function over a `Conn`, e.g. a
+`sqlite3.Connection`, defined in this module) is queued to the single writer thread, which takes
+every op waiting, runs them in ONE transaction (each in its own savepoint, so one failing op does
+not undo the others), commits (SQLite: `synchronous=FULL`, an fsync), and only then resolves the
+callers' futures. So an accepted request is on disk before its 202 is sent, and a burst of a
+thousand requests costs a handful of fsyncs instead of a thousand.
 
 The ops are module-level functions so `pmsctl writebacks` can run the very same SQL on its own
 connection (`connect()` + `with conn:`), e.g. while the service is stopped; `busy_timeout` lets
@@ -33,7 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from reconciler.writeback.errors import StoreError
 from reconciler.writeback.model import (
@@ -47,7 +49,28 @@ from reconciler.writeback.model import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-Op = Callable[[sqlite3.Connection], T]
+
+
+class Rows(Protocol):
+    """What an op reads back from `Conn.execute`: the DB-API cursor subset the ops use."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Conn(Protocol):
+    """The connection an op runs on: `sqlite3.Connection` itself, or a backend's adapter that
+    takes the same SQL (`?` placeholders; `UPDATE ... FROM (VALUES ...)` with `columnN` names,
+    `ON CONFLICT`, `RETURNING`, which SQLite and PostgreSQL share)."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Rows: ...
+
+
+Op = Callable[["Conn"], T]
 
 SCHEMA_VERSION = 1
 _DDL = """
@@ -189,7 +212,7 @@ def _row(row: Sequence[Any]) -> WritebackRecord:
 
 
 def insert(
-    conn: sqlite3.Connection,
+    conn: Conn,
     request: WritebackRequest,
     *,
     status: Status,
@@ -271,7 +294,7 @@ class Insert:
     target_type_id: str | None = None
     provider_id: str | None = None
 
-    def __call__(self, conn: sqlite3.Connection) -> tuple[WritebackRecord, bool]:
+    def __call__(self, conn: Conn) -> tuple[WritebackRecord, bool]:
         return insert(
             conn,
             self.request,
@@ -299,14 +322,12 @@ class Insert:
         )
 
 
-def insert_many(
-    conn: sqlite3.Connection, inserts: Sequence[Insert]
-) -> list[tuple[WritebackRecord, bool]]:
+def insert_many(conn: Conn, inserts: Sequence[Insert]) -> list[tuple[WritebackRecord, bool]]:
     """`insert()` for each, in order, in a few statements; the same results as one by one.
 
     A caller id already stored, or used earlier in `inserts`, is a replay: (that record, False).
-    Needs the write lock (inside the writer's transaction): the new rows' seqs are read off
-    `lastrowid`, since the rows of one INSERT take consecutive AUTOINCREMENT values.
+    Runs inside the writer's transaction; the new rows' seqs come back with `RETURNING`
+    (matched by id: neither backend promises RETURNING rows in VALUES order).
     """
     wanted = list(dict.fromkeys(ins.request.id for ins in inserts))
     stored: dict[str, WritebackRecord] = {}
@@ -336,15 +357,16 @@ def insert_many(
                        r.occurred_at, r.text, r.filename, r.content_type, r.content,
                        ins.status.value, ins.reason, ins.message, ins.target_type_id,
                        ins.provider_id, ins.now, ins.now)  # fmt: skip
-        cur = conn.execute(
+        rows = conn.execute(
             f"INSERT INTO writebacks ({_INSERT_COLUMNS}) VALUES "
-            + ",".join([_INSERT_ROW] * len(chunk)),
+            + ",".join([_INSERT_ROW] * len(chunk))
+            + " RETURNING id, seq",
             params,
-        )
-        last = cur.lastrowid
-        assert last is not None and cur.rowcount == len(chunk)
-        for n, (ins, fp) in enumerate(zip(chunk, prints, strict=True)):
-            stored[ins.request.id] = ins.record(last - len(chunk) + 1 + n, fp)
+        ).fetchall()
+        seqs = {str(wid): int(seq) for wid, seq in rows}
+        assert len(seqs) == len(chunk)
+        for ins, fp in zip(chunk, prints, strict=True):
+            stored[ins.request.id] = ins.record(seqs[ins.request.id], fp)
             created.add(ins.request.id)
     out: list[tuple[WritebackRecord, bool]] = []
     for ins in inserts:
@@ -354,9 +376,7 @@ def insert_many(
     return out
 
 
-def get(
-    conn: sqlite3.Connection, writeback_id: str, *, content: bool = False
-) -> WritebackRecord | None:
+def get(conn: Conn, writeback_id: str, *, content: bool = False) -> WritebackRecord | None:
     """One record by id (without the document bytes unless asked)."""
     cols = _WITH_CONTENT if content else _WITHOUT_CONTENT
     row = conn.execute(f"SELECT {cols} FROM writebacks WHERE id = ?", (writeback_id,)).fetchone()
@@ -364,7 +384,7 @@ def get(
 
 
 def list_records(
-    conn: sqlite3.Connection,
+    conn: Conn,
     *,
     statuses: Sequence[str] = (),
     practice_id: str | None = None,
@@ -389,7 +409,7 @@ def list_records(
     return [_row(r) for r in rows]
 
 
-def open_head(conn: sqlite3.Connection, practice_id: str, limit: int) -> list[WritebackRecord]:
+def open_head(conn: Conn, practice_id: str, limit: int) -> list[WritebackRecord]:
     """The practice's oldest undelivered records, in arrival order, with their document bytes."""
     rows = conn.execute(
         f"SELECT {_WITH_CONTENT} FROM writebacks WHERE practice_id = ? AND status IN (?, ?)"
@@ -399,7 +419,7 @@ def open_head(conn: sqlite3.Connection, practice_id: str, limit: int) -> list[Wr
     return [_row(r) for r in rows]
 
 
-def practices_with_open(conn: sqlite3.Connection) -> list[str]:
+def practices_with_open(conn: Conn) -> list[str]:
     """Every practice with something still to deliver."""
     rows = conn.execute(
         "SELECT DISTINCT practice_id FROM writebacks WHERE status IN (?, ?)", _OPEN
@@ -407,7 +427,7 @@ def practices_with_open(conn: sqlite3.Connection) -> list[str]:
     return [r[0] for r in rows]
 
 
-def mark_sending(conn: sqlite3.Connection, writeback_id: str, *, now: float) -> int:
+def mark_sending(conn: Conn, writeback_id: str, *, now: float) -> int:
     """Record that an attempt starts; returns the attempt number (durable, so a crash loop is capped)."""
     row = conn.execute(
         "UPDATE writebacks SET status = ?, attempts = attempts + 1, updated_at = ?"
@@ -417,7 +437,7 @@ def mark_sending(conn: sqlite3.Connection, writeback_id: str, *, now: float) -> 
     return int(row[0]) if row else 0
 
 
-def mark_sent(conn: sqlite3.Connection, writeback_id: str, pms_id: str, *, now: float) -> bool:
+def mark_sent(conn: Conn, writeback_id: str, pms_id: str, *, now: float) -> bool:
     """The PMS has it: keep its id, drop the document bytes (no longer needed)."""
     cur = conn.execute(
         "UPDATE writebacks SET status = ?, pms_id = ?, sent_at = ?, updated_at = ?, reason = NULL,"
@@ -427,9 +447,7 @@ def mark_sent(conn: sqlite3.Connection, writeback_id: str, pms_id: str, *, now: 
     return cur.rowcount == 1
 
 
-def mark_failed(
-    conn: sqlite3.Connection, writeback_id: str, reason: str, message: str, *, now: float
-) -> bool:
+def mark_failed(conn: Conn, writeback_id: str, reason: str, message: str, *, now: float) -> bool:
     """Delivery gave up: keep the reason for `pmsctl writebacks list --failed`."""
     cur = conn.execute(
         "UPDATE writebacks SET status = ?, reason = ?, message = ?, updated_at = ?"
@@ -439,9 +457,7 @@ def mark_failed(
     return cur.rowcount == 1
 
 
-def resolve(
-    conn: sqlite3.Connection, writeback_id: str, type_id: str, provider_id: str, *, now: float
-) -> bool:
+def resolve(conn: Conn, writeback_id: str, type_id: str, provider_id: str, *, now: float) -> bool:
     """Decide a record stored undecided (the PMS had not answered at intake): write it under this
     note type (or category) id as this provider."""
     cur = conn.execute(
@@ -452,9 +468,7 @@ def resolve(
     return cur.rowcount == 1
 
 
-def mark_skipped(
-    conn: sqlite3.Connection, writeback_id: str, reason: str, message: str, *, now: float
-) -> bool:
+def mark_skipped(conn: Conn, writeback_id: str, reason: str, message: str, *, now: float) -> bool:
     """Decided at delivery not to write it (the PMS, once it answered, or the spec said no)."""
     cur = conn.execute(
         "UPDATE writebacks SET status = ?, reason = ?, message = ?, updated_at = ?"
@@ -464,9 +478,7 @@ def mark_skipped(
     return cur.rowcount == 1
 
 
-def defer(
-    conn: sqlite3.Connection, writeback_id: str, until: float, message: str, *, now: float
-) -> bool:
+def defer(conn: Conn, writeback_id: str, until: float, message: str, *, now: float) -> bool:
     """Back to pending until `until` (a temporary error); the message says what went wrong."""
     cur = conn.execute(
         "UPDATE writebacks SET status = ?, next_attempt_at = ?, message = ?, updated_at = ?"
@@ -499,7 +511,7 @@ class Change:
     message: str = ""  # FAILED, DEFER
     until: float = 0.0  # DEFER
 
-    def __call__(self, conn: sqlite3.Connection) -> None:
+    def __call__(self, conn: Conn) -> None:
         wid, now = self.writeback_id, self.now
         if self.kind is ChangeKind.SENDING:
             mark_sending(conn, wid, now=now)
@@ -541,7 +553,7 @@ _CHANGE_STATUS = {
 }
 
 
-def apply_changes(conn: sqlite3.Connection, changes: Sequence[Change]) -> None:
+def apply_changes(conn: Conn, changes: Sequence[Change]) -> None:
     """Apply `changes` with one UPDATE per kind; the same end state as one by one, in order.
 
     Kinds go in the order a record moves (sending, then sent / failed / defer), which is the
@@ -580,7 +592,7 @@ def apply_changes(conn: sqlite3.Connection, changes: Sequence[Change]) -> None:
         change(conn)
 
 
-def retry(conn: sqlite3.Connection, writeback_id: str, *, now: float) -> WritebackRecord | None:
+def retry(conn: Conn, writeback_id: str, *, now: float) -> WritebackRecord | None:
     """Put a failed record back in its practice's queue (attempts start over), or a record skipped
     for what the PMS said (`RETRYABLE_SKIPS`: it goes back undecided and is decided again against
     the PMS); None if it is neither."""
@@ -593,7 +605,7 @@ def retry(conn: sqlite3.Connection, writeback_id: str, *, now: float) -> Writeba
     return get(conn, writeback_id) if cur.rowcount == 1 else None
 
 
-def retry_all(conn: sqlite3.Connection, *, practice_id: str | None = None, now: float) -> list[str]:
+def retry_all(conn: Conn, *, practice_id: str | None = None, now: float) -> list[str]:
     """Retry every failed record (of one practice, or all); returns their ids."""
     args: list[Any] = [Status.PENDING.value, now, Status.FAILED.value]
     where = "status = ?"
@@ -608,7 +620,7 @@ def retry_all(conn: sqlite3.Connection, *, practice_id: str | None = None, now: 
     return [r[0] for r in rows]
 
 
-def counts(conn: sqlite3.Connection, practice_id: str | None = None) -> dict[str, int]:
+def counts(conn: Conn, practice_id: str | None = None) -> dict[str, int]:
     """{sent, skipped, pending, failed} for one practice (or all); `sending` counts as pending."""
     out = {"sent": 0, "skipped": 0, "pending": 0, "failed": 0}
     if practice_id is None:
@@ -624,7 +636,7 @@ def counts(conn: sqlite3.Connection, practice_id: str | None = None) -> dict[str
     return out
 
 
-def open_count(conn: sqlite3.Connection) -> int:
+def open_count(conn: Conn) -> int:
     """How many records are still to deliver (all practices): the queue depth."""
     row = conn.execute("SELECT count(*) FROM writebacks WHERE status IN (?, ?)", _OPEN).fetchone()
     return int(row[0])
@@ -632,7 +644,7 @@ def open_count(conn: sqlite3.Connection) -> int:
 
 # --- the writer thread ---
 
-_Item = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
+_Item = tuple[Callable[[Conn], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
 
 
 class _OpFailed(Exception):
@@ -650,33 +662,90 @@ def _settle(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
             fut.set_exception(value)
 
 
-class Store:
-    """The queue file with one writer thread; `await store.run(op)` runs an op in a group commit."""
+class QueueStore(Protocol):
+    """The durable writeback queue as the API, the drainer and the service use it; `Store`
+    (SQLite, the default) and the PostgreSQL backend (`reconciler.stores.postgres`) implement it.
 
-    def __init__(
-        self, path: str | os.PathLike[str], *, synchronous: str = "FULL", max_batch: int = 1000
-    ) -> None:
-        self.path = os.fspath(path)
-        self._synchronous = synchronous
+    `run`/`submit` commit an op (a function of this module over a `Conn`) in a group commit;
+    `read` runs a read-only op now, on the calling thread. `claim(practice_id)` makes this
+    process the only one delivering that practice until `release(practice_id)`: a queue several
+    processes share (PostgreSQL) answers False while another process holds it."""
+
+    #: Where the queue is, for messages: a file path, or a URL without its password.
+    path: str
+    #: Group commits so far (for the benchmarks).
+    commits: int
+
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    async def run(self, op: Callable[[Conn], T]) -> T: ...
+
+    def submit(self, op: Callable[[Conn], T]) -> asyncio.Future[T]: ...
+
+    def read(self, op: Callable[[Conn], T]) -> T: ...
+
+    async def claim(self, practice_id: str) -> bool: ...
+
+    async def release(self, practice_id: str) -> None: ...
+
+
+class GroupCommitStore:
+    """One writer thread with group commit over a backend's connection; `await store.run(op)`
+    runs an op in the next group commit. A backend provides the hooks below (connections, the
+    BEGIN statement, its error class); the batching, savepoints and wake-ups are shared."""
+
+    #: The statement that opens the writer's transaction.
+    begin = "BEGIN"
+    #: The backend's error class (a failed commit fails every op of its batch).
+    errors: tuple[type[BaseException], ...] = (Exception,)
+
+    def __init__(self, path: str, *, max_batch: int = 1000) -> None:
+        self.path = path
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._conn: sqlite3.Connection | None = None
+        self._conn: Any = None
         self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        self._readers: list[Any] = []
         self._readers_lock = threading.Lock()
         self.commits = 0  # group commits so far (for the benchmark)
 
+    # --- backend hooks ---
+
+    def connect_writer(self) -> Any:
+        """A new connection for the writer thread (schema ready); it must have a `Conn`'s
+        `execute` and a `close()`."""
+        raise NotImplementedError
+
+    def connect_reader(self) -> Any:
+        """A new read-only connection for one reading thread."""
+        raise NotImplementedError
+
+    def describe(self, exc: BaseException) -> str:
+        """`exc` as a message may show it (a backend masks what must not be shown)."""
+        return str(exc)
+
+    async def claim(self, practice_id: str) -> bool:
+        """True: this process alone delivers `practice_id` (one process per queue: always)."""
+        return True
+
+    async def release(self, practice_id: str) -> None:
+        """Give up `claim(practice_id)`."""
+
+    # --- shared ---
+
     def open(self) -> None:
-        """Open the file (creating it) and start the writer thread."""
+        """Open the queue (creating it) and start the writer thread."""
         if self._thread is not None:
             return
-        self._conn = connect(self.path, synchronous=self._synchronous)
+        self._conn = self.connect_writer()
         self._thread = threading.Thread(target=self._writer, name="writeback-store", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
-        """Finish what is queued, stop the writer thread and close the file."""
+        """Finish what is queued, stop the writer thread and close the connections."""
         if self._thread is None:
             return
         self._queue.put(None)
@@ -691,16 +760,11 @@ class Store:
             self._readers.clear()
         self._local = threading.local()
 
-    async def run(self, op: Callable[[sqlite3.Connection], T]) -> T:
+    async def run(self, op: Callable[[Conn], T]) -> T:
         """Run `op(conn)` in the next group commit; returns once it is committed."""
-        if self._thread is None:
-            raise StoreError(f"{self.path}: the writeback queue is not open")
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[T] = loop.create_future()
-        self._queue.put((op, fut, loop))
-        return await fut
+        return await self.submit(op)
 
-    def submit(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+    def submit(self, op: Callable[[Conn], T]) -> asyncio.Future[T]:
         """Queue `op` for the next group commit without waiting; the future settles after it."""
         if self._thread is None:
             raise StoreError(f"{self.path}: the writeback queue is not open")
@@ -709,16 +773,16 @@ class Store:
         self._queue.put((op, fut, loop))
         return fut
 
-    def read(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        """Run a read-only op now, on this thread's own connection (WAL readers never block)."""
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+    def read(self, op: Callable[[Conn], T]) -> T:
+        """Run a read-only op now, on this thread's own connection (readers never block)."""
+        conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = connect(self.path, synchronous=self._synchronous)
-            conn.execute("PRAGMA query_only=ON")
+            conn = self.connect_reader()
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)
-        return op(conn)
+        result: T = op(conn)
+        return result
 
     def _writer(self) -> None:
         conn = self._conn
@@ -740,7 +804,7 @@ class Store:
                 batch.append(item)
             self._commit(conn, batch)
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[_Item]) -> None:
+    def _commit(self, conn: Any, batch: list[_Item]) -> None:
         try:
             results = self._run_batch(conn, batch, isolate=False)
         except _OpFailed:
@@ -749,12 +813,12 @@ class Store:
         self._notify(batch, results)
 
     def _run_batch(
-        self, conn: sqlite3.Connection, batch: list[_Item], *, isolate: bool
+        self, conn: Any, batch: list[_Item], *, isolate: bool
     ) -> list[tuple[asyncio.Future[Any], bool, Any]]:
         results: list[tuple[asyncio.Future[Any], bool, Any]] = []
         grouped: dict[int, Any] = {}
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(self.begin)
             if not isolate:
                 grouped = self._run_grouped(conn, batch)
             for k, (op, fut, _) in enumerate(batch):
@@ -780,19 +844,20 @@ class Store:
             conn.execute("COMMIT")
             self.commits += 1
         except _OpFailed:
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(*self.errors):
                 conn.execute("ROLLBACK")
             raise
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
+        except self.errors as exc:
+            with contextlib.suppress(*self.errors):
                 conn.execute("ROLLBACK")
-            log.error("writeback queue %s: commit failed: %s", self.path, exc)
-            error = StoreError(f"{self.path}: commit failed: {exc}")
+            why = self.describe(exc)
+            log.error("writeback queue %s: commit failed: %s", self.path, why)
+            error = StoreError(f"{self.path}: commit failed: {why}")
             results = [(fut, False, error) for _, fut, _ in batch]
         return results
 
     @staticmethod
-    def _run_grouped(conn: sqlite3.Connection, batch: list[_Item]) -> dict[int, Any]:
+    def _run_grouped(conn: Conn, batch: list[_Item]) -> dict[int, Any]:
         """Run the batch's `Insert`s, then its `Change`s, each kind in one go; their results by
         position. They go ahead of the batch's other ops, which changes no result: inserts touch
         new rows only, changes touch open records only the drainer changes, and the other ops
@@ -821,6 +886,27 @@ class Store:
         for loop, items in by_loop.items():
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
                 loop.call_soon_threadsafe(_settle, items)
+
+
+class Store(GroupCommitStore):
+    """The SQLite queue file (WAL mode) with one writer thread: the embedded default."""
+
+    begin = "BEGIN IMMEDIATE"
+    errors = (sqlite3.Error,)
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, synchronous: str = "FULL", max_batch: int = 1000
+    ) -> None:
+        super().__init__(os.fspath(path), max_batch=max_batch)
+        self._synchronous = synchronous
+
+    def connect_writer(self) -> sqlite3.Connection:
+        return connect(self.path, synchronous=self._synchronous)
+
+    def connect_reader(self) -> sqlite3.Connection:
+        conn = connect(self.path, synchronous=self._synchronous)
+        conn.execute("PRAGMA query_only=ON")
+        return conn
 
 
 def now() -> float:

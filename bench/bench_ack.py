@@ -1,0 +1,312 @@
+"""Benchmark: writeback acknowledgment latency under a fixed arrival rate, per store backend.
+
+An open-loop load generator (requests are due at fixed intervals; each one's latency counts from
+when it was due, so a stalled server cannot hide its queue) POSTs writebacks at each rate of
+`--rates` for `--seconds`, and reports the ack latency p50 / p99 / p99.9 and the highest rate at
+which p99 stays under `--p99-budget-ms` (20 ms), for:
+
+- `service`: the real `WritebackService` (auth, validation, decision, the store's group commit,
+  the API on its own thread) with delivery running: the drainer writes every note to the PMS
+  simulator (in this process) through the real drivers;
+- `floor`: a minimal aiohttp handler that parses the body and commits it through the same store
+  (one `Insert` in a group commit) and nothing else: what the store alone costs;
+
+each on SQLite (the queue file, `synchronous=FULL`) and on PostgreSQL (a server started here from
+Debian's binaries with fsync on, or `--pg-url`). All real, on loopback; three processes (this one
+with the simulator, the server, the load generator).
+
+    .venv/bin/python bench/bench_ack.py                                  # rates 100..800, 3 s each
+    .venv/bin/python bench/bench_ack.py --rates 200,400 --seconds 5 --backends postgresql
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+TOKEN = "bench-token-0123456789abcdef"
+
+
+def _module(path: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _bench_writeback() -> ModuleType:
+    """bench_writeback.py: its practices, specs and engine-like directory."""
+    return _module(Path(__file__).resolve().parent / "bench_writeback.py", "bench_writeback")
+
+
+# --- the server process -----------------------------------------------------------------------
+
+
+def _store(args: argparse.Namespace) -> Any:
+    if args.store.startswith("postgresql://"):
+        from reconciler.stores import backend_from_url
+
+        return backend_from_url(args.store).queue_store()
+    from reconciler.writeback.store import Store
+
+    return Store(args.store)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    bw = _bench_writeback()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    if args.mode == "floor":
+        from aiohttp import web
+
+        from reconciler.writeback import store as ops
+        from reconciler.writeback.model import Status, parse_request
+
+        store = _store(args)
+        store.open()
+
+        async def accept(request: web.Request) -> web.Response:
+            body = await request.json()
+            wb = parse_request(request.match_info["pid"], body)
+            record, _ = await store.run(ops.Insert(wb, Status.PENDING, ops.now()))
+            return web.json_response({"id": record.id}, status=202)
+
+        app = web.Application()
+        app.router.add_post("/v1/practices/{pid}/writebacks", accept)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        Path(args.url_file).write_text(f"http://127.0.0.1:{port}\n")
+        await stop.wait()
+        await runner.cleanup()
+        store.close()
+        return
+
+    from reconciler.writeback.delivery import DeliveryPolicy
+    from reconciler.writeback.service import WritebackService
+
+    directory = bw.Directory()
+    for pid, pms in bw.practice_ids(args.practices):
+        await directory.add(pid, pms, args.sim_url, 200.0, 50)
+    policy = DeliveryPolicy(max_concurrent_practices=32, quantum=8, not_ready_delay=2.0)
+    service = WritebackService(directory, args.store, TOKEN, policy=policy, store=_store(args))
+    url = await service.start("127.0.0.1", 0)
+    Path(args.url_file).write_text(f"{url}\n")
+    await stop.wait()
+    await service.stop(grace=2.0)
+
+
+# --- the load process -------------------------------------------------------------------------
+
+
+async def load(args: argparse.Namespace) -> None:
+    import aiohttp
+
+    bw = _bench_writeback()
+    pids = [pid for pid, _ in bw.practice_ids(args.practices)]
+    n = int(args.rate * args.seconds)
+    acks: list[float] = []
+    statuses: dict[int, int] = {}
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+
+    async def one(http: aiohttp.ClientSession, i: int, due: float) -> None:
+        body = {
+            "callerId": f"{args.tag}-{i}",
+            "type": "outgoingSms",
+            "patientId": str(2 + i % 50),
+            "occurredAt": "2026-11-26T09:15:00-05:00",
+            "text": f"bench ack {i}",
+        }
+        pid = pids[i % len(pids)]
+        async with http.post(f"{args.url}/v1/practices/{pid}/writebacks", json=body,
+                             headers=headers) as resp:  # fmt: skip
+            await resp.read()
+        acks.append(time.perf_counter() - due)
+        statuses[resp.status] = statuses.get(resp.status, 0) + 1
+
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        started = time.perf_counter() + 0.05
+        tasks = []
+        for i in range(n):
+            due = started + i / args.rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(http, i, due)))
+        await asyncio.gather(*tasks)
+    print(json.dumps({"acks": acks, "statuses": statuses}))
+
+
+# --- the main process -------------------------------------------------------------------------
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))] if s else float("nan")
+
+
+def child(*argv: str) -> list[str]:
+    return [sys.executable, __file__, *argv]
+
+
+@contextlib.contextmanager
+def postgres(url: str | None) -> Iterator[str | None]:
+    """`url`, or a PostgreSQL server started for the run (fsync on) from tests/pg.py."""
+    if url:
+        yield url
+        return
+    pg = _module(ROOT / "tests" / "pg.py", "pmsctl_tests_pg")
+    base = Path(tempfile.mkdtemp(prefix="pmsctl-bench-pg-"))
+    try:
+        with pg.start_server(base, fsync=True) as server:
+            yield server.database("bench_ack")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def fresh_pg(url: str) -> None:
+    """Empty the queue between configurations (same database, schema kept)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS writebacks, cursors, pmsctl_schema")
+
+
+async def main(args: argparse.Namespace) -> int:
+    from pms_simulator.server import Simulator
+
+    bw = _bench_writeback()
+    rates = [float(r) for r in args.rates.split(",")]
+    sim = Simulator(rate_limit_per_second=1000, burst=1000)
+    for pid, pms in bw.practice_ids(args.practices):
+        sim.add_practice(pid, pms)
+    results: list[dict[str, Any]] = []
+    tmp = Path(tempfile.mkdtemp(prefix="pmsctl-bench-ack-"))
+    with postgres(args.pg_url if "postgresql" in args.backends else "") as pg_url:
+        async with sim.serve() as sim_url:
+            for backend in args.backends.split(","):
+                for mode in args.modes.split(","):
+                    if backend == "postgresql":
+                        assert pg_url is not None
+                        fresh_pg(pg_url)
+                        store = pg_url
+                    else:
+                        store = str(tmp / f"{mode}.db")
+                    url_file = tmp / f"{backend}-{mode}.url"
+                    server = subprocess.Popen(
+                        child("serve", "--mode", mode, "--store", store, "--sim-url", sim_url,
+                              "--url-file", str(url_file), "--practices", str(args.practices))
+                    )  # fmt: skip
+                    try:
+                        deadline = time.monotonic() + 60
+                        while not url_file.exists() or not url_file.read_text().strip():
+                            if server.poll() is not None or time.monotonic() > deadline:
+                                raise RuntimeError(f"{backend}/{mode}: the server did not start")
+                            await asyncio.sleep(0.1)  # process start-up
+                        url = url_file.read_text().strip()
+                        for rate in rates:
+                            tag = f"{backend}-{mode}-{int(rate)}"
+                            proc = await asyncio.create_subprocess_exec(
+                                *child("load", "--url", url, "--rate", str(rate), "--seconds",
+                                       str(args.seconds), "--tag", tag, "--practices",
+                                       str(args.practices)),
+                                stdout=asyncio.subprocess.PIPE,
+                            )  # fmt: skip
+                            out, _ = await proc.communicate()
+                            data = json.loads(out.decode().strip().splitlines()[-1])
+                            acks = data["acks"]
+                            row = {
+                                "backend": backend, "mode": mode, "rate": rate,
+                                "requests": len(acks), "statuses": data["statuses"],
+                                "p50_ms": pct(acks, 50) * 1000, "p99_ms": pct(acks, 99) * 1000,
+                                "p999_ms": pct(acks, 99.9) * 1000,
+                            }  # fmt: skip
+                            results.append(row)
+                            print(
+                                f"{backend:10s} {mode:7s} {rate:6.0f}/s  n={len(acks):5d}  "
+                                f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  "
+                                f"p99.9 {row['p999_ms']:7.2f} ms  {data['statuses']}",
+                                flush=True,
+                            )
+                    finally:
+                        server.send_signal(signal.SIGTERM)
+                        try:
+                            server.wait(30)
+                        except subprocess.TimeoutExpired:
+                            server.kill()
+                            server.wait()
+    sim.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+    print()
+    summary = {}
+    for backend in args.backends.split(","):
+        for mode in args.modes.split(","):
+            ok = [
+                r["rate"]
+                for r in results
+                if r["backend"] == backend and r["mode"] == mode
+                and r["p99_ms"] < args.p99_budget_ms and set(r["statuses"]) == {"202"}
+            ]  # fmt: skip
+            best = max(ok) if ok else 0.0
+            summary[f"{backend}/{mode}"] = best
+            print(f"{backend}/{mode}: highest rate with p99 < {args.p99_budget_ms:g} ms: "
+                  f"{best:g}/s (of those tried)")  # fmt: skip
+    print(json.dumps({"bench": "ack", "results": results, "max_rate_p99_ok": summary}))
+    return 0
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="role")
+    s = sub.add_parser("serve")
+    s.add_argument("--mode", choices=("service", "floor"), required=True)
+    s.add_argument("--store", required=True)
+    s.add_argument("--sim-url", required=True)
+    s.add_argument("--url-file", required=True)
+    s.add_argument("--practices", type=int, default=20)
+    ld = sub.add_parser("load")
+    ld.add_argument("--url", required=True)
+    ld.add_argument("--rate", type=float, required=True)
+    ld.add_argument("--seconds", type=float, required=True)
+    ld.add_argument("--tag", required=True)
+    ld.add_argument("--practices", type=int, default=20)
+    p.add_argument("--rates", default="100,200,400,800", help="arrival rates to try (per second)")
+    p.add_argument("--seconds", type=float, default=3.0, help="seconds of load per rate")
+    p.add_argument("--backends", default="sqlite,postgresql")
+    p.add_argument("--modes", default="service,floor")
+    p.add_argument("--practices", type=int, default=20)
+    p.add_argument("--p99-budget-ms", type=float, default=20.0)
+    p.add_argument("--pg-url", default=os.environ.get("PMSCTL_BENCH_PG_URL"),
+                   help="use this database instead of starting a server")  # fmt: skip
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    ns = parse(sys.argv[1:])
+    if ns.role == "serve":
+        asyncio.run(serve(ns))
+    elif ns.role == "load":
+        asyncio.run(load(ns))
+    else:
+        sys.exit(asyncio.run(main(ns)))

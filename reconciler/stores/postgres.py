@@ -1,0 +1,373 @@
+"""The PostgreSQL backend: the writeback queue and the poller cursors in one database that every
+replica shares (`--store postgresql://USER@HOST/DB`).
+
+- The queue runs the very same ops as the SQLite file (`reconciler.writeback.store`): `PgConn`
+  hands them a psycopg connection that takes SQLite's `?` placeholders. The writer thread and
+  its group commit are `GroupCommitStore`'s; a commit here is PostgreSQL's (WAL flush).
+- Several replicas accept writebacks into the one table; delivery of a practice is claimed with
+  a session-level advisory lock (`claim`), so one replica at a time delivers it, in `seq` order.
+  A replica that dies drops its connection and with it its claims.
+- The schema is versioned (`MIGRATIONS`, the table `pmsctl_schema`), applied at start under a
+  transaction-level advisory lock, so replicas starting together apply each migration once;
+  `pmsctl store migrate` applies them ahead of a rollout.
+- The password comes from the URL or from a file (`password_file`); it never appears in a
+  message: every message names the store by `scrub(url)` and has the password masked.
+
+Driver: psycopg 3, synchronous, on the writer thread (see docs/store.md for the measurement
+against asyncpg).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import psycopg
+
+from reconciler.stores import scrub
+from reconciler.writeback.errors import StoreError
+from reconciler.writeback.store import GroupCommitStore
+
+log = logging.getLogger(__name__)
+
+SCHEMES = ("postgresql", "postgres")
+
+#: Versioned schema changes, applied in order; a database at a higher version than the last
+#: one here belongs to a newer pmsctl and is refused.
+MIGRATIONS: tuple[tuple[int, str, str], ...] = (
+    (
+        1,
+        "writeback queue and poller cursors",
+        """
+CREATE TABLE writebacks (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    practice_id TEXT NOT NULL,
+    caller_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    type TEXT NOT NULL,
+    patient_id TEXT NOT NULL,
+    occurred_at TEXT NOT NULL,
+    text TEXT NOT NULL,
+    filename TEXT,
+    content_type TEXT,
+    content BYTEA,
+    status TEXT NOT NULL,
+    reason TEXT,
+    message TEXT,
+    target_type_id TEXT,
+    provider_id TEXT,
+    pms_id TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at DOUBLE PRECISION NOT NULL DEFAULT 0,
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    sent_at DOUBLE PRECISION,
+    UNIQUE (practice_id, caller_id)
+);
+CREATE INDEX writebacks_by_practice ON writebacks (practice_id, status, seq);
+CREATE INDEX writebacks_by_status ON writebacks (status, seq);
+CREATE TABLE cursors (
+    practice_key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    cursor TEXT NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (practice_key, kind)
+);
+""",
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+#: The advisory lock key migrations run under (any constant no other application uses).
+MIGRATION_LOCK = 0x706D_7363_746C_0001
+#: Practice claims are advisory locks on hashtextextended(this prefix || practice id).
+CLAIM_PREFIX = "pmsctl-writeback:"
+
+
+def _url_password(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.password:
+        return parts.password
+    for k, v in parse_qsl(parts.query):
+        if k == "password":
+            return v
+    return None
+
+
+@functools.lru_cache(maxsize=512)
+def _placeholders(sql: str) -> str:
+    """SQLite's `?` placeholders as psycopg's `%s` (the ops hold no `?` or `%` otherwise)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class PgConn:
+    """A psycopg connection that runs the queue's ops (a `reconciler.writeback.store.Conn`)."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.raw = conn
+        #: Called with each statement before it runs (like sqlite3's trace callback; for tests).
+        self.trace: Callable[[str], object] | None = None
+
+    def execute(self, sql: str, parameters: Any = None, /) -> psycopg.Cursor[Any]:
+        if self.trace is not None:
+            self.trace(sql)
+        if parameters is None:
+            return self.raw.execute(sql.encode())  # as is: no placeholders to replace
+        return self.raw.execute(_placeholders(sql), parameters)
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+class PostgresBackend:
+    """One PostgreSQL database as pmsctl's store: connections, migrations, the queue, the cursors."""
+
+    def __init__(self, url: str, *, password_file: str | Path | None = None) -> None:
+        if urlsplit(url).scheme not in SCHEMES:
+            raise StoreError(f"{scrub(url)}: not a postgresql:// URL")
+        self.url = url
+        #: The URL for messages: the password masked.
+        self.name = scrub(url)
+        self._password: str | None = None
+        if password_file is not None:
+            try:
+                self._password = Path(password_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise StoreError(
+                    f"{password_file}: cannot read the store password: {exc.strerror}"
+                ) from exc
+        self._secrets = [s for s in (self._password, _url_password(url)) if s]
+
+    def clean(self, exc: BaseException) -> str:
+        """`exc`'s message with the URL scrubbed and the password masked."""
+        text = str(exc).replace(self.url, self.name)
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """A new autocommit connection; StoreError (password masked) when it cannot connect."""
+        kwargs: dict[str, Any] = {"autocommit": True, "application_name": "pmsctl"}
+        if self._password is not None:
+            kwargs["password"] = self._password
+        kwargs.setdefault("connect_timeout", 10)
+        try:
+            return psycopg.connect(self.url, **kwargs)
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.name}: cannot connect: {self.clean(exc)}") from None
+
+    def migrate(self) -> tuple[int, int]:
+        """Apply the missing migrations under the migration lock; (version before, after)."""
+        conn = self.connect()
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS pmsctl_schema (version INTEGER PRIMARY KEY,"
+                    " description TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+                )
+                row = conn.execute("SELECT coalesce(max(version), 0) FROM pmsctl_schema").fetchone()
+                before = int(row[0]) if row else 0
+                if before > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self.name}: the store has schema version {before}, this pmsctl knows "
+                        f"{SCHEMA_VERSION}; use a newer pmsctl"
+                    )
+                for version, description, ddl in MIGRATIONS:
+                    if version <= before:
+                        continue
+                    conn.execute(ddl.encode())
+                    conn.execute(
+                        "INSERT INTO pmsctl_schema (version, description) VALUES (%s, %s)",
+                        (version, description),
+                    )
+                    log.info("store %s: applied migration %d (%s)", self.name, version, description)
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.name}: migration failed: {self.clean(exc)}") from None
+        finally:
+            conn.close()
+        return before, SCHEMA_VERSION
+
+    def version(self) -> tuple[int, int]:
+        """(the store's schema version, 0 before any migration; the version this pmsctl knows)."""
+        conn = self.connect()
+        try:
+            exists = conn.execute("SELECT to_regclass('pmsctl_schema') IS NOT NULL").fetchone()
+            current = 0
+            if exists and exists[0]:
+                row = conn.execute("SELECT coalesce(max(version), 0) FROM pmsctl_schema").fetchone()
+                current = int(row[0]) if row else 0
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.name}: {self.clean(exc)}") from None
+        finally:
+            conn.close()
+        return current, SCHEMA_VERSION
+
+    def queue_store(self, *, max_batch: int = 1000) -> PgQueueStore:
+        """The writeback queue (open it with `.open()`)."""
+        return PgQueueStore(self, max_batch=max_batch)
+
+    def cursor_store(self) -> PgCursorStore:
+        """The poller cursors (connected now)."""
+        return PgCursorStore(self)
+
+    def __repr__(self) -> str:
+        return f"PostgresBackend({self.name!r})"
+
+
+class PgQueueStore(GroupCommitStore):
+    """The writeback queue in PostgreSQL; several processes may share it (see `claim`)."""
+
+    errors = (psycopg.Error,)
+
+    def __init__(self, backend: PostgresBackend, *, max_batch: int = 1000) -> None:
+        super().__init__(backend.name, max_batch=max_batch)
+        self.backend = backend
+        self._lock_conn: psycopg.Connection[Any] | None = None
+        self._lock_mutex = threading.Lock()
+
+    def open(self) -> None:
+        if self._thread is None:
+            self.backend.migrate()
+        super().open()
+
+    def describe(self, exc: BaseException) -> str:
+        return self.backend.clean(exc)
+
+    def connect_writer(self) -> PgConn:
+        return PgConn(self.backend.connect())
+
+    def connect_reader(self) -> PgConn:
+        conn = self.backend.connect()
+        conn.execute("SET default_transaction_read_only = on")
+        return PgConn(conn)
+
+    def _commit(self, conn: Any, batch: list[Any]) -> None:
+        if conn.raw.closed or conn.raw.broken:
+            # The server went away (restart, failover): this batch gets a new connection.
+            try:
+                fresh = self.connect_writer()
+            except StoreError as exc:
+                log.error("writeback queue %s: %s", self.path, exc)
+            else:
+                conn.raw = fresh.raw
+        super()._commit(conn, batch)
+
+    def read(self, op: Any) -> Any:
+        try:
+            return super().read(op)
+        except psycopg.OperationalError as exc:
+            bad = getattr(self._local, "conn", None)
+            self._local.conn = None  # reconnect on the next read
+            if bad is not None:
+                with self._readers_lock:
+                    self._readers.remove(bad)
+                bad.close()
+            raise StoreError(f"{self.path}: read failed: {self.backend.clean(exc)}") from None
+
+    def _locked(self, sql: str, practice_id: str) -> bool:
+        with self._lock_mutex:
+            try:
+                if self._lock_conn is None or self._lock_conn.closed or self._lock_conn.broken:
+                    self._lock_conn = self.backend.connect()
+                row = self._lock_conn.execute(
+                    sql.encode(), (CLAIM_PREFIX + practice_id,)
+                ).fetchone()
+            except (psycopg.Error, StoreError) as exc:
+                log.warning("writeback queue %s: practice claim failed: %s", self.path, exc)
+                return False
+        return bool(row and row[0])
+
+    async def claim(self, practice_id: str) -> bool:
+        """Take the practice's advisory lock if no other session holds it."""
+        return await asyncio.to_thread(
+            self._locked, "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", practice_id
+        )
+
+    async def release(self, practice_id: str) -> None:
+        await asyncio.to_thread(
+            self._locked, "SELECT pg_advisory_unlock(hashtextextended(%s, 0))", practice_id
+        )
+
+    def close(self) -> None:
+        super().close()
+        with self._lock_mutex:
+            if self._lock_conn is not None:
+                # Unlocked before it returns (closing alone drops the claims too, but only once
+                # the server notices: that is what covers a process that dies).
+                with contextlib.suppress(psycopg.Error):
+                    self._lock_conn.execute("SELECT pg_advisory_unlock_all()")
+                self._lock_conn.close()
+                self._lock_conn = None
+
+
+class PgCursorStore:
+    """Poller cursors in PostgreSQL (a `reconciler.engine.cursors.CursorStore`); like the SQLite
+    store it keeps what it read or wrote in memory, since one process polls a practice."""
+
+    def __init__(self, backend: PostgresBackend) -> None:
+        self.backend = backend
+        self.path = backend.name
+        backend.migrate()
+        self._db = backend.connect()
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[str, str], str] = {}
+
+    def _execute(self, sql: str, params: tuple[Any, ...]) -> psycopg.Cursor[Any]:
+        try:
+            if self._db.closed or self._db.broken:
+                self._db = self.backend.connect()
+            return self._db.execute(sql.encode(), params)
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.path}: {self.backend.clean(exc)}") from None
+
+    def get(self, key: str, kind: str) -> str | None:
+        cached = self._cache.get((key, kind))
+        if cached is not None:
+            return cached
+        with self._lock:
+            row = self._execute(
+                "SELECT cursor FROM cursors WHERE practice_key = %s AND kind = %s", (key, kind)
+            ).fetchone()
+            if row is None:
+                return None
+            cursor = self._cache[(key, kind)] = str(row[0])
+        return cursor
+
+    def put(self, key: str, kind: str, cursor: str) -> None:
+        with self._lock:
+            self._execute(
+                "INSERT INTO cursors (practice_key, kind, cursor, updated_at)"
+                " VALUES (%s, %s, %s, %s) ON CONFLICT (practice_key, kind) DO UPDATE"
+                " SET cursor = excluded.cursor, updated_at = excluded.updated_at",
+                (key, kind, cursor, time.time()),
+            )
+            self._cache[(key, kind)] = cursor  # only once the database has it
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._execute("DELETE FROM cursors WHERE practice_key = %s", (key,))
+            for k in [k for k in self._cache if k[0] == key]:
+                del self._cache[k]
+
+    def all(self) -> dict[tuple[str, str], str]:
+        """Every stored cursor (for tests and diagnostics)."""
+        with self._lock:
+            rows = self._execute("SELECT practice_key, kind, cursor FROM cursors", ()).fetchall()
+        return {(str(k), str(kind)): str(c) for k, kind, c in rows}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __repr__(self) -> str:
+        return f"PgCursorStore({self.path!r})"
