@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PRACTICES ?= practices
 
 .PHONY: help setup run test test-fast testenv check lint typecheck crds check-crds bench clean \
-	image lint-dockerfile promtool check-rules sbom
+	deploy-crds image lint-dockerfile promtool check-rules sbom
 
 help: ## Show the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -47,6 +47,9 @@ lint: setup ## ruff (lint and format check), mypy strict, import-linter layering
 	$(BIN)/lint-imports
 
 check: check-crds lint lint-dockerfile check-rules ## Everything a pull request must pass besides the tests
+
+deploy-crds: ## Copy crds/ into deploy/base/cluster/crds/ (kustomize reads only files below it)
+	cp crds/*.yaml deploy/base/cluster/crds/
 
 image: ## Build the container image with docker, podman or buildah (whichever can run here)
 	deploy/image/build.sh
