@@ -8,13 +8,19 @@
     pmsctl_events_emitted_total{kind}               CloudEvents accepted by the sink
     pmsctl_pollers_running{kind}                    pollers scheduled right now
     pmsctl_practices                                practices the engine holds
+    pmsctl_practice_ready{practice}                 1 while a practice is Ready, 0 while it is not
+                                                    (no series while it is suspended)
 
 The metric objects live in the default registry (one set per process); `serve(port)` exposes them.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from reconciler.engine.core import ConditionType, PracticeStatus, Reason
 
 RECONCILES = Counter("pmsctl_reconciles_total", "Reconciles by result.", ["result"])
 PMS_CALLS = Counter(
@@ -35,6 +41,20 @@ POLL_DURATION = Histogram(
 EVENTS_EMITTED = Counter("pmsctl_events_emitted_total", "Events accepted by the sink.", ["kind"])
 POLLERS_RUNNING = Gauge("pmsctl_pollers_running", "Pollers scheduled right now.", ["kind"])
 PRACTICES = Gauge("pmsctl_practices", "Practices the engine holds.")
+PRACTICE_READY = Gauge(
+    "pmsctl_practice_ready", "1 while the practice is Ready, 0 while it is not.", ["practice"]
+)
+
+
+def record_ready(key: str, status: PracticeStatus | None) -> None:
+    """Set `key`'s pmsctl_practice_ready from `status`; drop its series when the practice is
+    suspended (Ready=False is what suspending means, not a fault to alert on) or gone (None)."""
+    ready = status.condition(ConditionType.READY) if status is not None else None
+    if ready is None or ready.reason == Reason.SUSPENDED:
+        with contextlib.suppress(KeyError):
+            PRACTICE_READY.remove(key)
+        return
+    PRACTICE_READY.labels(key).set(1 if ready.status == "True" else 0)
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> None:
