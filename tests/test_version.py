@@ -83,3 +83,23 @@ def test_served_versions_are_the_crds() -> None:
 def test_version_is_a_listed_subcommand() -> None:
     help_text = build_parser().format_help()
     assert "version" in help_text
+
+
+def test_the_sbom_tool_describes_pmsctl_and_its_dependencies(tmp_path: Path) -> None:
+    # `make sbom` runs the same command on a throwaway environment holding only the runtime
+    # dependencies; here it runs on the test environment, which holds them too.
+    out = tmp_path / "sbom.json"
+    subprocess.run(
+        [str(Path(sys.executable).with_name("cyclonedx-py")), "environment",
+         "--pyproject", str(REPO / "pyproject.toml"), "--output-reproducible",
+         "--of", "JSON", "-o", str(out), sys.executable],
+        check=True, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    bom = json.loads(out.read_text())
+    assert bom["bomFormat"] == "CycloneDX"
+    root = bom["metadata"]["component"]
+    assert (root["name"], root["version"]) == ("pmsctl", __version__)
+    names = {c["name"].lower() for c in bom["components"]}
+    assert {"kopf", "kubernetes", "httpx", "aiohttp", "jsonschema", "prometheus-client"} <= {
+        n.replace("_", "-") for n in names
+    }
