@@ -1,9 +1,14 @@
 """deploy/gitops/argocd-health.lua, the Argo CD health check of PracticeWriteback, run by a real
 Lua interpreter (lupa): hand-written objects for each rule, and statuses the real engine writes
-(simulator on loopback, real SQLite) for a practice that is broken, healthy and suspended."""
+(simulator on loopback, real SQLite) for a practice that is broken, healthy and suspended. The
+same statuses go through kstatus (the rules Flux applies to custom resources; the upstream
+sigs.k8s.io/cli-utils code, built by hack/kstatus/build.sh), so docs/gitops.md's Flux section
+is checked too."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -152,6 +157,26 @@ def test_the_status_fields_the_script_reads_are_in_the_crd() -> None:
 # Statuses written by the real engine
 
 
+@pytest.fixture(scope="module")
+def kstatus() -> Path:
+    """The kstatus command from the pinned cli-utils module (built once, cached)."""
+    build = REPO / "hack" / "kstatus" / "build.sh"
+    result = subprocess.run(["bash", str(build)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"hack/kstatus/build.sh failed:\n{result.stderr[-3000:]}"
+    return Path(result.stdout.strip().splitlines()[-1]) / "kstatus"
+
+
+def flux_health(kstatus: Path, objs: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """kstatus (Current, InProgress, Failed) and its message for each object."""
+    lines = "".join(json.dumps(o) + "\n" for o in objs)
+    out = subprocess.run(
+        [str(kstatus)], input=lines, capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    results = [json.loads(line) for line in out.splitlines()]
+    assert not any(r.get("error") for r in results), results
+    return [(r["status"], r["message"]) for r in results]
+
+
 class Secrets:
     """SecretSource over a dict of Secret name -> values (the protocol in full)."""
 
@@ -173,7 +198,9 @@ async def sim() -> AsyncIterator[Simulator]:
     s.close()
 
 
-async def test_health_of_statuses_the_engine_writes(sim: Simulator, tmp_path: Path) -> None:
+async def test_health_of_statuses_the_engine_writes(
+    sim: Simulator, tmp_path: Path, kstatus: Path
+) -> None:
     body: dict[str, Any] = {
         "practiceId": "acme",
         "pms": {
@@ -202,7 +229,8 @@ async def test_health_of_statuses_the_engine_writes(sim: Simulator, tmp_path: Pa
     await engine.start()
     try:
         status = await engine.apply("clinics/acme", PracticeSpec.from_spec(body), generation=1)
-        assert health(live(1, body, status))[0] == "Degraded"
+        broken = live(1, body, status)
+        assert health(broken)[0] == "Degraded"
         assert "SecretNotFound" in health(live(1, body, status))[1]
         # The spec moved on and the operator has not caught up: Progressing, not Degraded.
         assert health(live(2, body, status))[0] == "Progressing"
@@ -215,9 +243,34 @@ async def test_health_of_statuses_the_engine_writes(sim: Simulator, tmp_path: Pa
             "Ready: provider verified, names resolved, pollers running",
         )
 
+        healthy = live(2, body, status)
+        assert health(live(2, body, status)) == (
+            "Healthy",
+            "Ready: provider verified, names resolved, pollers running",
+        )
+
         suspended = {**body, "suspend": True}
         status = await engine.apply("clinics/acme", PracticeSpec.from_spec(suspended), generation=3)
         got, message = health(live(3, suspended, status))
         assert got == "Suspended" and message.startswith("Suspended")
+        paused = live(3, suspended, status)
     finally:
         await engine.stop()
+
+    # What Flux makes of the same objects: Ready=True is Current; Ready=False is InProgress
+    # (never Failed: Flux fails it only when the Kustomization's timeout passes), with the
+    # Ready message; a generation the operator has not observed is InProgress; a suspended
+    # practice stays InProgress (docs/gitops.md: keep it out of health checks).
+    (ok, ok_msg), (stale, stale_msg), (off, off_msg), (bad, bad_msg) = flux_health(
+        kstatus,
+        [
+            healthy,
+            {**healthy, "metadata": {**healthy["metadata"], "generation": 3}},
+            paused,
+            broken,
+        ],
+    )
+    assert (ok, ok_msg) == ("Current", "Resource is Ready")
+    assert stale == "InProgress" and "latest observed generation is 2" in stale_msg
+    assert off == "InProgress" and "suspend" in off_msg
+    assert bad == "InProgress" and "acme-pms" in bad_msg
