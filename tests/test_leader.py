@@ -451,7 +451,7 @@ async def test_a_lease_in_a_missing_namespace_is_refused_with_the_fix(
 async def test_the_deploy_rbac_lets_the_operator_hold_its_lease_and_only_in_its_namespace(
     kube: testenv.Cluster, kube_namespace: str
 ) -> None:
-    """deploy/serviceaccount.yaml and deploy/rbac.yaml applied for real (into the test's own
+    """deploy/base/cluster/serviceaccount.yaml and rbac.yaml applied for real (into the test's own
     namespace, cluster-scoped names made unique), then a LeaderElector authenticated as that
     ServiceAccount with a real token: it can take and release its Lease; in another namespace
     it gets a 403 and an error naming the missing permission."""
@@ -460,7 +460,11 @@ async def test_the_deploy_rbac_lets_the_operator_hold_its_lease_and_only_in_its_
     suffix = kube_namespace[-6:]
     docs = []
     for path in ("serviceaccount.yaml", "rbac.yaml"):
-        text = (testenv.REPO / "deploy" / path).read_text().replace("pmsctl-system", kube_namespace)
+        text = (
+            (testenv.REPO / "deploy/base/cluster" / path)
+            .read_text()
+            .replace("pmsctl-system", kube_namespace)
+        )
         for doc in yaml.safe_load_all(text):
             doc["metadata"].setdefault("namespace", kube_namespace)
             if doc["kind"].startswith("Cluster"):

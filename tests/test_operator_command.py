@@ -176,7 +176,9 @@ def test_deploy_manifests_pass_a_server_side_dry_run(
     # A dry run of namespaced objects needs their namespace to exist for real.
     kube.kubectl("create", "namespace", "pmsctl-system", check=False)
     try:
-        out = kube.kubectl("apply", "--dry-run=server", "-k", str(testenv.REPO / "deploy")).stdout
+        out = kube.kubectl(
+            "apply", "--dry-run=server", "-k", str(testenv.REPO / "deploy/overlays/dev")
+        ).stdout
     finally:
         testenv.delete_namespace(kube, "pmsctl-system")
     for kind in (

@@ -305,6 +305,7 @@ class Engine:
         if self._gc is not None:
             self._gc.release()
         metrics.PRACTICES.set(0)
+        metrics.PRACTICE_READY.clear()
         for kind in SyncKind:
             metrics.POLLERS_RUNNING.labels(str(kind)).set(0)
 
@@ -376,6 +377,7 @@ class Engine:
             await self._close_client(p)
             self._practices.pop(key, None)
             self._release(p.spec.practice_id, key)
+            metrics.record_ready(key, None)
         metrics.PRACTICES.set(len(self._practices))
         self._count_pollers()
 
@@ -767,6 +769,7 @@ class Engine:
 
     async def _publish(self, p: _Practice, decision: Decision, *, force: bool = False) -> None:
         p.decision = decision
+        metrics.record_ready(p.key, decision.status)
         if not (force or decision.transitions):
             p.dirty = True
             return

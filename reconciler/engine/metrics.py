@@ -8,6 +8,8 @@
     pmsctl_events_emitted_total{kind}               CloudEvents accepted by the sink
     pmsctl_pollers_running{kind}                    pollers scheduled right now
     pmsctl_practices                                practices the engine holds
+    pmsctl_practice_ready{practice}                 1 while a practice is Ready, 0 while it is not
+                                                    (no series while it is suspended)
 
 The metric objects live in `REGISTRY`, the process's one registry (prometheus_client's default,
 which the writeback path's process metrics join too); `serve(port)` exposes all of it on one port.
@@ -15,12 +17,15 @@ which the writeback path's process metrics join too); `serve(port)` exposes all 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 
 __all__ = ["REGISTRY", "MetricsServer", "serve"]
+
+from reconciler.engine.core import ConditionType, PracticeStatus, Reason
 
 RECONCILES = Counter("pmsctl_reconciles_total", "Reconciles by result.", ["result"])
 PMS_CALLS = Counter(
@@ -41,6 +46,20 @@ POLL_DURATION = Histogram(
 EVENTS_EMITTED = Counter("pmsctl_events_emitted_total", "Events accepted by the sink.", ["kind"])
 POLLERS_RUNNING = Gauge("pmsctl_pollers_running", "Pollers scheduled right now.", ["kind"])
 PRACTICES = Gauge("pmsctl_practices", "Practices the engine holds.")
+PRACTICE_READY = Gauge(
+    "pmsctl_practice_ready", "1 while the practice is Ready, 0 while it is not.", ["practice"]
+)
+
+
+def record_ready(key: str, status: PracticeStatus | None) -> None:
+    """Set `key`'s pmsctl_practice_ready from `status`; drop its series when the practice is
+    suspended (Ready=False is what suspending means, not a fault to alert on) or gone (None)."""
+    ready = status.condition(ConditionType.READY) if status is not None else None
+    if ready is None or ready.reason == Reason.SUSPENDED:
+        with contextlib.suppress(KeyError):
+            PRACTICE_READY.remove(key)
+        return
+    PRACTICE_READY.labels(key).set(1 if ready.status == "True" else 0)
 
 
 class MetricsServer:

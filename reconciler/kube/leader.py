@@ -55,9 +55,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypedDict
 
+from prometheus_client import Gauge
+
 from reconciler.engine.clock import Clock, LoopClock
 
 log = logging.getLogger(__name__)
+
+#: 1 while this process holds the Lease (label: namespace/name), 0 once it lost or released it.
+#: Only a leader serves /metrics, so "no series at 1" is what the no-leader alert looks for.
+LEADER = Gauge("pmsctl_leader", "1 while this process holds its leader-election Lease.", ["lease"])
 
 #: The Lease name when none is given and no selector shards the operator.
 DEFAULT_LEASE_NAME = "pmsctl-operator"
@@ -421,6 +427,7 @@ class LeaderElector:
         record, self._record = self._record, None
         if record is None:
             return False
+        LEADER.labels(self.where).set(0)
         try:
             await asyncio.wait_for(self._release(record), timeout=self.config.renew_deadline)
         except (_Transient, _Taken, LeaderElectionError, TimeoutError) as exc:
@@ -437,6 +444,7 @@ class LeaderElector:
 
     def _won(self, record: LeaseRecord, sent: float, how: str) -> LeaseRecord:
         self._record, self._renewed_at = record, sent
+        LEADER.labels(self.where).set(1)
         log.info(
             "acquired lease %s as %s: %s (leaseTransitions %d)",
             self.where, self.identity, how, record.transitions,
@@ -445,6 +453,7 @@ class LeaderElector:
 
     def _lost(self, on_lost: Callable[[str], object], reason: str) -> None:
         self._record = None
+        LEADER.labels(self.where).set(0)
         log.error("lost lease %s held as %s: %s", self.where, self.identity, reason)
         on_lost(reason)
 
