@@ -205,6 +205,7 @@ class BridgeDriver:
                 provider_id=_s(i.get("providerId")) or None,
                 changed_at=_s(i.get("changedAt")),
                 confirmed=_confirmed(i.get("confirmed")),
+                version=_s(i.get("version")),
             )
             for i in items
         ]
@@ -239,6 +240,7 @@ class BridgeDriver:
                 last_name=_s(i.get("lastName")),
                 changed_at=_s(i.get("changedAt")),
                 photo_ref=_s(i.get("photoRef")) or None,
+                version=_s(i.get("version")),
             )
             for i in items
         ]
