@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PRACTICES ?= practices
 
-.PHONY: help setup run test test-fast testenv check lint typecheck crds check-crds bench clean
+.PHONY: help setup run test test-fast testenv check lint typecheck crds check-crds bench soak clean
 
 help: ## Show the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -49,6 +49,9 @@ check: check-crds lint ## Everything a pull request must pass besides the tests
 
 bench: setup ## Run the benchmarks in bench/ (minutes; figures go in the README)
 	$(BIN)/python bench/run_all.py
+
+soak: setup ## Soak change capture: 10,000+ hostile changes per PMS, lost/doubled counts (minutes)
+	$(BIN)/python bench/soak_capture.py $(SOAK_ARGS)
 
 clean: ## Remove .venv and caches (not the testenv cache in ~/.cache/pmsctl)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .pmsctl

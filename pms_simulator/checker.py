@@ -12,8 +12,10 @@ reader only sees rows as they are when it reads. So:
   before the poll's first request to after its last), or is the row's final state (the harness
   ends with quiet polls); a version that lived only between polls, or only inside one, may be
   skipped (a later version of the row supersedes it) but may not be delivered twice;
-- lost = required versions no record carries; doubled = records that carry a version another
-  record already carried; phantom = records that carry a state the row never had.
+- lost = required versions no record carries, unless the reader already showed that very state
+  and every version between was skipped (A -> B -> A with B never visible to a poll);
+  doubled = records that carry a version another record already carried; phantom = records that
+  carry a state the row never had.
 
 Patient-flow kinds (appointment status) are changes, not states: every flow change the log holds
 is required, exactly once.
@@ -181,13 +183,21 @@ def check_records(
         matched.add((rid, hit))
         cursor[rid] = hit + 1
     for rid, rows in versions.items():
+        # The state the reader last showed for this row, as far as it could have known it.
+        shown: State | None = None
         for i, v in enumerate(rows):
             needed = any(v.born <= p.start and (v.died is None or v.died > p.end) for p in polls)
-            if needed:
+            if (rid, i) in matched:
+                shown = v.state
+                verdict.required += needed
+            elif needed:
                 verdict.required += 1
-                if (rid, i) not in matched:
+                # A -> B -> A where B lived only between polls: the reader never saw B, so the
+                # second A is the state it already showed, not a change it could know of.
+                if v.state != shown:
                     verdict.lost += 1
                     verdict._note(f"lost {kind} {rid} {v.state}")
+                shown = v.state
     return verdict
 
 

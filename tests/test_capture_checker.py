@@ -65,3 +65,16 @@ def test_flow_changes_are_each_required_once() -> None:
     )
     assert (verdict.lost, verdict.doubled, verdict.phantom) == (2, 1, 1)
     assert check_flow("appointmentStatus", truth, list(reversed(truth))).ok
+
+
+def test_a_state_the_reader_already_showed_comes_back_after_an_unseen_one_is_not_lost() -> None:
+    log = _log((1, "7", "A"), (4, "7", "B"), (5, "7", "A"))
+    versions = versions_from_log(log, _project)
+    # B lived from change 4 to 5, between the polls: nobody could see it.
+    verdict = check_records("patients", versions, [("7", ("7", "A"))], [Poll(2, 3), Poll(6, 6)])
+    assert verdict.ok and verdict.required == 2
+    # Had a poll seen B, B and the second A are changes to deliver.
+    verdict = check_records(
+        "patients", versions, [("7", ("7", "A"))], [Poll(2, 3), Poll(4, 4), Poll(6, 6)]
+    )
+    assert verdict.lost == 2
