@@ -34,7 +34,7 @@ import logging
 import mimetypes
 import re
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any, Final, TypedDict
@@ -56,6 +56,7 @@ from pms_drivers.base import (
     WriteResult,
 )
 from pms_drivers.errors import PermanentPmsError, TemporaryPmsError
+from pms_drivers.retry import RetryPolicy, with_retry
 from pms_drivers.stamp_cursor import (
     EMPTY_TIME,
     OD_TIME,
@@ -77,6 +78,9 @@ MAX_PAGES: Final = 1000  # a runaway guard for settings lists (providers, defini
 #: Whole passes over a change list before a read gives up for this poll (the cursor stays).
 MAX_PASSES: Final = 8
 PROGRESS_EVERY: Final = 100  # pages between progress lines of a long change read
+#: A page of a change read that meets a 429 (or a dropped connection) waits and asks again, so a
+#: first read of a large practice is not thrown away by one throttled page.
+PAGE_RETRY: Final = RetryPolicy(max_attempts=6, base_delay=1.0, max_delay=60.0)
 DEFAULT_OVERLAP_SECONDS: Final = 2.0
 PICTURE_CATEGORY_TTL: Final = 600.0  # seconds a patient-pictures category lookup is reused
 
@@ -263,7 +267,10 @@ class OpenDentalDriver:
         credentials: Credentials,
         *,
         overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
+        page_retry: RetryPolicy = PAGE_RETRY,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        """`page_retry` and `sleep` (the clock of its waits) apply to the pages of change reads."""
         developer = credentials.require("developerKey", PMS)
         customer = credentials.require("customerKey", PMS)
         self._client = client
@@ -274,6 +281,8 @@ class OpenDentalDriver:
         }
         self._secrets = (developer, customer)
         self._overlap = overlap_seconds
+        self._page_retry = page_retry
+        self._sleep = sleep
         self._confirm_names: dict[str, str] = {}
         self._confirm_misses: set[str] = set()
         self._pictures: tuple[str | None, float] | None = None
@@ -437,7 +446,7 @@ class OpenDentalDriver:
                 query = (
                     dict(params) if offset == 0 else {**params, "Limit": PAGE_CAP, "Offset": offset}
                 )
-                body = await self._get(operation, path, query)
+                body = await self._page(operation, path, query)
                 if not isinstance(body, list):
                     raise TemporaryPmsError(
                         f"expected a JSON array from {path}, got {type(body).__name__}",
@@ -479,6 +488,14 @@ class OpenDentalDriver:
             pms=PMS,
             operation=operation,
         )
+
+    async def _page(self, operation: str, path: str, query: Mapping[str, str | int]) -> Any:
+        """One page of a change read, asked again after a temporary failure (see PAGE_RETRY)."""
+
+        async def once() -> Any:
+            return await self._get(operation, path, query)
+
+        return await with_retry(once, policy=self._page_retry, sleep=self._sleep)
 
     async def _changed(
         self,

@@ -27,8 +27,9 @@ import httpx
 
 from pms_drivers.base import Credentials, PmsDriver
 from pms_drivers.errors import PmsError
-from pms_drivers.registry import create_driver
-from pms_drivers.transport import AiohttpTransport, new_client
+from pms_drivers.opendental import OpenDentalDriver
+from pms_drivers.registry import DRIVERS
+from pms_drivers.transport import AiohttpTransport
 from pms_simulator.adversary import Adversary, AdversaryConfig
 from pms_simulator.checker import (
     PROJECTIONS,
@@ -129,12 +130,22 @@ class _Reader:
         self.driver: PmsDriver | None = None
 
     async def start(self) -> PmsDriver:
+        """A new client and driver, as a restarted process builds them.
+
+        The client is the production network transport without the practice's token bucket, and
+        the Open Dental driver's page retries wait on a clock that does not wait: waiting is not
+        what this tests, and a run must take no longer on a quiet machine than it needs.
+        """
         base = self.sim.base_url(self.pms)
         self.kill = _KillSwitch(AiohttpTransport(max_connections=2))
-        self.client = new_client(base, timeout=30, rate_per_second=0, burst=1, inner=self.kill)
-        driver = create_driver(self.pms, self.client, base, self.credentials)
-        if self.pms != "OpenDental":
-            driver = type(driver)(self.client, base, self.credentials, page_limit=self.page_limit)  # type: ignore[call-arg]
+        self.client = httpx.AsyncClient(base_url=base, transport=self.kill, timeout=30)
+        driver: PmsDriver
+        if self.pms == "OpenDental":
+            driver = OpenDentalDriver(self.client, base, self.credentials, sleep=_no_wait)
+        else:
+            driver = DRIVERS[self.pms](
+                self.client, base, self.credentials, page_limit=self.page_limit
+            )  # type: ignore[call-arg]
         self.driver = driver
         return driver
 
@@ -247,6 +258,10 @@ async def run_history(
 
 
 async def _noop() -> None:
+    return None
+
+
+async def _no_wait(seconds: float) -> None:
     return None
 
 

@@ -10,9 +10,11 @@ driver used to lose a change.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import httpx
 import pytest
 
 from pms_drivers.base import Credentials
@@ -126,3 +128,51 @@ async def test_the_office_clock_comes_from_a_list_item_server_date_time(env: Env
     env.sim.advance(minutes=95)
     info = await env.driver.server_info()
     assert info.server_time == "2026-11-26T08:35:00"
+
+
+async def test_a_first_read_of_more_than_1000_pages_pages_through_with_progress(
+    env: Env, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 1,000 pages of 100 (a practice of 100,000 patients) is what the read used to stop at. The
+    # same number of pages, at 5 rows a page on both sides, is much cheaper to serve.
+    monkeypatch.setattr("pms_drivers.opendental.PAGE_CAP", 5)
+    monkeypatch.setattr("pms_simulator.opendental.PAGE_CAP", 5)
+    sim, driver = env.sim, env.driver
+    sim.set_faults(PID, rate_limit_per_second=100_000, burst=100_000)
+    sim.state.add_patients(PID, 5_000)  # 5,300 with the seed: more than 1,000 pages
+    with caplog.at_level(logging.INFO, logger="pms_drivers.opendental"):
+        page = await driver.patients_since(None)
+    assert len(page.records) == 5_300
+    assert len({p.id for p in page.records}) == 5_300
+    progress = [r.getMessage() for r in caplog.records if "rows so far" in r.getMessage()]
+    assert (
+        len(progress) == 10 and progress[0] == "read changed patients: 500 rows so far (100 pages)"
+    )
+    assert (await driver.patients_since(page.cursor)).records == []
+
+
+class _ThrottleThirdRead(Adversary):
+    """Answers the third read 429 with Retry-After: 3, once."""
+
+    def before_read(self, p: Practice, path: str) -> ReadVerdict:
+        self.reads = getattr(self, "reads", 0) + 1
+        return ReadVerdict(throttle=self.reads == 3, retry_after=3)
+
+
+async def test_a_throttled_page_of_a_long_read_waits_the_retry_after_and_goes_on(env: Env) -> None:
+    sim = env.sim
+    sim.state.practice(PID)
+    sim.state.adversary = _ThrottleThirdRead(sim.state, AdversaryConfig(shuffle=False))
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # the driver's clock: record, do not wait
+        waits.append(seconds)
+
+    base = sim.base_url("OpenDental")
+    creds = Credentials(dict(sim.credentials(PID)))
+    # No token bucket: it would pause for the Retry-After on the wall clock.
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        driver = OpenDentalDriver(client, base, creds, sleep=sleep)
+        page = await driver.patients_since(None)
+    assert waits and waits[0] >= 3
+    assert len({p.id for p in page.records}) == 300
