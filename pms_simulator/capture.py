@@ -11,7 +11,8 @@ hypothesis and the soak (`bench/soak_capture.py`) draws from a seeded random gen
   client starts from the stored cursor, as a restarted process would.
 
 A poll that fails (429, dropped connection, a read that did not settle) keeps its cursor, like
-the engine. Records of a successful poll are "handed to the sink", then its cursor is stored.
+the engine; a bridge poll that ended early at a failed page counts as a poll up to its cursor
+only (it is no proof about later changes). Records of a successful poll are "handed to the sink", then its cursor is stored.
 The run ends with quiet polls until nothing new comes, and `pms_simulator.checker` compares the
 records with the simulator's change log.
 """
@@ -83,6 +84,8 @@ class _KillSwitch(httpx.AsyncBaseTransport):
     def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
         self.inner = inner
         self.left: int | None = None
+        #: A request of the current poll failed (an error status or a broken connection).
+        self.troubled = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self.left is not None:
@@ -90,7 +93,13 @@ class _KillSwitch(httpx.AsyncBaseTransport):
             if self.left <= 0:
                 self.left = None
                 raise ReaderRestart("the reader was restarted mid-read")
-        return await self.inner.handle_async_request(request)
+        try:
+            response = await self.inner.handle_async_request(request)
+        except httpx.TransportError:
+            self.troubled = True
+            raise
+        self.troubled |= response.status_code >= 400
+        return response
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -196,6 +205,7 @@ async def run_history(
         await (reader.start() if reader.driver is None else _noop())
         assert reader.kill is not None
         reader.kill.left = restart_after
+        reader.kill.troubled = False
         start = p.seq
         try:
             records = await reader.poll(kind)
@@ -209,7 +219,10 @@ async def run_history(
         finally:
             if reader.kill is not None:
                 reader.kill.left = None
-        windows[kind].append(PollWindow(start, p.seq))
+        # A bridge read that met a failed page ends early at an exact cursor: it did not look
+        # past it, so it proves nothing about what was current after it.
+        if not (family == "Bridge" and reader.kill is not None and reader.kill.troubled):
+            windows[kind].append(PollWindow(start, p.seq))
         delivered[kind].extend(records)
         return len(records)
 
