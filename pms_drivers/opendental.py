@@ -35,6 +35,7 @@ import mimetypes
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any, Final, TypedDict
@@ -161,6 +162,21 @@ def iso_to_od(value: str) -> str:
     except ValueError as exc:
         raise ValueError(f"{value!r} is not an ISO 8601 date-time") from exc
     return when.replace(tzinfo=None).strftime(OD_TIME)
+
+
+@dataclass(frozen=True)
+class StoredDocument:
+    """A document Open Dental holds for a patient (`GET /documents`)."""
+
+    id: str  # DocNum
+    patient_id: str
+    category_id: str  # DocCategory: a DefNum of definition category 18
+    description: str
+    created: str  # DateCreated, ISO 8601
+    provider_id: str | None
+    filename: str
+    image_type: str  # ImgType: Document, Radiograph, Photo, File, Attachment
+    writeback: str | None  # the writeback id of our marker in Description, when we wrote it
 
 
 class ODDefinition(TypedDict, total=False):
@@ -687,6 +703,45 @@ class OpenDentalDriver:
                 "created a commlog but did not say its CommlogNum", pms=PMS, operation=operation
             )
         return WriteResult(id=_id(created["CommlogNum"]), created=True)
+
+    async def list_documents(
+        self, patient_id: str, category_ids: Sequence[str] = ()
+    ) -> list[StoredDocument]:
+        """A patient's documents (`GET /documents?PatNum=`), only those in `category_ids` when
+        given (the read-from categories: one `DocCategory=` read per category), in DocNum order."""
+        operation = "list documents"
+        patnum = _int_id(patient_id, "patient id", operation=operation)
+        queries: list[dict[str, str | int]] = (
+            [
+                {
+                    "PatNum": patnum,
+                    "DocCategory": _int_id(c, "document category id", operation=operation),
+                }
+                for c in category_ids
+            ]
+            if category_ids
+            else [{"PatNum": patnum}]
+        )
+        rows: dict[str, dict[str, Any]] = {}
+        for query in queries:
+            for r in await self._get_all(operation, "/documents", query):
+                rows[_id(r.get("DocNum"))] = r
+        return [
+            StoredDocument(
+                id=doc_id,
+                patient_id=_id(r.get("PatNum")),
+                category_id=_id(r.get("DocCategory")),
+                description=str(r.get("Description") or ""),
+                created=od_to_iso(r.get("DateCreated")) or "",
+                provider_id=_id(r.get("ProvNum"))
+                if _id(r.get("ProvNum")) not in ("", "0")
+                else None,
+                filename=str(r.get("FileName") or ""),
+                image_type=str(r.get("ImgType") or ""),
+                writeback=(find_marker(str(r.get("Description") or "")) or (None, None))[1],
+            )
+            for doc_id, r in sorted(rows.items(), key=lambda kv: _pk_sort(kv[0]))
+        ]
 
     async def upload_document(self, doc: DocumentUpload) -> WriteResult:
         """POST /documents/Upload with ProvNum and the marker in Description, unless already there."""
