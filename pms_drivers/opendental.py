@@ -445,7 +445,7 @@ class OpenDentalDriver:
     async def _read_changed(
         self, operation: str, path: str, pk: str, params: Mapping[str, str | int]
     ) -> list[dict[str, Any]]:
-        """Every row the change query matches, each once at its latest version read.
+        """Every row the change query matches, each once, as last read.
 
         The list's order is undefined and may change whenever the data does, so offset pages can
         skip a row that moved. A pass pages until a short page; the last page's offset plus its
@@ -471,12 +471,9 @@ class OpenDentalDriver:
                     )
                 for item in body:
                     if isinstance(item, dict):
-                        key = _id(item.get(pk))
-                        held = gathered.get(key)
-                        if held is None or str(item.get("DateTStamp") or "") >= str(
-                            held.get("DateTStamp") or ""
-                        ):
-                            gathered[key] = item
+                        # A later answer shows a row as it is at least as late (a late commit
+                        # can even lower its stamp): the last one read wins.
+                        gathered[_id(item.get(pk))] = item
                 pages += 1
                 if pages % PROGRESS_EVERY == 0:
                     log.info("%s: %d rows so far (%d pages)", operation, len(gathered), pages)
