@@ -11,7 +11,8 @@ least `--changes` office changes. The simulated clock only moves by the history'
     .venv/bin/python bench/soak_capture.py --changes 2000 --pms OpenDental --seed 7
 
 Prints progress, one report per PMS and one JSON line (`{"bench": "soak_capture", ...}`). Exits
-1 when anything was lost, doubled or phantom, 2 when `--max-seconds` ran out first.
+1 when anything was lost, doubled or phantom (or fewer changes were made than asked), 2 when
+`--max-seconds` ran out first.
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ async def main() -> int:
             return 2
         print("\n".join(report.lines()), f"\n  {seconds:.0f} s", flush=True)
         failed |= not report.ok
+        if sum(report.changes.values()) < args.changes:
+            print(f"  {pms}: only {sum(report.changes.values())} changes made", flush=True)
+            failed = True
         for verdict in report.verdicts.values():
             for example in verdict.examples:
                 print(f"    {example}")

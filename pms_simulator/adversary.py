@@ -99,9 +99,11 @@ class Adversary:
             if action is None:
                 continue
             backdate = 1 if self.rng.random() < self.config.backdate_rate else 0
+            before = p.seq
             self.state.act(p.id, action, target, backdate=backdate)
-            self.made[action] = self.made.get(action, 0) + 1
-            made += 1
+            if p.seq != before:  # a step that had already happened changes nothing
+                self.made[action] = self.made.get(action, 0) + 1
+                made += 1
         return made
 
     def _pick(self, p: Practice) -> tuple[str | None, int]:
@@ -109,7 +111,8 @@ class Adversary:
         if roll < 0.55:
             return self._flow_step(p)
         if roll < 0.65:
-            return RESCHEDULE, self._scheduled(p) or 0
+            target = self._scheduled(p)
+            return (RESCHEDULE, target) if target is not None else (None, 0)
         if roll < 0.7:
             return BOOK, self.rng.randint(1, self._patients(p))
         if roll < 0.8:

@@ -23,6 +23,7 @@ is required, exactly once.
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -182,15 +183,24 @@ def check_records(
             continue
         matched.add((rid, hit))
         cursor[rid] = hit + 1
+    # Polls run one after another, so sorted by start their ends rise too: the first poll that
+    # starts after a version was born is the one most likely to end before it died.
+    ordered = sorted(polls, key=lambda p: (p.start, p.end))
+    starts = [p.start for p in ordered]
+
+    def needed(v: Version) -> bool:
+        i = bisect.bisect_left(starts, v.born)
+        return i < len(ordered) and (v.died is None or v.died > ordered[i].end)
+
     for rid, rows in versions.items():
         # The state the reader last showed for this row, as far as it could have known it.
         shown: State | None = None
         for i, v in enumerate(rows):
-            needed = any(v.born <= p.start and (v.died is None or v.died > p.end) for p in polls)
+            required = needed(v)
             if (rid, i) in matched:
                 shown = v.state
-                verdict.required += needed
-            elif needed:
+                verdict.required += required
+            elif required:
                 verdict.required += 1
                 # A -> B -> A where B lived only between polls: the reader never saw B, so the
                 # second A is the state it already showed, not a change it could know of.
