@@ -30,6 +30,7 @@ from pms_drivers.base import Credentials, PmsDriver
 from pms_drivers.errors import PmsError
 from pms_drivers.opendental import OpenDentalDriver
 from pms_drivers.registry import DRIVERS
+from pms_drivers.retry import RetryPolicy
 from pms_drivers.transport import AiohttpTransport
 from pms_simulator.adversary import Adversary, AdversaryConfig
 from pms_simulator.checker import (
@@ -46,6 +47,7 @@ from pms_simulator.checker import (
 from pms_simulator.server import Simulator
 
 KINDS = ("appointmentStatus", "appointments", "patients")
+_TWO_TRIES = RetryPolicy(max_attempts=2, base_delay=0.0, max_delay=0.0)
 #: Quiet polls at the end of a run before a kind that still brings records is an error.
 QUIET_POLLS = 20
 
@@ -152,7 +154,10 @@ class _Reader:
         self.client = httpx.AsyncClient(base_url=base, transport=self.kill, timeout=30)
         driver: PmsDriver
         if self.pms == "OpenDental":
-            driver = OpenDentalDriver(self.client, base, self.credentials, sleep=_no_wait)
+            # Two attempts a page: both a page asked again and a read given up happen.
+            driver = OpenDentalDriver(
+                self.client, base, self.credentials, page_retry=_TWO_TRIES, sleep=_no_wait
+            )
         else:
             driver = DRIVERS[self.pms](
                 self.client, base, self.credentials, page_limit=self.page_limit
