@@ -79,8 +79,8 @@ MAX_PAGES: Final = 1000  # a runaway guard for settings lists (providers, defini
 #: Whole passes over a change list before a read gives up for this poll (the cursor stays).
 MAX_PASSES: Final = 8
 PROGRESS_EVERY: Final = 100  # pages between progress lines of a long change read
-#: A page of a change read that meets a 429 (or a dropped connection) waits and asks again, so a
-#: first read of a large practice is not thrown away by one throttled page.
+#: A page of a change read after its first that meets a 429 (or a dropped connection) waits and
+#: asks again, so a first read of a large practice is not thrown away by one throttled page.
 PAGE_RETRY: Final = RetryPolicy(max_attempts=6, base_delay=1.0, max_delay=60.0)
 DEFAULT_OVERLAP_SECONDS: Final = 2.0
 PICTURE_CATEGORY_TTL: Final = 600.0  # seconds a patient-pictures category lookup is reused
@@ -462,7 +462,7 @@ class OpenDentalDriver:
                 query = (
                     dict(params) if offset == 0 else {**params, "Limit": PAGE_CAP, "Offset": offset}
                 )
-                body = await self._page(operation, path, query)
+                body = await self._page(operation, path, query, retry=pages > 0)
                 if not isinstance(body, list):
                     raise TemporaryPmsError(
                         f"expected a JSON array from {path}, got {type(body).__name__}",
@@ -502,12 +502,18 @@ class OpenDentalDriver:
             operation=operation,
         )
 
-    async def _page(self, operation: str, path: str, query: Mapping[str, str | int]) -> Any:
-        """One page of a change read, asked again after a temporary failure (see PAGE_RETRY)."""
+    async def _page(
+        self, operation: str, path: str, query: Mapping[str, str | int], *, retry: bool
+    ) -> Any:
+        """One page of a change read; with `retry`, asked again after a temporary failure (see
+        PAGE_RETRY). The first page of a read is not: with nothing read yet there is nothing to
+        keep, and a PMS that is down must show as down at once."""
 
         async def once() -> Any:
             return await self._get(operation, path, query)
 
+        if not retry:
+            return await once()
         return await with_retry(once, policy=self._page_retry, sleep=self._sleep)
 
     async def _changed(
