@@ -56,7 +56,7 @@ async def _run(pms: str, history: list[Step], config: AdversaryConfig) -> Report
 
 
 @pytest.mark.parametrize("pms", ["OpenDental", "Dentrix", "Eaglesoft"])
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(history=steps, config=configs)
 def test_every_change_reaches_the_sink_exactly_once(
     pms: str, history: list[Step], config: AdversaryConfig
