@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PRACTICES ?= practices
 
-.PHONY: help setup run test test-fast testenv postgres check lint typecheck crds check-crds deps check-contracts bench clean \
+.PHONY: help setup run test test-fast testenv postgres check lint typecheck crds check-crds deps check-contracts bench soak clean \
 	deploy-crds image lint-dockerfile promtool check-rules sbom
 
 help: ## Show the targets
@@ -95,6 +95,9 @@ sbom: setup ## CycloneDX SBOM of pmsctl and its runtime dependencies only (dist/
 
 bench: setup ## Run the benchmarks in bench/ (minutes; figures go in the README)
 	$(BIN)/python bench/run_all.py
+
+soak: setup ## Soak change capture: 10,000+ hostile changes per PMS, lost/doubled counts (minutes)
+	$(BIN)/python bench/soak_capture.py $(SOAK_ARGS)
 
 clean: ## Remove .venv and caches (not the testenv cache in ~/.cache/pmsctl)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .pmsctl dist

@@ -113,6 +113,10 @@ class Appointment:
     provider_id: str | None
     changed_at: str  # the PMS's change stamp, ISO 8601
     confirmed: str | None = None
+    #: Which version of the row this is: two different states of one row never share it, even
+    #: in the same second (Open Dental: a digest of the fields above; bridge: the agent's
+    #: change sequence). Stable across restarts, so a consumer can de-duplicate on it.
+    version: str = ""
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,7 @@ class Patient:
     last_name: str
     changed_at: str
     photo_ref: str | None = None  # a reference (URL or document id) to the profile photo
+    version: str = ""  # as `Appointment.version`
 
 
 @dataclass(frozen=True)

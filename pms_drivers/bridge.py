@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import logging
 import re
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
@@ -42,6 +43,8 @@ from pms_drivers.base import (
 )
 from pms_drivers.errors import PermanentPmsError, TemporaryPmsError
 from pms_drivers.wire import call, json_of, redact_url
+
+log = logging.getLogger(__name__)
 
 PAGE_LIMIT: Final = 500  # the contract's maximum `limit`
 MAX_PAGES: Final = 1000
@@ -124,14 +127,30 @@ class BridgeDriver:
     async def _since(
         self, operation: str, path: str, cursor: str | None, extra: Mapping[str, str] | None = None
     ) -> tuple[list[dict[str, Any]], str]:
-        """Page while `hasMore`; return every item and the last `nextCursor`."""
+        """Page while `hasMore`; return every item and the last `nextCursor`.
+
+        The agent's cursors are exact, so a page that fails temporarily (429, a dropped
+        connection) after others succeeded ends the read there: what was read is returned with
+        the cursor reached, and the next poll goes on from it instead of reading it all again.
+        """
         items: list[dict[str, Any]] = []
         since = cursor
         for _ in range(MAX_PAGES):
             params: dict[str, str | int] = {"limit": self._page_limit, **(extra or {})}
             if since is not None:
                 params["since"] = since
-            _, body = await self._request(operation, "GET", path, params=params)
+            try:
+                _, body = await self._request(operation, "GET", path, params=params)
+            except TemporaryPmsError as exc:
+                if not items or since is None:
+                    raise
+                log.info(
+                    "%s: stopping after %d items (%s); next poll goes on",
+                    operation,
+                    len(items),
+                    exc,
+                )
+                return items, since
             if not isinstance(body, dict) or not isinstance(body.get("items"), list):
                 raise self._shape_error(operation, path, "no `items` list")
             next_cursor = body.get("nextCursor")
@@ -205,6 +224,7 @@ class BridgeDriver:
                 provider_id=_s(i.get("providerId")) or None,
                 changed_at=_s(i.get("changedAt")),
                 confirmed=_confirmed(i.get("confirmed")),
+                version=_s(i.get("version")),
             )
             for i in items
         ]
@@ -239,6 +259,7 @@ class BridgeDriver:
                 last_name=_s(i.get("lastName")),
                 changed_at=_s(i.get("changedAt")),
                 photo_ref=_s(i.get("photoRef")) or None,
+                version=_s(i.get("version")),
             )
             for i in items
         ]

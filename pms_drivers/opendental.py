@@ -1,16 +1,23 @@
 """The Open Dental driver: the documented REST API (`/api/v1`), as the simulator serves it too.
 
-Wire facts it relies on (docs/vendor-facts.md has them with the vendor pages): `Authorization: ODFHIR dev/customer`,
-PascalCase fields, booleans as "true"/"false", times `yyyy-MM-dd HH:mm:ss` in office local time,
-JSON arrays with `serverDateTime` on every item, Limit/Offset paging capped at 100 rows (first
-call without them; page while a full page comes back), `DateTStamp` change filters.
+Wire facts it relies on (docs/vendor-facts.md has them with the vendor pages): `Authorization: ODFHIR dev/customer`, PascalCase fields (lowercase ones
+are derived, such as an appointment's `confirmed` name), booleans as "true"/"false", times
+`yyyy-MM-dd HH:mm:ss` in office local time, JSON arrays with `serverDateTime` on every list item
+(definitions excepted: they are settings and carry none), Limit/Offset paging capped at 100 rows
+(first call without them; page while a full page comes back) in an order the API does not
+document, `DateTStamp` change filters.
 
-Decisions (longer in docs/drivers.md):
-- Change reads keep a `pms_drivers.stamp_cursor.StampCursor`: re-read with a 2 s overlap,
-  de-duplicate by (primary key, DateTStamp); the cursor string carries that memory.
-- Patient flow (confirmed/arrived/seated/dismissed) is derived from changed appointments:
-  `Confirmed` is a DefNum resolved against definition category 2, the others are
+Decisions (docs/change-capture.md has the contract, docs/drivers.md the rest):
+- Change reads keep a `pms_drivers.stamp_cursor.StampCursor`: re-read with a 2 s overlap and drop
+  a row only when it is the version already emitted (same content digest); the cursor string
+  carries that memory. Each emitted record's `version` is that digest.
+- A change read is complete only when it can prove it: the list's order is undefined and rows
+  change between pages, so the driver pages through the whole list again until the distinct keys
+  it holds number what the last page's offset says the list holds (see `_read_changed`).
+- Patient flow (confirmed/arrived/seated/dismissed) is derived from changed appointments: the
+  row's own `confirmed` name (definition category 2 only when a row lacks it), and
   DateTimeArrived/Seated/Dismissed. The cursor remembers what was already emitted per appointment.
+- The office clock is the `serverDateTime` of a list item (providers: a short list).
 - Commlogs have no provider column and no idempotency key. The note ends with the trailer line
   `[pmsctl provider=<ProvNum> writeback=<id>]`; before POSTing, the driver reads the patient's
   commlogs and returns the existing one when the marker is there. Documents carry ProvNum and the
@@ -22,11 +29,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import logging
 import mimetypes
 import re
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any, Final, TypedDict
@@ -48,6 +57,7 @@ from pms_drivers.base import (
     WriteResult,
 )
 from pms_drivers.errors import PermanentPmsError, TemporaryPmsError
+from pms_drivers.retry import RetryPolicy, with_retry
 from pms_drivers.stamp_cursor import (
     EMPTY_TIME,
     OD_TIME,
@@ -56,6 +66,7 @@ from pms_drivers.stamp_cursor import (
     Row,
     StampCursor,
     advance,
+    digest,
     flow_changes,
 )
 from pms_drivers.wire import call, json_of
@@ -64,7 +75,13 @@ log = logging.getLogger(__name__)
 
 PMS: Final = "OpenDental"
 PAGE_CAP: Final = 100  # the Remote API's row cap per call
-MAX_PAGES: Final = 1000  # a runaway guard: 100k rows in one read means something is wrong
+MAX_PAGES: Final = 1000  # a runaway guard for settings lists (providers, definitions, commlogs)
+#: Whole passes over a change list before a read gives up for this poll (the cursor stays).
+MAX_PASSES: Final = 8
+PROGRESS_EVERY: Final = 100  # pages between progress lines of a long change read
+#: A page of a change read after its first that meets a 429 (or a dropped connection) waits and
+#: asks again, so a first read of a large practice is not thrown away by one throttled page.
+PAGE_RETRY: Final = RetryPolicy(max_attempts=6, base_delay=1.0, max_delay=60.0)
 DEFAULT_OVERLAP_SECONDS: Final = 2.0
 PICTURE_CATEGORY_TTL: Final = 600.0  # seconds a patient-pictures category lookup is reused
 
@@ -147,6 +164,21 @@ def iso_to_od(value: str) -> str:
     return when.replace(tzinfo=None).strftime(OD_TIME)
 
 
+@dataclass(frozen=True)
+class StoredDocument:
+    """A document Open Dental holds for a patient (`GET /documents`)."""
+
+    id: str  # DocNum
+    patient_id: str
+    category_id: str  # DocCategory: a DefNum of definition category 18
+    description: str
+    created: str  # DateCreated, ISO 8601
+    provider_id: str | None
+    filename: str
+    image_type: str  # ImgType: Document, Radiograph, Photo, File, Attachment
+    writeback: str | None  # the writeback id of our marker in Description, when we wrote it
+
+
 class ODDefinition(TypedDict, total=False):
     DefNum: int | str
     Category: int | str
@@ -175,6 +207,32 @@ def provider_active(row: Mapping[str, Any]) -> bool:
 
 def _id(value: object) -> str:
     return "" if value is None else str(value)
+
+
+def _pk_sort(pk: str) -> tuple[int, str]:
+    return (int(pk), "") if pk.isdigit() else (0, pk)
+
+
+def _fields(record: Appointment | Patient) -> list[object]:
+    """The emitted fields a version's digest covers (not `version`, not the photo reference)."""
+    values = dataclasses.asdict(record)
+    values.pop("version", None)
+    values.pop("photo_ref", None)
+    return [values[k] for k in sorted(values)]
+
+
+def _keyed(
+    rows: Sequence[Mapping[str, Any]], records: Sequence[Appointment | Patient], pk: str
+) -> list[Row]:
+    return [
+        Row(
+            pk=_id(r.get(pk)),
+            stamp=str(r.get("DateTStamp") or ""),
+            server_time=r.get("serverDateTime"),
+            digest=record.version,
+        )
+        for r, record in zip(rows, records, strict=True)
+    ]
 
 
 def _int_id(value: str, what: str, *, operation: str) -> int:
@@ -225,7 +283,10 @@ class OpenDentalDriver:
         credentials: Credentials,
         *,
         overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
+        page_retry: RetryPolicy = PAGE_RETRY,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        """`page_retry` and `sleep` (the clock of its waits) apply to the pages of change reads."""
         developer = credentials.require("developerKey", PMS)
         customer = credentials.require("customerKey", PMS)
         self._client = client
@@ -236,6 +297,8 @@ class OpenDentalDriver:
         }
         self._secrets = (developer, customer)
         self._overlap = overlap_seconds
+        self._page_retry = page_retry
+        self._sleep = sleep
         self._confirm_names: dict[str, str] = {}
         self._confirm_misses: set[str] = set()
         self._pictures: tuple[str | None, float] | None = None
@@ -307,13 +370,20 @@ class OpenDentalDriver:
     # ---- reads --------------------------------------------------------------------------------
 
     async def server_info(self) -> ServerInfo:
-        """Reachability and the office clock: reads the (small) ApptConfirmed definitions.
+        """Reachability and the office clock: the `serverDateTime` of the (short) provider list.
 
         The REST API has no version resource, so `version` says which API this is.
         """
-        defs = await self._definitions("server info", CATEGORY_APPT_CONFIRMED)
-        self._remember_confirm_names(defs)
-        server_time = next((d.get("serverDateTime") for d in defs if d.get("serverDateTime")), None)
+        body = await self._get("server info", "/providers")
+        items = body if isinstance(body, list) else []
+        server_time = next(
+            (
+                i.get("serverDateTime")
+                for i in items
+                if isinstance(i, dict) and i.get("serverDateTime")
+            ),
+            None,
+        )
         return ServerInfo(
             pms=PMS,
             version="Open Dental API v1",
@@ -372,64 +442,141 @@ class OpenDentalDriver:
         except CursorError as exc:
             raise PermanentPmsError(str(exc), pms=PMS, operation=operation) from exc
 
+    async def _read_changed(
+        self, operation: str, path: str, pk: str, params: Mapping[str, str | int]
+    ) -> list[dict[str, Any]]:
+        """Every row the change query matches, each once, as last read.
+
+        The list's order is undefined and may change whenever the data does, so offset pages can
+        skip a row that moved. A pass pages until a short page; the last page's offset plus its
+        length is how many rows the query matched then. Rows only join a `DateTStamp` query (a
+        change moves a row's stamp up, never out of `>= X`), so once the distinct keys gathered
+        over the passes number that count, they are all the rows: done. Otherwise pass again,
+        keeping what was gathered; after MAX_PASSES a TemporaryPmsError leaves the cursor as it was.
+        """
+        gathered: dict[str, dict[str, Any]] = {}
+        pages = 0
+        for attempt in range(1, MAX_PASSES + 1):
+            offset = 0
+            while True:
+                query = (
+                    dict(params) if offset == 0 else {**params, "Limit": PAGE_CAP, "Offset": offset}
+                )
+                body = await self._page(operation, path, query, retry=pages > 0)
+                if not isinstance(body, list):
+                    raise TemporaryPmsError(
+                        f"expected a JSON array from {path}, got {type(body).__name__}",
+                        pms=PMS,
+                        operation=operation,
+                    )
+                for item in body:
+                    if isinstance(item, dict):
+                        # A later answer shows a row as it is at least as late (a late commit
+                        # can even lower its stamp): the last one read wins.
+                        gathered[_id(item.get(pk))] = item
+                pages += 1
+                if pages % PROGRESS_EVERY == 0:
+                    log.info("%s: %d rows so far (%d pages)", operation, len(gathered), pages)
+                if len(body) < PAGE_CAP:
+                    matched = offset + len(body)
+                    break
+                offset += PAGE_CAP
+            if len(gathered) == matched:
+                if pages >= PROGRESS_EVERY:
+                    log.info("%s: done, %d rows in %d pages", operation, matched, pages)
+                return list(gathered.values())
+            if len(gathered) > matched:
+                # Rows left the query (deleted): what was gathered may hold rows that are gone,
+                # so only this pass can be counted; read again from scratch.
+                gathered = {}
+            log.info(
+                "%s: the list changed under pass %d (%d rows held, %d matched); reading it again",
+                operation,
+                attempt,
+                len(gathered),
+                matched,
+            )
+        raise TemporaryPmsError(
+            f"{path} kept changing under {MAX_PASSES} passes; the next poll reads it again",
+            pms=PMS,
+            operation=operation,
+        )
+
+    async def _page(
+        self, operation: str, path: str, query: Mapping[str, str | int], *, retry: bool
+    ) -> Any:
+        """One page of a change read; with `retry`, asked again after a temporary failure (see
+        PAGE_RETRY). The first page of a read is not: with nothing read yet there is nothing to
+        keep, and a PMS that is down must show as down at once."""
+
+        async def once() -> Any:
+            return await self._get(operation, path, query)
+
+        if not retry:
+            return await once()
+        return await with_retry(once, policy=self._page_retry, sleep=self._sleep)
+
     async def _changed(
         self,
         operation: str,
         path: str,
         pk: str,
         cursor: StampCursor,
-        params: Mapping[str, str | int] | None = None,
-    ) -> tuple[list[dict[str, Any]], StampCursor]:
-        query = dict(params or {})
+    ) -> list[dict[str, Any]]:
+        query: dict[str, str | int] = {}
         since = cursor.since(self._overlap)
         if since is not None:
             query["DateTStamp"] = since
-        rows = await self._get_all(operation, path, query)
-        keyed = [
-            Row(
-                pk=_id(r.get(pk)),
-                stamp=str(r.get("DateTStamp") or ""),
-                server_time=r.get("serverDateTime"),
-            )
-            for r in rows
-        ]
-        fresh, after = advance(cursor, keyed, overlap=self._overlap)
-        return [rows[i] for i in fresh], after
+        rows = await self._read_changed(operation, path, pk, query)
+        # A stable emission order: by stamp, then key (the list's own order is undefined).
+        return sorted(
+            rows, key=lambda r: (str(r.get("DateTStamp") or ""), _pk_sort(_id(r.get(pk))))
+        )
+
+    async def _confirmation(self, row: Mapping[str, Any], operation: str) -> str | None:
+        """The appointment's confirmation name: the row's own (derived) `confirmed`, else the
+        definition its `Confirmed` DefNum names (older API versions), else the DefNum."""
+        name = str(row.get("confirmed") or "").strip()
+        if name:
+            return name
+        defnum = _id(row.get("Confirmed"))
+        return (await self._confirm_name(defnum, operation)) or (
+            defnum if defnum not in ("", "0") else None
+        )
+
+    async def _appointment(self, r: Mapping[str, Any], operation: str) -> Appointment:
+        record = Appointment(
+            id=_id(r.get("AptNum")),
+            patient_id=_id(r.get("PatNum")),
+            start=od_to_iso(r.get("AptDateTime")) or "",
+            status=str(r.get("AptStatus") or ""),
+            provider_id=_id(r.get("ProvNum")) if _id(r.get("ProvNum")) not in ("", "0") else None,
+            changed_at=od_to_iso(r.get("DateTStamp")) or "",
+            confirmed=await self._confirmation(r, operation),
+        )
+        return dataclasses.replace(record, version=digest(_fields(record)))
 
     async def appointments_since(self, cursor: str | None) -> Page[Appointment]:
         operation = "read changed appointments"
-        rows, after = await self._changed(
-            operation, "/appointments", "AptNum", self._cursor(cursor, operation)
-        )
-        out = []
-        for r in rows:
-            confirmed = _id(r.get("Confirmed"))
-            out.append(
-                Appointment(
-                    id=_id(r.get("AptNum")),
-                    patient_id=_id(r.get("PatNum")),
-                    start=od_to_iso(r.get("AptDateTime")) or "",
-                    status=str(r.get("AptStatus") or ""),
-                    provider_id=_id(r.get("ProvNum"))
-                    if _id(r.get("ProvNum")) not in ("", "0")
-                    else None,
-                    changed_at=od_to_iso(r.get("DateTStamp")) or "",
-                    confirmed=(await self._confirm_name(confirmed, operation))
-                    or (confirmed or None),
-                )
-            )
-        return Page(records=out, cursor=after.encode())
+        before = self._cursor(cursor, operation)
+        rows = await self._changed(operation, "/appointments", "AptNum", before)
+        records = [await self._appointment(r, operation) for r in rows]
+        fresh, after = advance(before, _keyed(rows, records, "AptNum"), overlap=self._overlap)
+        return Page(records=[records[i] for i in fresh], cursor=after.encode())
 
     async def appointment_status_since(self, cursor: str | None) -> Page[AppointmentStatusChange]:
-        """Patient-flow changes derived from changed appointments; each change is emitted once."""
+        """Patient-flow changes derived from changed appointments; each change is emitted once.
+
+        Every row read goes through the flow memory (it, not a row digest, decides what is new),
+        so a second status set in the same second as the first is still seen.
+        """
         operation = "read appointment status changes"
-        rows, after = await self._changed(
-            operation, "/appointments", "AptNum", self._cursor(cursor, operation)
-        )
+        before = self._cursor(cursor, operation)
+        rows = await self._changed(operation, "/appointments", "AptNum", before)
         states = []
         for r in rows:
             statuses: dict[str, str] = {}
-            name = await self._confirm_name(_id(r.get("Confirmed")), operation)
+            name = await self._confirmation(r, operation)
             if name is not None and is_confirmed_name(name):
                 statuses["confirmed"] = od_to_iso(r.get("DateTStamp")) or ""
             for status, column in (
@@ -448,8 +595,13 @@ class OpenDentalDriver:
                     statuses=statuses,
                 )
             )
+        keyed = [
+            Row(pk=_id(r.get("AptNum")), stamp="", server_time=r.get("serverDateTime"))
+            for r in rows
+        ]
+        _, after = advance(StampCursor(server_time=before.server_time), keyed, overlap=0)
         today = (after.server_time or EMPTY_TIME)[:10]
-        changes, flow = flow_changes(after.flow, states, today=today)
+        changes, flow = flow_changes(before.flow, states, today=today)
         records = sorted(
             (
                 AppointmentStatusChange(
@@ -460,9 +612,9 @@ class OpenDentalDriver:
                 )
                 for state, status in changes
             ),
-            key=lambda c: (c.at, c.appointment_id),
+            key=lambda c: (c.at, _pk_sort(c.appointment_id), c.status),
         )
-        cursor_after = StampCursor(server_time=after.server_time, seen=after.seen, flow=flow)
+        cursor_after = StampCursor(server_time=after.server_time, flow=flow)
         return Page(records=records, cursor=cursor_after.encode())
 
     async def _picture_category(self) -> str | None:
@@ -478,24 +630,27 @@ class OpenDentalDriver:
         """Changed patients. With `photos`, `photo_ref` is the documents query for the patient's
         pictures (the category flagged `P`); the REST API cannot say cheaply whether one exists."""
         operation = "read changed patients"
-        rows, after = await self._changed(
-            operation, "/patients/Simple", "PatNum", self._cursor(cursor, operation)
-        )
-        picture_category = await self._picture_category() if photos and rows else None
-        out = [
-            Patient(
+        before = self._cursor(cursor, operation)
+        rows = await self._changed(operation, "/patients/Simple", "PatNum", before)
+        records = []
+        for r in rows:
+            record = Patient(
                 id=_id(r.get("PatNum")),
                 first_name=str(r.get("FName") or ""),
                 last_name=str(r.get("LName") or ""),
                 changed_at=od_to_iso(r.get("DateTStamp")) or "",
-                photo_ref=(
-                    f"/documents?PatNum={_id(r.get('PatNum'))}&DocCategory={picture_category}"
-                    if picture_category
-                    else None
-                ),
             )
-            for r in rows
-        ]
+            records.append(dataclasses.replace(record, version=digest(_fields(record))))
+        fresh, after = advance(before, _keyed(rows, records, "PatNum"), overlap=self._overlap)
+        out = [records[i] for i in fresh]
+        picture_category = await self._picture_category() if photos and out else None
+        if picture_category:
+            out = [
+                dataclasses.replace(
+                    p, photo_ref=f"/documents?PatNum={p.id}&DocCategory={picture_category}"
+                )
+                for p in out
+            ]
         return Page(records=out, cursor=after.encode())
 
     # ---- writes -------------------------------------------------------------------------------
@@ -551,6 +706,45 @@ class OpenDentalDriver:
                 "created a commlog but did not say its CommlogNum", pms=PMS, operation=operation
             )
         return WriteResult(id=_id(created["CommlogNum"]), created=True)
+
+    async def list_documents(
+        self, patient_id: str, category_ids: Sequence[str] = ()
+    ) -> list[StoredDocument]:
+        """A patient's documents (`GET /documents?PatNum=`), only those in `category_ids` when
+        given (the read-from categories: one `DocCategory=` read per category), in DocNum order."""
+        operation = "list documents"
+        patnum = _int_id(patient_id, "patient id", operation=operation)
+        queries: list[dict[str, str | int]] = (
+            [
+                {
+                    "PatNum": patnum,
+                    "DocCategory": _int_id(c, "document category id", operation=operation),
+                }
+                for c in category_ids
+            ]
+            if category_ids
+            else [{"PatNum": patnum}]
+        )
+        rows: dict[str, dict[str, Any]] = {}
+        for query in queries:
+            for r in await self._get_all(operation, "/documents", query):
+                rows[_id(r.get("DocNum"))] = r
+        return [
+            StoredDocument(
+                id=doc_id,
+                patient_id=_id(r.get("PatNum")),
+                category_id=_id(r.get("DocCategory")),
+                description=str(r.get("Description") or ""),
+                created=od_to_iso(r.get("DateCreated")) or "",
+                provider_id=_id(r.get("ProvNum"))
+                if _id(r.get("ProvNum")) not in ("", "0")
+                else None,
+                filename=str(r.get("FileName") or ""),
+                image_type=str(r.get("ImgType") or ""),
+                writeback=(find_marker(str(r.get("Description") or "")) or (None, None))[1],
+            )
+            for doc_id, r in sorted(rows.items(), key=lambda kv: _pk_sort(kv[0]))
+        ]
 
     async def upload_document(self, doc: DocumentUpload) -> WriteResult:
         """POST /documents/Upload with ProvNum and the marker in Description, unless already there."""

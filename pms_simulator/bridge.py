@@ -141,7 +141,8 @@ class _Bridge:
         return _page([
             {"id": str(r["id"]), "patientId": str(r["pat"]), "start": clock.iso(r["start"]),
              "status": r["status"], "providerId": r["prov"],
-             "confirmed": r["confirmed"] == catalog.CONFIRMED_DEFNUM, "changedAt": clock.iso(r["stamp"])}
+             "confirmed": r["confirmed"] == catalog.CONFIRMED_DEFNUM, "changedAt": clock.iso(r["stamp"]),
+             "version": str(r["seq"])}
             for r in rows
         ], nxt, more)  # fmt: skip
 
@@ -166,7 +167,7 @@ class _Bridge:
         rows, nxt, more = self.state.cursor_read(p, "patients", since, limit)
         return _page([
             {"id": str(r["id"]), "firstName": r["fname"], "lastName": r["lname"],
-             "changedAt": clock.iso(r["stamp"]),
+             "changedAt": clock.iso(r["stamp"]), "version": str(r["seq"]),
              "photoRef": f"bridge://photos/{r['photo_doc']}" if photos == "true" and r["photo_doc"] else None}
             for r in rows
         ], nxt, more)  # fmt: skip

@@ -1,8 +1,9 @@
 """The aiohttp middleware both simulated APIs share: authenticate, gate, log, render errors.
 
 Order per request, as a PMS server would: the credential picks the practice (401 if none), then
-the practice's faults decide (outage 503, rate limit 429, injected 5xx, added latency), then the
-handler runs. Every request that named a practice is logged with its final status. The protocol
+the practice's faults decide (outage 503, rate limit 429, injected 5xx, added latency), then an
+adversary, when one is set (`pms_simulator.adversary`), may change rows, throttle the read or cut
+its body off half way, then the handler runs. Every request that named a practice is logged with its final status. The protocol
 modules pass their own `authenticate` and error `render` (Open Dental: text/plain; bridge: JSON).
 """
 
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from pms_simulator.adversary import ReadVerdict
 from pms_simulator.errors import ApiError
 from pms_simulator.state import Practice
 
@@ -51,13 +53,21 @@ def gateway(
         else:
             if verdict.delay:
                 await asyncio.sleep(verdict.delay)
+            hostile = ReadVerdict()
+            adversary = sim.state.adversary
+            if adversary is not None and request.method == "GET":
+                hostile = adversary.before_read(practice, request.path)
             try:
+                if hostile.throttle:
+                    raise ApiError(429, "Too many requests.", "rate_limited", hostile.retry_after)
                 response = await handler(request)
             except ApiError as err:
                 response = render(err)
             except web.HTTPException as exc:
                 code = "not_found" if exc.status == 404 else "invalid_request"
                 response = render(ApiError(exc.status, exc.reason, code))
+            if hostile.drop and isinstance(response, web.Response):
+                response = await _cut_off(request, response)
         sim.log_request(
             practice.id,
             request.method,
@@ -69,3 +79,16 @@ def gateway(
         return response
 
     return middleware
+
+
+async def _cut_off(request: web.Request, response: web.Response) -> web.StreamResponse:
+    """Send the status, the headers and half the body, then drop the connection."""
+    body = response.body if isinstance(response.body, bytes) else b""
+    cut = web.StreamResponse(status=response.status)
+    cut.content_type = response.content_type
+    cut.content_length = len(body)
+    await cut.prepare(request)
+    await cut.write(body[: len(body) // 2])
+    if request.transport is not None:
+        request.transport.close()
+    return cut

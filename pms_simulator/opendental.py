@@ -161,17 +161,18 @@ class _OpenDental:
         q = _Query(request)
         rows = self.state.definitions(p, q.number("Category"), q.flag("includeHidden"))
         limit, offset = q.page()
-        now = self.state.now_text
+        # Definitions carry no serverDateTime: they are settings, not changes to poll.
         return _json([
             {"DefNum": int(r["id"]), "Category": r["category"], "ItemOrder": r["ord"],
-             "ItemName": r["name"], "ItemValue": r["item_value"], "isHidden": _tf(r["hidden"]),
-             "serverDateTime": now}
+             "ItemName": r["name"], "ItemValue": r["item_value"], "isHidden": _tf(r["hidden"])}
             for r in rows[offset : offset + limit]
         ])  # fmt: skip
 
     def _appointment(self, r: sqlite3.Row, now: str) -> dict[str, Any]:
+        # `confirmed` (lowercase: derived) is the name of the `Confirmed` definition right now.
         return {"AptNum": r["id"], "PatNum": r["pat"], "AptStatus": r["status"],
                 "AptDateTime": r["start"], "ProvNum": int(r["prov"]), "Confirmed": r["confirmed"],
+                "confirmed": r["confirmed_name"] or "",
                 "DateTimeArrived": r["arrived"], "DateTimeSeated": r["seated"],
                 "DateTimeDismissed": r["dismissed"], "DateTStamp": r["stamp"],
                 "serverDateTime": now}  # fmt: skip
@@ -180,29 +181,26 @@ class _OpenDental:
         """GET /appointments with DateTStamp, dateStart, dateEnd, AptStatus, PatNum filters."""
         p = request[PRACTICE]
         q = _Query(request)
-        sql = "SELECT * FROM appointments WHERE p=?"
+        sql = f"{_APPOINTMENTS} WHERE a.p=?"
         params: list[Any] = [p.id]
         if (since := q.stamp("DateTStamp")) is not None:
-            sql, params = sql + " AND stamp>=?", [*params, since]
+            sql, params = sql + " AND a.stamp>=?", [*params, since]
         if (start := q.stamp("dateStart")) is not None:
-            sql, params = sql + " AND start>=?", [*params, start]
+            sql, params = sql + " AND a.start>=?", [*params, start]
         if (end := q.stamp("dateEnd")) is not None:
-            sql, params = sql + " AND start<?", [*params, clock.fmt(clock.parse(end[:10]) + _DAY)]
+            sql, params = sql + " AND a.start<?", [*params, clock.fmt(clock.parse(end[:10]) + _DAY)]
         if (status := q.text("AptStatus")) is not None:
-            sql, params = sql + " AND status=?", [*params, status]
+            sql, params = sql + " AND a.status=?", [*params, status]
         if (pat := q.number("PatNum")) is not None:
-            sql, params = sql + " AND pat=?", [*params, pat]
+            sql, params = sql + " AND a.pat=?", [*params, pat]
         now = self.state.now_text
-        return _json(
-            [self._appointment(r, now) for r in self._rows(sql + " ORDER BY id", params, q)]
-        )
+        order = self.state.order_by(p, "a.id")
+        return _json([self._appointment(r, now) for r in self._rows(f"{sql} {order}", params, q)])
 
     async def appointment(self, request: web.Request) -> web.Response:
         """GET /appointments/{AptNum}"""
         p = request[PRACTICE]
-        rows = self.state.query(
-            "SELECT * FROM appointments WHERE p=? AND id=?", (p.id, _num(request))
-        )
+        rows = self.state.query(f"{_APPOINTMENTS} WHERE a.p=? AND a.id=?", (p.id, _num(request)))
         if not rows:
             raise ApiError(404, "Appointment not found.", "not_found")
         return _json(self._appointment(rows[0], self.state.now_text))
@@ -222,7 +220,8 @@ class _OpenDental:
         if (since := q.stamp("DateTStamp")) is not None:
             sql, params = sql + " AND stamp>=?", [*params, since]
         now = self.state.now_text
-        return _json([self._patient(r, now) for r in self._rows(sql + " ORDER BY id", params, q)])
+        order = self.state.order_by(p, "id")
+        return _json([self._patient(r, now) for r in self._rows(f"{sql} {order}", params, q)])
 
     async def patient(self, request: web.Request) -> web.Response:
         """GET /patients/{PatNum}"""
@@ -357,6 +356,10 @@ class _OpenDental:
 
 
 _DAY = timedelta(days=1)
+_APPOINTMENTS = (
+    "SELECT a.*, d.name AS confirmed_name FROM appointments a LEFT JOIN defs d ON d.p=a.p "
+    f"AND d.category={catalog.CAT_CONFIRMED} AND d.id=CAST(a.confirmed AS TEXT)"
+)
 
 
 def _num(request: web.Request) -> int:

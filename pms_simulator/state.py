@@ -13,6 +13,11 @@ Change bookkeeping, so readers can poll:
 - `seq`: a per-practice, strictly increasing change sequence shared by all kinds (the bridge
   cursors). A row changed again moves to a higher seq.
 - `changes`: the ground truth of every change made, for tests' "none lost, none doubled" checks.
+  With `record_rows` set (the adversarial runs), each appointment and patient change also keeps
+  the row as it was right after the change, so `pms_simulator.checker` can tell states apart.
+- `adversary`: None for a well-behaved PMS; a `pms_simulator.adversary.Adversary` makes reads
+  hostile (changes in the same second and between pages, undefined order, 429s, dropped
+  connections). `act()` applies one change now, as the office would.
 
 Thread safety: every public method takes `lock` (an RLock); `serve_in_thread` callers and the
 server thread share one connection.
@@ -20,6 +25,7 @@ server thread share one connection.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sqlite3
@@ -28,12 +34,26 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pms_simulator import catalog, clock
 from pms_simulator.errors import DriftError, UnknownPracticeError
 
+if TYPE_CHECKING:
+    from pms_simulator.adversary import Adversary
+
 SEED_PATIENTS = 300
+#: Changes `act()` makes besides the planned ones: a visible patient edit, a new time for an
+#: appointment, a new booking.
+RENAME_PATIENT = "rename_patient"
+RESCHEDULE = "reschedule"
+BOOK = "book"
+#: The columns a recorded row keeps (what a reader can see of it).
+_ROW_COLUMNS = {
+    "appointments": ("id", "pat", "start", "status", "prov", "confirmed", "arrived", "seated",
+                     "dismissed", "stamp", "seq"),
+    "patients": ("id", "fname", "lname", "stamp", "seq"),
+}  # fmt: skip
 PHOTO_SHARE = 0.3
 _MARKER = re.compile(r"\[pmsctl provider=(\S+) writeback=([^\]\s]+)\]")
 
@@ -109,6 +129,13 @@ class State:
         if db != ":memory:":
             self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        # The undefined order of the adversarial mode: a row's place depends on a salt that
+        # changes with the data, the way a query plan's order can.
+        self._db.create_function("shuffled", 2, _shuffled, deterministic=True)
+        #: Keep each appointment/patient change's row in the change log (see the module doc).
+        self.record_rows = False
+        #: Hostile read behaviour, or None (see `pms_simulator.adversary`).
+        self.adversary: Adversary | None = None
         row = self._db.execute("SELECT value FROM meta WHERE key='clock'").fetchone()
         if row is None:
             self._clock = (start or clock.DEFAULT_START).replace(microsecond=0)
@@ -196,9 +223,31 @@ class State:
     def _log(
         self, p: Practice, kind: str, rid: object, stamp: str, seq: int, source: str, **detail: Any
     ) -> None:
+        if self.record_rows and kind in _ROW_COLUMNS:
+            detail["row"] = self._row(kind, p.id, rid)
         self._db.execute(
             "INSERT INTO changes VALUES (?,?,?,?,?,?,?)",
             (p.id, kind, str(rid), stamp, seq, source, json.dumps(detail) if detail else None),
+        )
+
+    def _row(self, table: str, pid: str, rid: object) -> dict[str, Any] | None:
+        cols = _ROW_COLUMNS[table]
+        found = self._db.execute(
+            f"SELECT {', '.join(cols)} FROM {table} WHERE p=? AND id=?", (pid, int(str(rid)))
+        ).fetchone()
+        return None if found is None else dict(zip(cols, found, strict=True))
+
+    def _record_bulk(self, p: Practice, kind: str) -> None:
+        """Give the bulk-logged changes of `kind` (seed, booking) their rows when recording."""
+        if not self.record_rows:
+            return
+        cols = _ROW_COLUMNS[kind]
+        pairs = ", ".join(f"'{c}', t.{c}" for c in cols)
+        self._db.execute(
+            f"UPDATE changes SET detail = (SELECT json_object('row', json_object({pairs})) "
+            f"FROM {kind} t WHERE t.p=changes.p AND t.id=CAST(changes.record_id AS INTEGER)) "
+            "WHERE p=? AND kind=? AND detail IS NULL",
+            (p.id, kind),
         )
 
     # ---- seeding ----------------------------------------------------------------------------
@@ -258,6 +307,7 @@ class State:
                 "NULL FROM patients WHERE p=?",
                 (p.id,),
             )
+            self._record_bulk(p, "patients")
             booked = clock.fmt(start - timedelta(days=rng.randint(1, 20)))
             self._plan_day(p, start.date(), booked, "seed")
             p.seeded = True
@@ -295,6 +345,7 @@ class State:
             "INSERT INTO planned VALUES (?,?,?,?,?)",
             [(p.id, e.at, e.action, e.target, n) for n, e in enumerate(plan.events)],
         )
+        self._record_bulk(p, "appointments")
 
     def _next_id(self, table: str, pid: str) -> int:
         row = self._db.execute(f"SELECT COALESCE(MAX(id), 0) + 1 FROM {table} WHERE p=?", (pid,))
@@ -346,8 +397,10 @@ class State:
             )
             applied += len(rows)
 
-    def _apply(self, p: Practice, at: str, action: str, target: int) -> None:
-        src = "activity"
+    def _apply(
+        self, p: Practice, at: str, action: str, target: int, source: str = "activity"
+    ) -> None:
+        src = source
         if action == clock.PLAN_DAY:
             self._plan_day(p, date.fromordinal(target), at, src)
             return
@@ -387,11 +440,43 @@ class State:
             if cur.rowcount:
                 self._log(p, "patients", target, at, seq, src)
             return
+        if action == RENAME_PATIENT:
+            rng = clock.rng_for(p.id, "rename", at, target)
+            seq = p.next_seq()
+            cur = self._db.execute(
+                "UPDATE patients SET lname=?, stamp=?, seq=? WHERE p=? AND id=?",
+                (rng.choice(catalog.LAST_NAMES) + f"-{rng.randint(1, 999)}", at, seq, p.id, target),
+            )
+            if cur.rowcount:
+                self._log(p, "patients", target, at, seq, src)
+            return
+        if action == BOOK:
+            active = [s.id for s in catalog.PROVIDERS[p.pms] if s.active]
+            apt_id = self._next_id("appointments", p.id)
+            seq = p.next_seq()
+            start = clock.parse(at).replace(minute=0, second=0) + timedelta(hours=2)
+            self._db.execute(
+                "INSERT INTO appointments VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (p.id, apt_id, target, clock.fmt(start), "Scheduled", active[target % len(active)],
+                 catalog.UNCONFIRMED_DEFNUM, clock.EMPTY_TIME, clock.EMPTY_TIME, clock.EMPTY_TIME,
+                 at, seq),
+            )  # fmt: skip
+            self._log(p, "appointments", apt_id, at, seq, src)
+            return
         apt = self._db.execute(
-            "SELECT pat, status FROM appointments WHERE p=? AND id=?", (p.id, target)
+            "SELECT pat, status, start, confirmed, arrived, seated FROM appointments "
+            "WHERE p=? AND id=?",
+            (p.id, target),
         ).fetchone()
         if apt is None or apt["status"] != "Scheduled":
             return
+        done = {
+            clock.CONFIRM: apt["confirmed"] == catalog.CONFIRMED_DEFNUM,
+            clock.ARRIVE: apt["arrived"] != clock.EMPTY_TIME,
+            clock.SEAT: apt["seated"] != clock.EMPTY_TIME,
+        }
+        if done.get(action, False):
+            return  # a step that already happened (the adversary got there first) is no change
         sets: dict[str, object]
         flow: str | None = action
         if action == clock.CONFIRM:
@@ -404,6 +489,11 @@ class State:
             sets, flow = {"dismissed": at, "status": "Complete"}, "dismissed"
         elif action == clock.BREAK:
             sets, flow = {"status": "Broken"}, None
+        elif action == RESCHEDULE:
+            sets, flow = (
+                {"start": clock.fmt(clock.parse(apt["start"]) + timedelta(minutes=10))},
+                None,
+            )
         else:  # pragma: no cover - plan_day only makes the actions above
             raise ValueError(f"unknown planned action {action!r}")
         seq = p.next_seq()
@@ -420,6 +510,58 @@ class State:
             )
             self._log(p, "appointmentStatus", fseq, at, fseq, src,
                       appointment_id=str(target), patient_id=str(apt["pat"]), status=flow)  # fmt: skip
+
+    def act(self, pid: str, action: str, target: int, *, backdate: int = 0) -> None:
+        """Make one change now, as the office would: a planned action (`clock.CONFIRM`, ARRIVE,
+        SEAT, DISMISS, BREAK, NEW_PATIENT, EDIT_PATIENT) or RENAME_PATIENT, RESCHEDULE, BOOK.
+
+        The change is stamped with the current clock, or `backdate` seconds before it: a row
+        committed late carries a stamp from when its transaction began.
+        """
+        p = self.practice(pid)
+        with self.lock, self._tx():
+            at = clock.fmt(self._clock - timedelta(seconds=backdate))
+            self._apply(p, at, action, target, source="adversary")
+            self._save_seq(p)
+
+    def set_confirmation(self, pid: str, appointment_id: int, defnum: int) -> None:
+        """Set an appointment's `Confirmed` definition now (any category 2 DefNum)."""
+        p = self.practice(pid)
+        with self.lock, self._tx():
+            seq = p.next_seq()
+            cur = self._db.execute(
+                "UPDATE appointments SET confirmed=?, stamp=?, seq=? WHERE p=? AND id=?",
+                (defnum, self.now_text, seq, p.id, appointment_id),
+            )
+            if not cur.rowcount:
+                raise DriftError(f"practice {pid!r} has no appointment {appointment_id}")
+            self._log(p, "appointments", appointment_id, self.now_text, seq, "adversary")
+            self._save_seq(p)
+
+    def add_patients(self, pid: str, count: int) -> None:
+        """Add `count` patients at once, stamped now (a large practice for first-read tests)."""
+        p = self.practice(pid)
+        with self.lock, self._tx():
+            first = self._next_id("patients", p.id)
+            active = [s.id for s in catalog.PROVIDERS[p.pms] if s.active]
+            now = self.now_text
+            rows = []
+            for pat_id in range(first, first + count):
+                person = _person_from_bits(pat_id * 2654435761)
+                rows.append((p.id, pat_id, *person, active[0], None, now, p.next_seq()))
+            self._db.executemany("INSERT INTO patients VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            self._db.executemany(
+                "INSERT INTO changes VALUES (?,'patients',?,?,?,'bulk',NULL)",
+                [(p.id, str(r[1]), now, r[11]) for r in rows],
+            )
+            self._record_bulk(p, "patients")
+            self._save_seq(p)
+
+    def order_by(self, p: Practice, column: str) -> str:
+        """The ORDER BY a list read uses: by `column`, or undefined under an adversary."""
+        if self.adversary is None or not self.adversary.config.shuffle:
+            return f"ORDER BY {column}"
+        return f"ORDER BY shuffled({column}, {self.adversary.order_salt(p)})"
 
     # ---- reads ------------------------------------------------------------------------------
 
@@ -440,6 +582,8 @@ class State:
             more = len(rows) > limit
             rows = rows[:limit]
             nxt = rows[-1]["seq"] if more else max(p.seq, since)
+            if self.adversary is not None:
+                self.adversary.shuffle(rows)  # type: ignore[arg-type]
             return rows, nxt, more
 
     def definitions(
@@ -625,6 +769,12 @@ class State:
                 item.update(json.loads(r["detail"]))
             out.append(item)
         return out
+
+
+def _shuffled(key: object, salt: int) -> int:
+    """A row's place in the undefined order: a hash of its key and the salt."""
+    digest = hashlib.blake2b(f"{key}|{salt}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 def _phone(rng: Any) -> str:

@@ -36,6 +36,7 @@ from pms_drivers.stamp_cursor import (
     Row,
     StampCursor,
     advance,
+    digest,
     flow_changes,
 )
 from pms_drivers.wire import error_for, redact_url, scrub, with_query
@@ -140,7 +141,7 @@ def test_provider_names_are_built_from_the_name_columns() -> None:
 def test_a_cursor_round_trips_through_its_string() -> None:
     cursor = StampCursor(
         server_time=T0,
-        seen={"2026-11-26 09:14:59": frozenset({"12", "3"})},
+        rows={"12": ("2026-11-26 09:14:59", "9f2c"), "3": ("2026-11-26 09:14:59", "")},
         flow={"40": "CA|2026-11-26"},
     )
     assert StampCursor.decode(cursor.encode()) == cursor
@@ -150,7 +151,7 @@ def test_a_cursor_round_trips_through_its_string() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "{}", '{"v":2}', '{"v":1,"t":"yesterday"}', "abc", '{"v":1,"seen":3}']
+    "text", ["", "{}", '{"v":3}', '{"v":1,"t":"yesterday"}', "abc", '{"v":1,"seen":3}']
 )
 def test_a_foreign_cursor_is_refused_with_the_fix(text: str) -> None:
     with pytest.raises(CursorError, match="clear the stored cursor"):
@@ -166,16 +167,16 @@ def test_the_first_read_takes_every_row_and_remembers_the_overlap_window() -> No
     fresh, after = advance(StampCursor(), rows, overlap=2)
     assert fresh == [0, 1, 2]
     assert after.server_time == T0
-    assert after.seen == {
-        "2026-11-26 09:14:59": frozenset({"2"}),
-        "2026-11-26 09:15:00": frozenset({"3"}),
+    assert after.rows == {
+        "2": ("2026-11-26 09:14:59", ""),
+        "3": ("2026-11-26 09:15:00", ""),
     }
 
 
 def test_rows_read_again_in_the_overlap_are_dropped_but_new_stamps_are_kept() -> None:
     before = StampCursor(
         server_time=T0,
-        seen={"2026-11-26 09:14:59": frozenset({"2"}), "2026-11-26 09:15:00": frozenset({"3"})},
+        rows={"2": ("2026-11-26 09:14:59", ""), "3": ("2026-11-26 09:15:00", "")},
     )
     later = "2026-11-26 09:20:00"
     rows = [
@@ -187,7 +188,7 @@ def test_rows_read_again_in_the_overlap_are_dropped_but_new_stamps_are_kept() ->
     assert fresh == [1, 2]
     assert after.server_time == later
     # Only stamps inside the new window are remembered.
-    assert after.seen == {}
+    assert after.rows == {}
 
 
 def test_duplicates_inside_one_read_are_emitted_once() -> None:
@@ -196,8 +197,49 @@ def test_duplicates_inside_one_read_are_emitted_once() -> None:
     assert fresh == [0]
 
 
+def test_a_version_1_cursor_is_read_as_keys_matched_by_stamp() -> None:
+    old = '{"v":1,"t":"2026-11-26 09:15:00","seen":{"2026-11-26 09:14:59":["2","12"]}}'
+    cursor = StampCursor.decode(old)
+    assert cursor.rows == {"2": ("2026-11-26 09:14:59", ""), "12": ("2026-11-26 09:14:59", "")}
+    fresh, _ = advance(cursor, [Row("2", "2026-11-26 09:14:59", T0, "d1")], overlap=2)
+    assert fresh == []
+
+
+def test_two_states_of_one_row_in_one_second_are_two_changes() -> None:
+    arrived = Row("7", T0, T0, "d-arrived")
+    fresh, after = advance(StampCursor(), [arrived], overlap=2)
+    assert fresh == [0]
+    seated = Row("7", T0, T0, "d-seated")  # same key, same stamp, other content
+    fresh, after = advance(after, [seated], overlap=2)
+    assert fresh == [0]
+    assert after.rows == {"7": (T0, "d-seated")}
+    fresh, _ = advance(after, [seated], overlap=2)
+    assert fresh == []
+
+
+def test_a_row_back_to_an_earlier_state_is_a_change_again() -> None:
+    a, b = Row("7", T0, T0, "dA"), Row("7", T0, T0, "dB")
+    _, after = advance(StampCursor(), [a], overlap=2)
+    _, after = advance(after, [b], overlap=2)
+    fresh, _ = advance(after, [a], overlap=2)
+    assert fresh == [0]
+
+
+def test_a_key_read_twice_in_one_read_counts_as_its_last_version() -> None:
+    rows = [Row("5", T0, T0, "old"), Row("6", T0, T0, "x"), Row("5", T0, T0, "new")]
+    fresh, after = advance(StampCursor(), rows, overlap=2)
+    assert fresh == [1, 2]
+    assert after.rows["5"] == (T0, "new")
+
+
+def test_a_digest_covers_every_field_in_order() -> None:
+    assert digest(["7", "Scheduled"]) != digest(["7", "Complete"])
+    assert digest(["7", "Scheduled"]) == digest(["7", "Scheduled"])
+    assert len(digest([1])) == 16
+
+
 def test_an_empty_read_keeps_the_cursor() -> None:
-    before = StampCursor(server_time=T0, seen={T0: frozenset({"1"})})
+    before = StampCursor(server_time=T0, rows={"1": (T0, "")})
     fresh, after = advance(before, [], overlap=2)
     assert fresh == [] and after == before
 
