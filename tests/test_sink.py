@@ -50,6 +50,26 @@ def test_same_change_gets_the_same_id_and_a_new_change_a_new_one() -> None:
     assert s1["id"] != s2["id"]
 
 
+def test_two_states_of_one_row_in_the_same_second_get_two_ids_and_a_replay_the_same_one() -> None:
+    """The PMS's change stamp has one-second resolution: the row's version tells two states of one
+    row within that second apart, so a consumer that de-duplicates on the id keeps both."""
+    stamp = "2026-11-26T09:00:00"
+    first = Patient("42", "Ana", "Diaz", stamp, version="v1")
+    second = Patient("42", "Ana", "Díaz", stamp, version="v2")
+    ids = {patient_event("acme", "Open Dental", p, photos=False)["id"] for p in (first, second)}
+    assert len(ids) == 2
+    replay = Patient("42", "Ana", "Diaz", stamp, version="v1")
+    assert patient_event("acme", "Open Dental", replay, photos=False)["id"] in ids
+    row = ("7", "42", "2026-11-26T10:00:00")
+    a1 = appointment_event(
+        "acme", "Open Dental", Appointment(*row, "Scheduled", "1", stamp, version="x")
+    )
+    a2 = appointment_event(
+        "acme", "Open Dental", Appointment(*row, "Complete", "1", stamp, version="y")
+    )
+    assert a1["id"] != a2["id"] and a1["data"]["version"] == "x"
+
+
 def test_events_are_cloudevents_and_photos_only_when_asked() -> None:
     e = patient_event("acme", "Open Dental", PATIENT, photos=False)
     assert e["specversion"] == "1.0"

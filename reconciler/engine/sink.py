@@ -120,15 +120,22 @@ def appointment_status_event(practice_id: str, pms: str, c: AppointmentStatusCha
     )
 
 
+def _row_stamp(changed_at: str, version: str) -> str:
+    # The PMS's change stamp has one-second resolution: the row's version (a digest of what is
+    # emitted) tells two states of one row within that second apart, so each keeps its own id.
+    return f"{changed_at}#{version}" if version else changed_at
+
+
 def appointment_event(practice_id: str, pms: str, a: Appointment) -> CloudEvent:
-    """One appointment row change; the id covers the appointment and its change stamp."""
+    """One appointment row change; the id covers the appointment, its change stamp and the
+    row's version."""
     return _event(
         practice_id=practice_id,
         pms=pms,
         type_=TYPE_APPOINTMENT,
         kind="appointments",
         subject=a.id,
-        stamp=a.changed_at,
+        stamp=_row_stamp(a.changed_at, a.version),
         time=a.changed_at,
         data={
             "id": a.id,
@@ -138,6 +145,7 @@ def appointment_event(practice_id: str, pms: str, a: Appointment) -> CloudEvent:
             "providerId": a.provider_id,
             "confirmed": a.confirmed,
             "changedAt": a.changed_at,
+            "version": a.version,
         },
     )
 
@@ -149,6 +157,7 @@ def patient_event(practice_id: str, pms: str, p: Patient, *, photos: bool) -> Cl
         "firstName": p.first_name,
         "lastName": p.last_name,
         "changedAt": p.changed_at,
+        "version": p.version,
     }
     if photos:
         data["photoRef"] = p.photo_ref
@@ -158,7 +167,7 @@ def patient_event(practice_id: str, pms: str, p: Patient, *, photos: bool) -> Cl
         type_=TYPE_PATIENT,
         kind="patients",
         subject=p.id,
-        stamp=p.changed_at,
+        stamp=_row_stamp(p.changed_at, p.version),
         time=p.changed_at,
         data=data,
     )
