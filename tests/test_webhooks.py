@@ -8,12 +8,16 @@ through it and sends it AdmissionReviews; kubectl for every write and read.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import testenv
 import yaml
+from timing import wait_until
 
 from reconciler.api.convert import V1, V1_FIELDS, V1ALPHA1
 from reconciler.kube import webhooks
@@ -232,3 +236,61 @@ def test_a_down_webhook_server_blocks_neither_other_kinds_nor_practices(
     # failurePolicy: Ignore: the reconcile-time DuplicatePracticeId check is the backstop
     result = _apply(kube, _body("acme", "acme-down"), kube_namespace)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.kube
+def test_the_operator_serves_conversion_with_a_self_signed_ca_it_writes_into_the_crd(
+    kube: testenv.Cluster,
+    crd_installed: list[str],
+    webhook_server: testenv.WebhookThread,
+    kube_namespace: str,
+    tmp_path: Path,
+) -> None:
+    port = testenv.free_port()
+    url = f"https://127.0.0.1:{port}"
+    log = (tmp_path / "operator.log").open("w")
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "reconciler",
+            "--namespace", kube_namespace,
+            "--sink", f"file:{tmp_path / 'events.jsonl'}",
+            "--state-db", str(tmp_path / "state.db"),
+            "--probe-port", "0", "--metrics-port", "0", "--writeback-port", "0",
+            "--webhook-self-signed", "--webhook-url", url, "--webhook-port", str(port),
+        ],
+        env=kube.environ({"PYTHONPATH": str(testenv.REPO)}),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )  # fmt: skip
+    try:
+
+        def pointed_at_the_operator() -> bool:
+            assert proc.poll() is None, (tmp_path / "operator.log").read_text()
+            out = kube.kubectl("get", "crd", webhooks.CRD_NAME, "-o", "json").stdout
+            config = json.loads(out)["spec"]["conversion"]["webhook"]["clientConfig"]
+            return bool(config.get("url") == url + webhooks.CONVERT_PATH)
+
+        # from here on the API server converts through the operator only
+        wait_until(pointed_at_the_operator, 60, "the operator's URL in the CRD", step=0.25)
+        alpha = _body("acme", "acme-operator", V1ALPHA1, patientProfilePhotos=False)
+        alpha["spec"]["sync"] = {"patients": {"enabled": False}}
+        result = _apply(kube, alpha, kube_namespace)
+        assert result.returncode == 0, result.stderr
+        v1 = _get(kube, "acme", kube_namespace, V1)
+        assert v1["spec"]["sync"]["patients"] == {
+            "enabled": False,
+            "interval": "30s",  # the API server's default
+            "profilePhotos": False,
+        }
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+        # the session's webhook server takes over again
+        folder = tmp_path / "crds-again"
+        folder.mkdir()
+        testenv.install_crds(
+            kube, testenv.crds_with_webhook_url(testenv.REPO / "crds", folder, webhook_server)
+        )

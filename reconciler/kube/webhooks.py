@@ -39,6 +39,7 @@ from reconciler.api.convert import ConversionError, convert
 
 log = logging.getLogger("pmsctl.webhooks")
 
+CRD_NAME = f"{PLURAL}.{GROUP}"
 CONVERT_PATH = "/convert"
 VALIDATE_PATH = "/validate"
 #: The request body limit: a ConversionReview of a full list page stays far below it.
