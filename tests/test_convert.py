@@ -253,3 +253,31 @@ def test_v1_to_v1alpha1_and_back_is_the_same_object(v1: dict[str, Any]) -> None:
     alpha = convert.convert(v1, V1ALPHA1)
     assert validate.is_valid_body(alpha)
     assert convert.convert(alpha, V1) == v1
+
+
+def test_a_pure_version_bump_is_no_change_in_pmsctl_diff_and_a_further_category_is_one() -> None:
+    from pathlib import Path
+
+    from reconciler.review.diff import Resource, diff_practices
+    from reconciler.review.migrate import migrate_text
+
+    path = Path(__file__).parent.parent / "practices" / "dentrix-lakeside.yaml"
+    text = path.read_text(encoding="utf-8")
+
+    def side(source: str) -> dict[str, Resource]:
+        docs, problems = validate.validate_text(source, "p.yaml")
+        assert problems == []
+        return {
+            f"{d.namespace}/{d.name}": Resource(d.namespace or "", d.name, d.spec(), file="p.yaml")
+            for d in docs
+        }
+
+    bumped = migrate_text(text).text
+    report = diff_practices(side(text), side(bumped))
+    assert report.practices == () and report.unchanged == 1
+
+    more = bumped.replace("readFrom: [Insurance Cards]", "readFrom: [Insurance Cards, Old Cards]")
+    assert more != bumped
+    (practice,) = diff_practices(side(text), side(more)).practices
+    assert [c.field for c in practice.changes] == ["spec.documents.insuranceVerification.readFrom"]
+    assert "also read from 'Old Cards'" in practice.changes[0].message
