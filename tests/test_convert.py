@@ -281,3 +281,21 @@ def test_a_pure_version_bump_is_no_change_in_pmsctl_diff_and_a_further_category_
     (practice,) = diff_practices(side(text), side(more)).practices
     assert [c.field for c in practice.changes] == ["spec.documents.insuranceVerification.readFrom"]
     assert "also read from 'Old Cards'" in practice.changes[0].message
+
+
+def test_the_v1_schema_is_valid_packaged_and_its_pms_part_generated() -> None:
+    from pathlib import Path
+
+    import jsonschema
+
+    from pms_drivers import records
+    from reconciler.api import crdgen
+
+    path = Path(__file__).parent.parent / "schemas" / "practicewriteback.v1.schema.json"
+    text = path.read_text(encoding="utf-8")
+    jsonschema.Draft202012Validator.check_schema(json.loads(text))
+    assert validate.load_schema(V1) == json.loads(text)
+    assert crdgen.regenerate_schema(text, records.RECORDS) == text
+    assert crdgen.schema_version(json.loads(text)) == "v1"
+    spec = json.loads(text)["$defs"]["spec"]["properties"]
+    assert "patientProfilePhotos" not in spec
