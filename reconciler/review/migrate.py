@@ -11,8 +11,9 @@ version bump needs changes:
 - `documents.<kind>.readFrom: Name` -> `readFrom: [Name]`;
 - a `yaml-language-server` schema comment naming the v1alpha1 schema names the v1 one.
 
-Other documents (other kinds, v1 already) are left byte for byte, so a second run changes
-nothing. Files are rewritten only when their text changes (`migrate_paths`). This is for files
+A file without a v1alpha1 PracticeWriteback is not touched, so a second run changes nothing; in
+a file with one, the other documents (other kinds, v1 already) go through the same round trip
+unchanged. Files are rewritten only when their text changes (`migrate_paths`). This is for files
 in git; objects in a cluster are converted by the API server through the conversion webhook.
 """
 
