@@ -7,8 +7,9 @@ The Kubernetes fixtures (harness in `tests/testenv.py`, guide in `docs/testenv.m
   `.kubeconfig`, `.server`, `.kubectl(*args, input=None, check=True)`, `.api_client` and
   `.environ()`. When the testenv binaries are missing it builds them (`hack/testenv/build.sh`);
   a failed build fails the tests, it never skips them.
-- `crd_installed` (session): the CRDs from `crds/` applied server-side, Established and served;
-  the value is the list of CRD names.
+- `webhook_server` (session): the operator's conversion webhook on loopback (self-signed CA).
+- `crd_installed` (session): the CRDs from `crds/` applied server-side, Established and served,
+  converting through `webhook_server`; the value is the list of CRD names.
 - `kube_namespace` (per test): a fresh namespace name, deleted with what the test left in it.
 
 Mark every test that uses them `@pytest.mark.kube`.
@@ -57,9 +58,26 @@ def kube(request: pytest.FixtureRequest) -> Iterator[testenv.Cluster]:
 
 
 @pytest.fixture(scope="session")
-def crd_installed(kube: testenv.Cluster) -> list[str]:
-    """Install every CRD in crds/ once per session and wait until each is Established."""
-    return testenv.install_crds(kube, testenv.REPO / "crds")
+def webhook_server() -> Iterator[testenv.WebhookThread]:
+    """The operator's webhook server (reconciler.kube.webhooks, conversion only) on a loopback
+    port with a self-signed CA, in a thread of its own for the session: the API server converts
+    PracticeWritebacks between versions through it."""
+    with testenv.WebhookThread() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def crd_installed(
+    kube: testenv.Cluster,
+    webhook_server: testenv.WebhookThread,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> list[str]:
+    """Install every CRD in crds/ once per session and wait until each is Established; the
+    conversion webhook is pointed at `webhook_server` (a URL instead of the in-cluster Service)."""
+    folder = testenv.crds_with_webhook_url(
+        testenv.REPO / "crds", tmp_path_factory.mktemp("crds"), webhook_server
+    )
+    return testenv.install_crds(kube, folder)
 
 
 @pytest.fixture

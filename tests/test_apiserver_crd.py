@@ -115,8 +115,9 @@ def test_the_generated_crd_is_established_with_its_names_accepted(
     assert accepted["kind"] == "PracticeWriteback"
     assert "pwb" in accepted["shortNames"]
     resources = kube.kubectl("api-resources", "--api-group=writeback.dental.dev", "-o", "wide")
+    # discovery lists the preferred version: v1, the storage version (v1alpha1 is deprecated)
     assert re.search(
-        r"practicewritebacks\s+pwb\s+writeback\.dental\.dev/v1alpha1\s+true", resources.stdout
+        r"practicewritebacks\s+pwb\s+writeback\.dental\.dev/v1\s+true", resources.stdout
     )
 
 
@@ -139,9 +140,21 @@ def test_every_practice_example_applies_server_side_and_reapplying_changes_nothi
     applied = kube.kubectl("apply", "--server-side", "--validate=strict", "-f", "-", input=manifest)
     assert "serverside-applied" in applied.stdout
     names = [d["metadata"]["name"] for d in testenv.load_documents(path)]
+    # read back in the file's own version (the API server converts from the stored v1)
+    versions = {
+        d["metadata"]["name"]: d["apiVersion"].split("/")[1] for d in testenv.load_documents(path)
+    }
     stored = {
         name: json.loads(
-            kube.kubectl("get", "pwb", name, "-n", kube_namespace, "-o", "json").stdout
+            kube.kubectl(
+                "get",
+                f"practicewritebacks.{versions[name]}.writeback.dental.dev",
+                name,
+                "-n",
+                kube_namespace,
+                "-o",
+                "json",
+            ).stdout
         )
         for name in names
     }
@@ -360,7 +373,9 @@ def _explain(kube: testenv.Cluster, field: str) -> str:
 def test_kubectl_explain_pwb_spec_sync_shows_the_schemas_descriptions(
     kube: testenv.Cluster, crd_installed: list[str]
 ) -> None:
-    schema = _crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    # kubectl explain shows the preferred version: the storage version
+    version = next(v for v in _crd()["spec"]["versions"] if v["storage"])
+    schema = version["schema"]["openAPIV3Schema"]
     sync = schema["properties"]["spec"]["properties"]["sync"]
     out = _squash(_explain(kube, "pwb.spec.sync"))
     assert "KIND: PracticeWriteback" in out

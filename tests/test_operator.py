@@ -35,7 +35,6 @@ from reconciler.engine.sink import JsonlSink
 from reconciler.kube.client import (
     GROUP,
     PLURAL,
-    VERSION,
     KubeSecrets,
     StatusWriter,
     connection_info,
@@ -43,6 +42,10 @@ from reconciler.kube.client import (
 from reconciler.kube.handlers import ANNOTATION_RECONCILE, FINALIZER, build_registry, make_memo
 from reconciler.runtime import Runtime, RuntimeOptions
 from reconciler.writeback.service import WritebackService
+
+#: The practice bodies these tests create and patch are v1alpha1 (the API server converts them
+#: for the operator, which reads v1).
+VERSION = "v1alpha1"
 
 pytestmark = pytest.mark.kube
 

@@ -138,17 +138,24 @@ def test_crd_names_scope_subresource_and_printer_columns() -> None:
     assert spec["scope"] == "Namespaced"
     assert spec["names"]["shortNames"] == ["pwb"]
     assert spec["names"]["categories"] == ["dental"]
-    version = spec["versions"][0]
-    assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
-    assert version["subresources"] == {"status": {}}
-    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
-    assert columns == {
-        "PMS": ".spec.pms.type",
-        "Provider": ".spec.providerId",
-        "Ready": '.status.conditions[?(@.type=="Ready")].status',
-        "Reason": '.status.conditions[?(@.type=="Ready")].reason',
-        "Age": ".metadata.creationTimestamp",
-    }
+    alpha, v1 = spec["versions"]
+    assert alpha["name"] == "v1alpha1" and alpha["served"] and not alpha["storage"]
+    assert (
+        alpha["deprecated"] is True and "use writeback.dental.dev/v1" in alpha["deprecationWarning"]
+    )
+    assert v1["name"] == "v1" and v1["served"] and v1["storage"] and "deprecated" not in v1
+    assert spec["conversion"]["strategy"] == "Webhook"
+    assert spec["conversion"]["webhook"]["clientConfig"]["service"]["path"] == "/convert"
+    for version in (alpha, v1):
+        assert version["subresources"] == {"status": {}}
+        columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+        assert columns == {
+            "PMS": ".spec.pms.type",
+            "Provider": ".spec.providerId",
+            "Ready": '.status.conditions[?(@.type=="Ready")].status',
+            "Reason": '.status.conditions[?(@.type=="Ready")].reason',
+            "Age": ".metadata.creationTimestamp",
+        }
 
 
 def test_defaults_come_from_the_schema() -> None:

@@ -190,9 +190,16 @@ MISTAKES: list[tuple[str, str, str]] = [
     ),
     (
         "wrong-api-version",
+        _swap("writeback.dental.dev/v1alpha1", "writeback.dental.dev/v2"),
+        f"{FILE}:1:1: apiVersion: 'writeback.dental.dev/v2' is not supported; "
+        "use writeback.dental.dev/v1 or writeback.dental.dev/v1alpha1",
+    ),
+    (
+        "v1-with-a-v1alpha1-field",
         _swap("writeback.dental.dev/v1alpha1", "writeback.dental.dev/v1"),
-        f"{FILE}:1:1: apiVersion: 'writeback.dental.dev/v1' is not supported; "
-        "use writeback.dental.dev/v1alpha1",
+        f"{FILE}:24:3: spec.patientProfilePhotos: unknown field 'patientProfilePhotos'; "
+        "in writeback.dental.dev/v1 it is spec.sync.patients.profilePhotos "
+        "(`pmsctl migrate` moves it)",
     ),
     (
         "kind-in-the-wrong-case",

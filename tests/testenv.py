@@ -816,3 +816,65 @@ def delete_namespace(cluster: Cluster, name: str, timeout: float = 30.0) -> None
 def default_progress() -> IO[str]:
     """Where build progress goes when nobody asked: the terminal's stderr."""
     return sys.__stderr__ or sys.stderr
+
+
+class WebhookThread:
+    """The operator's webhook server (`reconciler.kube.webhooks.WebhookServer`) on a free
+    loopback port with a fresh self-signed CA, run by an event loop in a daemon thread so that
+    synchronous tests and the API server can call it. `lookup` (admission) is optional."""
+
+    def __init__(self, lookup: Any = None) -> None:
+        import asyncio
+
+        from reconciler.kube import webhooks
+
+        self.tls = webhooks.self_signed(["127.0.0.1", "localhost"])
+        self.server = webhooks.WebhookServer(self.tls, host="127.0.0.1", port=0, lookup=lookup)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        """`https://127.0.0.1:<port>`."""
+        return f"https://127.0.0.1:{self.server.port}"
+
+    def start(self) -> WebhookThread:
+        """Start the loop and the server; return when it listens."""
+        import asyncio
+
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(timeout=30)
+        return self
+
+    def stop(self) -> None:
+        """Stop the server (the API server's calls then fail to connect) and the loop."""
+        import asyncio
+
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(timeout=30)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+
+    def __enter__(self) -> WebhookThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def crds_with_webhook_url(source: Path, target: Path, webhook: WebhookThread) -> Path:
+    """Copies of the CRDs in `source`, written to `target`, whose conversion webhooks call
+    `webhook` by URL with its CA (the API server reaches the test process on loopback)."""
+    from reconciler.api.crdgen import CONVERT_PATH
+
+    for path in sorted(source.glob("*.yaml")):
+        docs = load_documents(path)
+        for doc in docs:
+            conversion = (doc.get("spec") or {}).get("conversion") or {}
+            if conversion.get("strategy") == "Webhook":
+                conversion["webhook"]["clientConfig"] = {
+                    "url": webhook.base_url + CONVERT_PATH,
+                    "caBundle": webhook.tls.ca_bundle(),
+                }
+        (target / path.name).write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    return target

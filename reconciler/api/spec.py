@@ -1,7 +1,7 @@
 """The desired state of one practice, as frozen values with the product defaults applied.
 
-`PracticeSpec.from_resource()` takes a resource body that already passed schema validation
-(`reconciler.api.validate`) and returns plain values the core, the diff renderer and the local mode
+`PracticeSpec.from_resource()` takes a resource body of either served version (v1alpha1 or v1)
+that already passed schema validation (`reconciler.api.validate`) and returns plain values the core, the diff renderer and the local mode
 share. Defaults live here and in the schema (the CRD defaults are generated from the schema);
 they are never written back into a resource's `spec`.
 """
@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from pms_drivers import records
+from reconciler.api.convert import V1ALPHA1, spec_as_v1
 from reconciler.api.durations import parse_duration
 
 
@@ -112,8 +113,12 @@ class WritebackSetting:
 
 @dataclass(frozen=True)
 class DocumentMapping:
+    """Where one document kind is written and read. `read_from` is the first category to read
+    from; `read_from_more` the further ones a v1 resource lists (a v1alpha1 resource names one)."""
+
     write_to: str | None = None
     read_from: str | None = None
+    read_from_more: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -143,10 +148,22 @@ class PracticeSpec:
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> PracticeSpec:
-        """Build from a validated `spec` mapping (defaults applied here, not in the input)."""
+        """Build from a validated v1alpha1 `spec` mapping (defaults applied here, not in the
+        input)."""
+        return cls.from_resource({"apiVersion": V1ALPHA1, "spec": spec})
+
+    @classmethod
+    def from_resource(cls, body: Mapping[str, Any]) -> PracticeSpec:
+        """Build from a validated resource of any served version: converted to v1 first, so
+        both versions give the same PracticeSpec for the same practice."""
+        return cls._from_v1_spec(spec_as_v1(body))
+
+    @classmethod
+    def _from_v1_spec(cls, spec: Mapping[str, Any]) -> PracticeSpec:
         pms = spec["pms"]
         sync = _default_sync()
-        for key, value in (spec.get("sync") or {}).items():
+        sync_spec = spec.get("sync") or {}
+        for key, value in sync_spec.items():
             kind = SyncKind(key)
             interval = value.get("interval")
             sync[kind] = SyncSetting(
@@ -171,18 +188,18 @@ class PracticeSpec:
             },
             documents={
                 DocumentType(k): DocumentMapping(
-                    write_to=v.get("writeTo"), read_from=v.get("readFrom")
+                    write_to=v.get("writeTo"),
+                    read_from=(v.get("readFrom") or [None])[0],
+                    read_from_more=tuple(v.get("readFrom") or ())[1:],
                 )
                 for k, v in (spec.get("documents") or {}).items()
             },
             sync=sync,
-            patient_profile_photos=bool(spec.get("patientProfilePhotos", False)),
+            patient_profile_photos=bool(
+                (sync_spec.get("patients") or {}).get("profilePhotos", False)
+            ),
             suspend=bool(spec.get("suspend", False)),
         )
-
-    @classmethod
-    def from_resource(cls, body: Mapping[str, Any]) -> PracticeSpec:
-        return cls.from_spec(body["spec"])
 
     def enabled_sync(self) -> dict[SyncKind, float]:
         """The sync kinds that should have a poller, with their intervals in seconds."""
@@ -196,5 +213,5 @@ class PracticeSpec:
         """Every document category name the spec refers to (write-to and read-from)."""
         names: set[str] = set()
         for m in self.documents.values():
-            names.update(n for n in (m.write_to, m.read_from) if n)
+            names.update(n for n in (m.write_to, m.read_from, *m.read_from_more) if n)
         return names

@@ -36,6 +36,7 @@ import fastjsonschema
 
 from reconciler import API_VERSION, KIND
 from reconciler.api import hints
+from reconciler.api.convert import API_VERSIONS, V1, V1ALPHA1
 from reconciler.api.durations import duration_ns
 from reconciler.api.spec import PracticeSpec
 from reconciler.api.yamlsource import (
@@ -49,6 +50,11 @@ from reconciler.api.yamlsource import (
 )
 
 SCHEMA_RESOURCE = "practicewriteback.v1alpha1.schema.json"
+#: The schema of each served apiVersion (`reconciler.api.convert.API_VERSIONS`).
+SCHEMA_RESOURCES = {
+    V1ALPHA1: SCHEMA_RESOURCE,
+    V1: "practicewriteback.v1.schema.json",
+}
 FILE_PATH = "<file>"
 DOCUMENT_PATH = "<document>"
 CREDENTIALS_MESSAGE = "do not put credentials in the resource; reference a Secret with spec.pms.credentialsSecretRef.name"
@@ -153,12 +159,12 @@ class UsageError(Exception):
 
 
 @functools.cache
-def load_schema() -> dict[str, Any]:
-    """The PracticeWriteback JSON Schema (draft 2020-12): `schemas/`, reached through the
-    package's `schemas` link (a copy in a built wheel)."""
+def load_schema(api_version: str = API_VERSION) -> dict[str, Any]:
+    """The PracticeWriteback JSON Schema (draft 2020-12) of `api_version`: `schemas/`, reached
+    through the package's `schemas` link (a copy in a built wheel)."""
     text = (
         resources.files("reconciler.api")
-        .joinpath("schemas", SCHEMA_RESOURCE)
+        .joinpath("schemas", SCHEMA_RESOURCES[api_version])
         .read_text(encoding="utf-8")
     )
     schema: dict[str, Any] = json.loads(text)
@@ -185,7 +191,14 @@ def _duration_error(bounds: Mapping[str, str], value: Any) -> str | None:
     return None
 
 
-def _jsonschema_validator() -> Any:
+def _version_of(body: Any) -> str:
+    """The served apiVersion whose schema checks `body` (the default one for anything else: its
+    apiVersion const then reports the mistake)."""
+    version = body.get("apiVersion") if isinstance(body, Mapping) else None
+    return version if version in API_VERSIONS else API_VERSION
+
+
+def _jsonschema_validator(api_version: str = API_VERSION) -> Any:
     import jsonschema
     from jsonschema.exceptions import ValidationError
 
@@ -213,7 +226,7 @@ def _jsonschema_validator() -> Any:
         jsonschema.Draft202012Validator,
         {"pattern": pattern, "required": required, "x-duration": duration},
     )
-    return cls(load_schema())
+    return cls(load_schema(api_version))
 
 
 _jsonschema = functools.cache(_jsonschema_validator)
@@ -279,9 +292,9 @@ def _fastjsonschema_schema(node: Any, formats: dict[str, Callable[[Any], bool]])
 
 
 @functools.cache
-def _fast_check() -> Callable[[Any], Any]:
+def _fast_check(api_version: str = API_VERSION) -> Callable[[Any], Any]:
     formats: dict[str, Callable[[Any], bool]] = {}
-    schema = _fastjsonschema_schema(load_schema(), formats)
+    schema = _fastjsonschema_schema(load_schema(api_version), formats)
     # Every keyword the schema uses is in draft-07 (`$defs` is reached by plain JSON pointers).
     schema["$schema"] = "http://json-schema.org/draft-07/schema#"
     check: Callable[[Any], Any] = fastjsonschema.compile(schema, formats=formats, use_default=False)
@@ -291,7 +304,7 @@ def _fast_check() -> Callable[[Any], Any]:
 def is_valid_body(body: Any) -> bool:
     """The schema's verdict on one resource body, fast (no messages)."""
     try:
-        _fast_check()(body)
+        _fast_check(_version_of(body))(body)
     except fastjsonschema.JsonSchemaValueException:
         return False
     return True
@@ -312,10 +325,12 @@ def format_path(path: Iterable[str | int]) -> str:
     return out or DOCUMENT_PATH
 
 
-def _schema_node(path: Sequence[Any]) -> tuple[Mapping[str, Any], Mapping[str, Any] | None]:
+def _schema_node(
+    path: Sequence[Any], api_version: str = API_VERSION
+) -> tuple[Mapping[str, Any], Mapping[str, Any] | None]:
     """Follow a jsonschema schema path through $refs; return the node and the innermost
     allOf item that carries an `x-rule`, if the path went through one."""
-    root = load_schema()
+    root = load_schema(api_version)
     node: Any = root
     rule: Mapping[str, Any] | None = None
     for step in path:
@@ -355,9 +370,10 @@ def _problems_from_error(error: Any, file: str, doc: SourceDocument) -> list[Pro
     keyword = error.validator
     schema = error.schema if isinstance(error.schema, Mapping) else {}
     value = error.instance
+    version = _version_of(doc.value)
     rule = None
     if "then" in error.absolute_schema_path:
-        _, rule = _schema_node(list(error.absolute_schema_path)[:-1])
+        _, rule = _schema_node(list(error.absolute_schema_path)[:-1], version)
 
     def at(p: PathKey, message: str) -> Problem:
         line, col = doc.position(p)
@@ -384,7 +400,8 @@ def _problems_from_error(error: Any, file: str, doc: SourceDocument) -> list[Pro
         extras = [k for k in value if k not in allowed] if isinstance(value, dict) else []
         out = []
         for key in extras:
-            out.append(at((*path, key), _unknown_field_message(str(key), path, allowed)))
+            message = _unknown_field_message(str(key), path, allowed, version)
+            out.append(at((*path, key), message))
         return out
     if rule is not None:
         return [
@@ -519,10 +536,10 @@ def _url_message(shown: str, custom: str | None, pattern: str) -> str:
 
 
 @functools.cache
-def _field_homes() -> dict[str, tuple[str, ...]]:
+def _field_homes(api_version: str = API_VERSION) -> dict[str, tuple[str, ...]]:
     """Every field name of the resource (status aside) -> the dotted paths of the mappings
     that hold it, so a key written under the wrong parent can be sent home."""
-    root = load_schema()
+    root = load_schema(api_version)
     homes: dict[str, list[str]] = {}
 
     def walk(node: Mapping[str, Any], where: str, depth: int) -> None:
@@ -538,12 +555,21 @@ def _field_homes() -> dict[str, tuple[str, ...]]:
     return {name: tuple(places) for name, places in homes.items()}
 
 
-def _unknown_field_message(key: str, path: PathKey, allowed: Sequence[str]) -> str:
+#: v1alpha1 fields that live elsewhere in v1 (reconciler.api.convert), by their v1alpha1 path.
+_MOVED_IN_V1 = {"spec.patientProfilePhotos": "spec.sync.patients.profilePhotos"}
+
+
+def _unknown_field_message(
+    key: str, path: PathKey, allowed: Sequence[str], api_version: str = API_VERSION
+) -> str:
     """`unknown field` with the way out: where the key belongs (a key indented under the wrong
     parent, such as credentialsSecretRef one level too far out), else the Secret reference for
     a credential, else the closest allowed key (a typo), then the allowed keys."""
     here = format_path(path) if path else ""
-    places = [p for p in _field_homes().get(key, ()) if p and p != here]
+    moved = _MOVED_IN_V1.get(f"{here}.{key}") if api_version == V1 else None
+    if moved:
+        return f"unknown field {key!r}; in {V1} it is {moved} (`pmsctl migrate` moves it)"
+    places = [p for p in _field_homes(api_version).get(key, ()) if p and p != here]
     if places:
         # The nearest homes: a key slips by an indentation level, not across the document.
         nearness = {p: _shared_prefix(p, here) for p in places}
@@ -591,7 +617,7 @@ def schema_problems(body: Any, file: str, doc: SourceDocument) -> list[Problem]:
     if is_valid_body(body):
         return []
     problems: list[Problem] = []
-    for error in _jsonschema().iter_errors(body):
+    for error in _jsonschema(_version_of(body)).iter_errors(body):
         problems.extend(_problems_from_error(error, file, doc))
     return problems
 
@@ -640,10 +666,11 @@ def _document_problems(
             return [at(("kind",), f"{kind!r} is not {KIND} (did you mean {KIND}?{case})")], False
         hint = "" if skip_other_kinds else " (pass --skip-other-kinds to skip other kinds)"
         return [at(("kind",), f"{kind!r} is not {KIND}{hint}")], False
-    if api_version != API_VERSION:
+    if api_version not in API_VERSIONS:
         if api_version is None:
-            return [at(("apiVersion",), f"apiVersion is required: apiVersion: {API_VERSION}")], True
-        return [at(("apiVersion",), f"{api_version!r} is not supported; use {API_VERSION}")], True
+            return [at(("apiVersion",), f"apiVersion is required: apiVersion: {V1}")], True
+        served = " or ".join(reversed(API_VERSIONS))
+        return [at(("apiVersion",), f"{api_version!r} is not supported; use {served}")], True
     return [], True
 
 

@@ -16,7 +16,17 @@ from collections.abc import Sequence
 from reconciler import __version__
 
 #: Subcommand modules under reconciler.cli, in `pmsctl --help` order.
-COMMANDS = ("validate", "diff", "up", "simulate", "operator", "writebacks", "store", "version")
+COMMANDS = (
+    "validate",
+    "diff",
+    "migrate",
+    "up",
+    "simulate",
+    "operator",
+    "writebacks",
+    "store",
+    "version",
+)
 
 
 class _Parser(argparse.ArgumentParser):

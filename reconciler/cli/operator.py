@@ -169,6 +169,37 @@ def register(sub: Any) -> None:
         help="a file holding the store's password (a mounted Secret key; default: "
         "$PMSCTL_STORE_PASSWORD_FILE, else the password in the URL, if any)",
     )
+    wh = p.add_argument_group(
+        "webhooks",
+        "conversion (v1alpha1 <-> v1) and admission on one HTTPS port, on every replica; on "
+        "with --webhook-cert-dir or --webhook-self-signed (docs/versions.md)",
+    )
+    wh.add_argument(
+        "--webhook-port",
+        type=int,
+        default=int(_env("PMSCTL_WEBHOOK_PORT", "9443") or 0),
+        metavar="PORT",
+        help="the webhooks' HTTPS port (default 9443)",
+    )
+    wh.add_argument(
+        "--webhook-cert-dir",
+        default=_env("PMSCTL_WEBHOOK_CERT_DIR"),
+        metavar="DIR",
+        help="serve the certificate in DIR (tls.crt, tls.key: cert-manager's Secret)",
+    )
+    wh.add_argument(
+        "--webhook-self-signed",
+        action="store_true",
+        help="development: make a CA and a certificate at start and write the CA into the "
+        "CRD's conversion caBundle",
+    )
+    wh.add_argument(
+        "--webhook-url",
+        default=None,
+        metavar="URL",
+        help="with --webhook-self-signed: the API server calls this base URL instead of the "
+        "in-cluster Service (an operator outside the cluster, e.g. https://127.0.0.1:9443)",
+    )
     le = p.add_argument_group(
         "leader election",
         "only the holder of a coordination.k8s.io Lease works; the others wait as standbys",

@@ -30,7 +30,9 @@ from reconciler.engine.engine import SecretNotFoundError
 log = logging.getLogger(__name__)
 
 GROUP = "writeback.dental.dev"
-VERSION = "v1alpha1"
+#: The version the operator reads and writes: the storage version, which needs no conversion, so
+#: the operator keeps working while its own conversion webhook is down.
+VERSION = "v1"
 PLURAL = "practicewritebacks"
 KIND = "PracticeWriteback"
 COMPONENT = "pmsctl-operator"

@@ -123,10 +123,49 @@ async def _operate(
     async def work() -> None:
         await _work(args, api, labels, options, namespaces, stop)
 
-    if lease is None:
-        await work()
-        return 0
-    return await run_as_leader(api, lease, args.probe_port, stop, work)
+    # Every replica serves the webhooks, leader or not: the API server calls any of them.
+    webhooks = await _start_webhooks(args, api)
+    try:
+        if lease is None:
+            await work()
+            return 0
+        return await run_as_leader(api, lease, args.probe_port, stop, work)
+    finally:
+        if webhooks is not None:
+            await webhooks.stop()
+
+
+async def _start_webhooks(args: argparse.Namespace, api: Any) -> Any:
+    """The running `WebhookServer`, or None when no certificate is configured."""
+    import asyncio
+
+    from reconciler.api.crdgen import CONVERT_PATH, WEBHOOK_NAMESPACE, WEBHOOK_SERVICE
+    from reconciler.kube import webhooks
+
+    if args.webhook_self_signed:
+        hosts = webhooks.service_hosts(WEBHOOK_SERVICE, WEBHOOK_NAMESPACE)
+        if args.webhook_url:
+            from urllib.parse import urlsplit
+
+            host = urlsplit(args.webhook_url).hostname
+            hosts = [h for h in [host] if h] + hosts
+        tls = webhooks.self_signed(hosts)
+    elif args.webhook_cert_dir:
+        folder = Path(args.webhook_cert_dir)
+        ca = folder / "ca.crt"
+        tls = webhooks.Tls.from_files(
+            folder / "tls.crt", folder / "tls.key", ca if ca.exists() else None
+        )
+    else:
+        return None
+    server = webhooks.WebhookServer(tls, port=args.webhook_port, lookup=webhooks.KubeLookup(api))
+    await server.start()
+    if args.webhook_self_signed:
+        url = args.webhook_url.rstrip("/") + CONVERT_PATH if args.webhook_url else None
+        await asyncio.to_thread(
+            webhooks.patch_crd_ca_bundle, api, webhooks.CRD_NAME, tls.ca_bundle(), url
+        )
+    return server
 
 
 async def _work(

@@ -8,7 +8,7 @@ Pure: `diff_practices(base, head)` takes two mappings of `Resource` keyed by ide
 Specs are compared through `reconciler.api.spec.PracticeSpec`, so the product defaults apply on both
 sides: spelling out a default, reordering keys, quoting or commenting is "no change", and so is a
 setting that has no effect (a note type under a disallowed writeback, the interval of a disabled
-sync).
+sync) and a pure apiVersion bump (`PracticeSpec.from_resource` converts v1alpha1 to v1 first).
 """
 
 from __future__ import annotations
@@ -261,6 +261,13 @@ def _writeback_changes(base: PracticeSpec, head: PracticeSpec) -> list[Change]:
     return out
 
 
+def _names(value: str | tuple[str, ...] | None) -> str | None:
+    """A category name, or the further v1 readFrom categories as one list (None when empty)."""
+    if isinstance(value, tuple):
+        return ", ".join(value) or None
+    return value
+
+
 def _document_changes(base: PracticeSpec, head: PracticeSpec) -> list[Change]:
     out: list[Change] = []
     for dt in DocumentType:
@@ -270,8 +277,9 @@ def _document_changes(base: PracticeSpec, head: PracticeSpec) -> list[Change]:
         for attr, field_name, verb in (
             ("write_to", "writeTo", "written to"),
             ("read_from", "readFrom", "read from"),
+            ("read_from_more", "readFrom", "also read from"),
         ):
-            bv, hv = getattr(b, attr), getattr(h, attr)
+            bv, hv = _names(getattr(b, attr)), _names(getattr(h, attr))
             if bv == hv:
                 continue
             if bv is None:
