@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from reconciler import __version__
 
 #: Subcommand modules under reconciler.cli, in `pmsctl --help` order.
-COMMANDS = ("validate", "diff", "up", "simulate", "operator", "writebacks")
+COMMANDS = ("validate", "diff", "plan", "catalog", "up", "simulate", "operator", "writebacks")
 
 
 class _Parser(argparse.ArgumentParser):
