@@ -24,11 +24,13 @@ from pms_simulator import Simulator
 from reconciler.api.catalog import (
     Catalog,
     CatalogDocumentCategory,
+    CatalogIndex,
     CatalogNoteType,
     CatalogProvider,
     DocumentUse,
     catalogs_from_document,
     content_hash,
+    dump_catalog_list,
 )
 from reconciler.api.spec import PracticeSpec
 from reconciler.cli import main
@@ -291,3 +293,19 @@ async def test_the_engine_hands_over_a_catalog_when_it_changes_or_is_due_and_non
         assert listener.calls[-1] == ("clinics/acme", None)
     finally:
         await engine.stop()
+
+
+def test_an_export_is_indexed_by_line_and_any_other_layout_is_parsed_whole() -> None:
+    objects = [
+        {**sample().to_object(), "metadata": {"namespace": "clinics", "name": n}}
+        for n in ("b", "a")
+    ]
+    text = dump_catalog_list(objects)
+    assert json.loads(text)["items"] == sorted(objects, key=lambda o: o["metadata"]["name"])
+    index = CatalogIndex.from_text(text)
+    assert all(isinstance(v, str) for v in index._raw.values())  # nothing parsed yet
+    assert index["clinics/a"] == objects[1]
+    assert list(index) == ["clinics/a", "clinics/b"]
+    for other in (json.dumps(json.loads(text), indent=2), yaml.safe_dump(json.loads(text))):
+        assert dict(CatalogIndex.from_text(other)) == dict(index)
+    assert len(CatalogIndex.from_text(dump_catalog_list([]))) == 0

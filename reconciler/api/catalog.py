@@ -18,6 +18,7 @@ Values only: no files, no cluster here (those are the adapters' and the CLI's).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -181,6 +182,73 @@ def catalog_list(objects: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """A PracticeCatalogList holding `objects` (sorted by key): the export format."""
     items = sorted(objects, key=catalog_key)
     return {"apiVersion": CATALOG_API_VERSION, "kind": CATALOG_LIST_KIND, "items": list(items)}
+
+
+#: One item line of `dump_catalog_list`'s output, and its identity.
+_ITEM_LINE = re.compile(r'^\{.*"metadata":\{"namespace":"([^"\\]*)","name":"([^"\\]*)"\}.*\},?$')
+_LIST_HEAD = json.dumps(
+    {"apiVersion": CATALOG_API_VERSION, "kind": CATALOG_LIST_KIND, "items": []},
+    separators=(",", ":"),
+)[:-2]
+
+
+def dump_catalog_list(objects: Sequence[Mapping[str, Any]]) -> str:
+    """The export as compact JSON with one catalog a line: valid JSON for any reader, and
+    `CatalogIndex` finds a practice's line without parsing the other thousands."""
+    items = catalog_list(objects)["items"]
+    lines = [json.dumps(o, separators=(",", ":")) for o in items]
+    return _LIST_HEAD + "\n" + ",\n".join(lines) + "\n]}\n"
+
+
+class CatalogIndex(Mapping[str, Mapping[str, Any]]):
+    """PracticeCatalog objects by `namespace/name`, parsed when first looked up.
+
+    `CatalogIndex.from_text(text)` reads an export: `dump_catalog_list`'s layout is indexed by
+    line (a 10,000-practice export is read in a few milliseconds and only the practices a
+    change touches are parsed); any other JSON or YAML is parsed whole."""
+
+    def __init__(self, raw: Mapping[str, str | Mapping[str, Any]]) -> None:
+        self._raw = dict(raw)
+
+    @classmethod
+    def from_objects(cls, objects: Iterator[Mapping[str, Any]]) -> CatalogIndex:
+        return cls({catalog_key(o): o for o in objects})
+
+    @classmethod
+    def from_text(cls, text: str) -> CatalogIndex:
+        """ValueError when the text is not a PracticeCatalog or PracticeCatalogList."""
+        lines = text.splitlines()
+        if len(lines) >= 2 and lines[0] == _LIST_HEAD and lines[-1] == "]}":
+            raw: dict[str, str | Mapping[str, Any]] = {}
+            for line in lines[1:-1]:
+                m = _ITEM_LINE.match(line)
+                if m is None:
+                    break
+                raw[f"{m.group(1)}/{m.group(2)}"] = line.removesuffix(",")
+            else:
+                return cls(raw)
+        import yaml
+
+        try:
+            doc = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(str(exc)) from exc
+        return cls.from_objects(catalogs_from_document(doc))
+
+    def __getitem__(self, key: str) -> Mapping[str, Any]:
+        value = self._raw[key]
+        if isinstance(value, str):
+            value = json.loads(value)
+            if not isinstance(value, Mapping):
+                raise ValueError(f"{key}: not a PracticeCatalog object")
+            self._raw[key] = value
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
 
 
 def content_hash(catalog: Catalog) -> str:

@@ -22,9 +22,10 @@ from typing import Any
 
 from reconciler.api.catalog import (
     Catalog,
+    CatalogIndex,
     catalog_key,
     catalog_list,
-    catalogs_from_document,
+    dump_catalog_list,
 )
 
 
@@ -63,21 +64,18 @@ def register(sub: Any) -> None:
     p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1])
 
 
-def read_file(path: Path) -> dict[str, Mapping[str, Any]]:
-    """The PracticeCatalog objects of an exported file (JSON or YAML), by namespace/name."""
-    import yaml
-
+def read_file(path: Path) -> Mapping[str, Mapping[str, Any]]:
+    """The PracticeCatalog objects of an exported file (JSON or YAML), by namespace/name,
+    each parsed when first looked up (`CatalogIndex`)."""
     try:
-        text = path.read_text(encoding="utf-8")
-        doc = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
-        return {catalog_key(o): o for o in catalogs_from_document(doc)}
-    except (OSError, ValueError, yaml.YAMLError) as exc:
+        return CatalogIndex.from_text(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
         raise CatalogSourceError(f"{path}: cannot read catalogs: {exc}") from exc
 
 
 def load_catalogs(
     args: argparse.Namespace, namespaces: Iterable[str] | None = None
-) -> tuple[dict[str, Mapping[str, Any]], str]:
+) -> tuple[Mapping[str, Mapping[str, Any]], str]:
     """(PracticeCatalog objects by namespace/name, a label naming the source) from the source
     the flags name; `namespaces` narrows a cluster read (None: every namespace)."""
     if sum(bool(x) for x in (args.catalogs, args.state_dir, args.kubeconfig or args.context)) > 1:
@@ -196,12 +194,12 @@ def run_export(args: argparse.Namespace) -> int:
     if args.namespace:
         wanted = set(args.namespace)
         objects = {k: o for k, o in objects.items() if k.partition("/")[0] in wanted}
-    doc = catalog_list([_portable(o) for o in objects.values()])
+    portable = [_portable(o) for o in objects.values()]
     out = Path(args.output)
     text = (
-        yaml.safe_dump(doc, sort_keys=False)
+        yaml.safe_dump(catalog_list(portable), sort_keys=False)
         if out.suffix in (".yaml", ".yml")
-        else json.dumps(doc, indent=1) + "\n"
+        else dump_catalog_list(portable)
     )
     try:
         out.write_text(text, encoding="utf-8")
