@@ -266,3 +266,11 @@ def test_the_catalog_crd_is_served_with_its_printer_columns(
     )
     columns = [c.name for c in crd.spec.versions[0].additional_printer_columns]
     assert columns == ["PMS", "Providers", "NoteTypes", "Documents", "Age"]
+
+
+def test_the_operator_deployment_includes_the_catalog_rbac(kube: testenv.Cluster) -> None:
+    out = kube.kubectl("kustomize", str(testenv.REPO / "deploy")).stdout
+    names = {(d["kind"], d["metadata"]["name"]) for d in yaml.safe_load_all(out) if d}
+    assert ("ClusterRole", "pmsctl-operator-catalogs") in names
+    assert ("ClusterRoleBinding", "pmsctl-operator-catalogs") in names
+    assert ("ClusterRole", "pmsctl-catalog-reader") in names
