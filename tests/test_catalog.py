@@ -309,3 +309,30 @@ def test_an_export_is_indexed_by_line_and_any_other_layout_is_parsed_whole() -> 
     for other in (json.dumps(json.loads(text), indent=2), yaml.safe_dump(json.loads(text))):
         assert dict(CatalogIndex.from_text(other)) == dict(index)
     assert len(CatalogIndex.from_text(dump_catalog_list([]))) == 0
+
+
+def test_pmsctl_up_writes_a_catalog_per_practice_that_catalog_and_plan_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`pmsctl up --simulate --once` as a subprocess (real files, simulator, engine)."""
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copytree(ROOT / "practices", tmp_path / "practices")
+    state = tmp_path / ".pmsctl"
+    done = subprocess.run(
+        [Path(sys.executable).with_name("pmsctl"), "up", "--simulate", "--once", "practices",
+         "--state-dir", str(state), "--no-writeback"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    files = sorted(p.name for p in (state / "catalogs").iterdir())
+    assert files == [
+        "dental-practices_bright-smiles.json",
+        "dental-practices_lakeside-dental.json",
+        "dental-practices_riverside-smiles.json",
+    ]
+    assert main(["catalog", "get", "lakeside-dental", "--state-dir", str(state)]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert ["noteType", "201", "Text", "Message", "visible"] in rows
