@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -194,7 +195,10 @@ def _unique(docs: list[dict[str, Any]], ns: str) -> list[dict[str, Any]]:
 
 
 def test_the_reader_role_reads_catalogs_and_nothing_else_and_the_operator_may_write_them(
-    kube: testenv.Cluster, crd_installed: list[str], kube_namespace: str
+    kube: testenv.Cluster,
+    crd_installed: list[str],
+    kube_namespace: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     ns = kube_namespace
     folder = testenv.REPO / "deploy" / "catalog"
@@ -253,6 +257,26 @@ def test_the_reader_role_reads_catalogs_and_nothing_else_and_the_operator_may_wr
         for verb in ("get", "create", "patch", "delete"):
             assert can("pmsctl-operator", verb, catalogs)
         assert not can("pmsctl-operator", "delete", "secrets")
+
+        # An operator without the rule writes no catalog and says once what to grant.
+        token = kube.kubectl("create", "token", "reviewer", "-n", ns).stdout.strip()
+        cfg = client.Configuration()
+        cfg.host = kube.server
+        cfg.ssl_ca_cert = kube.api_client.configuration.ssl_ca_cert
+        cfg.api_key = {"authorization": f"Bearer {token}"}
+        with client.ApiClient(cfg) as api, caplog.at_level(logging.WARNING):
+            writer = CatalogWriter(api)
+            writer.remember(f"{ns}/acme", "0d2f3a8e-0000-4000-8000-000000000001")
+            catalog = Catalog(ns, "acme", "acme", "OpenDental", "2026-12-02T14:00:00Z")
+            for _ in range(2):
+                asyncio.run(writer(f"{ns}/acme", catalog))
+        assert (writer.writes, writer.refused) == (0, 2)
+        warnings = [r.getMessage() for r in caplog.records if "PracticeCatalog" in r.getMessage()]
+        assert warnings == [
+            f"{ns}/acme: cannot write its PracticeCatalog: HTTP 403 Forbidden; "
+            "grant the operator deploy/catalog/operator-rbac.yaml"
+        ]
+        assert token not in caplog.text
     finally:
         kube.kubectl("delete", "--wait=false", "--ignore-not-found", "-f", "-", input=manifest)
 

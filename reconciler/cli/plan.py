@@ -55,7 +55,10 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--show-options", action="store_true", help="list every name that would resolve")
     p.add_argument(
-        "-n", "--namespace", metavar="NS", help="namespace of documents without one (default)"
+        "-n",
+        "--namespace",
+        metavar="NS",
+        help="namespace of documents without metadata.namespace (default: 'default')",
     )
     p.add_argument("-o", "--output", choices=sorted(RENDERERS), default="text")
     add_source_arguments(p)

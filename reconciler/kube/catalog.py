@@ -6,7 +6,9 @@ the garbage collector deletes it with the practice), written by server-side appl
 field manager `pmsctl-operator`: one request, whether the object exists or not. The engine hands
 a catalog over only when its content changed or it is due for a refresh
 (`reconciler.engine.catalog.publish_due`), so this writes rarely. A removed practice's catalog is
-deleted at once too (the ownerReference covers a practice deleted while no operator runs).
+deleted at once too (the ownerReference covers a practice deleted while no operator runs). A
+cluster without the CRD or the RBAC rule (HTTP 404 or 403) gets one warning naming the fix and
+no catalogs; reconciles are never held up by a catalog.
 
 `read_catalogs(...)` lists them for `pmsctl catalog` and `pmsctl plan` with the caller's
 kubeconfig (a read-only identity is enough: deploy/catalog/ has the ClusterRole).
@@ -63,7 +65,10 @@ class CatalogWriter:
 
         self._custom = client.CustomObjectsApi(api)
         self._uids: dict[str, str] = {}
+        #: HTTP statuses already logged as a warning (a missing CRD or RBAC rule: one line).
+        self._warned: set[int] = set()
         self.writes = 0
+        self.refused = 0
 
     def remember(self, key: str, uid: str) -> None:
         """Record the PracticeWriteback's uid (the catalog's ownerReference points at it)."""
@@ -93,14 +98,33 @@ class CatalogWriter:
             log.debug("%s: no PracticeWriteback uid yet; catalog not written", key)
             return
         body = catalog_body(catalog, uid)
-        await asyncio.to_thread(
-            functools.partial(
-                self._custom.patch_namespaced_custom_object,
-                GROUP, VERSION, namespace, CATALOG_PLURAL, name, body,
-                field_manager=FIELD_MANAGER, force=True,
-                _content_type="application/apply-patch+yaml",
-            )
-        )  # fmt: skip
+        try:
+            await asyncio.to_thread(
+                functools.partial(
+                    self._custom.patch_namespaced_custom_object,
+                    GROUP, VERSION, namespace, CATALOG_PLURAL, name, body,
+                    field_manager=FIELD_MANAGER, force=True,
+                    _content_type="application/apply-patch+yaml",
+                )
+            )  # fmt: skip
+        except ApiException as exc:
+            if exc.status not in (403, 404):
+                raise  # the engine logs it and tries again at the next drift check
+            # The cluster is not set up for catalogs; reconciles go on without them. Returning
+            # (not raising) lets the engine wait for a change or the refresh before trying again.
+            self.refused += 1
+            if exc.status not in self._warned:
+                self._warned.add(exc.status)
+                log.warning(
+                    "%s: cannot write its PracticeCatalog: HTTP %s %s; %s",
+                    key,
+                    exc.status,
+                    exc.reason,
+                    "install the CRD (kubectl apply --server-side -f crds/)"
+                    if exc.status == 404
+                    else "grant the operator deploy/catalog/operator-rbac.yaml",
+                )
+            return
         self.writes += 1
 
 
