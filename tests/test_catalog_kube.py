@@ -173,6 +173,13 @@ async def test_the_operator_publishes_a_catalog_owned_by_the_practice_and_remove
         assert code == 0
         items = json.loads(export.read_text())["items"]
         assert [i["metadata"] for i in items] == [{"namespace": env.ns, "name": name}]
+        kubeconfig = str(env.kube.kubeconfig)
+        get = ["catalog", "get", name, "-n", env.ns, "--kubeconfig", kubeconfig, "-o", "json"]
+        assert await asyncio.to_thread(main, get) == 0
+        # Without -n, the kubeconfig context's namespace (`default` here), as kubectl does.
+        assert (
+            await asyncio.to_thread(main, ["catalog", "get", name, "--kubeconfig", kubeconfig]) == 1
+        )
 
         await env.delete(name)
 

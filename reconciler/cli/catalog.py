@@ -52,7 +52,12 @@ def register(sub: Any) -> None:
     verbs = p.add_subparsers(dest="verb", metavar="VERB", parser_class=type(p))
     get = verbs.add_parser("get", help="one practice's catalog")
     get.add_argument("practice", metavar="PRACTICE", help="NAME or NAMESPACE/NAME")
-    get.add_argument("-n", "--namespace", metavar="NS", help="namespace of PRACTICE")
+    get.add_argument(
+        "-n",
+        "--namespace",
+        metavar="NS",
+        help="namespace of PRACTICE (default: the context's in the cluster; any in files)",
+    )
     get.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
     add_source_arguments(get)
     get.set_defaults(func=run_get)
@@ -156,6 +161,14 @@ def run_get(args: argparse.Namespace) -> int:
     namespace, _, name = args.practice.rpartition("/")
     namespace = namespace or args.namespace
     try:
+        if not namespace and not (args.catalogs or args.state_dir):
+            # As kubectl does: the context's namespace (files are searched by name instead).
+            from reconciler.kube.client import KubeReadError, context_namespace
+
+            try:
+                namespace = context_namespace(args.kubeconfig, args.context)
+            except KubeReadError as exc:
+                raise CatalogSourceError(str(exc)) from exc
         found = load_catalogs(args, [namespace] if namespace else None)
     except CatalogSourceError as exc:
         return _fail(str(exc))
