@@ -408,8 +408,8 @@ def summary_line(report: PlanReport) -> str:
     if report.unverified:
         parts.append(f"{len(report.unverified)} unverified")
     if report.stale:
-        parts.append(f"{len(report.stale)} with a catalog older than "
-                     f"{format_duration(int(report.max_age))}")  # fmt: skip
+        limit = format_duration(int(report.max_age))
+        parts.append(f"{len(report.stale)} with a catalog older than {limit}")
     return "; ".join(parts)
 
 
