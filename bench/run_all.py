@@ -17,6 +17,7 @@ HERE = Path(__file__).resolve().parent
 FULL: list[list[str]] = [
     ["bench_validate.py", "--count", "10000"],
     ["bench_diff.py", "--practices", "10000", "--changed", "500", "--runs", "3"],
+    ["bench_plan.py", "--practices", "10000", "--changed", "500", "--runs", "3"],
     ["bench_drivers.py", "--practices", "200", "--duration", "60"],
     ["bench_scale.py", "scheduler", "--counts", "1000,3000,10000"],
     ["bench_scale.py", "engine", "--counts", "100,300,1000"],
@@ -25,6 +26,7 @@ FULL: list[list[str]] = [
 QUICK: list[list[str]] = [
     ["bench_validate.py", "--count", "300", "--skip-check-jsonschema"],
     ["bench_diff.py", "--practices", "500", "--changed", "25", "--runs", "1"],
+    ["bench_plan.py", "--practices", "500", "--changed", "25", "--runs", "1"],
     ["bench_drivers.py", "--practices", "10", "--duration", "5"],
     ["bench_scale.py", "scheduler", "--counts", "100", "--duration", "3"],
     ["bench_writeback.py", "--practices", "20"],

@@ -7,9 +7,9 @@
     await runtime.stop()       # writeback API and drainer, then the engine, then metrics
 
 What it owns: the event sink and the cursor store (built from `RuntimeOptions`: SQLite files, or
-the shared store `store_url` names, see `reconciler.stores`), the
-`Engine` over them (with the adapter's secret source, status listener, connection override and
-settings), the writeback service over the engine (its counters reach each practice's status
+the shared store `store_url` names, see `reconciler.stores`), the `Engine` over them (with the
+adapter's secret source, status listener, catalog listener, connection override and settings),
+the writeback service over the engine (its counters reach each practice's status
 through `Engine.watch_writebacks`), the Prometheus server for the process's one registry (engine
 and writeback metrics on one port), SIGINT/SIGTERM turned into one stop event, and the logging
 setup. What it does not own: where the desired state comes from (Kubernetes or a folder), how
@@ -36,6 +36,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Literal
 
 from reconciler.engine import metrics as engine_metrics
+from reconciler.engine.catalog import CatalogListener
 from reconciler.engine.cursors import CursorStore, SqliteCursorStore
 from reconciler.engine.engine import (
     ConnectionOverride,
@@ -219,6 +220,7 @@ class Runtime:
         connection_override: ConnectionOverride | None = None,
         stop: asyncio.Event | None = None,
         sink: EventSink | None = None,
+        on_catalog: CatalogListener | None = None,
     ) -> None:
         if options.writeback_port is not None and not options.writeback_token:
             raise ValueError("a writeback port needs a writeback token (see writeback_token())")
@@ -242,6 +244,7 @@ class Runtime:
             settings=settings,
             on_status=on_status,
             connection_override=connection_override,
+            on_catalog=on_catalog,
         )
         self.writebacks: WritebackService | None = None
         if options.writeback_port is not None and options.writeback_token:

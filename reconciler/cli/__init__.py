@@ -19,6 +19,8 @@ from reconciler import __version__
 COMMANDS = (
     "validate",
     "diff",
+    "plan",
+    "catalog",
     "migrate",
     "up",
     "simulate",

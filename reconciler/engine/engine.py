@@ -28,6 +28,11 @@ publishing to save its cursor too, so a clean stop never sends a page twice. A p
 with a PMS error flips PMSReachable; the first success after that triggers a reconcile so every
 condition recovers.
 
+`on_catalog(key, catalog)` gets the practice's catalog (its PMS's providers, note types and
+document categories, `reconciler.engine.catalog`) after a reconcile or drift check that read the
+PMS, when it changed or its last write is `catalog_refresh` old; `on_catalog(key, None)` when the
+practice is removed.
+
 `on_status(key, status, transitions)` is called promptly when a condition changes (and after every
 `apply`), and at most every `status_interval` seconds for poller counters alone.
 
@@ -66,6 +71,13 @@ from pms_drivers.retry import RetryPolicy, with_retry
 from pms_drivers.transport import new_client
 from reconciler.api.spec import PracticeSpec, SyncKind
 from reconciler.engine import metrics
+from reconciler.engine.catalog import (
+    REFRESH_SECONDS,
+    CatalogListener,
+    Published,
+    catalog_from,
+    publish_due,
+)
 from reconciler.engine.clock import Clock, LoopClock
 from reconciler.engine.core import (
     PMS_LABEL,
@@ -182,6 +194,8 @@ class EngineSettings:
     commit_grace: float = 5.0
     #: Keep the long-lived practice state out of the garbage collector's full passes (`GcPolicy`).
     gc_tuning: bool = True
+    #: Seconds after which an unchanged catalog is handed to `on_catalog` again (its readAt).
+    catalog_refresh: float = REFRESH_SECONDS
 
 
 @dataclass
@@ -217,6 +231,8 @@ class _Practice:
     previous_conditions: Sequence[Condition] = ()
     writebacks: dict[str, int] = field(default_factory=dict)
     decision: Decision | None = None
+    #: The last catalog handed to `on_catalog` (`reconciler.engine.catalog`).
+    catalog_published: Published | None = None
     dirty: bool = False
     recovering: bool = False
     removed: bool = False
@@ -235,8 +251,10 @@ class Engine:
         on_status: StatusListener | None = None,
         connection_override: ConnectionOverride | None = None,
         clock: Clock | None = None,
+        on_catalog: CatalogListener | None = None,
     ) -> None:
         self.settings = settings or EngineSettings()
+        self._on_catalog = on_catalog
         self._clock: Clock = clock or LoopClock()
         self._sink = sink
         self._store = store
@@ -378,6 +396,11 @@ class Engine:
             self._practices.pop(key, None)
             self._release(p.spec.practice_id, key)
             metrics.record_ready(key, None)
+        if self._on_catalog is not None and p.catalog_published is not None:
+            try:
+                await self._on_catalog(key, None)
+            except Exception:
+                log.exception("%s: the catalog listener failed", key)
         metrics.PRACTICES.set(len(self._practices))
         self._count_pollers()
 
@@ -498,6 +521,34 @@ class Engine:
         decision = self._decide(p)
         await self._apply_pollers(p, decision)
         await self._publish(p, self._decide(p), force=True)
+        await self._publish_catalog(p)
+
+    async def _publish_catalog(self, p: _Practice) -> None:
+        """Hand `p`'s catalog to `on_catalog` when it changed or is due for a refresh."""
+        if self._on_catalog is None or p.last_error is not None:
+            return
+        observed = Observed(
+            now=self._clock.utcnow(),
+            pms_version=p.pms_version,
+            checked_at=p.checked_at,
+            providers=p.providers,
+            note_types=p.note_types,
+            document_categories=p.document_categories,
+        )
+        catalog = catalog_from(p.key, p.spec, observed)
+        if catalog is None:
+            return
+        due = publish_due(
+            p.catalog_published, catalog, self._clock.now(), self.settings.catalog_refresh
+        )
+        if due is None:
+            return
+        try:
+            await self._on_catalog(p.key, catalog)
+        except Exception:  # a catalog is for review tools: it never stops a reconcile
+            log.exception("%s: the catalog listener failed", p.key)
+            return
+        p.catalog_published = due
 
     def _forget_catalogs(self, p: _Practice) -> None:
         p.providers = p.note_types = p.document_categories = None

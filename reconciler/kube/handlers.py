@@ -17,8 +17,9 @@ condition transitions (posting Events) and at most every `status_interval` for p
 `build_registry(labels=...)` registers the handlers on a fresh registry so a label selector (one
 shard per replica) and the tests each get their own. The memo comes from `make_memo()`: the
 `reconciler.runtime.Runtime` (started by the startup handler, stopped by the cleanup handler:
-its writeback API before its engine), its `engine`, the `writer` (StatusWriter) and
-`connection` (kwargs for kopf.ConnectionInfo).
+its writeback API before its engine), its `engine`, the `writer` (StatusWriter), `connection`
+(kwargs for kopf.ConnectionInfo) and `catalogs` (the CatalogWriter that publishes each
+practice's PracticeCatalog; it needs the practice's uid for the ownerReference).
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ def build_registry(*, labels: Mapping[str, Any] | None = None) -> kopf.OperatorR
     async def delete(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
         await memo.engine.remove(f"{namespace}/{name}")
         memo.writer.forget(f"{namespace}/{name}")
+        if memo.get("catalogs") is not None:
+            memo.catalogs.forget(f"{namespace}/{name}")
 
     @kopf.on.event("", "v1", "secrets", registry=registry, when=_referenced)
     async def secret_changed(
@@ -114,10 +117,18 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.posting.level = logging.WARNING  # the engine posts the Events that matter
 
 
-def make_memo(runtime: Runtime, writer: Any, connection: Mapping[str, Any]) -> kopf.Memo:
-    """The memo every handler reads: the runtime, its engine, the status writer and the kwargs
-    of kopf.ConnectionInfo."""
-    return kopf.Memo(runtime=runtime, engine=runtime.engine, writer=writer, connection=connection)
+def make_memo(
+    runtime: Runtime, writer: Any, connection: Mapping[str, Any], catalogs: Any = None
+) -> kopf.Memo:
+    """The memo every handler reads: the runtime, its engine, the status writer, the kwargs
+    of kopf.ConnectionInfo and the catalog writer (`reconciler.kube.catalog`, optional)."""
+    return kopf.Memo(
+        runtime=runtime,
+        engine=runtime.engine,
+        writer=writer,
+        connection=connection,
+        catalogs=catalogs,
+    )
 
 
 async def _start_runtime(runtime: Runtime) -> None:
@@ -139,6 +150,8 @@ async def _reconcile(body: kopf.Body, memo: kopf.Memo) -> None:
     meta = body["metadata"]
     key = f"{meta['namespace']}/{meta['name']}"
     memo.writer.remember(key, meta.get("uid", ""))
+    if memo.get("catalogs") is not None:
+        memo.catalogs.remember(key, meta.get("uid", ""))
     try:
         spec = PracticeSpec.from_resource(body)
     except (KeyError, TypeError, ValueError) as exc:

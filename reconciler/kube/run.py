@@ -183,11 +183,13 @@ async def _work(
     import kopf
 
     from reconciler.engine.engine import EngineSettings
+    from reconciler.kube.catalog import CatalogWriter
     from reconciler.kube.client import KubeSecrets, StatusWriter, connection_info
     from reconciler.kube.handlers import build_registry, make_memo
     from reconciler.runtime import Runtime
 
     writer = StatusWriter(api)
+    catalogs = CatalogWriter(api)
     runtime = Runtime(
         options,
         secrets=KubeSecrets(api),
@@ -199,6 +201,7 @@ async def _work(
         ),
         on_status=writer,
         stop=stop,
+        on_catalog=catalogs,
     )
     # kopf.operator() spelled out, so that SIGTERM/SIGINT set the same stop flag as a lost
     # lease: with only Kopf's own signal handlers its stop-flag waiter outlives a SIGTERM and
@@ -206,7 +209,7 @@ async def _work(
     existing = asyncio.all_tasks()
     tasks = await kopf.spawn_tasks(
         registry=build_registry(labels=labels),
-        memo=make_memo(runtime, writer, connection_info(api)),
+        memo=make_memo(runtime, writer, connection_info(api), catalogs),
         standalone=True,
         clusterwide=not namespaces,
         namespaces=namespaces or [],

@@ -36,6 +36,7 @@ from reconciler.api.spec import PracticeSpec
 from reconciler.engine.core import Reason
 from reconciler.engine.engine import Engine, EngineSettings
 from reconciler.local import table as uptable
+from reconciler.local.catalogs import CATALOG_FOLDER, LocalCatalogs
 from reconciler.local.display import Display, OutputMode
 from reconciler.local.errors import UpError
 from reconciler.local.folder import FolderWatcher
@@ -377,6 +378,7 @@ async def run_up(options: UpOptions, out: TextIO | None = None) -> int:
                 settings=_local_settings(),
                 connection_override=sim.override if sim is not None else None,
                 stop=stop,
+                on_catalog=LocalCatalogs(options.state_dir / CATALOG_FOLDER),
             )
             _info(
                 f"watching {options.path}; events -> {options.sink_url or options.events_path}; "
