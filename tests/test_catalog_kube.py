@@ -29,7 +29,7 @@ from kubernetes.client.exceptions import ApiException
 from test_operator import SETTINGS, Env, eventually, load_examples
 
 from pms_simulator import Simulator
-from reconciler.api.catalog import Catalog
+from reconciler.api.catalog import CATALOG_VERSION, Catalog
 from reconciler.cli import main
 from reconciler.engine.engine import EngineSettings
 from reconciler.engine.sink import JsonlSink
@@ -103,7 +103,7 @@ async def cluster(
 async def get_catalog(env: Env, name: str) -> dict[str, Any] | None:
     try:
         return await asyncio.to_thread(  # type: ignore[no-any-return]
-            env.custom.get_namespaced_custom_object, GROUP, VERSION, env.ns, PLURAL, name
+            env.custom.get_namespaced_custom_object, GROUP, CATALOG_VERSION, env.ns, PLURAL, name
         )
     except ApiException as exc:
         if exc.status == 404:

@@ -25,12 +25,14 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from reconciler import GROUP, VERSION
+from reconciler import GROUP
 
 CATALOG_KIND = "PracticeCatalog"
 CATALOG_LIST_KIND = "PracticeCatalogList"
 CATALOG_PLURAL = "practicecatalogs"
-CATALOG_API_VERSION = f"{GROUP}/{VERSION}"
+#: PracticeCatalog has one version of its own, whatever PracticeWriteback's versions are.
+CATALOG_VERSION = "v1alpha1"
+CATALOG_API_VERSION = f"{GROUP}/{CATALOG_VERSION}"
 
 
 class DocumentUse(StrEnum):

@@ -42,6 +42,7 @@ import yaml
 
 from pms_drivers import records
 from reconciler import GROUP, KIND, PLURAL
+from reconciler.api.catalog import CATALOG_VERSION
 
 #: The hand-written schemas, one per served version, oldest first: the last is the storage version.
 SCHEMA_FILENAMES = (
@@ -74,7 +75,6 @@ CONVERT_PATH = "/convert"
 #: The PracticeCatalog resource the operator publishes (hand-written schema, no generated nodes).
 CATALOG_SCHEMA_FILENAME = "practicecatalog.v1alpha1.schema.json"
 CATALOG_CRD_FILENAME = f"{GROUP}_practicecatalogs.yaml"
-CATALOG_VERSION = "v1alpha1"
 
 #: Keywords a structural schema may carry through unchanged.
 _KEEP = (

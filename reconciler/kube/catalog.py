@@ -25,6 +25,7 @@ from typing import Any
 from reconciler.api.catalog import (
     CATALOG_API_VERSION,
     CATALOG_PLURAL,
+    CATALOG_VERSION,
     Catalog,
     content_hash,
 )
@@ -85,7 +86,7 @@ class CatalogWriter:
             try:
                 await asyncio.to_thread(
                     self._custom.delete_namespaced_custom_object,
-                    GROUP, VERSION, namespace, CATALOG_PLURAL, name,
+                    GROUP, CATALOG_VERSION, namespace, CATALOG_PLURAL, name,
                 )  # fmt: skip
             except ApiException as exc:
                 if exc.status != 404:
@@ -102,7 +103,7 @@ class CatalogWriter:
             await asyncio.to_thread(
                 functools.partial(
                     self._custom.patch_namespaced_custom_object,
-                    GROUP, VERSION, namespace, CATALOG_PLURAL, name, body,
+                    GROUP, CATALOG_VERSION, namespace, CATALOG_PLURAL, name, body,
                     field_manager=FIELD_MANAGER, force=True,
                     _content_type="application/apply-patch+yaml",
                 )
@@ -157,12 +158,14 @@ def read_catalogs(
         calls: list[Any]
         if namespaces is None:
             calls = [
-                functools.partial(api.list_cluster_custom_object, GROUP, VERSION, CATALOG_PLURAL)
+                functools.partial(
+                    api.list_cluster_custom_object, GROUP, CATALOG_VERSION, CATALOG_PLURAL
+                )
             ]
         else:
             calls = [
                 functools.partial(
-                    api.list_namespaced_custom_object, GROUP, VERSION, ns, CATALOG_PLURAL
+                    api.list_namespaced_custom_object, GROUP, CATALOG_VERSION, ns, CATALOG_PLURAL
                 )
                 for ns in sorted(set(namespaces))
             ]
