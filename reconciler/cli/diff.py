@@ -3,6 +3,9 @@
     pmsctl diff [--base REF] [--head REF] [PATH...]     files at REF (default: the merge base
                                                          with the default branch) -> working tree
     pmsctl diff --live [--kubeconfig F] [PATH...]       objects in the cluster -> files
+    pmsctl diff --kustomize DIR [BASE..HEAD]           DIR rendered by kustomize at BASE and at
+                                                         HEAD (default: merge base -> working
+                                                         tree), changes grouped across practices
 
 Both sides go through `pmsctl validate`'s validator (`reconciler.api.validate.validate_text`), so an
 invalid file is reported with the same `file:line:col: path: message` lines, never a traceback.
@@ -98,6 +101,18 @@ def register(sub: Any) -> None:
         metavar="NS",
         help="namespace of documents without metadata.namespace "
         "(default: the context's namespace with --live, else 'default')",
+    )
+    p.add_argument(
+        "--kustomize",
+        metavar="DIR",
+        help="render DIR with kustomize at both refs (a BASE..HEAD range as the only PATH, or "
+        "--base/--head) and report the changes grouped across practices",
+    )
+    p.add_argument(
+        "--kustomize-command",
+        metavar="CMD",
+        help="with --kustomize: the renderer, e.g. 'kustomize build' or 'kubectl kustomize' "
+        "(default: $PMSCTL_KUSTOMIZE, else kustomize or kubectl from PATH)",
     )
     p.add_argument(
         "-o",
@@ -346,8 +361,130 @@ def live_sides(args: argparse.Namespace) -> Sides:
     return Sides(live, head, label, "files")
 
 
+def _range(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(base, head) refs from `BASE..HEAD` (either side may be empty) or --base/--head."""
+    if not args.paths:
+        return args.base, args.head
+    if len(args.paths) > 1 or ".." not in args.paths[0] or args.base or args.head:
+        raise DiffInputError(
+            "with --kustomize DIR, the only argument is a BASE..HEAD range "
+            "(or use --base/--head); DIR names what to render"
+        )
+    base, _, head = args.paths[0].partition("..")
+    return base or None, head or None
+
+
+def kustomize_run(args: argparse.Namespace) -> int:
+    """`pmsctl diff --kustomize DIR`: render, diff, group, print; the exit code."""
+    import tempfile
+
+    from reconciler.review.grouped import RENDERERS as GROUPED
+    from reconciler.review.grouped import group_report
+    from reconciler.review.kustomize import KustomizeError, find_renderer, render_sides
+    from reconciler.review.rendered import StreamInvalid, load_stream
+
+    base_ref, head_ref = _range(args)
+    renderer = find_renderer(args.kustomize_command)
+    folder = Path(args.kustomize)
+    if not folder.is_dir():
+        raise KustomizeError(f"{folder}: no such folder")
+    repo = repo_root(folder)
+    relative = folder.resolve().relative_to(repo.resolve()).as_posix()
+    if base_ref:
+        base = (f"{base_ref} ({rev_parse(repo, base_ref)[:10]})", rev_parse(repo, base_ref))
+    else:
+        name, commit = default_base(repo)
+        base = (f"{name} ({commit[:10]})", commit)
+    head = None
+    if head_ref:
+        head = (f"{head_ref} ({rev_parse(repo, head_ref)[:10]})", rev_parse(repo, head_ref))
+    namespace = args.namespace or "default"
+    with tempfile.TemporaryDirectory(prefix="pmsctl-diff-") as scratch:
+        sides = render_sides(renderer, repo, relative, base, head, Path(scratch))
+        loaded = []
+        errors: list[str] = []
+        for rendered in (sides.base, sides.head):
+            try:
+                loaded.append(
+                    load_stream(
+                        rendered.text,
+                        name=f"{rendered.label}:{relative}",
+                        namespace=namespace,
+                        source_path=rendered.repo_path,
+                    )
+                )
+            except StreamInvalid as exc:
+                errors += [f"invalid render at {rendered.label}:", *exc.lines]
+        if errors:
+            raise DiffInputError(errors[0].rstrip(":"), errors[1:])
+        report = diff_practices(
+            loaded[0].resources,
+            loaded[1].resources,
+            base_label=sides.base.label,
+            head_label=sides.head.label,
+        )
+        fleet_root = {f"{relative}/{n}" for n in ("kustomization.yaml", "kustomization.yml")}
+        head_tree = sides.head.tree
+        mentions: dict[tuple[str, str], bool] = {}
+
+        def overrides(key: str, setting: str) -> bool:
+            doc = loaded[1].documents.get(key)
+            if doc is None or not doc.configured_in:
+                return doc is not None  # no transformer annotations: origin and value decide
+            for path in doc.configured_in:
+                if path in fleet_root:
+                    continue
+                cached = mentions.get((path, setting))
+                if cached is None:
+                    cached = _folder_mentions(head_tree / path, setting)
+                    mentions[(path, setting)] = cached
+                if cached:
+                    return True
+            return False
+
+        grouped = group_report(
+            report, loaded[0].resources, loaded[1].resources, overrides=overrides
+        )
+        sys.stdout.write(GROUPED[args.output](grouped))
+        print(
+            f"rendered with {renderer.label}: {sides.base.label} {sides.base.seconds:.2f}s, "
+            f"{sides.head.label} {sides.head.seconds:.2f}s",
+            file=sys.stderr,
+        )
+    return 1 if report.has_changes else 0
+
+
+def _folder_mentions(kustomization: Path, key: str) -> bool:
+    """True when a YAML file next to `kustomization` (itself included) contains `key`."""
+    folder = kustomization.parent
+    try:
+        files = [f for f in folder.iterdir() if f.suffix in (".yaml", ".yml") and f.is_file()]
+    except OSError:
+        return False
+    return any(key in f.read_text(encoding="utf-8", errors="replace") for f in files)
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of `pmsctl diff`."""
+    if args.kustomize:
+        from reconciler.review.kustomize import KustomizeError
+
+        if args.live:
+            print("pmsctl diff: --kustomize renders git refs; drop --live", file=sys.stderr)
+            return 2
+        try:
+            return kustomize_run(args)
+        except DiffInputError as exc:
+            print(f"pmsctl diff: {exc.headline}", file=sys.stderr)
+            for line in exc.lines:
+                print(line, file=sys.stderr)
+            return 2
+        except (GitSourceError, KustomizeError) as exc:
+            print(f"pmsctl diff: {exc}", file=sys.stderr)
+            return 2
+    if args.kustomize_command:
+        print("pmsctl diff: --kustomize-command needs --kustomize", file=sys.stderr)
+        return 2
     if args.live and (args.base or args.head):
         print(
             "pmsctl diff: --live compares files with the cluster; drop --base/--head",

@@ -1,0 +1,138 @@
+"""A rendered multi-document stream (kustomize's output) as one side of a diff.
+
+Speed matters here: a fleet of 10,000 practices is 10,000 documents on each side. The stream is
+cut at its `---` lines and each document is read by libyaml without positions and checked by
+the compiled schema validator (`reconciler.api.validate.is_valid_body`); only a document that
+fails (or is of another kind, or not readable alone) goes through the full validator
+(`validate_text`), whose messages then carry the stream's line and the document's landmarks
+(`reconciler.api.stream.StreamDocument`: index, kind, namespace/name, origin file).
+Documents of other kinds are skipped, as `pmsctl diff` does for files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from reconciler import API_VERSION, KIND
+from reconciler.api.spec import PracticeSpec
+from reconciler.api.stream import StreamDocument
+from reconciler.api.validate import STDIN_NAME, STREAM_LIMITS, is_valid_body, validate_text
+from reconciler.review.diff import Resource
+
+_Loader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_SEPARATOR = re.compile(r"^---[ \t]*(?:#.*)?$", re.MULTILINE)
+
+
+class StreamInvalid(Exception):
+    """The stream has problems; `lines` are the validator's lines, one problem each."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(f"{len(lines)} problem(s)")
+        self.lines = lines
+
+
+@dataclass(frozen=True)
+class RenderedSide:
+    """The PracticeWritebacks of a stream by `namespace/name`, with each one's landmarks."""
+
+    resources: dict[str, Resource]
+    documents: dict[str, StreamDocument]
+
+
+def split_documents(text: str) -> list[tuple[int, str]]:
+    """(1-based first line, text) of each document between `---` lines."""
+    out: list[tuple[int, str]] = []
+    start, line = 0, 1
+    for match in _SEPARATOR.finditer(text):
+        out.append((line, text[start : match.start()]))
+        line += text.count("\n", start, match.end()) + 1
+        start = match.end() + 1
+    out.append((line, text[start:]))
+    return [(n, chunk) for n, chunk in out if chunk.strip()]
+
+
+def load_stream(
+    text: str,
+    *,
+    name: str = STDIN_NAME,
+    namespace: str = "default",
+    source_path: Callable[[str], str] = lambda p: p,
+) -> RenderedSide:
+    """Every valid PracticeWriteback of `text` by identity; StreamInvalid listing every problem
+    (with the stream's line and the document) otherwise, including a namespace/name or a
+    practiceId defined twice. `source_path` maps an origin annotation's path to the path to
+    show (repository-relative for a render)."""
+    resources: dict[str, Resource] = {}
+    documents: dict[str, StreamDocument] = {}
+    practice_ids: dict[str, str] = {}
+    problems: list[str] = []
+    for index, (line, chunk) in enumerate(split_documents(text)):
+        try:
+            body = yaml.load(chunk, Loader=_Loader)
+        except yaml.YAMLError:
+            body = None
+        fast = (
+            isinstance(body, Mapping)
+            and body.get("kind") == KIND
+            and body.get("apiVersion") == API_VERSION
+            and is_valid_body(body)
+        )
+        if not fast:
+            problems += _slow(chunk, name, index, line, source_path)
+            continue
+        assert isinstance(body, Mapping)
+        doc = StreamDocument.of(index, line, body)
+        origin = source_path(doc.origin) if doc.origin else None
+        doc = dataclasses.replace(
+            doc, origin=origin, configured_in=tuple(source_path(p) for p in doc.configured_in)
+        )
+        spec = PracticeSpec.from_resource(body)
+        resource = Resource(doc.namespace or namespace, str(doc.name), spec, file=origin, line=line)
+        where = f"{name}:{line}"
+        if resource.key in resources:
+            other = resources[resource.key]
+            problems.append(
+                f"{where}: metadata.name: {resource.key} is also defined at {name}:{other.line}"
+                f" [{doc.describe()}]"
+            )
+            continue
+        if spec.practice_id in practice_ids:
+            problems.append(
+                f"{where}: spec.practiceId: practiceId {spec.practice_id!r} is also used by "
+                f"{practice_ids[spec.practice_id]} [{doc.describe()}]"
+            )
+            continue
+        resources[resource.key] = resource
+        documents[resource.key] = doc
+        practice_ids[spec.practice_id] = resource.key
+    if problems:
+        raise StreamInvalid(problems)
+    return RenderedSide(resources, documents)
+
+
+def _slow(
+    chunk: str, name: str, index: int, line: int, source_path: Callable[[str], str]
+) -> list[str]:
+    """The full validator's findings for one document, placed in the stream."""
+    _, found = validate_text(chunk, name, skip_other_kinds=True, limits=STREAM_LIMITS)
+    if not found:
+        return []
+    try:
+        body = yaml.load(chunk, Loader=_Loader)
+    except yaml.YAMLError:
+        body = None
+    doc = StreamDocument.of(index, line, body)
+    if doc.origin:
+        doc = dataclasses.replace(doc, origin=source_path(doc.origin))
+    doc = dataclasses.replace(doc, configured_in=tuple(source_path(p) for p in doc.configured_in))
+    out = []
+    for p in found:
+        moved = dataclasses.replace(p, line=p.line + line - 1, document=doc.describe())
+        out.append(str(moved))
+    return out
