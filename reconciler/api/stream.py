@@ -9,6 +9,7 @@ and the kustomizations that patched it (`alpha.config.kubernetes.io/transformati
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,10 +39,20 @@ def _load(text: Any) -> Any:
         return None
 
 
+#: kustomize writes these annotations in one shape; read them without a YAML parser when they
+#: have it (the parser is the fallback).
+_PLAIN_ORIGIN = re.compile(r"\Apath: ([^\s'\"#]+)\n?\Z")
+_CONFIGURED_IN = re.compile(r"^- configuredIn: (\S+)$", re.MULTILINE)
+
+
 def origin_of(body: Any) -> str | None:
     """The source file kustomize's origin annotation names (`path:`, with `repo:`/`ref:` for a
     remote base), or None."""
-    origin = _load(_annotations(body).get(ORIGIN_ANNOTATION))
+    raw = _annotations(body).get(ORIGIN_ANNOTATION)
+    plain = _PLAIN_ORIGIN.match(raw) if isinstance(raw, str) else None
+    if plain:
+        return plain.group(1)
+    origin = _load(raw)
     if not isinstance(origin, Mapping) or not isinstance(origin.get("path"), str):
         return None
     path = str(origin["path"])
@@ -55,7 +66,10 @@ def origin_of(body: Any) -> str | None:
 def configured_in(body: Any) -> tuple[str, ...]:
     """The kustomization files that transformed the object (its transformations annotation),
     in kustomize's order (innermost first); empty when the annotation is absent."""
-    steps = _load(_annotations(body).get(TRANSFORMATIONS_ANNOTATION))
+    raw = _annotations(body).get(TRANSFORMATIONS_ANNOTATION)
+    if isinstance(raw, str) and "'" not in raw and '"' not in raw:
+        return tuple(dict.fromkeys(_CONFIGURED_IN.findall(raw)))
+    steps = _load(raw)
     if not isinstance(steps, list):
         return ()
     found = [s.get("configuredIn") for s in steps if isinstance(s, Mapping)]

@@ -381,7 +381,7 @@ def kustomize_run(args: argparse.Namespace) -> int:
     from reconciler.review.grouped import RENDERERS as GROUPED
     from reconciler.review.grouped import group_report
     from reconciler.review.kustomize import KustomizeError, find_renderer, render_sides
-    from reconciler.review.rendered import StreamInvalid, load_stream
+    from reconciler.review.rendered import StreamCache, StreamInvalid, load_stream
 
     base_ref, head_ref = _range(args)
     renderer = find_renderer(args.kustomize_command)
@@ -403,6 +403,7 @@ def kustomize_run(args: argparse.Namespace) -> int:
         sides = render_sides(renderer, repo, relative, base, head, Path(scratch))
         loaded = []
         errors: list[str] = []
+        cache = StreamCache()
         for rendered in (sides.base, sides.head):
             try:
                 loaded.append(
@@ -411,6 +412,7 @@ def kustomize_run(args: argparse.Namespace) -> int:
                         name=f"{rendered.label}:{relative}",
                         namespace=namespace,
                         source_path=rendered.repo_path,
+                        cache=cache,
                     )
                 )
             except StreamInvalid as exc:

@@ -137,7 +137,8 @@ def render(renderer: Renderer, tree: Path, folder: str, label: str, scratch: Pat
     seconds = time.perf_counter() - started
     rendered = Rendered(done.stdout, seconds, wrapper, tree.resolve(), label)
     if done.returncode != 0:
-        err = rendered.clean_message(done.stderr.strip()) or "no output"
+        err = done.stderr.strip().replace(f"'{relative}'", f"'{folder}'")
+        err = rendered.clean_message(err) or "no output"
         raise KustomizeError(f"{renderer.label} {folder} failed at {label}: {err}")
     return rendered
 

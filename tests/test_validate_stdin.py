@@ -1,0 +1,143 @@
+"""`pmsctl validate -`: a multi-document stream on stdin, as `kubectl kustomize DIR` prints it.
+
+Real: the validator, libyaml and the CLI entry point (`reconciler.cli.main`) with stdin replaced
+by the stream. The streams are written here the way kustomize renders (its origin and
+transformer annotations included); `tests/test_fleet.py` pipes the real kubectl's output.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import yaml
+
+from reconciler.api.validate import validate_stream
+from reconciler.cli import main
+from reconciler.review.rendered import StreamCache, read_document, split_documents
+
+DOC = """\
+apiVersion: writeback.dental.dev/v1alpha1
+kind: PracticeWriteback
+metadata:
+  annotations:
+    alpha.config.kubernetes.io/transformations: |
+      - configuredIn: practices/{name}/kustomization.yaml
+        configuredBy:
+          apiVersion: builtin
+          kind: PatchTransformer
+    config.kubernetes.io/origin: |
+      path: base/{base}/practice.yaml
+  name: {name}
+  namespace: dental
+spec:
+  pms:
+    credentialsSecretRef:
+      name: {name}-pms
+    type: OpenDental
+    url: https://{name}.example.com/api/v1
+  practiceId: {name}
+  providerId: "{provider}"
+  sync:
+    appointments:
+      enabled: true
+      interval: {interval}
+"""
+
+
+def doc(name: str, *, base: str = "opendental", provider: str = "1", interval: str = "60s") -> str:
+    return DOC.format(name=name, base=base, provider=provider, interval=interval)
+
+
+def run(stdin: str, *args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sys.stdin", io.StringIO(stdin))
+        code = main(["validate", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_valid_stream_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
+    stream = "---\n".join(doc(n) for n in ("a", "b", "c"))
+    code, out, _ = run(stream, "-", capsys=capsys)
+    assert code == 0
+    assert "3 valid PracticeWriteback document(s): all valid" in out
+
+
+def test_a_problem_names_the_stream_line_the_document_and_the_source_file(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    stream = doc("a") + "---\n" + doc("b", base="dentrix", interval="60") + "---\n" + doc("c")
+    code, out, _ = run(stream, "-", capsys=capsys)
+    assert code == 1
+    [problem] = [x for x in out.splitlines() if x.startswith("<stdin>:")]
+    line = stream.splitlines().index("      interval: 60") + 1
+    assert problem.startswith(f"<stdin>:{line}:7: spec.sync.appointments.interval: ")
+    assert problem.endswith(
+        "[document 2 (PracticeWriteback dental/b, from base/dentrix/practice.yaml, "
+        "patched by practices/b/kustomization.yaml)]"
+    )
+
+    code, out, _ = run(stream, "-", "-o", "json", capsys=capsys)
+    assert code == 1
+    [found] = json.loads(out)["problems"]
+    assert found["file"] == "<stdin>" and found["line"] == line
+    assert found["document"].startswith("document 2 (PracticeWriteback dental/b")
+
+
+def test_without_annotations_the_document_is_named_by_index_kind_and_name(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    plain = doc("z", provider="01")
+    plain = plain[: plain.index("  annotations:")] + plain[plain.index("  name: z") :]
+    report = validate_stream(doc("y") + "---\n" + plain)
+    [problem] = report.problems
+    assert problem.path == "spec.providerId"
+    assert problem.document == "document 2 (PracticeWriteback dental/z)"
+
+
+def test_a_syntax_error_names_the_document_it_is_in() -> None:
+    report = validate_stream(doc("a") + "---\n" + doc("b") + "---\nkind: [oops\n")
+    [problem] = report.problems
+    assert problem.document == "document 3"
+    assert problem.line >= doc("a").count("\n") * 2
+
+
+def test_the_same_name_twice_in_a_stream_is_a_problem() -> None:
+    report = validate_stream(doc("a") + "---\n" + doc("a"))
+    assert any("also defined" in p.message for p in report.problems)
+
+
+def test_a_stream_may_be_larger_than_the_file_size_cap() -> None:
+    names = [f"practice-{i:05d}" for i in range(2_500)]
+    stream = "---\n".join(doc(n) for n in names)
+    assert len(stream) > 1 << 20
+    report = validate_stream(stream)
+    assert report.ok and len(report.documents) == 2_500
+
+
+def test_stdin_with_other_paths_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run("", "-", "practices", capsys=capsys)
+    assert code == 2
+    assert "cannot be combined" in err
+
+
+def test_reading_in_pieces_equals_reading_whole_documents() -> None:
+    tricky = [
+        doc("a"),
+        "# a comment first\n" + doc("b"),
+        "kind: PracticeWriteback\nspec: {practiceId: x}\n",
+        "- a list\n- at the top\n",
+        "a: &x {k: 1}\nb: *x\n",
+        "spec:\n  a: 1\n  a: 2\n",
+        "spec:\n  writeback:\n    outgoingSms: {allow: true}\n  sync: null\n",
+    ]
+    cache = StreamCache()
+    for text in tricky:
+        assert read_document(text, cache) == yaml.safe_load(text), text
+
+
+def test_split_documents_keeps_line_numbers() -> None:
+    stream = "a: 1\n---\nb: 2\nc: 3\n--- # comment\n\n---\nd: 4\n"
+    assert split_documents(stream) == [(1, "a: 1\n"), (3, "b: 2\nc: 3\n"), (8, "d: 4\n")]
