@@ -2,9 +2,9 @@
 
 Real tools, no network: the renderer is `kustomize build` or `kubectl kustomize` (the command
 named by `--kustomize-command` or `$PMSCTL_KUSTOMIZE`, else the first of `kustomize` and
-`kubectl` on PATH; `KustomizeError` says so when there is none). A git ref is materialised with
-`git archive` into a temporary folder (no checkout, the work tree is not touched); the working
-tree is rendered where it is.
+`kubectl` on PATH; `KustomizeError` says so when there is none). A git ref is materialised by git
+into a temporary folder (through a temporary index: the work tree and the repository's index are
+not touched); the working tree is rendered where it is. Both sides render at the same time.
 
 The folder is rendered through a wrapper kustomization in a temporary folder that lists it as
 its only resource and asks for `buildMetadata: [originAnnotations, transformerAnnotations]`,
@@ -16,14 +16,13 @@ annotations, and in kustomize's error messages, back into repository-relative pa
 
 from __future__ import annotations
 
-import io
 import os
 import shlex
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,42 +112,74 @@ class Rendered:
         return message
 
 
-def render(renderer: Renderer, tree: Path, folder: str, label: str, scratch: Path) -> Rendered:
-    """Render `tree/folder` through a wrapper kustomization written under `scratch`."""
+def _wrap(tree: Path, folder: str, label: str, scratch: Path) -> tuple[Path, str]:
     target = tree / folder
     if not (target.is_dir() and any((target / n).is_file() for n in _KUSTOMIZATION_NAMES)):
         raise KustomizeError(f"{folder}: no kustomization.yaml there at {label}")
     wrapper = Path(tempfile.mkdtemp(prefix="wrap-", dir=scratch))
     relative = os.path.relpath(target, wrapper)
     (wrapper / "kustomization.yaml").write_text(_WRAPPER.format(target=relative))
+    return wrapper, relative
+
+
+def render_all(
+    renderer: Renderer, jobs: Sequence[tuple[Path, str, str]], scratch: Path
+) -> list[Rendered]:
+    """Render each (tree, folder, label) through a wrapper kustomization written under
+    `scratch`; the renders run at the same time (kustomize is single-threaded)."""
     started = time.perf_counter()
-    try:
-        done = subprocess.run(
-            [*renderer.argv, str(wrapper)],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=RENDER_TIMEOUT_S,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise KustomizeError(f"{renderer.label} {folder} took over {RENDER_TIMEOUT_S:g}s") from exc
-    except OSError as exc:
-        raise KustomizeError(f"cannot run {renderer.label}: {exc.strerror or exc}") from exc
-    seconds = time.perf_counter() - started
-    rendered = Rendered(done.stdout, seconds, wrapper, tree.resolve(), label)
-    if done.returncode != 0:
-        err = done.stderr.strip().replace(f"'{relative}'", f"'{folder}'")
-        err = rendered.clean_message(err) or "no output"
-        raise KustomizeError(f"{renderer.label} {folder} failed at {label}: {err}")
+    running = []
+    for tree, folder, label in jobs:
+        wrapper, relative = _wrap(tree, folder, label, scratch)
+        out = (scratch / f"{wrapper.name}.out").open("w+b")
+        err = (scratch / f"{wrapper.name}.err").open("w+b")
+        try:
+            proc = subprocess.Popen([*renderer.argv, str(wrapper)], stdout=out, stderr=err)
+        except OSError as exc:
+            raise KustomizeError(f"cannot run {renderer.label}: {exc.strerror or exc}") from exc
+        running.append((proc, out, err, wrapper, relative, tree, folder, label))
+    results: list[Rendered] = []
+    failures: list[str] = []
+    for proc, out, err, wrapper, relative, tree, folder, label in running:
+        try:
+            code = proc.wait(timeout=max(RENDER_TIMEOUT_S - (time.perf_counter() - started), 1))
+        except subprocess.TimeoutExpired as exc:
+            for other in running:
+                other[0].kill()
+            raise KustomizeError(
+                f"{renderer.label} {folder} took over {RENDER_TIMEOUT_S:g}s"
+            ) from exc
+        seconds = time.perf_counter() - started
+        with out, err:
+            out.seek(0)
+            err.seek(0)
+            text = out.read().decode("utf-8", "replace")
+            message = err.read().decode("utf-8", "replace").strip()
+        rendered = Rendered(text, seconds, wrapper, tree.resolve(), label)
+        if code != 0:
+            message = message.replace(f"'{relative}'", f"'{folder}'")
+            message = rendered.clean_message(message) or "no output"
+            failures.append(f"{renderer.label} {folder} failed at {label}: {message}")
+        results.append(rendered)
+    if failures:
+        raise KustomizeError("\n".join(failures))
+    return results
+
+
+def render(renderer: Renderer, tree: Path, folder: str, label: str, scratch: Path) -> Rendered:
+    """Render `tree/folder` through a wrapper kustomization written under `scratch`."""
+    [rendered] = render_all(renderer, [(tree, folder, label)], scratch)
     return rendered
 
 
 _KUSTOMIZATION_NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 
 
-def _git(repo: Path, *args: str) -> bytes:
+def _git(repo: Path, *args: str, env: Mapping[str, str] | None = None) -> bytes:
     try:
-        done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, check=False)
+        done = subprocess.run(
+            ["git", "-C", str(repo), *args], capture_output=True, check=False, env=env
+        )
     except FileNotFoundError as exc:
         raise KustomizeError("git is not installed or not on PATH") from exc
     if done.returncode != 0:
@@ -158,11 +189,13 @@ def _git(repo: Path, *args: str) -> bytes:
 
 
 def materialise(repo: Path, commit: str, scratch: Path) -> Path:
-    """The tree of `commit` extracted (by `git archive`) into a new folder under `scratch`."""
+    """The tree of `commit` written into a new folder under `scratch` by git itself (a
+    temporary index: `git read-tree` then `git checkout-index`), without touching the work
+    tree or the repository's own index."""
     folder = Path(tempfile.mkdtemp(prefix="tree-", dir=scratch))
-    data = _git(repo, "archive", "--format=tar", commit)
-    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
-        archive.extractall(folder, filter="data")
+    env = {**os.environ, "GIT_INDEX_FILE": str(folder) + ".index"}
+    _git(repo, "read-tree", commit, env=env)
+    _git(repo, "checkout-index", "--all", f"--prefix={folder}/", env=env)
     return folder
 
 
@@ -172,6 +205,8 @@ class RenderedSides:
 
     base: Rendered
     head: Rendered
+    #: Wall seconds of both renders, which run at the same time.
+    seconds: float
 
 
 def render_sides(
@@ -185,10 +220,10 @@ def render_sides(
     """Render `folder` (repository-relative) at the base (label, commit) and at the head
     (label, commit), or in the working tree when `head` is None."""
     base_tree = materialise(repo, base[1], scratch)
-    base_render = render(renderer, base_tree, folder, base[0], scratch)
-    if head is None:
-        head_render = render(renderer, repo, folder, "working tree", scratch)
-    else:
-        head_tree = materialise(repo, head[1], scratch)
-        head_render = render(renderer, head_tree, folder, head[0], scratch)
-    return RenderedSides(base_render, head_render)
+    head_tree = repo if head is None else materialise(repo, head[1], scratch)
+    head_label = "working tree" if head is None else head[0]
+    started = time.perf_counter()
+    base_render, head_render = render_all(
+        renderer, [(base_tree, folder, base[0]), (head_tree, folder, head_label)], scratch
+    )
+    return RenderedSides(base_render, head_render, time.perf_counter() - started)
