@@ -15,6 +15,15 @@ expects (its practice count and the number kept by a local override), so a fast 
 does not pass.
 
     .venv/bin/python bench/bench_fleet.py [--count 10000] [--kustomize-command 'kubectl kustomize']
+        [--replicate K]
+
+kustomize's render time grows faster than the fleet, so a 10,000-practice render can take far
+longer than pmsctl's part on a loaded machine. `--replicate K` also measures pmsctl's part alone
+on K times the fleet: the two real renders of `--count` practices are repeated K times in
+memory with each copy's practice names and ids made unique (`-00001` -> `-00001-r3`; the overlay
+paths in the transformer annotations stay, they name real files), then read,
+diffed, grouped and rendered as `-o json` in this process, as `pmsctl diff --kustomize` does
+after its renders. It checks the group's count (K times the real one).
 """
 
 from __future__ import annotations
@@ -60,11 +69,68 @@ def git(repo: Path, *args: str) -> None:
     subprocess.run(["git", "-C", str(repo), *args], check=True, env=env, capture_output=True)
 
 
+def replicated(text: str, times: int) -> str:
+    """`times` copies of a render, each copy's names and ids suffixed `-r<copy>`."""
+    name = re.compile(r"\b([a-z]+(?:-[a-z]+)*-\d{5})\b")
+    lines = text.splitlines(keepends=True)
+    # The overlay paths in the transformer annotations stay: they name real files.
+    copies = [
+        "".join(line if "configuredIn:" in line else name.sub(rf"\1-r{k}", line) for line in lines)
+        for k in range(times)
+    ]
+    return "---\n".join(copies)
+
+
+def processing(
+    repo: Path, count: int, times: int, renderer: str | None, off: int, kept: int
+) -> None:
+    """Time pmsctl's part (read both renders, diff, group, render JSON) on `times` x the fleet."""
+    from reconciler.review.diff import diff_practices
+    from reconciler.review.grouped import group_report, render_json
+    from reconciler.review.kustomize import find_renderer, overlay_mentions, render_all
+    from reconciler.review.rendered import StreamCache, load_stream
+
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-trees-") as scratch:
+        git(repo, "worktree", "add", "-q", "--detach", f"{scratch}/base", "main~1")
+        found = find_renderer(renderer)
+        base, head = render_all(
+            found,
+            [(Path(scratch) / "base", "fleet", "base"), (repo, "fleet", "head")],
+            Path(scratch),
+        )
+        git(repo, "worktree", "remove", "--force", f"{scratch}/base")
+    texts = [replicated(r.text, times) for r in (base, head)]
+    started = time.perf_counter()
+    cpu = time.process_time()
+    cache = StreamCache()
+    sides = [
+        load_stream(t, source_path=r.repo_path, cache=cache)
+        for t, r in zip(texts, (base, head), strict=True)
+    ]
+    report = diff_practices(sides[0].resources, sides[1].resources)
+    overrides = overlay_mentions(sides[1].documents, repo, "fleet")
+    grouped = group_report(report, sides[0].resources, sides[1].resources, overrides=overrides)
+    out = render_json(grouped)
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    [group] = grouped.groups
+    if len(group.practices) != off * times or len(group.kept) != kept * times:
+        sys.exit(f"wrong group: {len(group.practices)} / {len(group.kept)}")
+    print(
+        f"  pmsctl's part alone on {count * times:,} practices ({times} copies of the render): "
+        f"{wall:.2f} s wall, {cpu:.2f} s CPU; group of {len(group.practices):,}, "
+        f"{len(group.kept):,} kept; "
+        f"{len(out) / 1e6:.1f} MB of JSON"
+    )
+
+
 def main() -> None:
     """Build the fleet, run the diff once, print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=10_000, help="practices (default 10000)")
     parser.add_argument("--kustomize-command", help="renderer (default: pmsctl's own choice)")
+    parser.add_argument(
+        "--replicate", type=int, default=0, help="also time pmsctl's part on K x the fleet"
+    )
     args = parser.parse_args()
     gen = _generator()
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
@@ -110,6 +176,8 @@ def main() -> None:
             f"  pmsctl diff --kustomize wall: {wall:.1f} s\n"
             f"  beyond the renders: {wall - both_s:.2f} s"
         )
+        if args.replicate:
+            processing(repo, args.count, args.replicate, args.kustomize_command, off, kept)
 
 
 if __name__ == "__main__":

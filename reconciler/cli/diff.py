@@ -380,7 +380,12 @@ def kustomize_run(args: argparse.Namespace) -> int:
 
     from reconciler.review.grouped import RENDERERS as GROUPED
     from reconciler.review.grouped import group_report
-    from reconciler.review.kustomize import KustomizeError, find_renderer, render_sides
+    from reconciler.review.kustomize import (
+        KustomizeError,
+        find_renderer,
+        overlay_mentions,
+        render_sides,
+    )
     from reconciler.review.rendered import StreamCache, StreamInvalid, load_stream
 
     base_ref, head_ref = _range(args)
@@ -425,25 +430,7 @@ def kustomize_run(args: argparse.Namespace) -> int:
             base_label=sides.base.label,
             head_label=sides.head.label,
         )
-        fleet_root = {f"{relative}/{n}" for n in ("kustomization.yaml", "kustomization.yml")}
-        head_tree = sides.head.tree
-        mentions: dict[tuple[str, str], bool] = {}
-
-        def overrides(key: str, setting: str) -> bool:
-            doc = loaded[1].documents.get(key)
-            if doc is None or not doc.configured_in:
-                return doc is not None  # no transformer annotations: origin and value decide
-            for path in doc.configured_in:
-                if path in fleet_root:
-                    continue
-                cached = mentions.get((path, setting))
-                if cached is None:
-                    cached = _folder_mentions(head_tree / path, setting)
-                    mentions[(path, setting)] = cached
-                if cached:
-                    return True
-            return False
-
+        overrides = overlay_mentions(loaded[1].documents, sides.head.tree, relative)
         grouped = group_report(
             report, loaded[0].resources, loaded[1].resources, overrides=overrides
         )
@@ -454,16 +441,6 @@ def kustomize_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 1 if report.has_changes else 0
-
-
-def _folder_mentions(kustomization: Path, key: str) -> bool:
-    """True when a YAML file next to `kustomization` (itself included) contains `key`."""
-    folder = kustomization.parent
-    try:
-        files = [f for f in folder.iterdir() if f.suffix in (".yaml", ".yml") and f.is_file()]
-    except OSError:
-        return False
-    return any(key in f.read_text(encoding="utf-8", errors="replace") for f in files)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,9 +22,11 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from reconciler.api.stream import StreamDocument
 
 #: Names the kustomize command (split like a shell would): `kustomize build`, `kubectl kustomize`.
 ENV_COMMAND = "PMSCTL_KUSTOMIZE"
@@ -227,3 +229,39 @@ def render_sides(
         renderer, [(base_tree, folder, base[0]), (head_tree, folder, head_label)], scratch
     )
     return RenderedSides(base_render, head_render, time.perf_counter() - started)
+
+
+def overlay_mentions(
+    documents: Mapping[str, StreamDocument], tree: Path, folder: str
+) -> Callable[[str, str], bool]:
+    """For "kept by a local override": `answer(key, setting_key)` is True when one of the
+    kustomizations that patched practice `key` (its transformer annotation, repository-relative
+    paths under `tree`), other than `folder`'s own, has a YAML file next to it that contains
+    `setting_key`. A practice without the annotation answers True (origin and value decide)."""
+    root = {f"{folder}/{n}" for n in _KUSTOMIZATION_NAMES}
+    seen: dict[tuple[str, str], bool] = {}
+
+    def answer(key: str, setting: str) -> bool:
+        doc = documents.get(key)
+        if doc is None or not doc.configured_in:
+            return doc is not None
+        for path in doc.configured_in:
+            if path in root:
+                continue
+            found = seen.get((path, setting))
+            if found is None:
+                found = seen[(path, setting)] = _folder_mentions(tree / path, setting)
+            if found:
+                return True
+        return False
+
+    return answer
+
+
+def _folder_mentions(kustomization: Path, key: str) -> bool:
+    """True when a YAML file next to `kustomization` (itself included) contains `key`."""
+    try:
+        files = [f for f in kustomization.parent.iterdir() if f.suffix in (".yaml", ".yml")]
+        return any(key in f.read_text(encoding="utf-8", errors="replace") for f in files)
+    except OSError:
+        return False
