@@ -99,7 +99,7 @@ def processing(
             Path(scratch),
         )
         git(repo, "worktree", "remove", "--force", f"{scratch}/base")
-    texts = [replicated(r.text, times) for r in (base, head)]
+    texts = [replicated(r.normalised_text(), times) for r in (base, head)]
     started = time.perf_counter()
     cpu = time.process_time()
     cache = StreamCache()

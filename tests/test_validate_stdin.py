@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 
-from reconciler.api.validate import validate_stream
+from reconciler.api.validate import is_valid_body, validate_stream
 from reconciler.cli import main
-from reconciler.review.rendered import StreamCache, read_document, split_documents
+from reconciler.review.rendered import StreamCache, _read, _valid, read_document, split_documents
 
 DOC = """\
 apiVersion: writeback.dental.dev/v1alpha1
@@ -141,3 +142,45 @@ def test_reading_in_pieces_equals_reading_whole_documents() -> None:
 def test_split_documents_keeps_line_numbers() -> None:
     stream = "a: 1\n---\nb: 2\nc: 3\n--- # comment\n\n---\nd: 4\n"
     assert split_documents(stream) == [(1, "a: 1\n"), (3, "b: 2\nc: 3\n"), (8, "d: 4\n")]
+
+
+CASES = Path(__file__).resolve().parent / "cases"
+
+
+def test_the_piecewise_schema_verdict_equals_the_whole_documents_on_every_case() -> None:
+    """The fast path of a rendered stream checks a document's parts (cached by text); on every
+    case in tests/cases/ its verdict is the compiled validator's verdict on the whole."""
+    cache = StreamCache()
+    checked = {True: 0, False: 0}
+    for path in sorted(CASES.glob("*/*.yaml")):
+        for _, chunk in split_documents(path.read_text()):
+            try:
+                body, texts = _read(chunk, cache)
+            except yaml.YAMLError:
+                continue
+            if not isinstance(body, dict):
+                continue
+            whole = is_valid_body(body)
+            assert _valid(body, texts, cache) is whole, path
+            checked[whole] += 1
+    assert checked[True] >= 5 and checked[False] >= 50
+
+
+def test_the_piecewise_verdict_sees_the_provider_rule_and_unknown_keys() -> None:
+    cache = StreamCache()
+    good = doc("a")
+    variants = {
+        good: True,
+        good.replace('providerId: "1"', "providerId: DDS1"): False,  # not a ProvNum
+        good.replace("type: OpenDental", "type: Dentrix").replace(
+            'providerId: "1"', "providerId: DDS1"
+        ): True,
+        good.replace("  practiceId: a\n", "  practiceId: a\n  colour: blue\n"): False,
+        good.replace("interval: 60s", "interval: 60"): False,
+        good.replace("  name: a\n", ""): False,
+    }
+    for text, valid in variants.items():
+        body, texts = _read(text, cache)
+        assert texts is not None
+        assert is_valid_body(body) is valid
+        assert _valid(body, texts, cache) is valid, text

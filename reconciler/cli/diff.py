@@ -413,7 +413,7 @@ def kustomize_run(args: argparse.Namespace) -> int:
             try:
                 loaded.append(
                     load_stream(
-                        rendered.text,
+                        rendered.normalised_text(),
                         name=f"{rendered.label}:{relative}",
                         namespace=namespace,
                         source_path=rendered.repo_path,

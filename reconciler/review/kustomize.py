@@ -96,6 +96,16 @@ class Rendered:
     wrapper: Path
     tree: Path
     label: str
+    #: The tree's root as kustomize prints it in annotations (relative to the wrapper), `/`-ended.
+    prefix: str = ""
+
+    def normalised_text(self) -> str:
+        """`text` with the annotations' paths made repository-relative (the wrapper's place
+        differs between the sides; with it gone, an unchanged object reads the same on both)."""
+        if not self.prefix:
+            return self.text
+        text = self.text.replace(f"path: {self.prefix}", "path: ")
+        return text.replace(f"configuredIn: {self.prefix}", "configuredIn: ")
 
     def repo_path(self, printed: str) -> str:
         """A path from an annotation (relative to the wrapper) or an absolute path inside the
@@ -157,7 +167,8 @@ def render_all(
             err.seek(0)
             text = out.read().decode("utf-8", "replace")
             message = err.read().decode("utf-8", "replace").strip()
-        rendered = Rendered(text, seconds, wrapper, tree.resolve(), label)
+        prefix = os.path.relpath(tree, wrapper).replace(os.sep, "/") + "/"
+        rendered = Rendered(text, seconds, wrapper, tree.resolve(), label, prefix)
         if code != 0:
             message = message.replace(f"'{relative}'", f"'{folder}'")
             message = rendered.clean_message(message) or "no output"

@@ -19,6 +19,7 @@ to reading the whole document.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,7 +30,13 @@ import yaml
 from reconciler import API_VERSION, KIND
 from reconciler.api.spec import PracticeSpec
 from reconciler.api.stream import StreamDocument
-from reconciler.api.validate import STDIN_NAME, STREAM_LIMITS, is_valid_body, validate_text
+from reconciler.api.validate import (
+    STDIN_NAME,
+    STREAM_LIMITS,
+    is_valid_body,
+    load_schema,
+    validate_text,
+)
 from reconciler.review.diff import Resource
 
 _Loader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -70,9 +77,11 @@ _SPEC_KEY = re.compile(r"^  [^\s#-]", re.MULTILINE)
 
 @dataclass
 class StreamCache:
-    """Parsed pieces by text, and fast-path verdicts by document text (see the module doc)."""
+    """Parsed pieces by text, schema verdicts of spec pieces by text, and fast-path results by
+    document text (see the module doc)."""
 
     pieces: dict[str, Any] = dataclasses.field(default_factory=dict)
+    verdicts: dict[str, bool] = dataclasses.field(default_factory=dict)
     documents: dict[str, tuple[Mapping[str, Any], PracticeSpec] | None] = dataclasses.field(
         default_factory=dict
     )
@@ -85,14 +94,24 @@ def _cut(text: str, pattern: re.Pattern[str]) -> list[str]:
     return [text[a:b] for a, b in zip(starts, [*starts[1:], len(text)], strict=True)]
 
 
-def _piece(text: str, cache: StreamCache) -> Mapping[str, Any]:
-    value = cache.pieces.get(text)
-    if value is None:
-        value = yaml.load(text, Loader=_Loader)
-        if not isinstance(value, dict) or len(value) != 1:
-            raise ValueError("not one key")
-        cache.pieces[text] = value
-    return value  # type: ignore[no-any-return]
+def _pieces(texts: list[str], cache: StreamCache) -> list[Mapping[str, Any]]:
+    """Each piece's one-key mapping. The pieces not cached yet are parsed in one load when none
+    could hold an anchor or alias (a piece's value must not depend on another piece)."""
+    missing = [t for t in dict.fromkeys(texts) if t not in cache.pieces]
+    joined = "".join(t if t.endswith("\n") else t + "\n" for t in missing)
+    if len(missing) > 1 and "&" not in joined and "*" not in joined:
+        values = yaml.load(joined, Loader=_Loader)
+        if not isinstance(values, dict) or len(values) != len(missing):
+            raise ValueError("not one key per piece")
+        for text, (key, value) in zip(missing, values.items(), strict=True):
+            cache.pieces[text] = {key: value}
+    else:
+        for text in missing:
+            value = yaml.load(text, Loader=_Loader)
+            if not isinstance(value, dict) or len(value) != 1:
+                raise ValueError("not one key")
+            cache.pieces[text] = value
+    return [cache.pieces[t] for t in texts]
 
 
 def _merge(pieces: list[Mapping[str, Any]]) -> dict[str, Any]:
@@ -105,21 +124,116 @@ def _merge(pieces: list[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _read(chunk: str, cache: StreamCache) -> tuple[Any, dict[str, str] | None]:
+    """(value, the text of each key under `spec` when read piecewise, else None)."""
+    try:
+        top: list[str] = []
+        spec_texts: list[str] = []
+        for segment in _cut(chunk, _TOP_KEY):
+            head, _, rest = segment.partition("\n")
+            if head.rstrip() == "spec:" and rest.strip() and not spec_texts:
+                spec_texts = _cut(rest, _SPEC_KEY)
+            else:
+                top.append(segment)
+        body = _merge(_pieces(top, cache))
+        if not spec_texts:
+            return body, None
+        spec_pieces = _pieces(spec_texts, cache)
+        if "spec" in body:
+            raise ValueError("duplicate key 'spec'")
+        body["spec"] = _merge(spec_pieces)
+        keys = [next(iter(p)) for p in spec_pieces]
+        return body, dict(zip(keys, spec_texts, strict=True))
+    except (ValueError, yaml.YAMLError):
+        return yaml.load(chunk, Loader=_Loader), None
+
+
 def read_document(chunk: str, cache: StreamCache) -> Any:
     """The value of one document, read piecewise when it is a plain block mapping; raises
     yaml.YAMLError when it is not YAML."""
-    try:
-        pieces: list[Mapping[str, Any]] = []
-        for segment in _cut(chunk, _TOP_KEY):
-            head, _, rest = segment.partition("\n")
-            if head.rstrip() == "spec:" and rest.strip():
-                spec = _merge([_piece(s, cache) for s in _cut(rest, _SPEC_KEY)])
-                pieces.append({"spec": spec})
-            else:
-                pieces.append(_piece(segment, cache))
-        return _merge(pieces)
-    except (ValueError, yaml.YAMLError):
-        return yaml.load(chunk, Loader=_Loader)
+    return _read(chunk, cache)[0]
+
+
+#: A valid spec that stands in for the parts of a spec not being checked (see `_valid`).
+_STUB_SPEC: dict[str, Any] = {
+    "practiceId": "stub",
+    "pms": {
+        "type": "OpenDental",
+        "url": "https://stub.invalid/api/v1",
+        "credentialsSecretRef": {"name": "stub"},
+    },
+    "providerId": "1",
+}
+#: Keys of the spec the schema checks together (the providerId format depends on pms.type).
+_JOINT = ("pms", "providerId")
+_COMBINATORS = frozenset({"allOf", "anyOf", "oneOf", "if", "then", "else", "not"}) | frozenset(
+    {"dependentRequired", "dependentSchemas", "dependencies", "$ref"}
+)
+
+
+def _joint_rules_only(node: Mapping[str, Any]) -> bool:
+    """True when every rule under `node`'s allOf is `if pms ... then providerId ...`."""
+    for rule in node.get("allOf", []):
+        if not isinstance(rule, Mapping):
+            return False
+        if "allOf" in rule:
+            if set(rule) - {"allOf", "$comment"} or not _joint_rules_only(rule):
+                return False
+            continue
+        if set(rule) - {"if", "then", "x-rule", "$comment"}:
+            return False
+        cond, then = rule.get("if", {}), rule.get("then", {})
+        if set(cond.get("properties", {})) - {"pms"} or set(cond.get("required", [])) - {"pms"}:
+            return False
+        if set(then) - {"properties"} or set(then.get("properties", {})) - {"providerId"}:
+            return False
+    return True
+
+
+@functools.cache
+def _decomposable() -> bool:
+    """Whether a body's schema verdict is the conjunction of per-key verdicts (see `_valid`):
+    no rule at the top level spans keys, and under `spec` only the pms/providerId rules do."""
+    schema = load_schema()
+    spec = schema.get("$defs", {}).get("spec", {})
+    if _COMBINATORS & set(schema) or (_COMBINATORS - {"allOf"}) & set(spec):
+        return False
+    if not _joint_rules_only(spec):
+        return False
+    stub = {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "stub"}}
+    return is_valid_body({**stub, "spec": _STUB_SPEC})
+
+
+def _valid(
+    body: Mapping[str, Any], spec_texts: Mapping[str, str] | None, cache: StreamCache
+) -> bool:
+    """The schema's verdict on `body`, from verdicts on its parts when the schema allows it:
+    everything but `spec` (with a stand-in spec), `pms` with `providerId`, and every other key
+    of `spec` on its own, cached by its text (the `writeback:` block a base gives 3,000
+    practices is checked once)."""
+    spec = body.get("spec")
+    if (
+        spec_texts is None
+        or not isinstance(spec, Mapping)
+        or any(k not in spec for k in _STUB_SPEC)
+        or not _decomposable()
+    ):
+        return is_valid_body(body)
+    rest = {k: v for k, v in body.items() if k != "spec"}
+    if not is_valid_body({**rest, "spec": _STUB_SPEC}):
+        return False
+    if not is_valid_body({**rest, "spec": {**_STUB_SPEC, **{k: spec[k] for k in _JOINT}}}):
+        return False
+    for key, text in spec_texts.items():
+        if key in _JOINT:
+            continue
+        verdict = cache.verdicts.get(text)
+        if verdict is None:
+            verdict = is_valid_body({**rest, "spec": {**_STUB_SPEC, key: spec[key]}})
+            cache.verdicts[text] = verdict
+        if not verdict:
+            return False
+    return True
 
 
 def _fast(chunk: str, cache: StreamCache) -> tuple[Mapping[str, Any], PracticeSpec] | None:
@@ -127,15 +241,15 @@ def _fast(chunk: str, cache: StreamCache) -> tuple[Mapping[str, Any], PracticeSp
     if chunk in cache.documents:
         return cache.documents[chunk]
     try:
-        body = read_document(chunk, cache)
+        body, spec_texts = _read(chunk, cache)
     except yaml.YAMLError:
-        body = None
+        body, spec_texts = None, None
     found = None
     if (
         isinstance(body, Mapping)
         and body.get("kind") == KIND
         and body.get("apiVersion") == API_VERSION
-        and is_valid_body(body)
+        and _valid(body, spec_texts, cache)
     ):
         found = (body, PracticeSpec.from_resource(body))
     cache.documents[chunk] = found
@@ -159,6 +273,7 @@ def load_stream(
     practice_ids: dict[str, str] = {}
     problems: list[str] = []
     cache = StreamCache() if cache is None else cache
+    source_path = functools.cache(source_path)
     for index, (line, chunk) in enumerate(split_documents(text)):
         found = _fast(chunk, cache)
         if found is None:
