@@ -133,6 +133,10 @@ def test_reading_in_pieces_equals_reading_whole_documents() -> None:
         "a: &x {k: 1}\nb: *x\n",
         "spec:\n  a: 1\n  a: 2\n",
         "spec:\n  writeback:\n    outgoingSms: {allow: true}\n  sync: null\n",
+        "__pmsctl_pieces__: 1\nspec:\n  a: 1\n  b: 2\n",
+        "kind: X\nspec:\n  a: |\n    text\n  b: [1, 2]\nstatus: {}\n",
+        "spec:\n  a: 1\nspec:\n  b: 2\n",
+        'spec:\n  "": 1\n  b: 2\n',
     ]
     cache = StreamCache()
     for text in tricky:

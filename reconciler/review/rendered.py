@@ -95,15 +95,25 @@ def _cut(text: str, pattern: re.Pattern[str]) -> list[str]:
 
 
 def _pieces(texts: list[str], cache: StreamCache) -> list[Mapping[str, Any]]:
-    """Each piece's one-key mapping. The pieces not cached yet are parsed in one load when none
-    could hold an anchor or alias (a piece's value must not depend on another piece)."""
+    """Each piece's one-key mapping. The pieces not cached yet are parsed in one load (the
+    indented ones under a stand-in key) when none could hold an anchor or alias: a piece's
+    value must not depend on another piece."""
     missing = [t for t in dict.fromkeys(texts) if t not in cache.pieces]
-    joined = "".join(t if t.endswith("\n") else t + "\n" for t in missing)
+    outer = [t if t.endswith("\n") else t + "\n" for t in missing if not t.startswith(" ")]
+    inner = [t if t.endswith("\n") else t + "\n" for t in missing if t.startswith(" ")]
+    joined = "".join(outer) + (_INNER_KEY + ":\n" + "".join(inner) if inner else "")
     if len(missing) > 1 and "&" not in joined and "*" not in joined:
         values = yaml.load(joined, Loader=_Loader)
-        if not isinstance(values, dict) or len(values) != len(missing):
+        if not isinstance(values, dict):
+            raise ValueError("not a mapping")
+        nested = values.pop(_INNER_KEY, {}) if inner else {}
+        if not isinstance(nested, dict) or len(values) != len(outer) or len(nested) != len(inner):
             raise ValueError("not one key per piece")
-        for text, (key, value) in zip(missing, values.items(), strict=True):
+        ordered = [t for t in missing if not t.startswith(" ")] + [
+            t for t in missing if t.startswith(" ")
+        ]
+        items = [*values.items(), *nested.items()]
+        for text, (key, value) in zip(ordered, items, strict=True):
             cache.pieces[text] = {key: value}
     else:
         for text in missing:
@@ -112,6 +122,12 @@ def _pieces(texts: list[str], cache: StreamCache) -> list[Mapping[str, Any]]:
                 raise ValueError("not one key")
             cache.pieces[text] = value
     return [cache.pieces[t] for t in texts]
+
+
+#: The key under which `_read` gives the text of everything but `spec` (no YAML key has a NUL).
+_REST = "\0rest"
+#: The stand-in key the indented pieces are parsed under; a document using it is read whole.
+_INNER_KEY = "__pmsctl_pieces__"
 
 
 def _merge(pieces: list[Mapping[str, Any]]) -> dict[str, Any]:
@@ -125,7 +141,8 @@ def _merge(pieces: list[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _read(chunk: str, cache: StreamCache) -> tuple[Any, dict[str, str] | None]:
-    """(value, the text of each key under `spec` when read piecewise, else None)."""
+    """(value, the text of each key under `spec` - and under `_REST` the rest of the
+    document - when read piecewise, else None)."""
     try:
         top: list[str] = []
         spec_texts: list[str] = []
@@ -135,15 +152,17 @@ def _read(chunk: str, cache: StreamCache) -> tuple[Any, dict[str, str] | None]:
                 spec_texts = _cut(rest, _SPEC_KEY)
             else:
                 top.append(segment)
-        body = _merge(_pieces(top, cache))
+        pieces = _pieces([*top, *spec_texts], cache)
+        body = _merge(pieces[: len(top)])
         if not spec_texts:
             return body, None
-        spec_pieces = _pieces(spec_texts, cache)
         if "spec" in body:
             raise ValueError("duplicate key 'spec'")
+        spec_pieces = pieces[len(top) :]
         body["spec"] = _merge(spec_pieces)
-        keys = [next(iter(p)) for p in spec_pieces]
-        return body, dict(zip(keys, spec_texts, strict=True))
+        texts = {next(iter(p)): t for p, t in zip(spec_pieces, spec_texts, strict=True)}
+        texts[_REST] = "".join(top)
+        return body, texts
     except (ValueError, yaml.YAMLError):
         return yaml.load(chunk, Loader=_Loader), None
 
@@ -220,12 +239,17 @@ def _valid(
     ):
         return is_valid_body(body)
     rest = {k: v for k, v in body.items() if k != "spec"}
-    if not is_valid_body({**rest, "spec": _STUB_SPEC}):
-        return False
-    if not is_valid_body({**rest, "spec": {**_STUB_SPEC, **{k: spec[k] for k in _JOINT}}}):
+    joint_text = "\0".join([spec_texts[_REST], *(spec_texts[k] for k in _JOINT)])
+    verdict = cache.verdicts.get(joint_text)
+    if verdict is None:
+        verdict = is_valid_body({**rest, "spec": _STUB_SPEC}) and is_valid_body(
+            {**rest, "spec": {**_STUB_SPEC, **{k: spec[k] for k in _JOINT}}}
+        )
+        cache.verdicts[joint_text] = verdict
+    if not verdict:
         return False
     for key, text in spec_texts.items():
-        if key in _JOINT:
+        if key in _JOINT or key == _REST:
             continue
         verdict = cache.verdicts.get(text)
         if verdict is None:
