@@ -299,3 +299,66 @@ def test_the_committed_example_is_the_generators_output(tmp_path: Path) -> None:
     assert len(written) == 50 + 3 * 2 + 1 + 1
     for rel in written:
         assert (here / rel).read_text() == (tmp_path / rel).read_text(), rel
+
+
+LIVE = """\
+apiVersion: writeback.dental.dev/v1alpha1
+kind: PracticeWriteback
+metadata:
+  name: {name}
+  namespace: {namespace}
+spec:
+  practiceId: {name}
+  pms:
+    type: OpenDental
+    url: https://{name}.example.com/api/v1
+    credentialsSecretRef:
+      name: {name}-pms
+  providerId: "1"
+  writeback:
+    outgoingSms:
+      allow: {sms}
+      noteType: Text Message
+"""
+
+
+@pytest.mark.kube
+def test_a_rendered_stream_on_stdin_diffs_against_the_cluster(
+    kube: testenv.Cluster,
+    crd_installed: list[str],
+    kube_namespace: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def live(name: str, sms: str) -> str:
+        return LIVE.format(name=name, namespace=kube_namespace, sms=sms)
+
+    kube.kubectl(
+        "apply",
+        "--server-side",
+        "--field-manager=test",
+        "-f",
+        "-",
+        input=live("a", "true") + "---\n" + live("b", "true"),
+    )
+    stream = live("a", "false") + "---\n" + live("b", "true")
+    args = ("diff", "--live", "--kubeconfig", str(kube.kubeconfig), "-")
+    code, out, err = run(capsys, *args, stdin=stream)
+    assert (code, err) == (1, "")
+    assert "-> stdin" in out
+    assert "a: outgoing SMS writeback disabled (was note type 'Text Message')" in out
+    assert "1 practice differs (1 changed), 1 unchanged; 1 risky" in out
+
+    bad = stream.replace('providerId: "1"', "providerId: one", 1)
+    code, out, err = run(capsys, *args, stdin=bad)
+    assert code == 2 and out == ""
+    assert "invalid documents on stdin:" in err
+    assert (
+        "<stdin>:13:3: spec.providerId:" in err
+        and f"document 1 (PracticeWriteback {kube_namespace}/a)" in err
+    )
+
+
+def test_stdin_without_live_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "diff", "-", stdin="")
+    assert code == 2 and out == ""
+    assert "add --live" in err

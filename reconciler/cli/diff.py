@@ -2,7 +2,8 @@
 
     pmsctl diff [--base REF] [--head REF] [PATH...]     files at REF (default: the merge base
                                                          with the default branch) -> working tree
-    pmsctl diff --live [--kubeconfig F] [PATH...]       objects in the cluster -> files
+    pmsctl diff --live [--kubeconfig F] [PATH...|-]     objects in the cluster -> files (or a
+                                                         rendered stream on stdin)
     pmsctl diff --kustomize DIR [BASE..HEAD]           DIR rendered by kustomize at BASE and at
                                                          HEAD (default: merge base -> working
                                                          tree), changes grouped across practices
@@ -71,7 +72,8 @@ def register(sub: Any) -> None:
         "paths",
         nargs="*",
         metavar="PATH",
-        help=f"files or folders to compare (default: {DEFAULT_PATH}/ at the repository root)",
+        help=f"files or folders to compare (default: {DEFAULT_PATH}/ at the repository root); "
+        "with --live, - reads a multi-document stream from stdin (kubectl kustomize DIR | ...)",
     )
     p.add_argument(
         "--base",
@@ -347,18 +349,35 @@ def _context_namespace(kubeconfig: str | None, context: str | None) -> str:
 def live_sides(args: argparse.Namespace) -> Sides:
     """The cluster (base) and the files (head) for `--live`."""
     namespace = args.namespace or _context_namespace(args.kubeconfig, args.context)
-    first = Path(args.paths[0]) if args.paths else Path.cwd()
-    try:
-        repo = repo_root(first)
-    except GitSourceError:
-        repo = (first if first.is_dir() else first.parent).resolve()
-    head = load_side(read_worktree(repo, _paths(args, repo)), "files", namespace)
+    head_label = "files"
+    if args.paths and "-" in args.paths:
+        if len(args.paths) > 1:
+            raise DiffInputError("- (stdin) cannot be combined with other paths")
+        head, head_label = _stdin_side(namespace), "stdin"
+    else:
+        first = Path(args.paths[0]) if args.paths else Path.cwd()
+        try:
+            repo = repo_root(first)
+        except GitSourceError:
+            repo = (first if first.is_dir() else first.parent).resolve()
+        head = load_side(read_worktree(repo, _paths(args, repo)), "files", namespace)
     namespaces = {r.namespace for r in head.values()} or {namespace}
     live, label = read_live(namespaces, kubeconfig=args.kubeconfig, context=args.context)
     if not args.prune:
         # kubectl apply leaves objects that no file names alone.
         live = {k: v for k, v in live.items() if k in head}
-    return Sides(live, head, label, "files")
+    return Sides(live, head, label, head_label)
+
+
+def _stdin_side(namespace: str) -> dict[str, Resource]:
+    """The PracticeWritebacks of a multi-document stream on stdin (`kubectl kustomize DIR |
+    pmsctl diff --live -`), problems reported with the stream's lines and documents."""
+    from reconciler.review.rendered import StreamInvalid, load_stream
+
+    try:
+        return load_stream(sys.stdin.read(), namespace=namespace).resources
+    except StreamInvalid as exc:
+        raise DiffInputError("invalid documents on stdin:", exc.lines) from exc
 
 
 def _range(args: argparse.Namespace) -> tuple[str | None, str | None]:
@@ -463,6 +482,13 @@ def run(args: argparse.Namespace) -> int:
             return 2
     if args.kustomize_command:
         print("pmsctl diff: --kustomize-command needs --kustomize", file=sys.stderr)
+        return 2
+    if "-" in args.paths and not args.live:
+        print(
+            "pmsctl diff: - (a stream on stdin) is compared with the cluster: add --live "
+            "(for two git refs of a kustomize folder use --kustomize DIR)",
+            file=sys.stderr,
+        )
         return 2
     if args.live and (args.base or args.head):
         print(
