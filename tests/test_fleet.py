@@ -20,6 +20,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import testenv
@@ -362,3 +363,57 @@ def test_stdin_without_live_is_a_usage_error(capsys: pytest.CaptureFixture[str])
     code, out, err = run(capsys, "diff", "-", stdin="")
     assert code == 2 and out == ""
     assert "add --live" in err
+
+
+def _resource(name: str, *, provider: str = "1", sms: bool = True, origin: str = "base/od") -> Any:
+    from reconciler.api.spec import PracticeSpec
+    from reconciler.review.diff import Resource
+
+    spec = PracticeSpec.from_spec(
+        {
+            "practiceId": name,
+            "pms": {
+                "type": "OpenDental",
+                "url": f"https://{name}.example.com/api/v1",
+                "credentialsSecretRef": {"name": f"{name}-pms"},
+            },
+            "providerId": provider,
+            "writeback": {"outgoingSms": {"allow": sms, "noteType": "Text Message"}},
+        }
+    )
+    return Resource("ns", name, spec, file=origin)
+
+
+def test_groups_split_by_value_and_name_added_practices_by_kind() -> None:
+    from reconciler.review.diff import diff_practices
+    from reconciler.review.grouped import group_report, render_text
+
+    base = {r.key: r for r in (_resource(n) for n in ("a", "b", "c", "d", "e"))}
+    head = {
+        r.key: r
+        for r in (
+            _resource("a", provider="7"),
+            _resource("b", provider="7"),
+            _resource("c", provider="9"),
+            _resource("d", sms=False),
+            _resource("e", origin="base/other"),  # same value, another source: not kept
+            _resource("f"),
+        )
+    }
+    # b's overlay sets outgoingSms, d's sets providerId; e names neither.
+    overrides = {("ns/b", "outgoingSms"), ("ns/d", "providerId"), ("ns/b", "providerId")}
+    grouped = group_report(
+        diff_practices(base, head), base, head, overrides=lambda k, s: (k, s) in overrides
+    )
+    heads = [g.headline() for g in grouped.groups]
+    assert heads == [
+        "provider 1 -> 7 in 2 practices (OpenDental 2); 1 kept as before by a local override",
+        "practice added: 1 practice (OpenDental 1)",
+        "file moved: 1 practice (OpenDental 1)",
+        "provider 1 -> 9 in 1 practice (OpenDental 1); 1 kept as before by a local override",
+        "outgoing SMS writeback disabled (was note type 'Text Message') in 1 practice "
+        "(OpenDental 1); 1 kept as before by a local override",
+    ]
+    assert grouped.groups[0].kept == ("ns/d",)  # b changed its provider, e has no override
+    assert grouped.groups[4].practices == ("ns/d",) and grouped.groups[4].kept == ("ns/b",)
+    assert "[RISK: writeback turned off]" in render_text(grouped)

@@ -76,8 +76,11 @@ class Group:
         """`<what> in 3,012 practices (OpenDental 2,100, Dentrix 912); 4 kept ...`."""
         n = len(self.practices)
         pms = ", ".join(f"{p} {c:,}" for p, c in self.by_pms.items())
-        what = self.kind.value if self.kind in _BY_KIND else self.message
-        text = f"{what} in {n:,} practice{'s' if n != 1 else ''} ({pms})"
+        word = "practice" if n == 1 else "practices"
+        if self.kind in _BY_KIND:
+            text = f"{self.kind.value}: {n:,} {word} ({pms})"
+        else:
+            text = f"{self.message} in {n:,} {word} ({pms})"
         if self.kept:
             text += f"; {len(self.kept):,} kept as before by a local override"
         if self.load:
@@ -189,12 +192,17 @@ def group_report(
         for c in p.changes:
             changed_fields[p.key].add(c.field)
     groups: list[Group] = []
+    indexes: dict[tuple[ChangeKind, str], _Index] = {}
     for items in members.values():
         keys = [k for k, _ in items]
         first = items[0][1]
         kept: list[str] = []
         if first.kind not in _BY_KIND and first.field.startswith("spec."):
-            kept = _kept(keys, first, base, head, changed_fields, overrides)
+            index = indexes.get((first.kind, first.field))
+            if index is None:
+                index = _unchanged_index(first, base, head, changed_fields)
+                indexes[(first.kind, first.field)] = index
+            kept = _kept(keys, first, base, index, overrides)
         load: tuple[PmsLoad, ...] = ()
         if first.kind is ChangeKind.SYNC_INTERVAL:
             load = _load(keys, base, head, first.field.split(".")[2])
@@ -216,33 +224,43 @@ def group_report(
     return GroupedReport(report, tuple(groups))
 
 
-def _kept(
-    keys: Sequence[str],
+#: (source, the setting's value) -> practices that kept that value on both sides, per setting.
+_Index = dict[tuple[Hashable, Hashable], list[str]]
+
+
+def _unchanged_index(
     change: Change,
     base: Mapping[str, Resource],
     head: Mapping[str, Resource],
     changed_fields: Mapping[str, set[str]],
+) -> _Index:
+    index: _Index = defaultdict(list)
+    for key, h in head.items():
+        b = base.get(key)
+        if b is None or change.field in changed_fields.get(key, ()):
+            continue
+        value = _setting(b.spec, change)
+        if _setting(h.spec, change) == value:
+            index[(b.file or b.spec.pms.type.value, value)].append(key)
+    return index
+
+
+def _kept(
+    keys: Sequence[str],
+    change: Change,
+    base: Mapping[str, Resource],
+    index: _Index,
     overrides: Callable[[str, str], bool] | None,
 ) -> list[str]:
-    in_group = set(keys)
     present = [k for k in keys if k in base]
     if not present:
         return []
     old = _setting(base[present[0]].spec, change)
     sources = {base[k].file or base[k].spec.pms.type.value for k in present}
     wanted = setting_key(change.field)
-    out: list[str] = []
-    for key, h in head.items():
-        b = base.get(key)
-        if b is None or key in in_group or change.field in changed_fields.get(key, ()):
-            continue
-        if (b.file or b.spec.pms.type.value) not in sources:
-            continue
-        if _setting(b.spec, change) != old or _setting(h.spec, change) != old:
-            continue
-        if overrides is not None and not overrides(key, wanted):
-            continue
-        out.append(key)
+    out = [k for source in sources for k in index.get((source, old), ())]
+    if overrides is not None:
+        out = [k for k in out if overrides(k, wanted)]
     return sorted(out)
 
 
