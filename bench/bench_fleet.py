@@ -42,7 +42,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PMSCTL = Path(sys.executable).with_name("pmsctl")
 RENDERED = re.compile(
-    r"rendered with .*?: .*? ([0-9.]+)s, .*? ([0-9.]+)s \(at the same time: ([0-9.]+)s\)$",
+    r"rendered with .*?: .*? ([0-9.]+)s, .*? ([0-9.]+)s \(at the same time: ([0-9.]+)s\); "
+    r"trees written in ([0-9.]+)s$",
     re.MULTILINE,
 )
 
@@ -168,13 +169,14 @@ def main() -> None:
         found = RENDERED.search(done.stderr)
         if found is None:
             sys.exit(f"no render times on stderr:\n{done.stderr[-2000:]}")
-        base_s, head_s, both_s = (float(found.group(i)) for i in (1, 2, 3))
+        base_s, head_s, both_s, trees_s = (float(found.group(i)) for i in (1, 2, 3, 4))
         print(
             f"practices {args.count:,}: group of {off:,} turned off, {kept:,} kept by an override\n"
             f"  kustomize renders (run at the same time): base {base_s:.1f} s, head {head_s:.1f} s,"
             f" both {both_s:.1f} s\n"
             f"  pmsctl diff --kustomize wall: {wall:.1f} s\n"
-            f"  beyond the renders: {wall - both_s:.2f} s"
+            f"  beyond the renders: {wall - both_s:.2f} s (of which git writing the refs' trees:"
+            f" {trees_s:.2f} s)"
         )
         if args.replicate:
             processing(repo, args.count, args.replicate, args.kustomize_command, off, kept)

@@ -456,7 +456,8 @@ def kustomize_run(args: argparse.Namespace) -> int:
         sys.stdout.write(GROUPED[args.output](grouped))
         print(
             f"rendered with {renderer.label}: {sides.base.label} {sides.base.seconds:.2f}s, "
-            f"{sides.head.label} {sides.head.seconds:.2f}s (at the same time: {sides.seconds:.2f}s)",
+            f"{sides.head.label} {sides.head.seconds:.2f}s (at the same time: {sides.seconds:.2f}s); "
+            f"trees written in {sides.checkout_seconds:.2f}s",
             file=sys.stderr,
         )
     return 1 if report.has_changes else 0

@@ -220,6 +220,8 @@ class RenderedSides:
     head: Rendered
     #: Wall seconds of both renders, which run at the same time.
     seconds: float
+    #: Wall seconds spent writing the refs' trees before rendering.
+    checkout_seconds: float = 0.0
 
 
 def render_sides(
@@ -232,14 +234,16 @@ def render_sides(
 ) -> RenderedSides:
     """Render `folder` (repository-relative) at the base (label, commit) and at the head
     (label, commit), or in the working tree when `head` is None."""
+    written = time.perf_counter()
     base_tree = materialise(repo, base[1], scratch)
     head_tree = repo if head is None else materialise(repo, head[1], scratch)
+    written = time.perf_counter() - written
     head_label = "working tree" if head is None else head[0]
     started = time.perf_counter()
     base_render, head_render = render_all(
         renderer, [(base_tree, folder, base[0]), (head_tree, folder, head_label)], scratch
     )
-    return RenderedSides(base_render, head_render, time.perf_counter() - started)
+    return RenderedSides(base_render, head_render, time.perf_counter() - started, written)
 
 
 def overlay_mentions(
