@@ -2,7 +2,11 @@
 
     pmsctl diff [--base REF] [--head REF] [PATH...]     files at REF (default: the merge base
                                                          with the default branch) -> working tree
-    pmsctl diff --live [--kubeconfig F] [PATH...]       objects in the cluster -> files
+    pmsctl diff --live [--kubeconfig F] [PATH...|-]     objects in the cluster -> files (or a
+                                                         rendered stream on stdin)
+    pmsctl diff --kustomize DIR [BASE..HEAD]           DIR rendered by kustomize at BASE and at
+                                                         HEAD (default: merge base -> working
+                                                         tree), changes grouped across practices
 
 Both sides go through `pmsctl validate`'s validator (`reconciler.api.validate.validate_text`), so an
 invalid file is reported with the same `file:line:col: path: message` lines, never a traceback.
@@ -68,7 +72,8 @@ def register(sub: Any) -> None:
         "paths",
         nargs="*",
         metavar="PATH",
-        help=f"files or folders to compare (default: {DEFAULT_PATH}/ at the repository root)",
+        help=f"files or folders to compare (default: {DEFAULT_PATH}/ at the repository root); "
+        "with --live, - reads a multi-document stream from stdin (kubectl kustomize DIR | ...)",
     )
     p.add_argument(
         "--base",
@@ -98,6 +103,18 @@ def register(sub: Any) -> None:
         metavar="NS",
         help="namespace of documents without metadata.namespace "
         "(default: the context's namespace with --live, else 'default')",
+    )
+    p.add_argument(
+        "--kustomize",
+        metavar="DIR",
+        help="render DIR with kustomize at both refs (a BASE..HEAD range as the only PATH, or "
+        "--base/--head) and report the changes grouped across practices",
+    )
+    p.add_argument(
+        "--kustomize-command",
+        metavar="CMD",
+        help="with --kustomize: the renderer, e.g. 'kustomize build' or 'kubectl kustomize' "
+        "(default: $PMSCTL_KUSTOMIZE, else kustomize or kubectl from PATH)",
     )
     p.add_argument(
         "-o",
@@ -332,22 +349,148 @@ def _context_namespace(kubeconfig: str | None, context: str | None) -> str:
 def live_sides(args: argparse.Namespace) -> Sides:
     """The cluster (base) and the files (head) for `--live`."""
     namespace = args.namespace or _context_namespace(args.kubeconfig, args.context)
-    first = Path(args.paths[0]) if args.paths else Path.cwd()
-    try:
-        repo = repo_root(first)
-    except GitSourceError:
-        repo = (first if first.is_dir() else first.parent).resolve()
-    head = load_side(read_worktree(repo, _paths(args, repo)), "files", namespace)
+    head_label = "files"
+    if args.paths and "-" in args.paths:
+        if len(args.paths) > 1:
+            raise DiffInputError("- (stdin) cannot be combined with other paths")
+        head, head_label = _stdin_side(namespace), "stdin"
+    else:
+        first = Path(args.paths[0]) if args.paths else Path.cwd()
+        try:
+            repo = repo_root(first)
+        except GitSourceError:
+            repo = (first if first.is_dir() else first.parent).resolve()
+        head = load_side(read_worktree(repo, _paths(args, repo)), "files", namespace)
     namespaces = {r.namespace for r in head.values()} or {namespace}
     live, label = read_live(namespaces, kubeconfig=args.kubeconfig, context=args.context)
     if not args.prune:
         # kubectl apply leaves objects that no file names alone.
         live = {k: v for k, v in live.items() if k in head}
-    return Sides(live, head, label, "files")
+    return Sides(live, head, label, head_label)
+
+
+def _stdin_side(namespace: str) -> dict[str, Resource]:
+    """The PracticeWritebacks of a multi-document stream on stdin (`kubectl kustomize DIR |
+    pmsctl diff --live -`), problems reported with the stream's lines and documents."""
+    from reconciler.review.rendered import StreamInvalid, load_stream
+
+    try:
+        return load_stream(sys.stdin.read(), namespace=namespace).resources
+    except StreamInvalid as exc:
+        raise DiffInputError("invalid documents on stdin:", exc.lines) from exc
+
+
+def _range(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(base, head) refs from `BASE..HEAD` (either side may be empty) or --base/--head."""
+    if not args.paths:
+        return args.base, args.head
+    if len(args.paths) > 1 or ".." not in args.paths[0] or args.base or args.head:
+        raise DiffInputError(
+            "with --kustomize DIR, the only argument is a BASE..HEAD range "
+            "(or use --base/--head); DIR names what to render"
+        )
+    base, _, head = args.paths[0].partition("..")
+    return base or None, head or None
+
+
+def kustomize_run(args: argparse.Namespace) -> int:
+    """`pmsctl diff --kustomize DIR`: render, diff, group, print; the exit code."""
+    import tempfile
+
+    from reconciler.review.grouped import RENDERERS as GROUPED
+    from reconciler.review.grouped import group_report
+    from reconciler.review.kustomize import (
+        KustomizeError,
+        find_renderer,
+        overlay_mentions,
+        render_sides,
+    )
+    from reconciler.review.rendered import StreamCache, StreamInvalid, load_stream
+
+    base_ref, head_ref = _range(args)
+    renderer = find_renderer(args.kustomize_command)
+    folder = Path(args.kustomize)
+    if not folder.is_dir():
+        raise KustomizeError(f"{folder}: no such folder")
+    repo = repo_root(folder)
+    relative = folder.resolve().relative_to(repo.resolve()).as_posix()
+    if base_ref:
+        base = (f"{base_ref} ({rev_parse(repo, base_ref)[:10]})", rev_parse(repo, base_ref))
+    else:
+        name, commit = default_base(repo)
+        base = (f"{name} ({commit[:10]})", commit)
+    head = None
+    if head_ref:
+        head = (f"{head_ref} ({rev_parse(repo, head_ref)[:10]})", rev_parse(repo, head_ref))
+    namespace = args.namespace or "default"
+    with tempfile.TemporaryDirectory(prefix="pmsctl-diff-") as scratch:
+        sides = render_sides(renderer, repo, relative, base, head, Path(scratch))
+        loaded = []
+        errors: list[str] = []
+        cache = StreamCache()
+        for rendered in (sides.base, sides.head):
+            try:
+                loaded.append(
+                    load_stream(
+                        rendered.normalised_text(),
+                        name=f"{rendered.label}:{relative}",
+                        namespace=namespace,
+                        source_path=rendered.repo_path,
+                        cache=cache,
+                    )
+                )
+            except StreamInvalid as exc:
+                errors += [f"invalid render at {rendered.label}:", *exc.lines]
+        if errors:
+            raise DiffInputError(errors[0].rstrip(":"), errors[1:])
+        report = diff_practices(
+            loaded[0].resources,
+            loaded[1].resources,
+            base_label=sides.base.label,
+            head_label=sides.head.label,
+        )
+        overrides = overlay_mentions(loaded[1].documents, sides.head.tree, relative)
+        grouped = group_report(
+            report, loaded[0].resources, loaded[1].resources, overrides=overrides
+        )
+        sys.stdout.write(GROUPED[args.output](grouped))
+        print(
+            f"rendered with {renderer.label}: {sides.base.label} {sides.base.seconds:.2f}s, "
+            f"{sides.head.label} {sides.head.seconds:.2f}s (at the same time: {sides.seconds:.2f}s); "
+            f"trees written in {sides.checkout_seconds:.2f}s",
+            file=sys.stderr,
+        )
+    return 1 if report.has_changes else 0
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `pmsctl diff`."""
+    if args.kustomize:
+        from reconciler.review.kustomize import KustomizeError
+
+        if args.live:
+            print("pmsctl diff: --kustomize renders git refs; drop --live", file=sys.stderr)
+            return 2
+        try:
+            return kustomize_run(args)
+        except DiffInputError as exc:
+            print(f"pmsctl diff: {exc.headline}", file=sys.stderr)
+            for line in exc.lines:
+                print(line, file=sys.stderr)
+            return 2
+        except (GitSourceError, KustomizeError) as exc:
+            print(f"pmsctl diff: {exc}", file=sys.stderr)
+            return 2
+    if args.kustomize_command:
+        print("pmsctl diff: --kustomize-command needs --kustomize", file=sys.stderr)
+        return 2
+    if "-" in args.paths and not args.live:
+        print(
+            "pmsctl diff: - (a stream on stdin) is compared with the cluster: add --live "
+            "(for two git refs of a kustomize folder use --kustomize DIR)",
+            file=sys.stderr,
+        )
+        return 2
     if args.live and (args.base or args.head):
         print(
             "pmsctl diff: --live compares files with the cluster; drop --base/--head",

@@ -1,7 +1,10 @@
 """`pmsctl validate PATH...`: check practice files before they reach a cluster.
 
-Files and folders (recursive `*.yaml`/`*.yml`, multi-document). One line per problem,
-`file:line:col: path: message`, then a one-line summary. Output formats: text (default), json,
+Files and folders (recursive `*.yaml`/`*.yml`, multi-document), or `-` for a multi-document
+stream on stdin (`kubectl kustomize DIR | pmsctl validate -`). One line per problem,
+`file:line:col: path: message`, then a one-line summary; for stdin the file is `<stdin>`, the
+line is the stream's, and the line ends with the document (index, kind, namespace/name, and the
+source file from kustomize's origin annotation when the render has one). Output formats: text (default), json,
 github (workflow annotations). Exit codes: 0 valid, 1 invalid, 2 usage error.
 """
 
@@ -20,7 +23,12 @@ def register(sub: Any) -> None:
         help="check PracticeWriteback files against the schema (exit 0 valid, 1 invalid, 2 usage)",
         description="Check PracticeWriteback files and folders (recursive *.yaml/*.yml, multi-document).",
     )
-    p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="files or folders, or - to read a multi-document stream from stdin",
+    )
     p.add_argument(
         "-o",
         "--output",
@@ -43,10 +51,15 @@ def _github_escape(text: str, *, prop: bool = False) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Validate, print in the chosen format, return the exit code."""
-    from reconciler.api.validate import UsageError, validate_paths
+    from reconciler.api.validate import UsageError, validate_paths, validate_stream
 
     try:
-        report = validate_paths(args.paths, skip_other_kinds=args.skip_other_kinds)
+        if "-" in args.paths:
+            if len(args.paths) > 1:
+                raise UsageError("- (stdin) cannot be combined with other paths")
+            report = validate_stream(sys.stdin.read(), skip_other_kinds=args.skip_other_kinds)
+        else:
+            report = validate_paths(args.paths, skip_other_kinds=args.skip_other_kinds)
     except UsageError as exc:
         print(f"pmsctl validate: {exc}", file=sys.stderr)
         return 2
