@@ -33,8 +33,8 @@ def test_json_names_the_version_the_image_commit_and_the_served_versions() -> No
     assert out["gitCommit"] == "0123abcd" and out["gitDescribe"] is None
     assert out["api"]["group"] == "writeback.dental.dev"
     assert out["api"]["kind"] == "PracticeWriteback"
-    assert out["api"]["preferredVersion"] == "writeback.dental.dev/v1alpha1"
-    assert out["api"]["servedVersions"] == ["v1alpha1"]
+    assert out["api"]["preferredVersion"] == "writeback.dental.dev/v1"
+    assert out["api"]["servedVersions"] == ["v1alpha1", "v1"]
     assert out["python"].startswith(f"{sys.version_info.major}.{sys.version_info.minor}.")
 
 
@@ -44,7 +44,7 @@ def test_text_output(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixt
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"pmsctl {__version__}"
     assert "commit:  feedface" in lines[1]
-    assert lines[3].endswith("served versions: v1alpha1")
+    assert lines[3].endswith("served versions: v1alpha1, v1")
 
 
 def test_in_a_checkout_the_commit_comes_from_git() -> None:

@@ -81,7 +81,7 @@ def git_commit(
 
 def info(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """What `pmsctl version -o json` prints."""
-    from reconciler import API_VERSION, GROUP, KIND, __version__
+    from reconciler import GROUP, KIND, __version__
 
     commit, describe = git_commit(env)
     versions = schema_versions()
@@ -94,7 +94,7 @@ def info(env: Mapping[str, str] | None = None) -> dict[str, Any]:
             "group": GROUP,
             "kind": KIND,
             "servedVersions": versions,
-            "preferredVersion": API_VERSION,
+            "preferredVersion": f"{GROUP}/{versions[-1]}",  # the newest: the storage version
         },
     }
 
