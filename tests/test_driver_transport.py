@@ -307,8 +307,11 @@ async def wire_app() -> AsyncIterator[tuple[str, list[tuple[str, int]]]]:
             body=body, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
         )
 
+    # A slow answer comes only when the test is over: a client timeout, never a race with it.
+    over = asyncio.Event()
+
     async def slow(request: web.Request) -> web.Response:
-        await asyncio.sleep(2)
+        await over.wait()
         return web.json_response({})
 
     async def hang_up(request: web.Request) -> web.StreamResponse:
@@ -332,6 +335,7 @@ async def wire_app() -> AsyncIterator[tuple[str, list[tuple[str, int]]]]:
     try:
         yield f"http://127.0.0.1:{port}", peers
     finally:
+        over.set()
         await runner.cleanup()
 
 
