@@ -156,8 +156,9 @@ async def polls_again(op: Operator, key: str, kind: str, times: int = 2) -> None
     """Wait until the scheduler has finished `times` more polls of `key`'s `kind` poller.
 
     Two successive starts of a poller are at least its interval apart, so two more polls of a
-    5 s poller prove that a whole 5 s interval of the engine's own scheduling went by: a poller
-    that should have stopped, and had not, would have been due inside it.
+    5 s poller prove that a whole 5 s interval of the engine's own scheduling went by (less the
+    run time of the first poll, which may have started just before): a poller that should have
+    stopped, and had not, would have been due inside it.
     """
     scheduler = op.engine.scheduler
     first = scheduler.state(key, kind)
