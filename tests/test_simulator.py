@@ -238,6 +238,7 @@ async def test_over_the_rate_limit_requests_get_429_with_retry_after(
     assert codes[:3] == [200, 200, 200] and 429 in codes[3:]
     limited = await od.get("/providers")
     assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+    assert (await od.get("/providers")).status_code == 429  # no time passed on the fault clock
     fault_clock.jump(0.6)
     assert (await od.get("/providers")).status_code == 200
 
@@ -248,6 +249,7 @@ async def test_an_outage_answers_503_with_retry_after_until_it_ends(
     sim.set_faults(PID, outage=True, outage_seconds=0.5)
     down = await od.get("/providers")
     assert down.status_code == 503 and down.headers["Retry-After"] == "1"
+    assert (await od.get("/providers")).status_code == 503  # the window is not over yet
     fault_clock.jump(0.6)
     assert (await od.get("/providers")).status_code == 200
     sim.set_faults(PID, outage=True)
