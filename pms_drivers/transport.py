@@ -299,17 +299,19 @@ def new_client(
     rate_per_second: float,
     burst: int,
     inner: httpx.AsyncBaseTransport | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> httpx.AsyncClient:
     """The practice's shared client: `timeout` seconds per request, `rate_per_second` with `burst`.
 
     `inner` replaces the real network transport (tests may pass `httpx.MockTransport`); by default
     it is an `AiohttpTransport` with a connection pool sized for a few concurrent pollers.
+    `clock` is the bucket's monotonic clock (tests move it past a `Retry-After` pause).
     Close the client (`await client.aclose()`) when the practice goes away.
     """
     if timeout <= 0:
         raise ValueError(f"timeout must be positive, got {timeout}")
     transport = RateLimitedTransport(
-        TokenBucket(rate_per_second, burst),
+        TokenBucket(rate_per_second, burst, clock=clock),
         inner or AiohttpTransport(max_connections=8),
     )
     return PracticeClient(

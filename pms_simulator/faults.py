@@ -6,13 +6,15 @@ window (503 + Retry-After),
 the per-practice token bucket (429 + Retry-After), a random 5xx at `error_rate` (writes also at
 `write_error_rate`), and added latency. Randomness comes from a per-practice generator seeded from
 the practice id, so a fault run repeats. Time is real (monotonic), not the simulated clock:
-rate limits and outages are about the caller's wall clock.
+rate limits and outages are about the caller's wall clock. `Gate(clock=)` takes that monotonic
+clock (default `time.monotonic`) so a test can move it forward instead of waiting out a window.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
 from pms_simulator.clock import rng_for
@@ -101,10 +103,17 @@ class TokenBucket:
 class Gate:
     """One practice's faults, bucket and random stream."""
 
-    def __init__(self, practice_id: str, rate: float, burst: float) -> None:
+    def __init__(
+        self,
+        practice_id: str,
+        rate: float,
+        burst: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._default = (rate, burst)
+        self._clock = clock
         self.config = FaultConfig()
-        self.bucket = TokenBucket(rate, burst)
+        self.bucket = TokenBucket(rate, burst, last=clock())
         self._rng = rng_for(practice_id, "faults")
         self._outage_until: float | None = None
 
@@ -115,9 +124,9 @@ class Gate:
             self._default[1] if config.rate_limit_per_second is None else max(1.0, rate)
         )
         if (rate, burst) != (self.bucket.rate, self.bucket.burst):
-            self.bucket = TokenBucket(rate, burst)
+            self.bucket = TokenBucket(rate, burst, last=self._clock())
         self._outage_until = (
-            time.monotonic() + config.outage_seconds
+            self._clock() + config.outage_seconds
             if config.outage and config.outage_seconds is not None
             else None
         )
@@ -128,7 +137,7 @@ class Gate:
         cfg = self.config
         if cfg.revoked:
             return Verdict(401, None, "the credentials were revoked by the practice")
-        now = time.monotonic()
+        now = self._clock()
         if cfg.outage and (self._outage_until is None or now < self._outage_until):
             left = cfg.retry_after if self._outage_until is None else self._outage_until - now
             return Verdict(503, max(1, math.ceil(left)), "the server is down for maintenance")

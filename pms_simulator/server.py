@@ -20,8 +20,9 @@ import asyncio
 import contextlib
 import hashlib
 import threading
+import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -67,7 +68,9 @@ class Simulator:
     """Many simulated practices behind one HTTP server. Methods are thread-safe.
 
     `personalities` are the PMSes it can play (default: every registered one). Each must be
-    registered too: `State` seeds practices from `catalog`'s tables, which registering fills."""
+    registered too: `State` seeds practices from `catalog`'s tables, which registering fills.
+    `monotonic` is the clock of the rate limits and outage windows (default `time.monotonic`);
+    a test may pass one it moves forward instead of waiting a window out."""
 
     def __init__(
         self,
@@ -81,6 +84,7 @@ class Simulator:
         start: datetime | None = None,
         request_log_size: int = 2_000,
         personalities: Mapping[str, Personality] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if tick_seconds <= 0 or tick_minutes <= 0:
             raise ValueError("tick_seconds and tick_minutes must be positive")
@@ -94,6 +98,7 @@ class Simulator:
         self.tick_minutes = tick_minutes
         self._rate = (float(rate_limit_per_second), float(burst))
         self._log_size = request_log_size
+        self._monotonic = monotonic  # the fault gates' clock (rate-limit and outage windows)
         self._gates: dict[str, Gate] = {}
         self._logs: dict[str, deque[RequestRecord]] = {}
         self._od_keys: dict[str, str] = {}
@@ -163,7 +168,7 @@ class Simulator:
         """The practice's fault gate (created on first use)."""
         gate = self._gates.get(practice_id)
         if gate is None:
-            gate = self._gates[practice_id] = Gate(practice_id, *self._rate)
+            gate = self._gates[practice_id] = Gate(practice_id, *self._rate, self._monotonic)
         return gate
 
     def set_faults(self, practice_id: str, **settings: Any) -> FaultConfig:

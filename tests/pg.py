@@ -20,10 +20,11 @@ import pwd
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from timing import wait_until
 
 ENV_BINDIR = "PMSCTL_PG_BINDIR"
 SUPERUSER = "pmsctl"
@@ -166,17 +167,23 @@ def start_server(base: Path, *, fsync: bool = False, timeout: float = 60.0) -> I
 def _wait_ready(server: Server, timeout: float) -> None:
     import psycopg
 
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
+    errors: list[Exception] = []
+
+    def ready() -> bool:
         if server.process.poll() is not None:
             raise RuntimeError(
                 f"postgres exited ({server.process.returncode}): {server.log.read_text()[-2000:]}"
             )
         try:
             psycopg.connect(server.url, connect_timeout=2).close()
-            return
         except psycopg.OperationalError as exc:
-            last = exc
-            time.sleep(0.1)  # process start-up, not a timer under test
-    raise RuntimeError(f"postgres not ready after {timeout}s: {last}")
+            errors.append(exc)
+            return False
+        return True
+
+    try:
+        wait_until(ready, timeout, "postgres to accept connections", step=0.1)
+    except AssertionError:
+        raise RuntimeError(
+            f"postgres not ready after {timeout}s: {errors[-1] if errors else None}"
+        ) from None

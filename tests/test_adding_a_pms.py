@@ -14,11 +14,10 @@ The toy speaks the bridge agent API, as a further bridge-reached PMS would.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import shutil
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import httpx
 import jsonschema
 import pytest
 import yaml
+from timing import eventually
 
 from pms_drivers import records
 from pms_drivers.base import Credentials
@@ -217,15 +217,6 @@ def _toy_spec(sim: Simulator, **over: Any) -> PracticeSpec:
     return PracticeSpec.from_spec(body)
 
 
-async def _eventually(check: Callable[[], Any], what: str, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 async def test_the_simulator_serves_the_toy_and_the_engine_drives_it(
     toy_sim: Simulator, tmp_path: Path
 ) -> None:
@@ -264,7 +255,9 @@ async def test_the_simulator_serves_the_toy_and_the_engine_drives_it(
             lines = path.read_text().splitlines() if path.exists() else []
             return {json.loads(x)["subject"].rsplit("/", 1)[-1] for x in lines}
 
-        await _eventually(lambda: changed <= emitted(), "every toy appointment change emitted")
+        await eventually(
+            lambda: changed <= emitted(), what="every toy appointment change emitted", step=0.1
+        )
     finally:
         await engine.stop()
     assert any(r.path.startswith("/bridge/v1/") for r in sim.requests("toy-1"))

@@ -11,7 +11,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 import testenv
 import yaml
+from timing import wait_until
 
 from pms_simulator import Simulator
 
@@ -29,19 +29,22 @@ RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "Ro
 
 
 def _wait(check: Any, timeout: float, what: str, proc: subprocess.Popen[str], log: Path) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """`wait_until(check)` that stops early if the operator exits; both failures show its log."""
+
+    def checked() -> Any:
         value = check()
-        if value:
-            return value
-        if proc.poll() is not None:
+        if not value and proc.poll() is not None:
             raise AssertionError(
                 f"the operator exited ({proc.returncode}):\n{log.read_text()[-4000:]}"
             )
-        time.sleep(0.25)
-    raise AssertionError(
-        f"timed out after {timeout}s waiting for {what}:\n{log.read_text()[-4000:]}"
-    )
+        return value
+
+    try:
+        return wait_until(checked, timeout, what, step=0.25)
+    except AssertionError as exc:
+        if proc.poll() is not None:
+            raise
+        raise AssertionError(f"{exc}:\n{log.read_text()[-4000:]}") from None
 
 
 @pytest.fixture

@@ -13,15 +13,15 @@ Dental write, so it cannot produce "the write happened, the answer did not arriv
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
+from timing import Monotonic, eventually
 
 from pms_drivers.base import Credentials, NoteWrite, PmsDriver
 from pms_drivers.errors import (
@@ -53,9 +53,15 @@ class Env:
     credentials: Credentials
 
     def client(
-        self, *, timeout: float = 5, inner: httpx.AsyncBaseTransport | None = None
+        self,
+        *,
+        timeout: float = 5,
+        inner: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> httpx.AsyncClient:
-        return new_client(self.base, timeout=timeout, rate_per_second=0, burst=1, inner=inner)
+        return new_client(
+            self.base, timeout=timeout, rate_per_second=0, burst=1, inner=inner, clock=clock
+        )
 
     def driver(
         self, client: httpx.AsyncClient, credentials: Credentials | None = None
@@ -165,13 +171,15 @@ async def test_429_retry_after_is_honoured_by_the_bucket_and_the_retry_loop(env:
 
 async def test_a_pms_slower_than_the_timeout_is_a_temporary_error(env: Env) -> None:
     env.sim.set_faults(env.pid, latency_ms=400)
+    logged = len(env.sim.requests(env.pid))
     async with env.client(timeout=0.1) as client:
         with pytest.raises(TemporaryPmsError) as caught:
             await env.driver(client).list_providers()
     assert isinstance(caught.value.__cause__, httpx.TimeoutException)
     assert "timed out" in str(caught.value)
     assert not isinstance(caught.value, RateLimitedError)
-    await asyncio.sleep(0.4)  # let the simulator's delayed handler finish before teardown
+    # The simulator's delayed handler finishes (and logs) before teardown closes its server.
+    await eventually(lambda: len(env.sim.requests(env.pid)) > logged, 5, "the late answer")
 
 
 async def test_an_outage_is_ridden_out_by_with_retry_and_recovery_is_seen(env: Env) -> None:
@@ -262,7 +270,8 @@ async def test_credentials_never_appear_in_errors_reprs_or_logs(
         else:
             raise AssertionError(f"expected {kind.__name__}")
 
-    async with env.client(timeout=2) as client:
+    clock = Monotonic()  # the client's: it stays paused for Retry-After until this jumps
+    async with env.client(timeout=2, clock=clock) as client:
         driver = env.driver(client)
         note = await _note(driver, "wb-secret")
         await expect(PmsAuthError, env.driver(client, _wrong(env)).list_providers)  # 401
@@ -275,18 +284,20 @@ async def test_credentials_never_appear_in_errors_reprs_or_logs(
         env.sim.set_faults(env.pid, rate_limit_per_second=1)
         await driver.list_providers()
         await expect(RateLimitedError, driver.list_providers)  # 429
-        await asyncio.sleep(1.1)
+        clock.jump(1.1)  # past the Retry-After pause
         env.sim.set_faults(env.pid, outage=True)
         await expect(RateLimitedError, driver.list_providers)  # 503
-        await asyncio.sleep(1.1)
+        clock.jump(1.1)
         env.sim.set_faults(env.pid, latency_ms=300)
+        logged = len(env.sim.requests(env.pid))
     async with env.client(timeout=0.05) as slow:
         await expect(TemporaryPmsError, env.driver(slow).list_providers)  # timeout
     async with new_client("http://127.0.0.1:9", timeout=1, rate_per_second=0, burst=1) as dead:
         dead_driver = create_driver(env.pms, dead, "http://127.0.0.1:9/api", env.credentials)
         await expect(TemporaryPmsError, dead_driver.list_providers)  # connection refused
         texts = [repr(dead_driver), repr(env.credentials), str(env.credentials)]
-    await asyncio.sleep(0.3)
+    # The simulator's delayed handler finishes (and logs) before teardown closes its server.
+    await eventually(lambda: len(env.sim.requests(env.pid)) > logged, 5, "the late answer")
     assert len(caught) == 7
     for exc in caught:
         texts += [str(exc), repr(exc), str(exc.__cause__), repr(exc.__cause__)]

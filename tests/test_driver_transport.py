@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from aiohttp import web
+from timing import Monotonic
 
 from pms_drivers.errors import (
     PermanentPmsError,
@@ -129,6 +130,21 @@ async def test_429_with_retry_after_pauses_every_request_of_the_practice(
         second = await client.get("/ok")
         assert second.status_code == 200
         assert time.monotonic() - started >= 0.8
+    assert hits == {"ok": 1, "limited": 1}
+
+
+async def test_the_pause_runs_on_the_clock_the_client_is_given(
+    tiny_app: tuple[str, dict[str, int]],
+) -> None:
+    url, hits = tiny_app
+    clock = Monotonic()
+    async with new_client(url, timeout=5, rate_per_second=100, burst=10, clock=clock) as client:
+        assert (await client.get("/limited")).status_code == 429
+        bucket = bucket_of(client)
+        assert bucket is not None and 0.5 < bucket.paused_for <= 1.0
+        clock.jump(1.0)
+        assert bucket.paused_for == 0.0  # over on the client's clock: the next request goes now
+        assert (await client.get("/ok")).status_code == 200
     assert hits == {"ok": 1, "limited": 1}
 
 
@@ -307,8 +323,11 @@ async def wire_app() -> AsyncIterator[tuple[str, list[tuple[str, int]]]]:
             body=body, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
         )
 
+    # A slow answer comes only when the test is over: a client timeout, never a race with it.
+    over = asyncio.Event()
+
     async def slow(request: web.Request) -> web.Response:
-        await asyncio.sleep(2)
+        await over.wait()
         return web.json_response({})
 
     async def hang_up(request: web.Request) -> web.StreamResponse:
@@ -332,6 +351,7 @@ async def wire_app() -> AsyncIterator[tuple[str, list[tuple[str, int]]]]:
     try:
         yield f"http://127.0.0.1:{port}", peers
     finally:
+        over.set()
         await runner.cleanup()
 
 

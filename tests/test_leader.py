@@ -369,7 +369,8 @@ async def test_renewals_on_their_own_thread_keep_the_lease_while_the_event_loop_
     renewals = RenewalThread(a, lost.append)
     renewals.start()
     try:
-        time.sleep(3.0)  # blocks this event loop for one and a half lease durations
+        # Blocking the loop is the fault under test (a fake clock cannot block it): 1.5 leases.
+        time.sleep(3.0)
         assert lost == [] and renewals.alive and a.is_leader
         renewed = _lease(kube, kube_namespace)["spec"]["renewTime"]
         age = datetime.now(UTC) - datetime.fromisoformat(renewed.replace("Z", "+00:00"))
@@ -574,7 +575,19 @@ def test_a_second_operator_process_stands_by_until_the_first_is_stopped_then_tak
             assert f"waiting for lease {kube_namespace}/shard-lock held by op-{leader}_" in log_of(
                 standby
             )
-            time.sleep(2.5)  # longer than the lease: the holder keeps renewing, the standby waits
+
+            # The holder keeps renewing for longer than the lease lasts; the standby waits.
+            def renewed_at() -> datetime:
+                spec = _lease(kube, kube_namespace, "shard-lock")["spec"]
+                return datetime.fromisoformat(spec["renewTime"].replace("Z", "+00:00"))
+
+            spec = _lease(kube, kube_namespace, "shard-lock")["spec"]
+            since, lasts = renewed_at(), float(spec["leaseDurationSeconds"])
+            _wait(
+                lambda: (renewed_at() - since).total_seconds() > lasts,
+                3 * lasts + 10,
+                "renewals spanning more than one lease duration",
+            )
             assert holder() == first
             assert procs[standby].poll() is None
             # The standby has opened nothing and written nothing.

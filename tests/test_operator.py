@@ -25,6 +25,7 @@ import httpx
 import kopf
 import pytest
 import testenv
+import timing
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -150,15 +151,30 @@ class Env:
 
 
 async def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.25)
+    """`timing.eventually`, asking at most every 0.25 s (most checks are API server reads)."""
+    return await timing.eventually(check, timeout, what, step=0.25)
+
+
+async def polls_again(op: Operator, key: str, kind: str, times: int = 2) -> None:
+    """Wait until the scheduler has finished `times` more polls of `key`'s `kind` poller.
+
+    Two successive starts of a poller are at least its interval apart, so two more polls of a
+    5 s poller prove that a whole 5 s interval of the engine's own scheduling went by (less the
+    run time of the first poll, which may have started just before): a poller that should have
+    stopped, and had not, would have been due inside it.
+    """
+    scheduler = op.engine.scheduler
+    first = scheduler.state(key, kind)
+    assert first is not None, f"no {kind} poller for {key}"
+    seen = [first.last_success]
+
+    def advanced() -> bool:
+        state = scheduler.state(key, kind)
+        if state is not None and state.last_success != seen[-1]:
+            seen.append(state.last_success)
+        return len(seen) > times
+
+    await eventually(advanced, 5.0 * times + 10, f"{times} more {kind} polls of {key}")
 
 
 class Operator:
@@ -297,6 +313,7 @@ async def _async(value: Any) -> Any:
 async def test_interval_change_shows_the_new_cadence_and_disabling_stops_requests(env: Env) -> None:
     await env.secrets_for_examples()
     async with operator(env) as op:
+        await env.create(env.example("lakeside-dental"))  # polls on: the clock for "no request"
         doc = env.example("bright-smiles")
         doc["spec"]["sync"] = {"appointmentStatus": {"enabled": True, "interval": "30s"}}
         await env.create(doc)
@@ -307,7 +324,12 @@ async def test_interval_change_shows_the_new_cadence_and_disabling_stops_request
         )
         await env.wait_condition("bright-smiles", "PollersRunning", "True")
         env.sim.clear_requests("bright-smiles")
-        await asyncio.sleep(11)
+        # Two polls within 15 s: at 30 s there would be at most one.
+        await eventually(
+            lambda: len(request_times(env, "bright-smiles", "/appointments")) >= 2,
+            15,
+            "two appointmentStatus polls",
+        )
         times = request_times(env, "bright-smiles", "/appointments")
         assert 2 <= len(times) <= 3, times  # every 5 s (at 30 s there would be at most one)
         assert min(b - a for a, b in itertools.pairwise(times)) >= 4.9  # one poller
@@ -329,22 +351,24 @@ async def test_interval_change_shows_the_new_cadence_and_disabling_stops_request
             "poller stopped",
         )
         env.sim.clear_requests("bright-smiles")
-        await asyncio.sleep(6)
+        await polls_again(op, f"{env.ns}/lakeside-dental", "patients")
         assert request_times(env, "bright-smiles", "/appointments") == []
 
 
 async def test_suspend_then_delete_stop_requests_and_leave_no_poller_or_finalizer(env: Env) -> None:
     await env.secrets_for_examples()
     async with operator(env) as op:
+        await env.create(env.example("bright-smiles"))  # polls on: the clock for "no request"
         await env.create(env.example("lakeside-dental"))
         await env.wait_condition("lakeside-dental", "Ready", "True")
+        await env.wait_condition("bright-smiles", "Ready", "True")
         await env.patch("lakeside-dental", {"spec": {"suspend": True}})
         c = await env.wait_condition("lakeside-dental", "Suspended", "True")
         assert "set it to false to resume" in c["message"]
         ready = await env.condition("lakeside-dental", "Ready")
         assert ready and (ready["status"], ready["reason"]) == ("False", "Suspended")
         env.sim.clear_requests("lakeside-dental")
-        await asyncio.sleep(6)
+        await polls_again(op, f"{env.ns}/bright-smiles", "patients")
         assert env.sim.requests("lakeside-dental") == []
         await env.patch("lakeside-dental", {"spec": {"suspend": False}})
         await env.wait_condition("lakeside-dental", "Ready", "True")
@@ -358,9 +382,10 @@ async def test_suspend_then_delete_stop_requests_and_leave_no_poller_or_finalize
             return False
 
         await eventually(gone, 15, "the object to go (finalizer removed)")
-        assert op.engine.keys() == [] and len(op.engine.scheduler) == 0
+        assert op.engine.keys() == [f"{env.ns}/bright-smiles"]  # no lakeside-dental poller left
+        assert len(op.engine.scheduler) == len(op.engine.scheduler.kinds(f"{env.ns}/bright-smiles"))
         env.sim.clear_requests("lakeside-dental")
-        await asyncio.sleep(6)
+        await polls_again(op, f"{env.ns}/bright-smiles", "patients")
         assert env.sim.requests("lakeside-dental") == []
 
 
@@ -454,7 +479,11 @@ async def test_operator_restart_mid_run_loses_no_change_and_starts_no_duplicate_
         assert op.engine.scheduler.kinds(f"{env.ns}/bright-smiles") == {
             "appointmentStatus": 5.0, "appointments": 5.0, "patients": 5.0, "drift": 60.0,
         }  # fmt: skip
-        await asyncio.sleep(5.5)
+        await eventually(
+            lambda: len(request_times(env, "bright-smiles", "/patients")) >= 2,
+            15,
+            "two patients polls",
+        )
         patients = request_times(env, "bright-smiles", "/patients")
         assert min(b - a for a, b in itertools.pairwise(patients)) >= 4.9
     replayed = [e for e in read_events(env)[before:] if e["type"].endswith("patient.changed")]
@@ -541,10 +570,18 @@ async def test_a_writeback_posted_to_the_operator_lands_once_and_its_counts_reac
             return (await env.get("bright-smiles")).get("status", {}).get("writebacks") == want
 
         await eventually(counted, 5, f"status.writebacks == {want}")
-        await asyncio.sleep(1.5)  # a later drain or retry must not write a second note
+        # A later writeback is delivered by a later drain: that drain must not write the first
+        # note again (nor the skipped task note).
+        async with httpx.AsyncClient(timeout=10) as http:
+            r = await http.post(url, json=dict(sms, callerId="sms-op-2"), headers=auth)
+            assert r.status_code == 202, r.text
+            later_id = r.json()["id"]
+        await eventually(
+            lambda: len(env.sim.notes("bright-smiles")) >= 2, 10, "the later note in the PMS"
+        )
         notes = env.sim.notes("bright-smiles")
-        assert len(notes) == 1, notes
-        note = notes[0]
+        assert sorted(n["writeback_id"] for n in notes) == sorted([wb_id, later_id]), notes
+        note = next(n for n in notes if n["writeback_id"] == wb_id)
         assert note["writeback_id"] == wb_id
         assert (note["note_type_name"], note["note_type_id"]) == (
             "Text Message",

@@ -8,10 +8,8 @@ status and an Event, runs no poller, and takes over once the first one is delete
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
-from test_operator import Env, env, eventually, operator  # noqa: F401 (env is a fixture)
+from test_operator import Env, env, eventually, operator, polls_again  # noqa: F401 (env is a fixture)
 
 pytestmark = pytest.mark.kube
 
@@ -50,5 +48,5 @@ async def test_a_second_resource_for_the_same_practice_is_refused_until_the_firs
         await env.wait_condition("lakeside-dental-copy", "Ready", "True", timeout=30)
         assert len(op.engine.scheduler.kinds(f"{env.ns}/lakeside-dental-copy")) == 4
         env.sim.clear_requests("lakeside-dental")
-        await asyncio.sleep(6)  # longer than the 5 s intervals: the copy now polls
+        await polls_again(op, f"{env.ns}/lakeside-dental-copy", "patients")  # the copy now polls
         assert env.sim.requests("lakeside-dental")

@@ -32,13 +32,13 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import pytest
+from timing import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 DOCUMENTS = ("README.md", "docs/local-mode.md")
@@ -149,8 +149,12 @@ class LiveUp:
         )  # fmt: skip
         self.out: list[str] = []
         self.err: list[str] = []
-        for stream, sink in ((self.proc.stdout, self.out), (self.proc.stderr, self.err)):
-            threading.Thread(target=self._read, args=(stream, sink), daemon=True).start()
+        self.readers = [
+            threading.Thread(target=self._read, args=(stream, sink), daemon=True)
+            for stream, sink in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))
+        ]
+        for reader in self.readers:
+            reader.start()
 
     @staticmethod
     def _read(stream, sink: list[str]) -> None:  # type: ignore[no-untyped-def]
@@ -175,7 +179,8 @@ class LiveUp:
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGINT)
         code = self.proc.wait(timeout=30)
-        time.sleep(0.2)  # the reader threads drain the pipes
+        for reader in self.readers:  # a reader ends at end of file: the pipe is drained
+            reader.join(timeout=10)
         return code
 
     def kill(self) -> None:
@@ -215,16 +220,15 @@ def run(command: str, cwd: Path, env: dict[str, str]) -> list[str]:
 
 def until(expected: list[str], read: Callable[[], list[str]], where: str) -> None:
     """Read the output until every shown line is in it, for at most WAIT seconds."""
-    deadline = time.monotonic() + WAIT
-    while True:
+    try:
+        wait_until(lambda: not missing(expected, read()), WAIT, "the shown lines", step=0.5)
+    except AssertionError:
         seen = read()
+        shown = "\n".join(seen[-30:])
         left = missing(expected, seen)
-        if not left:
-            return
-        if time.monotonic() > deadline:
-            shown = "\n".join(seen[-30:])
-            raise AssertionError(f"{where}: {left[0]!r} not shown within {WAIT}s in:\n{shown}")
-        time.sleep(0.5)
+        raise AssertionError(
+            f"{where}: {left[0] if left else ''!r} not shown within {WAIT}s in:\n{shown}"
+        ) from None
 
 
 @pytest.mark.parametrize("document", DOCUMENTS)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from timing import eventually
 
 from pms_drivers.base import Credentials
 from reconciler.engine import metrics as engine_metrics
@@ -124,10 +125,8 @@ async def test_sigterm_and_sigint_set_the_one_stop_event_and_the_hook_sees_a_rep
         os.kill(os.getpid(), signal.SIGTERM)
         await asyncio.wait_for(runtime.stop_event.wait(), 5)
         os.kill(os.getpid(), signal.SIGINT)
-        for _ in range(100):  # the handler runs on a later loop iteration
-            if len(seen) == 2:
-                break
-            await asyncio.sleep(0)
+        # The handler runs on a later loop iteration.
+        await eventually(lambda: len(seen) == 2, 5, "the SIGINT handler")
     assert seen == [("SIGTERM", False), ("SIGINT", True)]
     # Released on the way out: the loop no longer owns the signals.
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -7,13 +7,12 @@ moves only when a test calls `advance()` or autotick runs).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from timing import elapse
+from timing import Monotonic, elapse
 
 from pms_simulator import DriftError, Simulator, UnknownPracticeError
 
@@ -21,8 +20,14 @@ PID = "bright-smiles-austin"
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = Simulator(rate_limit_per_second=1000, burst=1000)
+def fault_clock() -> Monotonic:
+    """The clock of the simulator's rate limits and outage windows."""
+    return Monotonic()
+
+
+@pytest.fixture
+async def sim(fault_clock: Monotonic) -> AsyncIterator[Simulator]:
+    simulator = Simulator(rate_limit_per_second=1000, burst=1000, monotonic=fault_clock)
     async with simulator.serve():
         yield simulator
     simulator.close()
@@ -226,24 +231,26 @@ async def test_some_patients_have_a_photo_in_the_patient_pictures_category(
 
 
 async def test_over_the_rate_limit_requests_get_429_with_retry_after(
-    sim: Simulator, od: httpx.AsyncClient
+    sim: Simulator, od: httpx.AsyncClient, fault_clock: Monotonic
 ) -> None:
     sim.set_faults(PID, rate_limit_per_second=2, burst=3)
     codes = [(await od.get("/providers")).status_code for _ in range(6)]
     assert codes[:3] == [200, 200, 200] and 429 in codes[3:]
     limited = await od.get("/providers")
     assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
-    await asyncio.sleep(0.6)
+    assert (await od.get("/providers")).status_code == 429  # no time passed on the fault clock
+    fault_clock.jump(0.6)
     assert (await od.get("/providers")).status_code == 200
 
 
 async def test_an_outage_answers_503_with_retry_after_until_it_ends(
-    sim: Simulator, od: httpx.AsyncClient
+    sim: Simulator, od: httpx.AsyncClient, fault_clock: Monotonic
 ) -> None:
     sim.set_faults(PID, outage=True, outage_seconds=0.5)
     down = await od.get("/providers")
     assert down.status_code == 503 and down.headers["Retry-After"] == "1"
-    await asyncio.sleep(0.6)
+    assert (await od.get("/providers")).status_code == 503  # the window is not over yet
+    fault_clock.jump(0.6)
     assert (await od.get("/providers")).status_code == 200
     sim.set_faults(PID, outage=True)
     assert (await od.get("/providers")).status_code == 503

@@ -162,7 +162,7 @@ def test_a_killed_test_session_takes_its_control_plane_with_it(
         plane = testenv.ControlPlane(testenv.Path({str(kube.kubectl_path.parent)!r}))
         plane.start()
         print(" ".join(str(p.popen.pid) for p in plane._procs), flush=True)
-        time.sleep(120)
+        time.sleep(120)  # no timer under test: this child only lives until the test kills it
         """
     )
     child = subprocess.Popen(

@@ -9,8 +9,8 @@ example is itself valid for its field, so the help cannot drift from the rules.
 
 from __future__ import annotations
 
+import contextlib
 import re
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import testenv
 import yaml
+from timing import wait_until
 
 from reconciler.api import validate
 
@@ -103,14 +104,17 @@ def test_kubectl_explain_shows_format_default_and_example_of_an_interval(
 ) -> None:
     # kubectl explain reads the OpenAPI v3 document, which the API server republishes a moment
     # after a CRD becomes Established; allow it that moment.
-    deadline = time.monotonic() + 20
-    while True:
-        answer = kube.kubectl(
-            "explain", "practicewriteback.spec.sync.patients.interval", check=False
+    answers: list[Any] = []
+
+    def explained() -> bool:
+        answers.append(
+            kube.kubectl("explain", "practicewriteback.spec.sync.patients.interval", check=False)
         )
-        if answer.returncode == 0 or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+        return answers[-1].returncode == 0
+
+    with contextlib.suppress(AssertionError):  # the assertion below says why, with stderr
+        wait_until(explained, 20, "kubectl explain", step=0.5)
+    answer = answers[-1]
     assert answer.returncode == 0, answer.stderr
     shown = " ".join(answer.stdout.split())
     for part in ("Go duration", "from 5s to 1h", "Default: 30s.", "Example: `1m30s`."):

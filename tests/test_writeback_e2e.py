@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import dataclasses
 import json
 import os
@@ -113,8 +114,10 @@ class Directory:
         self.targets: dict[str, WritebackTarget] = {}
         self.clients: list[httpx.AsyncClient] = []
         self.drivers: dict[str, PmsDriver] = {}
+        self.asked: collections.Counter[str] = collections.Counter()  # lookups per practice
 
     def target(self, practice_id: str) -> WritebackTarget | None:
+        self.asked[practice_id] += 1
         return self.targets.get(practice_id)
 
     def driver_for(self, spec: PracticeSpec) -> PmsDriver:
@@ -502,7 +505,9 @@ async def test_writebacks_wait_for_a_practice_the_engine_has_not_loaded_yet(tmp_
         service = WritebackService(directory, db, TOKEN, policy=policy)
         await service.start(None)
         try:
-            await asyncio.sleep(1.0)
+            # The drainer looked for the practice, parked its queue, and looked again: still
+            # waiting (well inside the 2 s grace), nothing written.
+            await eventually(lambda: directory.asked[pid] >= 3, 5, "three lookups of the practice")
             assert service.counts(pid)["pending"] == 2 and not sim.notes(pid)
             directory.targets[pid] = target  # loaded now
             assert (await drained(service.counts, pid))["sent"] == 2

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import yaml
+from timing import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = REPO / "hack" / "testenv" / "build.sh"
@@ -616,8 +617,9 @@ class _PortTaken(TestenvError):
 
 def _wait_http(proc: _Process, url: str, deadline: float, context: ssl.SSLContext | None) -> None:
     """Poll `url` until it answers 200; fail fast with the log tail when the process exits."""
-    last = ""
-    while time.monotonic() < deadline:
+    last = [""]
+
+    def answered() -> bool:
         code = proc.popen.poll()
         if code is not None:
             tail = proc.log_tail()
@@ -627,16 +629,21 @@ def _wait_http(proc: _Process, url: str, deadline: float, context: ssl.SSLContex
         try:
             with urllib.request.urlopen(url, timeout=2, context=context) as answer:
                 if answer.status == 200:
-                    return
-                last = f"HTTP {answer.status}"
+                    return True
+                last[0] = f"HTTP {answer.status}"
         except urllib.error.HTTPError as exc:
-            last = f"HTTP {exc.code}: {exc.read()[:500].decode(errors='replace')}"
+            last[0] = f"HTTP {exc.code}: {exc.read()[:500].decode(errors='replace')}"
         except (urllib.error.URLError, OSError) as exc:
-            last = str(exc)
-        time.sleep(0.1)
-    raise TestenvError(
-        f"{proc.name} did not answer {url} in time (last: {last}); its log:\n{proc.log_tail()}"
-    )
+            last[0] = str(exc)
+        return False
+
+    try:
+        wait_until(answered, max(0.0, deadline - time.monotonic()), url, step=0.1)
+    except AssertionError:
+        raise TestenvError(
+            f"{proc.name} did not answer {url} in time (last: {last[0]}); its log:\n"
+            f"{proc.log_tail()}"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -713,14 +720,24 @@ def install_crds(cluster: Cluster, folder: Path, timeout: float = 60.0) -> list[
     # can lag a moment behind; wait until each resource lists.
     deadline = time.monotonic() + timeout
     for name in names:
-        while True:
-            result = cluster.kubectl("get", name, "--all-namespaces", "-o", "name", check=False)
-            if result.returncode == 0:
-                break
-            if time.monotonic() > deadline:
-                raise TestenvError(f"CRD {name} is Established but not served:\n{result.stderr}")
-            time.sleep(0.2)
+        _wait_served(cluster, name, deadline)
     return names
+
+
+def _wait_served(cluster: Cluster, name: str, deadline: float) -> None:
+    """Wait until `kubectl get name` lists (discovery serves the resource)."""
+    results: list[subprocess.CompletedProcess[str]] = []
+
+    def listed() -> bool:
+        results.append(cluster.kubectl("get", name, "--all-namespaces", "-o", "name", check=False))
+        return results[-1].returncode == 0
+
+    try:
+        wait_until(listed, max(0.0, deadline - time.monotonic()), f"{name} served", step=0.2)
+    except AssertionError:
+        raise TestenvError(
+            f"CRD {name} is Established but not served:\n{results[-1].stderr}"
+        ) from None
 
 
 def apply_practice(
@@ -797,20 +814,24 @@ def delete_namespace(cluster: Cluster, name: str, timeout: float = 30.0) -> None
         raise
     if cluster.external:
         return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def gone() -> bool:
         try:
             ns = core.read_namespace(name)
         except ApiException as exc:
             if exc.status == 404:
-                return
+                return True
             raise
         if ns.spec is not None:
             ns.spec.finalizers = []
         with contextlib.suppress(ApiException):
             core.replace_namespace_finalize(name, ns)
-        time.sleep(0.1)
-    raise TestenvError(f"namespace {name} was not deleted within {timeout:.0f}s")
+        return False
+
+    try:
+        wait_until(gone, timeout, f"namespace {name} deleted", step=0.1)
+    except AssertionError:
+        raise TestenvError(f"namespace {name} was not deleted within {timeout:.0f}s") from None
 
 
 def default_progress() -> IO[str]:

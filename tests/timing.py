@@ -6,13 +6,19 @@
   start waiting for a timer again.
 - `eventually(check, ...)`: poll `check()` until it returns something truthy (and return it),
   failing after `timeout` seconds of loop time; for conditions that come from real I/O (a
-  server answering, a process writing a line). On a looptime loop the timeout is fake seconds.
+  server answering, a process writing a line). `check` may be a coroutine function (a check
+  that asks the API server). On a looptime loop the timeout is fake seconds.
 - `wait_until(check, ...)`: the same for synchronous tests that wait for a real process.
+- `Monotonic`: a `time.monotonic` stand-in that a test moves forward (`jump`), for code that
+  takes a monotonic clock function (the simulator's rate-limit and outage windows, the
+  transport's `Retry-After` pause): the window ends because the test says so, not because
+  the test slept through it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,22 +33,25 @@ async def elapse(seconds: float) -> None:
     """Let `seconds` of loop time pass; only on a looptime loop (see the module docstring)."""
     if not fast_forwarded():
         raise RuntimeError("elapse() needs @pytest.mark.looptime: on a real clock it would wait")
-    await asyncio.sleep(seconds)
+    await asyncio.sleep(seconds)  # looptime's loop: fast-forwarded, takes no real time
 
 
 async def eventually(
     check: Callable[[], Any], timeout: float = 10.0, what: str = "condition", step: float = 0.05
 ) -> Any:
-    """`check()`'s first truthy value; AssertionError after `timeout` seconds of loop time."""
+    """`check()`'s (or its awaited result's) first truthy value; AssertionError after `timeout`
+    seconds of loop time."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
         value = check()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(step)
+        await asyncio.sleep(step)  # the polling step between checks of real I/O
 
 
 def wait_until(
@@ -57,4 +66,22 @@ def wait_until(
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(step)
+        time.sleep(step)  # the polling step between checks of a real process
+
+
+class Monotonic:
+    """Real monotonic time plus an offset that only grows: `jump(seconds)` moves it forward.
+
+    Real time keeps flowing underneath (a token bucket still refills between requests); a
+    jump is a stretch of time that passes at once.
+    """
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+    def jump(self, seconds: float) -> None:
+        """Move this clock `seconds` forward."""
+        self.offset += seconds
