@@ -13,6 +13,7 @@ does, and the tests here check the fields that tie them to the operator."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import testenv
 import yaml
+
+from reconciler.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -229,11 +232,19 @@ def test_each_shard_has_its_own_selector_lease_volume_and_services(
 
 @pytest.mark.kube
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_no_overlay_ships_a_credential(kube: testenv.Cluster, overlay: str) -> None:
+def test_no_overlay_ships_a_credential(
+    kube: testenv.Cluster, overlay: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     # Secrets are created in the cluster (the commands are in each overlay's kustomization);
     # the manifests only name them.
     docs = _render(kube, overlay)
     assert not _of(docs, "Secret")
+    # pmsctl's own check, as a CI job would run it on the rendered overlay.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sys.stdin", io.StringIO(yaml.safe_dump_all(docs)))
+        code = main(["validate", "--skip-other-kinds", "-"])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
     for cm in _of(docs, "ConfigMap"):
         for key, value in cm.get("data", {}).items():
             if value.startswith(("postgresql://", "postgres://")):
