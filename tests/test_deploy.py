@@ -1,30 +1,46 @@
 """deploy/: every kustomize overlay renders with the testenv's kubectl, the real API server
 accepts all of it (`kubectl apply --dry-run=server`, with Pod Security "restricted" warning on
-the namespace), each shard of the sharded overlay has its own selector, Lease and volume, and
-the RBAC, applied for real, lets the rendered ServiceAccount do what the operator needs and
-nothing it must not (`kubectl auth can-i --as=system:serviceaccount:NS:SA`)."""
+the namespace), each shard of the sharded overlay has its own selector, Lease and volume, the
+production overlay keeps its state in PostgreSQL with no credential in the manifests, and the
+RBAC, applied for real, lets the rendered ServiceAccount do what the operator needs and
+nothing it must not (`kubectl auth can-i --as=system:serviceaccount:NS:SA`).
+
+The production overlay also holds cert-manager's and the Prometheus Operator's kinds. The
+testenv has neither, so `third_party_crds.yaml` (CRD shells: the kinds, no schema, no
+controller) is installed for the dry run instead of leaving those objects out of it: the API
+server then still checks that each kind exists at that version and scope and that its namespace
+does, and the tests here check the fields that tie them to the operator."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import testenv
 import yaml
+
+from reconciler.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 OVERLAYS = sorted(p.parent.name for p in (DEPLOY / "overlays").glob("*/kustomization.yaml"))
 RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
 PWB = "practicewritebacks.writeback.dental.dev"
+THIRD_PARTY_CRDS = Path(__file__).resolve().parent / "third_party_crds.yaml"
+#: Replicas per Deployment: one SQLite writer per shard, or a leader and a standby on PostgreSQL.
+REPLICAS = {"dev": 1, "sharded": 1, "production": 2}
 
 
-def test_the_overlays_are_dev_and_sharded() -> None:
-    # No production overlay: it would need a PostgreSQL store, which pmsctl does not have.
-    assert OVERLAYS == ["dev", "sharded"]
+def test_the_overlays_are_dev_production_and_sharded() -> None:
+    # Each overlay is listed here, so one added without its tests (REPLICAS, the production
+    # checks below) fails instead of being dry-run with the assumptions of another.
+    assert OVERLAYS == ["dev", "production", "sharded"]
+    assert set(REPLICAS) == set(OVERLAYS)
 
 
 def test_the_base_crd_is_the_generated_one() -> None:
@@ -88,10 +104,26 @@ def system_namespace(kube: testenv.Cluster, crd_installed: list[str]) -> Iterato
         testenv.delete_namespace(kube, name)
 
 
+@pytest.fixture(scope="module")
+def third_party_crds(kube: testenv.Cluster) -> Iterator[list[str]]:
+    """The CRD shells of `third_party_crds.yaml`, Established, deleted after the module."""
+    docs = [d for d in yaml.safe_load_all(THIRD_PARTY_CRDS.read_text()) if d]
+    names = [d["metadata"]["name"] for d in docs]
+    kube.kubectl("apply", "--server-side", "-f", str(THIRD_PARTY_CRDS))
+    try:
+        kube.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s",
+            *[f"crd/{n}" for n in names],
+        )  # fmt: skip
+        yield names
+    finally:
+        kube.kubectl("delete", "-f", str(THIRD_PARTY_CRDS), "--ignore-not-found", check=False)
+
+
 @pytest.mark.kube
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_is_accepted_by_the_api_server(
-    kube: testenv.Cluster, system_namespace: str, overlay: str
+    kube: testenv.Cluster, system_namespace: str, third_party_crds: list[str], overlay: str
 ) -> None:
     docs = _render(kube, overlay)
     result = _dry_run(kube, docs)
@@ -121,7 +153,10 @@ def test_every_deployment_is_hardened_and_probed(kube: testenv.Cluster, overlay:
     for dep in deployments:
         spec = dep["spec"]
         pod = spec["template"]["spec"]
-        assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
+        assert spec["replicas"] == REPLICAS[overlay]
+        # Recreate everywhere: a new pod is Ready only once it holds the Lease, which an old
+        # pod still holds during a rolling update, so a rollout would never finish.
+        assert spec["strategy"]["type"] == "Recreate"
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert {c["topologyKey"] for c in pod["topologySpreadConstraints"]} == {
@@ -143,6 +178,11 @@ def test_every_deployment_is_hardened_and_probed(kube: testenv.Cluster, overlay:
         assert env["PMSCTL_POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
         assert {"/var/lib/pmsctl", "/tmp"} <= mounts
+        (state,) = [v for v in pod["volumes"] if v["name"] == "state"]
+        if overlay == "production":  # the state is in the database; the folder is scratch
+            assert "emptyDir" in state and "persistentVolumeClaim" not in state
+        else:
+            assert state["persistentVolumeClaim"]["claimName"]
         labels = spec["template"]["metadata"]["labels"]
         covering = [
             p
@@ -188,6 +228,113 @@ def test_each_shard_has_its_own_selector_lease_volume_and_services(
         shard = svc["spec"]["selector"]["pmsctl.dental.dev/shard"]
         assert svc["metadata"]["name"].endswith(f"-shard-{shard}")
     assert len(_of(docs, "ServiceAccount")) == 1, "one identity and one RBAC for all shards"
+
+
+@pytest.mark.kube
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_overlay_ships_a_credential(
+    kube: testenv.Cluster, overlay: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Secrets are created in the cluster (the commands are in each overlay's kustomization);
+    # the manifests only name them.
+    docs = _render(kube, overlay)
+    assert not _of(docs, "Secret")
+    # pmsctl's own check, as a CI job would run it on the rendered overlay.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sys.stdin", io.StringIO(yaml.safe_dump_all(docs)))
+        code = main(["validate", "--skip-other-kinds", "-"])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    for cm in _of(docs, "ConfigMap"):
+        for key, value in cm.get("data", {}).items():
+            if value.startswith(("postgresql://", "postgres://")):
+                assert urlsplit(value).password is None, f"{cm['metadata']['name']}: {key}"
+
+
+@pytest.mark.kube
+def test_production_keeps_its_state_in_postgresql(kube: testenv.Cluster) -> None:
+    docs = _render(kube, "production")
+    assert not _of(docs, "PersistentVolumeClaim")
+    (dep,) = _of(docs, "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = _env(container)
+    # The store's URL and the sink come from the generated ConfigMap; an env entry of the same
+    # name would win over envFrom, so none is left, and nothing points at a SQLite file.
+    (source,) = container["envFrom"]
+    (config,) = [
+        c for c in _of(docs, "ConfigMap")
+        if c["metadata"]["name"] == source["configMapRef"]["name"]
+    ]  # fmt: skip
+    settings = config["data"]
+    for name in ("PMSCTL_STORE", "PMSCTL_SINK", "PMSCTL_STATE_DB", "PMSCTL_WRITEBACK_DB"):
+        assert name not in env, name
+    store = urlsplit(settings["PMSCTL_STORE"])
+    assert store.scheme == "postgresql" and store.username and store.password is None
+    # Events go over HTTP: a file on an emptyDir would vanish with the pod while the cursor,
+    # in the database, says they were delivered.
+    assert urlsplit(settings["PMSCTL_SINK"]).scheme == "https"
+    # The password is a file from the Secret pmsctl-db, mounted read-only.
+    password = Path(env["PMSCTL_STORE_PASSWORD_FILE"])
+    (mount,) = [
+        m for m in container["volumeMounts"] if password.is_relative_to(m["mountPath"])
+    ]  # fmt: skip
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == "pmsctl-db"
+    # The CA named in the URL is in the same Secret.
+    assert Path(parse_qs(store.query)["sslrootcert"][0]).parent == password.parent
+    # A leader and a standby, never on one node.
+    assert dep["spec"]["replicas"] >= 2
+    assert env["PMSCTL_LEADER_ELECT"] == "true"
+    hostname = [
+        c for c in pod["topologySpreadConstraints"]
+        if c["topologyKey"] == "kubernetes.io/hostname"
+    ]  # fmt: skip
+    assert [c["whenUnsatisfiable"] for c in hostname] == ["DoNotSchedule"]
+    # Keep one pod; the standby (never Ready: readiness means leading) may always be evicted.
+    (pdb,) = _of(docs, "PodDisruptionBudget")
+    assert pdb["spec"] == {
+        "minAvailable": 1,
+        "selector": dep["spec"]["selector"],
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
+    }
+
+
+@pytest.mark.kube
+def test_production_has_the_webhooks_and_the_monitoring(kube: testenv.Cluster) -> None:
+    docs = _render(kube, "production")
+    (dep,) = _of(docs, "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    services = {s["metadata"]["name"]: s for s in _of(docs, "Service")}
+    # cert-manager's Certificate names the webhook Service and fills the Secret the operator
+    # serves the webhooks from; the webhook configuration gets its CA from that Certificate.
+    (cert,) = _of(docs, "Certificate")
+    (issuer,) = _of(docs, "Issuer")
+    assert cert["spec"]["issuerRef"] == {"name": issuer["metadata"]["name"], "kind": "Issuer"}
+    ns = cert["metadata"]["namespace"]
+    assert f"pmsctl-webhooks.{ns}.svc" in cert["spec"]["dnsNames"]
+    assert "pmsctl-webhooks" in services
+    cert_dir = _env(container)["PMSCTL_WEBHOOK_CERT_DIR"]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == cert_dir]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == cert["spec"]["secretName"]
+    (webhooks,) = _of(docs, "ValidatingWebhookConfiguration")
+    assert webhooks["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
+        f"{ns}/{cert['metadata']['name']}"
+    )
+    # The ServiceMonitor scrapes the metrics Service's ports, in the operator's namespace.
+    (monitor,) = _of(docs, "ServiceMonitor")
+    selected = [
+        s for s in services.values()
+        if monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+    ]  # fmt: skip
+    assert [s["metadata"]["name"] for s in selected] == ["pmsctl-metrics"]
+    ports = {p["name"] for p in selected[0]["spec"]["ports"]}
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} <= ports
+    assert monitor["spec"]["namespaceSelector"]["matchNames"] == [ns]
+    assert _of(docs, "PrometheusRule")
 
 
 #: (verb, resource, extra kubectl args): what the operator's ServiceAccount must be allowed.
