@@ -45,7 +45,7 @@ from test_readme import workdir as workdir  # the folder and environment every s
 
 MARKER = re.compile(r"^<!-- tested in (?P<mode>[\w-]+)\s*-->$")
 UNTESTED = re.compile(r"^<!-- untested: \S.*-->$")
-DOCUMENTS = ("README.md", "docs/diff.md", "docs/catalog.md", "docs/fleets.md")
+DOCUMENTS = ("README.md", "docs/diff.md", "docs/catalog.md", "docs/fleets.md", "docs/versions.md")
 KUBE_DOCUMENTS = {"docs/fleets.md"}
 
 
