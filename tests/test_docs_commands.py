@@ -45,7 +45,14 @@ from test_readme import workdir as workdir  # the folder and environment every s
 
 MARKER = re.compile(r"^<!-- tested in (?P<mode>[\w-]+)\s*-->$")
 UNTESTED = re.compile(r"^<!-- untested: \S.*-->$")
-DOCUMENTS = ("README.md", "docs/diff.md", "docs/catalog.md", "docs/fleets.md", "docs/versions.md")
+DOCUMENTS = (
+    "README.md",
+    "docs/diff.md",
+    "docs/catalog.md",
+    "docs/fleets.md",
+    "docs/versions.md",
+    "docs/schema.md",
+)
 KUBE_DOCUMENTS = {"docs/fleets.md"}
 
 
