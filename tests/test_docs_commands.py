@@ -66,6 +66,7 @@ def parse(document: str, scenarios: set[str]) -> list[Block]:
 
 
 def git(cwd: Path, *args: str) -> None:
+    """Run git in `cwd` as a fixed, made-up author (the machine may have none configured)."""
     subprocess.run(
         ["git", "-c", "user.name=pmsctl docs", "-c", "user.email=docs@pmsctl.invalid", *args],
         cwd=cwd, check=True, capture_output=True, text=True,
@@ -83,6 +84,7 @@ def repository(cwd: Path) -> None:
 
 
 def edit(path: Path, *changes: tuple[str, str]) -> None:
+    """Replace each `old` text by `new` once; an `old` the file lacks fails the test at once."""
     text = path.read_text(encoding="utf-8")
     for old, new in changes:
         assert old in text, (path, old)
@@ -177,6 +179,7 @@ SCENARIOS: dict[str, Callable[[Path, dict[str, str]], None]] = {
 
 
 def params() -> list[object]:
+    """One case per document, marked `kube` when it needs the testenv binaries."""
     return [
         pytest.param(d, marks=[pytest.mark.kube] if d in KUBE_DOCUMENTS else [], id=d)
         for d in DOCUMENTS
