@@ -1,13 +1,13 @@
 """The operator-wide event sink: what pollers saw, as CloudEvents 1.0 (JSON).
 
 Every change a poller reads becomes one CloudEvent with a stable id: the same change (practice,
-kind, record id, change stamp or status) always gets the same id, so delivery is at-least-once and
-consumers de-duplicate on `id`. Event types:
+kind, record id, change stamp and the row's version, or the flow status) always gets the same id,
+so delivery is at-least-once and consumers de-duplicate on `id`. Event types:
 
     dev.dental.pmsctl.appointment-status.changed   a patient-flow status (confirmed, arrived, ...)
     dev.dental.pmsctl.appointment.changed          an appointment row changed
     dev.dental.pmsctl.patient.changed              a patient changed (with `photoRef` when
-                                                   spec.patientProfilePhotos is true)
+                                                   the practice's patient photos are on)
 
 Sinks (a `publish()` returns only once the events are accepted, and raises `SinkError` if not;
 the engine saves a cursor only after that):
@@ -71,7 +71,8 @@ class EventSink(Protocol):
 
 
 def event_id(practice_id: str, kind: str, record_id: str, stamp: str) -> str:
-    """The stable id of one change: same practice, kind, record and stamp -> same id."""
+    """The stable id of one change: same practice, kind, record and stamp (with the row's version,
+    for rows) -> same id."""
     raw = "\x1f".join((practice_id, kind, record_id, stamp)).encode()
     return hashlib.sha256(raw).hexdigest()[:32]
 

@@ -1,6 +1,7 @@
 """The Kubernetes adapter: read Secrets, patch PracticeWriteback status, post Events.
 
-This module and `reconciler.kube.handlers` are the only ones that talk to the API server. It uses the
+Only `reconciler.kube` talks to the API server (this client; Kopf in `handlers`/`run`; `catalog`,
+`leader`, `storage` and `webhooks` for their own objects). It uses the
 official `kubernetes` client (synchronous; every call runs in a worker thread so the event loop
 never blocks). Kopf itself gets its connection from `connection_info()`, built from the same
 configuration, so the operator and this adapter always talk to the same cluster as the same user.

@@ -1,4 +1,5 @@
-"""The Kopf adapter: the only module that imports kopf. Every handler is on one screen below.
+"""The Kopf handlers: every handler is on one screen below (Kopf is imported only in
+`reconciler.kube`, here and in `run.py`, which starts it).
 
 Handlers unpack the body, call the engine (from Kopf's `memo`, never a module global) and turn
 the engine's last error into `kopf.TemporaryError` / `kopf.PermanentError`. The engine reports
