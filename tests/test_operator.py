@@ -149,6 +149,23 @@ class Env:
         result = await asyncio.to_thread(self.core.list_namespaced_event, self.ns)
         return list(result.items)
 
+    async def wait_events(
+        self, wanted: set[tuple[str, str]], name: str | None = None, timeout: float = 10
+    ) -> set[tuple[str, str]]:
+        """Wait until Events with each (reason, type) of `wanted` are listed (for the object
+        `name`, when given): the engine posts an Event beside its status write, not before it,
+        so a read right after a condition changed may not list it yet."""
+
+        async def listed() -> set[tuple[str, str]] | None:
+            seen = {
+                (e.reason, e.type)
+                for e in await self.events()
+                if name is None or e.involved_object.name == name
+            }
+            return seen if wanted <= seen else None
+
+        return await eventually(listed, timeout, f"Events {sorted(wanted)}")  # type: ignore[no-any-return]
+
 
 async def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
     """`timing.eventually`, asking at most every 0.25 s (most checks are API server reads)."""
@@ -294,11 +311,7 @@ async def test_the_examples_become_ready_with_resolved_ids_in_status(env: Env) -
         assert (
             "sync" in obj["spec"] and "suspend" in obj["spec"]
         )  # as written; nothing defaulted in
-        reasons = {
-            (e.reason, e.type)
-            for e in await env.events()
-            if e.involved_object.name == "bright-smiles"
-        }
+        reasons = await env.wait_events({("Ready", "Normal")}, "bright-smiles")
         assert ("Ready", "Normal") in reasons
         assert sorted(op.engine.keys()) == sorted(f"{env.ns}/{n}" for n in names)
         await eventually(
@@ -420,12 +433,7 @@ async def test_wrong_provider_unknown_note_type_and_missing_secret_say_how_to_fi
             in c["message"]
         )
 
-        # An Event is posted beside the status write, not before it: wait for it to be listed.
-        async def warned() -> bool:
-            warnings = {e.reason for e in await env.events() if e.type == "Warning"}
-            return {"ProviderInactive", "NoteTypeNotFound"} <= warnings
-
-        await eventually(warned, 10, "the Warning Events ProviderInactive and NoteTypeNotFound")
+        await env.wait_events({("ProviderInactive", "Warning"), ("NoteTypeNotFound", "Warning")})
         await env.patch(
             "bright-smiles",
             {
@@ -503,7 +511,9 @@ async def test_renamed_note_type_flips_the_condition_within_the_drift_period(env
             in c["message"]
         )
         assert "Missed Call (old)" in c["message"]
-        assert "NoteTypeNotFound" in {e.reason for e in await env.events() if e.type == "Warning"}
+        assert ("NoteTypeNotFound", "Warning") in await env.wait_events(
+            {("NoteTypeNotFound", "Warning")}
+        )
 
 
 async def test_reconcile_annotation_forces_a_reconcile_and_is_echoed(env: Env) -> None:
