@@ -379,6 +379,7 @@ async def run_up(options: UpOptions, out: TextIO | None = None) -> int:
                 connection_override=sim.override if sim is not None else None,
                 stop=stop,
                 on_catalog=LocalCatalogs(options.state_dir / CATALOG_FOLDER),
+                loading=f"pmsctl up is still reading the practices in {options.path}",
             )
             _info(
                 f"watching {options.path}; events -> {options.sink_url or options.events_path}; "
@@ -410,6 +411,9 @@ async def run_up(options: UpOptions, out: TextIO | None = None) -> int:
             watcher = FolderWatcher(options.path, skip_other_kinds=options.skip_other_kinds)
             runner = LocalRunner(runtime.engine, watcher, display, sim)
             await runner.sync_folder()
+            # The folder's practices are in the engine: from now on an unknown practiceId is
+            # one no file names (404), not one still being read (503).
+            runtime.loaded()
             if not runner.files:
                 _info(f"no *.yaml or *.yml files in {options.path} (yet)")
             if options.once:
