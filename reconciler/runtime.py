@@ -40,6 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal
 
+from reconciler import private
 from reconciler.engine import metrics as engine_metrics
 from reconciler.engine.catalog import CatalogListener
 from reconciler.engine.cursors import CursorStore, SqliteCursorStore
@@ -126,7 +127,7 @@ def writeback_token(made_file: Path | None = None) -> tuple[str, str]:
         from_env = bool(os.environ.get(TOKEN_ENV))
         return token, f"${TOKEN_ENV}" if from_env else os.environ.get(TOKEN_FILE_ENV, "")
     if not made_file.exists():
-        made_file.parent.mkdir(parents=True, exist_ok=True)
+        private.private_dir(made_file.parent)
         fd = os.open(made_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(secrets.token_hex(32) + "\n")
@@ -165,6 +166,9 @@ def setup_logging(options: RuntimeOptions) -> None:
     own format) or a test harness that configured logging keeps its handlers."""
     root = logging.getLogger()
     if not root.handlers:
+        if options.log_file is not None:  # lines name practices and patients: 0600 in 0700
+            private.private_dir(options.log_file.parent)
+            private.private_file(options.log_file)
         handler: logging.Handler = (
             logging.FileHandler(options.log_file, encoding="utf-8")
             if options.log_file is not None

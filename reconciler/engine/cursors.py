@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+from reconciler import private
+
 
 class CursorStore(Protocol):
     """Load and save poller cursors; `None` means 'from the beginning'."""
@@ -38,7 +40,9 @@ class SqliteCursorStore:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            # Cursors name practices and their PMS's record ids: the owner's alone.
+            private.private_dir(Path(self.path).parent)
+            private.private_file(self.path)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         # (key, kind) -> cursor, for every cursor this store read or wrote (write-through).
