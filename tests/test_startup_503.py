@@ -316,3 +316,24 @@ async def test_operator_answers_503_until_kopf_handled_every_practice_listed_at_
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 20)
+
+
+@pytest.mark.looptime
+async def test_startup_reconciles_retries_a_failed_first_list() -> None:
+    answers: list[set[str] | Exception] = [PermissionError("forbidden"), {"ns/a"}]
+    loaded: list[bool] = []
+
+    async def list_keys() -> set[str]:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    tracker = StartupReconciles(list_keys, lambda: loaded.append(True), relist=30.0)
+    tracker.handled("ns/a")
+    tracker.start()
+    await timing.elapse(1)
+    assert tracker.expected is None and not loaded  # the list failed: not ready, not stuck
+    await timing.elapse(30)
+    assert loaded == [True]
+    await tracker.stop()

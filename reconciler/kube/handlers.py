@@ -101,17 +101,17 @@ class StartupReconciles:
 
     async def run(self) -> None:
         """List, then re-list every `relist` seconds until every listed key is handled."""
-        self.expected = await self.list_keys()
-        self._check()
         while not self.done:
-            await asyncio.sleep(self.relist)
             try:
                 now = await self.list_keys()
-            except Exception as exc:  # a failed re-list only delays readiness; log why
-                log.warning("re-listing the practices at start-up failed: %s", exc)
-                continue
-            self.expected = (self.expected or set()) & now
-            self._check()
+            except Exception as exc:  # a failed list only delays readiness; say why
+                log.warning("listing the practices at start-up failed (retrying in %gs): %s",
+                            self.relist, exc)  # fmt: skip
+            else:
+                self.expected = now if self.expected is None else self.expected & now
+                self._check()
+            if not self.done:
+                await asyncio.sleep(self.relist)
 
     def start(self) -> None:
         """Run `run()` in the background (the startup handler, once the runtime listens)."""
