@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import sqlite3
 import threading
@@ -38,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from pms_simulator import catalog, clock
 from pms_simulator.errors import DriftError, UnknownPracticeError
+from reconciler import private
 
 if TYPE_CHECKING:
     from pms_simulator.adversary import Adversary
@@ -123,6 +125,10 @@ class State:
 
     def __init__(self, db: str = ":memory:", start: datetime | None = None) -> None:
         self.lock = threading.RLock()
+        if db != ":memory:" and not db.startswith("file:"):
+            # Simulated, but patient-shaped data: kept like the real thing (0600 in 0700).
+            private.private_dir(os.path.dirname(os.path.abspath(db)))
+            private.private_file(db)
         self._db = sqlite3.connect(db, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA synchronous=OFF")

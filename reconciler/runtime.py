@@ -16,6 +16,11 @@ setup. What it does not own: where the desired state comes from (Kubernetes or a
 status is shown (status subresource or a terminal table), leader election, or display options:
 those stay in `reconciler.kube` and `reconciler.local`.
 
+Loading: an adapter that passes `loading="why"` gets a writeback API that answers 503 +
+Retry-After for a practice it does not know (and on /readyz) until it calls `loaded()`, once
+its practices are in the engine: a client must not take "not loaded yet" for "no such
+practice" (404).
+
 Stopping goes in dependency order: the writeback API and drainer first (deliveries use the
 engine's PMS clients), then the engine (pollers, last statuses, clients, sink, cursor store),
 then the metrics server.
@@ -35,6 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal
 
+from reconciler import private
 from reconciler.engine import metrics as engine_metrics
 from reconciler.engine.catalog import CatalogListener
 from reconciler.engine.cursors import CursorStore, SqliteCursorStore
@@ -50,6 +56,7 @@ from reconciler.stores import Backend, backend_from_url
 
 if TYPE_CHECKING:
     from reconciler.writeback.service import WritebackService
+    from reconciler.writeback.target import StartupGate
 
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -120,7 +127,7 @@ def writeback_token(made_file: Path | None = None) -> tuple[str, str]:
         from_env = bool(os.environ.get(TOKEN_ENV))
         return token, f"${TOKEN_ENV}" if from_env else os.environ.get(TOKEN_FILE_ENV, "")
     if not made_file.exists():
-        made_file.parent.mkdir(parents=True, exist_ok=True)
+        private.private_dir(made_file.parent)
         fd = os.open(made_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(secrets.token_hex(32) + "\n")
@@ -159,6 +166,9 @@ def setup_logging(options: RuntimeOptions) -> None:
     own format) or a test harness that configured logging keeps its handlers."""
     root = logging.getLogger()
     if not root.handlers:
+        if options.log_file is not None:  # lines name practices and patients: 0600 in 0700
+            private.private_dir(options.log_file.parent)
+            private.private_file(options.log_file)
         handler: logging.Handler = (
             logging.FileHandler(options.log_file, encoding="utf-8")
             if options.log_file is not None
@@ -221,6 +231,7 @@ class Runtime:
         stop: asyncio.Event | None = None,
         sink: EventSink | None = None,
         on_catalog: CatalogListener | None = None,
+        loading: str | None = None,
     ) -> None:
         if options.writeback_port is not None and not options.writeback_token:
             raise ValueError("a writeback port needs a writeback token (see writeback_token())")
@@ -247,12 +258,15 @@ class Runtime:
             on_catalog=on_catalog,
         )
         self.writebacks: WritebackService | None = None
+        self._gate: StartupGate | None = None
         if options.writeback_port is not None and options.writeback_token:
             from reconciler.writeback import metrics as writeback_metrics
             from reconciler.writeback.service import WritebackService
+            from reconciler.writeback.target import StartupGate
 
+            self._gate = StartupGate(self.engine, loading)
             self.writebacks = WritebackService(
-                self.engine,
+                self._gate,
                 options.writeback_db,
                 options.writeback_token,
                 metrics=writeback_metrics.process_metrics(),
@@ -268,6 +282,17 @@ class Runtime:
     def metrics_url(self) -> str | None:
         """The metrics server's base URL once started (None when not served)."""
         return self._metrics.url if self._metrics is not None else None
+
+    def loaded(self) -> None:
+        """The adapter's practices are in the engine: an unknown practice is 404 from now on
+        (and /readyz answers 200). Idempotent."""
+        if self._gate is not None and self._gate.not_ready() is not None:
+            self._gate.loaded()
+            log.info("practices loaded: the writeback API is ready")
+
+    def not_ready(self) -> str | None:
+        """Why the writeback API is not ready yet (see `loaded()`), or None."""
+        return self._gate.not_ready() if self._gate is not None else None
 
     def handle_signals(self, hook: SignalHook | None = None) -> None:
         """SIGINT/SIGTERM set `stop_event` from now on (see `stop_on_signals`)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import errno
 import functools
 import json
 import os
@@ -819,20 +820,67 @@ def _validate_one(
     return valid, problems
 
 
-def iter_yaml_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
+def broken_link(path: Path) -> str | None:
+    """Why `path`, a symlink, leads nowhere (its target, and: missing or a loop); None when it
+    is not a symlink or its target exists."""
+    if not path.is_symlink():
+        return None
+    try:
+        target = os.readlink(path)
+    except OSError:
+        return None
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return f"symlink to {target}, which does not exist"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"symlink to {target}, which loops (a chain of links that never ends)"
+        return f"symlink to {target}, which cannot be followed: {exc.strerror}"
+    return None
+
+
+def broken_links(folder: Path, *, skip_hidden: bool = False) -> list[Problem]:
+    """A problem for each symlink under `folder` that leads nowhere (dangling or a loop) and may
+    have stood for practices: named or pointing at *.yaml/*.yml, or with no suffix (a folder).
+    Such a link is never read, so without this it would vanish from the report silently."""
+    problems = []
+    for path in sorted(folder.rglob("*")):
+        if skip_hidden and any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        why = broken_link(path)
+        if why is None:
+            continue
+        suffixes = (Path(os.readlink(path)).suffix, path.suffix)
+        if any(s in (".yaml", ".yml") for s in suffixes) or not path.suffix:
+            problems.append(Problem(str(path), 1, 1, FILE_PATH, f"{why}; it is not read"))
+    return problems
+
+
+def iter_yaml_files(
+    paths: Iterable[str | os.PathLike[str]], links: list[Problem] | None = None
+) -> Iterator[Path]:
     """The YAML files named or found (recursively, sorted) under `paths`; UsageError when a
-    path does not exist or a folder has no YAML files."""
+    path does not exist or a folder has no YAML files (nor broken links). Broken symlinks
+    found are appended to `links` (`broken_links`)."""
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
             found = sorted(
                 p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()
             )
-            if not found:
+            broken = broken_links(path)
+            if links is not None:
+                links.extend(broken)
+            if not found and not broken:
                 raise UsageError(f"{path}: no *.yaml or *.yml files in this folder")
             yield from found
         elif path.is_file():
             yield path
+        elif (why := broken_link(path)) is not None:
+            if links is None:
+                raise UsageError(f"{path}: {why}")
+            links.append(Problem(str(path), 1, 1, FILE_PATH, f"{why}; it is not read"))
         else:
             raise UsageError(f"{path}: no such file or folder")
 
@@ -845,11 +893,12 @@ def validate_paths(
 ) -> Report:
     """Validate files and folders (recursive `*.yaml`/`*.yml`, multi-document), including the
     duplicate checks across all of them. Raises UsageError for a missing path."""
-    files = list(dict.fromkeys(iter_yaml_files(paths)))
+    links: list[Problem] = []
+    files = list(dict.fromkeys(iter_yaml_files(paths, links)))
     seen = _Seen()
     skipped: list[Skipped] = []
     documents: list[ValidDocument] = []
-    problems: list[Problem] = []
+    problems: list[Problem] = list(links)
     for path in files:
         name = str(path)
         try:

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+from reconciler import private
+
 
 class CursorStore(Protocol):
     """Load and save poller cursors; `None` means 'from the beginning'."""
@@ -38,7 +40,8 @@ class SqliteCursorStore:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            # Cursors name practices and their PMS's record ids: the owner's alone.
+            private.private_dir(Path(self.path).parent)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         # (key, kind) -> cursor, for every cursor this store read or wrote (write-through).
@@ -51,6 +54,10 @@ class SqliteCursorStore:
                 " practice_key TEXT NOT NULL, kind TEXT NOT NULL, cursor TEXT NOT NULL,"
                 " updated_at REAL NOT NULL, PRIMARY KEY (practice_key, kind))"
             )
+        # Tightened once SQLite made the file and, after the WAL switch, its -wal and -shm (later
+        # ones take the file's 0600); until then the file sits in the 0700 folder made above.
+        if self.path != ":memory:":
+            private.private_file(self.path)
 
     def get(self, key: str, kind: str) -> str | None:
         cached = self._cache.get((key, kind))

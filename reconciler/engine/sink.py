@@ -32,6 +32,7 @@ import httpx
 
 from pms_drivers.base import Appointment, AppointmentStatusChange, Patient
 from pms_drivers.retry import RetryPolicy, with_retry
+from reconciler import private
 
 TYPE_APPOINTMENT_STATUS = "dev.dental.pmsctl.appointment-status.changed"
 TYPE_APPOINTMENT = "dev.dental.pmsctl.appointment.changed"
@@ -185,10 +186,11 @@ class JsonlSink:
 
     def __init__(self, path: str | os.PathLike[str], *, fsync: bool = True) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Events carry patients' appointments and names: the owner's alone (0600 in 0700).
+        private.private_dir(self.path.parent)
         self._fsync = fsync
         self._sync_lock = asyncio.Lock()
-        self._file = self.path.open("a", encoding="utf-8")
+        self._file = private.open_private(self.path, "a", encoding="utf-8")
         #: Publishes written to the file so far, and how many of them an fsync has covered.
         self._written = 0
         self._synced = 0

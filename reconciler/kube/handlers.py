@@ -15,6 +15,12 @@ condition transitions (posting Events) and at most every `status_interval` for p
 - drift re-checks are the engine's own (one heap-scheduled check per practice, shared with the
   local mode), not a Kopf timer per object: at 10,000 practices that is one task, not 10,000.
 
+Start-up readiness: the writeback API listens before Kopf has handled the practices, and a
+practice it does not hold yet must be 503 ("try again"), not 404. With a `StartupReconciles` in
+the memo (as `pmsctl operator` builds it), the startup handler lists the practices this operator
+owns; once Kopf's first create/update/resume (or delete) of each of them has returned (the
+engine has applied it), the runtime is `loaded()`: the API and its /readyz answer as usual.
+
 `build_registry(labels=...)` registers the handlers on a fresh registry so a label selector (one
 shard per replica) and the tests each get their own. The memo comes from `make_memo()`: the
 `reconciler.runtime.Runtime` (started by the startup handler, stopped by the cleanup handler:
@@ -25,8 +31,10 @@ practice's PracticeCatalog; it needs the practice's uid for the ownerReference).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import kopf
@@ -45,6 +53,78 @@ KOPF_PREFIX = "operator.writeback.dental.dev"
 RESOURCE = (GROUP, VERSION, PLURAL)
 #: Kopf retry delay (s) after a temporary PMS failure (the engine's pollers notice recovery sooner).
 RETRY_DELAY = 10.0
+#: While not every listed practice has been handled, re-list this often (seconds): one deleted
+#: between the list and Kopf's own listing is never handled, and must not hold readiness back.
+STARTUP_RELIST = 30.0
+
+log = logging.getLogger(__name__)
+
+
+class StartupReconciles:
+    """Counts Kopf's first handling of each practice that existed at start-up.
+
+    `list_keys` returns the keys (namespace/name) of the practices this operator owns now (same
+    namespaces and label selector as Kopf's watch); `on_loaded` is called once every listed key
+    has been handled (`handled(key)`, after the engine applied or removed it). A key handled
+    before the list arrives counts; a listed key gone from a later list no longer waits.
+    """
+
+    def __init__(
+        self,
+        list_keys: Callable[[], Awaitable[set[str]]],
+        on_loaded: Callable[[], None],
+        relist: float = STARTUP_RELIST,
+    ) -> None:
+        self.list_keys = list_keys
+        self.on_loaded = on_loaded
+        self.relist = relist
+        self.expected: set[str] | None = None
+        self.seen: set[str] = set()
+        self.done = False
+        self._task: asyncio.Task[None] | None = None
+
+    def handled(self, key: str) -> None:
+        """Kopf's handler for `key` has returned (whatever it raised)."""
+        if not self.done:
+            self.seen.add(key)
+            self._check()
+
+    def waiting_for(self) -> set[str]:
+        """The listed keys not handled yet (empty before the list arrives)."""
+        return (self.expected or set()) - self.seen
+
+    def _check(self) -> None:
+        if not self.done and self.expected is not None and not self.waiting_for():
+            self.done = True
+            log.info("every practice found at start-up has been reconciled (%d)",
+                     len(self.expected))  # fmt: skip
+            self.on_loaded()
+
+    async def run(self) -> None:
+        """List, then re-list every `relist` seconds until every listed key is handled."""
+        while not self.done:
+            try:
+                now = await self.list_keys()
+            except Exception as exc:  # a failed list only delays readiness; say why
+                log.warning("listing the practices at start-up failed (retrying in %gs): %s",
+                            self.relist, exc)  # fmt: skip
+            else:
+                self.expected = now if self.expected is None else self.expected & now
+                self._check()
+            if not self.done:
+                await asyncio.sleep(self.relist)
+
+    def start(self) -> None:
+        """Run `run()` in the background (the startup handler, once the runtime listens)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self.run())
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def build_registry(*, labels: Mapping[str, Any] | None = None) -> kopf.OperatorRegistry:
@@ -56,9 +136,13 @@ def build_registry(*, labels: Mapping[str, Any] | None = None) -> kopf.OperatorR
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         configure(settings)
         await _start_runtime(memo.runtime)
+        if memo.get("startup") is not None:
+            memo.startup.start()
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        if memo.get("startup") is not None:
+            await memo.startup.stop()
         await memo.runtime.stop()
 
     @kopf.on.login(registry=registry)
@@ -69,7 +153,10 @@ def build_registry(*, labels: Mapping[str, Any] | None = None) -> kopf.OperatorR
     @kopf.on.create(*RESOURCE, labels=sel, registry=registry)
     @kopf.on.update(*RESOURCE, labels=sel, registry=registry)
     async def reconcile(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        await _reconcile(body, memo)
+        try:
+            await _reconcile(body, memo)
+        finally:  # applied, or failed for a reason its status shows: handled either way
+            _handled(memo, f"{body['metadata']['namespace']}/{body['metadata']['name']}")
 
     @kopf.on.delete(*RESOURCE, labels=sel, registry=registry)
     async def delete(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
@@ -77,6 +164,7 @@ def build_registry(*, labels: Mapping[str, Any] | None = None) -> kopf.OperatorR
         memo.writer.forget(f"{namespace}/{name}")
         if memo.get("catalogs") is not None:
             memo.catalogs.forget(f"{namespace}/{name}")
+        _handled(memo, f"{namespace}/{name}")
 
     @kopf.on.event("", "v1", "secrets", registry=registry, when=_referenced)
     async def secret_changed(
@@ -119,17 +207,28 @@ def configure(settings: kopf.OperatorSettings) -> None:
 
 
 def make_memo(
-    runtime: Runtime, writer: Any, connection: Mapping[str, Any], catalogs: Any = None
+    runtime: Runtime,
+    writer: Any,
+    connection: Mapping[str, Any],
+    catalogs: Any = None,
+    startup: StartupReconciles | None = None,
 ) -> kopf.Memo:
     """The memo every handler reads: the runtime, its engine, the status writer, the kwargs
-    of kopf.ConnectionInfo and the catalog writer (`reconciler.kube.catalog`, optional)."""
+    of kopf.ConnectionInfo, the catalog writer (`reconciler.kube.catalog`, optional) and the
+    start-up count that makes the runtime `loaded()` (optional)."""
     return kopf.Memo(
         runtime=runtime,
         engine=runtime.engine,
         writer=writer,
         connection=connection,
         catalogs=catalogs,
+        startup=startup,
     )
+
+
+def _handled(memo: kopf.Memo, key: str) -> None:
+    if memo.get("startup") is not None:
+        memo.startup.handled(key)
 
 
 async def _start_runtime(runtime: Runtime) -> None:

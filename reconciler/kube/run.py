@@ -5,6 +5,8 @@ parses the flags; `reconciler.kube.leading` holds the Lease under --leader-elect
 
 Kopf's part: the runtime is started and stopped by the startup and cleanup handlers
 (`reconciler.kube.handlers`, through the memo), and Kopf's stop flag is the runtime's stop event.
+The writeback API answers 503 (and /readyz, the readiness probe, too) until Kopf has handled
+every practice `practice_keys` lists at start-up (`handlers.StartupReconciles`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -185,7 +188,7 @@ async def _work(
     from reconciler.engine.engine import EngineSettings
     from reconciler.kube.catalog import CatalogWriter
     from reconciler.kube.client import KubeSecrets, StatusWriter, connection_info
-    from reconciler.kube.handlers import build_registry, make_memo
+    from reconciler.kube.handlers import StartupReconciles, build_registry, make_memo
     from reconciler.runtime import Runtime
 
     writer = StatusWriter(api)
@@ -202,14 +205,20 @@ async def _work(
         on_status=writer,
         stop=stop,
         on_catalog=catalogs,
+        loading="the operator has not yet reconciled every PracticeWriteback it found at start-up",
     )
+
+    async def list_keys() -> set[str]:
+        return await asyncio.to_thread(practice_keys, api, namespaces, args.selector)
+
+    startup = StartupReconciles(list_keys, runtime.loaded)
     # kopf.operator() spelled out, so that SIGTERM/SIGINT set the same stop flag as a lost
     # lease: with only Kopf's own signal handlers its stop-flag waiter outlives a SIGTERM and
     # Kopf waits 5 s for it before the Lease can be released.
     existing = asyncio.all_tasks()
     tasks = await kopf.spawn_tasks(
         registry=build_registry(labels=labels),
-        memo=make_memo(runtime, writer, connection_info(api), catalogs),
+        memo=make_memo(runtime, writer, connection_info(api), catalogs, startup),
         standalone=True,
         clusterwide=not namespaces,
         namespaces=namespaces or [],
@@ -218,6 +227,40 @@ async def _work(
     )
     runtime.handle_signals()
     await kopf.run_tasks(tasks, ignored=existing)
+
+
+def practice_keys(api: Any, namespaces: list[str] | None, selector: str | None) -> set[str]:
+    """namespace/name of every PracticeWriteback Kopf will handle at start-up: in `namespaces`
+    (Kopf's patterns: a glob lists cluster-wide and filters, `!pattern` excludes; none: the
+    whole cluster), matching the label `selector`, not being deleted."""
+    from kubernetes import client
+
+    from reconciler.kube.client import GROUP, PLURAL, VERSION
+
+    custom = client.CustomObjectsApi(api)
+    include = [n for n in namespaces or [] if not n.startswith("!")]
+    exclude = [n[1:] for n in namespaces or [] if n.startswith("!")]
+    kw: dict[str, Any] = {"label_selector": selector} if selector else {}
+    items: list[dict[str, Any]] = []
+    if include and not any(c in n for n in include for c in "*?["):
+        for ns in include:
+            answer: Any = custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, **kw)
+            items.extend(answer["items"])
+    else:
+        answer = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **kw)
+        items.extend(answer["items"])
+    keys = set()
+    for obj in items:
+        meta = obj.get("metadata") or {}
+        ns = str(meta.get("namespace") or "")
+        if meta.get("deletionTimestamp"):  # Kopf deletes it, or it is gone before Kopf sees it
+            continue
+        if include and not any(fnmatchcase(ns, n) for n in include):
+            continue
+        if any(fnmatchcase(ns, n) for n in exclude):
+            continue
+        keys.add(f"{ns}/{meta.get('name')}")
+    return keys
 
 
 def _writeback_token(port: int) -> str | None:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from reconciler import private
 from reconciler.api.catalog import Catalog
 
 #: The folder under the state dir.
@@ -43,9 +44,10 @@ class LocalCatalogs:
         if catalog is None:
             path.unlink(missing_ok=True)
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
+        private.private_dir(self.folder)  # a catalog names the practice's providers
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(catalog.to_object(), indent=2) + "\n", encoding="utf-8")
+        with private.open_private(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(catalog.to_object(), indent=2) + "\n")
         os.replace(tmp, path)
         self.writes += 1
 

@@ -1,6 +1,8 @@
 """Reading and watching the folder `pmsctl up` runs from: which files are practice files, and
 `FolderWatcher`, which polls them (stat, then a content hash only for files whose stat changed)
-and validates changed files with the same checks as `pmsctl validate`.
+and validates changed files with the same checks as `pmsctl validate`. A file it cannot read (its
+mode changed, say) and a symlink that leads nowhere are problems of that file: its practices,
+if any ran, keep running at their last good version, as for an invalid file.
 """
 
 from __future__ import annotations
@@ -48,9 +50,24 @@ def yaml_files(root: Path) -> list[Path]:
     return sorted(found)
 
 
+def broken_links(root: Path) -> list[Path]:
+    """Symlinks under `root` (hidden ones skipped, as in `yaml_files`) that lead nowhere and may
+    have stood for practices (`reconciler.api.validate.broken_links`)."""
+    from reconciler.api import validate
+
+    if not root.is_dir():
+        return []
+    return [Path(p.file) for p in validate.broken_links(root, skip_hidden=True)]
+
+
+#: What a scan compares to decide whether to re-read a file: mtime, size and inode for its
+#: content, ctime and mode for its access (a chmod changes only those).
+Stamp = tuple[int, int, int, int, int]
+
+
 @dataclass
 class _Cached:
-    stat: tuple[int, int, int]
+    stat: Stamp
     digest: str
     result: FileResult
 
@@ -61,6 +78,7 @@ class FolderWatcher:
     `scan()` returns the full snapshot (path -> FileResult) and whether anything differs from the
     previous scan. A file is re-read only when its (mtime, size, inode) changed, and re-validated
     only when its content hash changed, so a scan of an unchanged folder costs one stat per file.
+    A file that cannot be read, or a symlink that leads nowhere, is reported on every scan.
     """
 
     def __init__(
@@ -87,7 +105,7 @@ class FolderWatcher:
             shown = self._display_path(path)
             try:
                 st = path.stat()
-                stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+                stamp = (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns, st.st_mode)
                 cached = self._cache.get(shown)
                 if cached is not None and cached.stat == stamp:
                     seen[shown] = cached
@@ -103,7 +121,7 @@ class FolderWatcher:
                 continue  # removed between listing and reading: the next scan sees it gone
             except OSError as exc:
                 result = FileResult(shown, problems=(f"{shown}: cannot read: {exc.strerror}",))
-                seen[shown] = _Cached((0, 0, 0), "", result)
+                seen[shown] = _Cached((0, 0, 0, 0, 0), "", result)
                 changed = changed or self._cache.get(shown) != seen[shown]
                 continue
             digest = hashlib.sha256(data).hexdigest()
@@ -118,6 +136,17 @@ class FolderWatcher:
                 result = self._load(text, shown)
             seen[shown] = _Cached(stamp, digest, result)
             changed = True
+        from reconciler.api.validate import broken_link
+
+        for link in broken_links(self.root):
+            shown = self._display_path(link)
+            why = broken_link(link)
+            if why is None:  # fixed between listing and now: the next scan reads it
+                continue
+            result = FileResult(shown, problems=(f"{shown}: {why}; it is not read",))
+            seen[shown] = _Cached((0, 0, 0, 0, 0), "", result)
+            cached = self._cache.get(shown)
+            changed = changed or cached is None or cached.result != result
         if set(seen) != set(self._cache):
             changed = True
         self._cache = seen

@@ -64,7 +64,9 @@ def plan(applied: Mapping[str, Applied], files: Mapping[str, FileResult]) -> Pla
     - a practice that is new, or whose spec changed, is applied (generation + 1 on change);
     - a practice whose file is gone, or whose valid file no longer holds it, is removed;
     - an invalid file changes nothing: its practices keep running at their last good version;
-    - the same key in two files: the first file (by path) wins, the other file is reported.
+    - the same key in two files: the file it runs from keeps it (a new file, even one that
+      sorts first, never takes a running practice over); for a key not running yet the first
+      file (by path) wins. The other file is reported as a duplicate.
     """
     problems: dict[str, list[str]] = {}
     desired: dict[str, LoadedPractice] = {}
@@ -78,9 +80,13 @@ def plan(applied: Mapping[str, Applied], files: Mapping[str, FileResult]) -> Pla
             kept = applied.get(practice.key)
             held_by = desired.get(practice.key)
             if held_by is None and kept is not None and kept.practice.path != path:
-                # A key still running from an invalid file keeps its place there.
+                # A running key keeps its file while that file is there and (still) holds it,
+                # or is invalid (its last good version runs on).
                 source = files.get(kept.practice.path)
-                held_by = kept.practice if source is not None and not source.valid else None
+                holds = source is not None and (
+                    not source.valid or any(p.key == practice.key for p in source.practices)
+                )
+                held_by = kept.practice if holds else None
             if held_by is not None:
                 where = held_by.path
                 problems.setdefault(path, []).append(

@@ -32,6 +32,7 @@ from errno import EACCES, EADDRINUSE
 from pathlib import Path
 from typing import Any, TextIO
 
+from reconciler import private
 from reconciler.api.spec import PracticeSpec
 from reconciler.engine.core import Reason
 from reconciler.engine.engine import Engine, EngineSettings
@@ -268,6 +269,20 @@ def _log_applied(previous: Applied | None, entry: Applied) -> None:
                  extra={"event": f"poller.{change['action']}", "practice": key, **change})  # fmt: skip
 
 
+def _state_dir(path: Path) -> None:
+    """Create the state folder 0700 (its files hold patient data and the writeback token); an
+    existing one is left as it is, with a warning when group or others may read it."""
+    if path.is_dir():
+        if private.loose_dir(path):
+            mode = path.stat().st_mode & 0o777
+            _info(
+                f"warning: {path} is mode {mode:04o}: others on this machine may read the "
+                f"patient data and the writeback token in it; run chmod 700 {path}"
+            )
+        return
+    private.private_dir(path)
+
+
 def runtime_options(options: UpOptions, token: str | None) -> RuntimeOptions:
     """The runtime's options for `pmsctl up`: files in the state dir, listeners on 127.0.0.1,
     and the log in STATE_DIR/pmsctl.log, where it never breaks the table's in-place repaint
@@ -343,7 +358,7 @@ async def run_up(options: UpOptions, out: TextIO | None = None) -> int:
         )
     credentials = LocalSecrets.load(options.credentials, os.environ)
     simulate = options.simulate if options.simulate is not None else not credentials.available
-    options.state_dir.mkdir(parents=True, exist_ok=True)
+    _state_dir(options.state_dir)
     display = Display(out, options.output)
     token, token_from = None, ""
     try:
@@ -370,7 +385,8 @@ async def run_up(options: UpOptions, out: TextIO | None = None) -> int:
                 )
                 _info(f"simulator on {sim.server_url} (every practice points here)")
                 # Scripts (and the README's curl commands) find the simulator's port here.
-                sim_url_file.write_text(sim.server_url + "\n", encoding="utf-8")
+                with private.open_private(sim_url_file, "w", encoding="utf-8") as f:
+                    f.write(sim.server_url + "\n")
                 stack.callback(sim_url_file.unlink, missing_ok=True)
             runtime = Runtime(
                 settings,
@@ -379,6 +395,7 @@ async def run_up(options: UpOptions, out: TextIO | None = None) -> int:
                 connection_override=sim.override if sim is not None else None,
                 stop=stop,
                 on_catalog=LocalCatalogs(options.state_dir / CATALOG_FOLDER),
+                loading=f"pmsctl up is still reading the practices in {options.path}",
             )
             _info(
                 f"watching {options.path}; events -> {options.sink_url or options.events_path}; "
@@ -410,6 +427,9 @@ async def run_up(options: UpOptions, out: TextIO | None = None) -> int:
             watcher = FolderWatcher(options.path, skip_other_kinds=options.skip_other_kinds)
             runner = LocalRunner(runtime.engine, watcher, display, sim)
             await runner.sync_folder()
+            # The folder's practices are in the engine: from now on an unknown practiceId is
+            # one no file names (404), not one still being read (503).
+            runtime.loaded()
             if not runner.files:
                 _info(f"no *.yaml or *.yml files in {options.path} (yet)")
             if options.once:

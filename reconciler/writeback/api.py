@@ -9,6 +9,8 @@
     POST /v1/writebacks/retry?practiceId=        200 {retried: [ids]}: every failed one
     GET  /metrics, GET /healthz, GET /openapi.json   no token needed (the last: this API's
                                                      OpenAPI document, docs/writeback.openapi.yaml)
+    GET  /readyz                                 200 once the practices are loaded; 503 +
+                                                 Retry-After until then (the readiness probe)
 
 Every /v1 route needs `Authorization: Bearer <token>` (compared in constant time; a token file
 that changes is picked up, and the previous token keeps working for a while: `tokens.py`).
@@ -17,7 +19,8 @@ token, 404 unknown practice or id, 408 the body did not arrive within `body_time
 headers, 409 callerId reused with a different body, 413 body over the limit, 415 not
 `application/json`, 422 the body does not match the request schema (or the patientId cannot
 exist in the practice's PMS), 500 a bug (logged), 503 the queue could not store it (retry with
-the same callerId). A refused request changes nothing. Messages quote at most a few dozen
+the same callerId) or, with `Retry-After`, the practices are still being loaded at start-up
+(an unknown practiceId is 404 only once they are: `target.LoadingDirectory`). A refused request changes nothing. Messages quote at most a few dozen
 characters of the request.
 
 Request time is bounded: `header_timeout` for the request line and headers (aiohttp's keep-alive
@@ -63,7 +66,7 @@ from reconciler.writeback.model import (
 from reconciler.writeback.openapi import document
 from reconciler.writeback.pmsids import patient_id_problem
 from reconciler.writeback.store import QueueStore
-from reconciler.writeback.target import PracticeDirectory
+from reconciler.writeback.target import PracticeDirectory, not_ready
 from reconciler.writeback.tokens import TOKEN_FILE_ENV, BearerTokens, token_problem
 
 log = logging.getLogger(__name__)
@@ -79,16 +82,25 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: Error messages are cut to this many characters: an error never grows with the input.
 MAX_ERROR_CHARS = 1000
+#: Retry-After (seconds) while the practices are being loaded at start-up.
+LOADING_RETRY_AFTER = 2
 
 
-def error(status: int, code: str, message: str, field: str | None = None) -> web.Response:
+def error(
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
     """A JSON error answer, at most about `MAX_ERROR_CHARS` long whatever the request held."""
     if len(message) > MAX_ERROR_CHARS:
         message = message[:MAX_ERROR_CHARS] + "…"
     body: dict[str, Any] = {"code": code, "message": message}
     if field:
         body["field"] = field[:MAX_ERROR_CHARS]
-    headers = {"WWW-Authenticate": 'Bearer realm="pmsctl-writeback"'} if status == 401 else None
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="pmsctl-writeback"'}
     # backslashreplace: a lone surrogate echoed from the request must not make the error a 500.
     text = dumps({"error": body}).encode("utf-8", "backslashreplace")
     return web.Response(status=status, body=text, content_type="application/json", headers=headers)
@@ -101,6 +113,14 @@ def unread_body_error(
     response = error(status, code, message, field)
     response.force_close()
     return response
+
+
+def loading_error(why: str) -> web.Response:
+    """503 + Retry-After: the practices are still being loaded; the client tries again."""
+    return error(
+        503, "practices_loading", f"{why}; try again in a moment",
+        headers={"Retry-After": str(LOADING_RETRY_AFTER)},
+    )  # fmt: skip
 
 
 def ok(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
@@ -158,6 +178,7 @@ class WritebackApi:
         app.router.add_post("/v1/writebacks/{id}/retry", self._auth(self.retry))
         app.router.add_get("/metrics", self.prometheus)
         app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/openapi.json", self.openapi)
         app.on_cleanup.append(self._stop_heartbeat)
         return app
@@ -254,6 +275,8 @@ class WritebackApi:
         except RequestError as exc:
             return error(exc.status, "invalid_request", str(exc), exc.field or None)
         target = self.directory.target(practice_id)
+        if target is None and (why := not_ready(self.directory)) is not None:
+            return loading_error(why)  # it may be one of the practices still being loaded
         if target is None:
             return error(
                 404, "practice_unknown",
@@ -411,7 +434,15 @@ class WritebackApi:
         )
 
     async def healthz(self, request: web.Request) -> web.Response:
+        """Liveness: the process answers (also while loading: a restart would not help)."""
         return ok(200, {"ok": True})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        """Readiness: 200 once the practices are loaded, else 503 + Retry-After naming why."""
+        why = not_ready(self.directory)
+        if why is not None:
+            return loading_error(why)
+        return ok(200, {"ready": True})
 
     async def openapi(self, request: web.Request) -> web.Response:
         """This API's OpenAPI 3.1 document (`reconciler.writeback.openapi`)."""

@@ -225,7 +225,11 @@ def document() -> dict[str, Any]:
                             "lone surrogate in a string included), or patientId cannot exist "
                             "in the practice's PMS."
                         ),
-                        "503": _error("Not stored (the queue is unusable): retry, same callerId."),
+                        "503": _error(
+                            "Not stored: the queue is unusable, or (with Retry-After, code "
+                            "practices_loading) the practices are still being loaded at "
+                            "start-up. Retry, same callerId."
+                        ),
                     },
                 }
             },
@@ -335,6 +339,26 @@ def document() -> dict[str, Any]:
                             },
                             "The service answers.",
                         )
+                    },
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "ready",
+                    "security": [],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["ready"],
+                                "properties": {"ready": {"const": True}},
+                            },
+                            "The practices are loaded: an unknown practiceId is 404.",
+                        ),
+                        "503": _error(
+                            "Still loading the practices at start-up (Retry-After says when "
+                            "to ask again)."
+                        ),
                     },
                 }
             },

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
+from reconciler import private
 from reconciler.writeback.errors import StoreError
 from reconciler.writeback.model import (
     OPEN_STATUSES,
@@ -114,29 +115,10 @@ _WITHOUT_CONTENT = _COLUMNS.format(content="NULL")
 _OPEN = tuple(s.value for s in OPEN_STATUSES)
 
 
-#: The queue holds patients' note texts and documents: only its owner may read it.
-FILE_MODE = 0o600
-DIR_MODE = 0o700
-
-
-def _private_file(path: str) -> None:
-    """Create `path` 0600 if missing (SQLite gives its -wal and -shm files the database file's
-    mode), and take group and other access away from the queue's files if they have any.
-
-    Never opens an existing file: closing any descriptor of a file drops every POSIX lock this
-    process holds on it, including those of the SQLite connections already open on the queue
-    (which then corrupt it). Only a file that does not exist yet, so nobody has open, is opened.
-    """
-    if not os.path.exists(path):
-        with contextlib.suppress(FileExistsError):  # another process made it meanwhile
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE))
-    for name in (path, f"{path}-wal", f"{path}-shm"):
-        try:
-            mode = os.stat(name).st_mode & 0o777
-        except FileNotFoundError:
-            continue
-        if mode & 0o077:
-            os.chmod(name, mode & 0o700)
+#: The queue holds patients' note texts and documents: only its owner may read it
+#: (`reconciler.private`, shared with every other file that holds patient data).
+FILE_MODE = private.FILE_MODE
+DIR_MODE = private.DIR_MODE
 
 
 def connect(path: str | os.PathLike[str], *, synchronous: str = "FULL") -> sqlite3.Connection:
@@ -149,8 +131,8 @@ def connect(path: str | os.PathLike[str], *, synchronous: str = "FULL") -> sqlit
     path = os.fspath(path)
     parent = os.path.dirname(os.path.abspath(path))
     try:
-        os.makedirs(parent, mode=DIR_MODE, exist_ok=True)
-        _private_file(path)
+        private.private_dir(parent)
+        private.private_file(path)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
     except (OSError, sqlite3.Error) as exc:
         raise StoreError(f"{path}: cannot open the writeback queue: {exc}") from exc

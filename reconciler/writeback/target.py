@@ -15,13 +15,19 @@ Whether the practice's provider and names are usable is a tri-state, read from `
 
 "Not verified yet" is not "not allowed": a request the PMS has not been asked about yet stays
 pending and is decided when the practice is checked.
+
+A directory may also be still loading (`LoadingDirectory`): at start-up the process serves the
+API before it has read every practice (the folder's first sync, Kopf's first reconcile of the
+practices it found). While it loads, a practice it does not hold yet may be one it is about to
+load, so the API answers 503 + Retry-After ("try again"), not 404 ("no such practice").
+`StartupGate` is that state, flipped by the runtime's adapter once the practices are loaded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from pms_drivers.base import PmsDriver
 from reconciler.api.spec import DocumentType, PracticeSpec, WritebackType
@@ -55,3 +61,40 @@ class PracticeDirectory(Protocol):
     """Looks practices up by `spec.practiceId`; implemented by the engine."""
 
     def target(self, practice_id: str) -> WritebackTarget | None: ...
+
+
+@runtime_checkable
+class LoadingDirectory(PracticeDirectory, Protocol):
+    """A directory that can say it has not loaded every practice yet."""
+
+    def not_ready(self) -> str | None:
+        """None once every practice is loaded; until then, why not (one sentence)."""
+        ...
+
+
+def not_ready(directory: PracticeDirectory) -> str | None:
+    """Why `directory` is not ready yet, or None (a plain `PracticeDirectory` always is)."""
+    return directory.not_ready() if isinstance(directory, LoadingDirectory) else None
+
+
+class StartupGate:
+    """A `LoadingDirectory` over `inner`: not ready (saying `loading`) until `loaded()`.
+
+    Lookups always go to `inner` (a practice already loaded is served at once). The state is
+    one attribute, read by the API's thread and written by the event loop's: a plain store is
+    atomic, so no lock.
+    """
+
+    def __init__(self, inner: PracticeDirectory, loading: str | None) -> None:
+        self.inner = inner
+        self._loading = loading
+
+    def target(self, practice_id: str) -> WritebackTarget | None:
+        return self.inner.target(practice_id)
+
+    def not_ready(self) -> str | None:
+        return self._loading
+
+    def loaded(self) -> None:
+        """Every practice is loaded: unknown practice ids are 404 from now on."""
+        self._loading = None
