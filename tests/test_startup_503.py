@@ -112,16 +112,15 @@ async def test_a_runtime_without_loading_is_ready_at_once(tmp_path: Path) -> Non
 
 
 async def _poll(check: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
+    """`timing.eventually`, counting a connection the server refuses (not listening yet) as
+    "not yet"."""
+
+    async def tolerant() -> Any:
         with contextlib.suppress(httpx.TransportError):
-            value = await check()
-            if value:
-                return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
+            return await check()
+        return None
+
+    return await timing.eventually(tolerant, timeout, what)
 
 
 async def test_pmsctl_up_answers_503_until_the_first_folder_sync_is_applied(
@@ -291,7 +290,7 @@ async def test_operator_answers_503_until_kopf_handled_every_practice_listed_at_
         )
     )
     try:
-        await _poll(lambda: asyncio.sleep(0, runtime.writeback_url), 30, "the writeback API")
+        await timing.eventually(lambda: runtime.writeback_url, 30, "the writeback API")
         async with httpx.AsyncClient(base_url=str(runtime.writeback_url), timeout=5) as http:
 
             async def both_handled() -> bool:
