@@ -4,14 +4,21 @@ The engine (spec model, pure core, poller scheduler, event sink), its two adapte
 operator and the local `pmsctl up`), and the `pmsctl` command line. See ARCHITECTURE.md.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("pmsctl")  # pyproject.toml's, as installed
-except PackageNotFoundError:  # a source tree on sys.path that was never installed
-    __version__ = "0+unknown"
 GROUP = "writeback.dental.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "PracticeWriteback"
 PLURAL = "practicewritebacks"
+
+
+def __getattr__(name: str) -> str:
+    # `__version__` is pyproject.toml's, read from the installed metadata on first use only:
+    # importing importlib.metadata costs about 25 ms, which every `pmsctl` start would pay.
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("pmsctl")
+        except PackageNotFoundError:  # a source tree on sys.path that was never installed
+            return "0+unknown"
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,8 +12,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-
-from reconciler import __version__
+from typing import Any
 
 #: Subcommand modules under reconciler.cli, in `pmsctl --help` order.
 COMMANDS = (
@@ -37,12 +36,31 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+class _Version(argparse.Action):
+    """`--version`: the version is read when asked for, not at every start."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **_: Any) -> None:
+        super().__init__(
+            option_strings,
+            dest,
+            nargs=0,
+            default=argparse.SUPPRESS,
+            help="show the version and exit",
+        )
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        import reconciler
+
+        print(f"pmsctl {reconciler.__version__}")  # on stdout, as argparse's own version action
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pmsctl",
         description="Manage dental practices' PMS writeback settings declaratively.",
     )
-    parser.add_argument("--version", action="version", version=f"pmsctl {__version__}")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
         module = importlib.import_module(f"reconciler.cli.{name}")
