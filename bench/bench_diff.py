@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchlib import git, timed
 
 PMSCTL = Path(sys.executable).with_name("pmsctl")
 
@@ -83,18 +84,6 @@ def practice(i: int, variant: int | None = None) -> str:
     return TEMPLATE.format(i=i, **values)
 
 
-def git(repo: Path, *args: str) -> None:
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "bench",
-        "GIT_AUTHOR_EMAIL": "bench@example.com",
-        "GIT_COMMITTER_NAME": "bench",
-        "GIT_COMMITTER_EMAIL": "bench@example.com",
-        "GIT_CONFIG_GLOBAL": os.devnull,
-    }
-    subprocess.run(["git", "-C", str(repo), *args], check=True, env=env, capture_output=True)
-
-
 def make_repo(root: Path, practices: int, changed: int) -> None:
     """A repository with `practices` files on main and `changed` of them edited."""
     folder = root / "practices"
@@ -110,18 +99,9 @@ def make_repo(root: Path, practices: int, changed: int) -> None:
         (folder / f"practice-{i:05d}.yaml").write_text(practice(i, variant=n % 4))
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def time_diff(root: Path, *extra: str) -> tuple[float, float, subprocess.CompletedProcess[str]]:
     """(wall seconds, CPU seconds of pmsctl and its git children, the run)."""
-    cpu, start = _children_cpu(), time.perf_counter()
-    done = subprocess.run(
-        [str(PMSCTL), "diff", "--base", "main", *extra], cwd=root, capture_output=True, text=True
-    )
-    return time.perf_counter() - start, _children_cpu() - cpu, done
+    return timed([str(PMSCTL), "diff", "--base", "main", *extra], root)
 
 
 def main() -> int:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import re
 import subprocess
 import sys
@@ -39,7 +38,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import git
+
 REPO = Path(__file__).resolve().parent.parent
+
 PMSCTL = Path(sys.executable).with_name("pmsctl")
 RENDERED = re.compile(
     r"rendered with .*?: .*? ([0-9.]+)s, .*? ([0-9.]+)s \(at the same time: ([0-9.]+)s\); "
@@ -56,18 +58,6 @@ def _generator() -> object:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def git(repo: Path, *args: str) -> None:
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "bench",
-        "GIT_AUTHOR_EMAIL": "bench@example.com",
-        "GIT_COMMITTER_NAME": "bench",
-        "GIT_COMMITTER_EMAIL": "bench@example.com",
-        "GIT_CONFIG_GLOBAL": os.devnull,
-    }
-    subprocess.run(["git", "-C", str(repo), *args], check=True, env=env, capture_output=True)
 
 
 def replicated(text: str, times: int) -> str:

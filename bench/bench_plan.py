@@ -17,13 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchlib import git, timed
 
 from reconciler.api.catalog import dump_catalog_list
 
@@ -108,18 +109,6 @@ def catalog(i: int) -> dict[str, object]:
     }
 
 
-def git(repo: Path, *args: str) -> None:
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "bench",
-        "GIT_AUTHOR_EMAIL": "bench@example.com",
-        "GIT_COMMITTER_NAME": "bench",
-        "GIT_COMMITTER_EMAIL": "bench@example.com",
-        "GIT_CONFIG_GLOBAL": os.devnull,
-    }
-    subprocess.run(["git", "-C", str(repo), *args], check=True, env=env, capture_output=True)
-
-
 def make_repo(root: Path, practices: int, changed: int) -> int:
     """`practices` files on main~1, `changed` of them edited on main, and catalogs.json beside
     the repository; returns how many edits misspell a note type."""
@@ -145,21 +134,10 @@ def make_repo(root: Path, practices: int, changed: int) -> int:
     return misspelled
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def time_plan(root: Path, *extra: str) -> tuple[float, float, subprocess.CompletedProcess[str]]:
     """(wall seconds, CPU seconds of pmsctl and its git children, the run)."""
-    cpu, start = _children_cpu(), time.perf_counter()
-    done = subprocess.run(
-        [str(PMSCTL), "plan", "main~1..main", "--catalogs", str(root / "catalogs.json"), *extra],
-        cwd=root / "repo",
-        capture_output=True,
-        text=True,
-    )
-    return time.perf_counter() - start, _children_cpu() - cpu, done
+    cmd = [str(PMSCTL), "plan", "main~1..main", "--catalogs", str(root / "catalogs.json"), *extra]
+    return timed(cmd, root / "repo")
 
 
 def main() -> int:
