@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -24,16 +23,17 @@ import psycopg
 import pytest
 from test_writeback_e2e import (
     FAST,
+    N_KILL,
     TOKEN,
     Directory,
     assert_exactly_once_in_order,
     drained,
     note_body,
     post,
+    post_then_kill_mid_drain,
     practice_spec,
     wait_for_file,
 )
-from timing import eventually
 
 from pms_drivers.base import NoteWrite
 from pms_simulator.server import Simulator
@@ -369,8 +369,6 @@ async def test_the_runtime_keeps_cursors_and_the_queue_in_the_store_url_and_logs
 
 # --- a replica killed mid-drain ---------------------------------------------------------------
 
-N_KILL = 20
-
 
 async def test_a_replica_killed_mid_drain_leaves_its_practices_to_the_other_without_loss_or_doubles(
     pg_url: str, tmp_path: Path
@@ -395,26 +393,7 @@ async def test_a_replica_killed_mid_drain_leaves_its_practices_to_the_other_with
                  json.dumps(practices)]
             )  # fmt: skip
             url = await wait_for_file(port_file, proc)
-            posted: dict[str, list[tuple[str, str]]] = {pid: [] for pid, _ in practices}
-            async with aiohttp.ClientSession() as http:
-                for n in range(N_KILL):
-                    for pid, _ in practices:
-                        patient = str(2 + n % 4)
-                        status, body = await post(
-                            http, url, pid, note_body(f"k{n}", "outgoingSms", patient)
-                        )
-                        assert status == 202
-                        posted[pid].append((body["id"], patient))
-            await eventually(
-                lambda: sum(len(sim.notes(pid)) for pid, _ in practices) >= 6,
-                15,
-                "some notes delivered before the kill",
-                step=0.02,
-            )
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(10)
-            landed = sum(len(sim.notes(pid)) for pid, _ in practices)
-            assert landed < 2 * N_KILL, "the drain finished before the kill; slow the PMS down"
+            posted = await post_then_kill_mid_drain(url, proc, sim, practices)
 
             directory = Directory(sim_url)
             for pid, pms in practices:

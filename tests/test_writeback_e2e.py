@@ -620,6 +620,35 @@ async def wait_for_file(path: Path, proc: subprocess.Popen[bytes], timeout: floa
 N_KILL = 20
 
 
+async def post_then_kill_mid_drain(
+    url: str, proc: subprocess.Popen[bytes], sim: Simulator, practices: list[list[str]]
+) -> dict[str, list[tuple[str, str]]]:
+    """Post N_KILL notes to each practice through the service at `url`, then SIGKILL its
+    process `proc` once some, not all, of them are in the PMS; the (writeback id, patient) of
+    each note posted, by practice."""
+    posted: dict[str, list[tuple[str, str]]] = {pid: [] for pid, _ in practices}
+    async with aiohttp.ClientSession() as http:
+        for n in range(N_KILL):
+            for pid, _ in practices:
+                patient = str(2 + n % 4)
+                status, body = await post(
+                    http, url, pid, note_body(f"k{n}", "outgoingSms", patient)
+                )
+                assert status == 202
+                posted[pid].append((body["id"], patient))
+    await eventually(
+        lambda: sum(len(sim.notes(pid)) for pid, _ in practices) >= 6,
+        15,
+        "some notes delivered before the kill",
+        step=0.02,
+    )
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    landed = sum(len(sim.notes(pid)) for pid, _ in practices)
+    assert landed < 2 * N_KILL, "the drain finished before the kill; slow the simulator down"
+    return posted
+
+
 async def test_a_service_killed_mid_drain_resumes_on_restart_without_loss_or_doubles(
     tmp_path: Path,
 ) -> None:
@@ -636,29 +665,8 @@ async def test_a_service_killed_mid_drain_resumes_on_restart_without_loss_or_dou
             proc = subprocess.Popen(child_cmd(sim_url, db, port_file, practices))
             procs.append(proc)
             url = await wait_for_file(port_file, proc)
-            posted: dict[str, list[tuple[str, str]]] = {pid: [] for pid, _ in practices}
-            async with aiohttp.ClientSession() as http:
-                for n in range(N_KILL):
-                    for pid, _ in practices:
-                        patient = str(2 + n % 4)
-                        status, body = await post(
-                            http, url, pid, note_body(f"k{n}", "outgoingSms", patient)
-                        )
-                        assert status == 202
-                        posted[pid].append((body["id"], patient))
             # Kill it hard once some, not all, notes are in the PMS.
-            await eventually(
-                lambda: sum(len(sim.notes(pid)) for pid, _ in practices) >= 6,
-                15,
-                "some notes delivered before the kill",
-                step=0.02,
-            )
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(10)
-            landed = sum(len(sim.notes(pid)) for pid, _ in practices)
-            assert landed < 2 * N_KILL, (
-                "the drain finished before the kill; slow the simulator down"
-            )
+            posted = await post_then_kill_mid_drain(url, proc, sim, practices)
             left = {pid: db_counts(db, pid)["pending"] for pid, _ in practices}
             assert sum(left.values()) > 0
 
