@@ -222,7 +222,7 @@ class Inputs:
     catalog_refresh: float = 600.0
     #: Engine CPU per poll, all in (bench_scale engine, 7,000-9,000 practices: 0.96-1.06 ms).
     cpu_per_poll_ms: float = 1.0
-    #: CPU of one drift check: four PMS reads and a decide (`--measure-check 300`: 2.58-2.65 ms).
+    #: CPU of one drift check: four PMS reads and a decide (`--measure-check 300`: 2.58-2.72 ms, contended).
     cpu_per_check_ms: float = 2.6
     #: CPU of one writeback, intake and delivery (estimated from bench_writeback: ~1,000 req/s
     #: accepted while delivering on 2 cores).
@@ -242,9 +242,10 @@ class Inputs:
     #: Events each one posts (the condition's and Ready's).
     condition_changes_per_day: float = 2.0
     events_per_change: float = 2.0
-    #: PostgreSQL bytes per row including its index entries (estimated from the schema).
-    cursor_row_bytes: float = 200.0
-    writeback_row_bytes: float = 900.0
+    #: PostgreSQL bytes per row, indexes and the space of its updates included (`--measure-rows`,
+    #: PostgreSQL 15: a cursor written twice 443, an SMS note taken to `sent` 1,473).
+    cursor_row_bytes: float = 443.0
+    writeback_row_bytes: float = 1473.0
     #: How long sent writeback rows are kept (nothing deletes them today: the operator of the
     #: database does, see docs/scale.md).
     retention_days: float = 30.0
@@ -760,6 +761,100 @@ async def measure_check(practices: int, drift_interval: float, duration: float) 
         sim.wait(10)
 
 
+def measure_rows(writebacks: int = 20_000, cursors: int = 30_000) -> dict[str, Any]:
+    """Bytes per row, indexes included, of the writeback queue and the cursors in PostgreSQL:
+    a server started from tests/pg.py (Debian's binaries), the schema from the PostgreSQL
+    backend's migrations, `writebacks` SMS notes (143 characters of text) taken through
+    pending, sending and sent and `cursors` cursors written twice, each table vacuumed (the
+    space a long-lived table holds for its rows and their updates)."""
+    import hashlib
+    import shutil
+    import tempfile
+    import time
+
+    import psycopg
+
+    from reconciler.stores.postgres import MIGRATIONS
+
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root / "tests"))
+    spec = importlib.util.spec_from_file_location("pmsctl_tests_pg", root / "tests" / "pg.py")
+    assert spec is not None and spec.loader is not None
+    pg = importlib.util.module_from_spec(spec)
+    sys.modules["pmsctl_tests_pg"] = pg  # dataclasses look their module up
+    spec.loader.exec_module(pg)
+    text = (
+        "Reminder: your cleaning at Bright Smiles Dental is tomorrow, 9:00 AM. Reply C to"
+        " confirm or call 555-0142 to reschedule. Reply STOP to opt out."
+    )
+    now = time.time()
+    notes = [
+        (
+            f"wb-{hashlib.sha256(b'%d' % i).hexdigest()[:32]}",
+            f"bright-smiles-dental-{i % 500:04d}",
+            f"sms-{i:08x}-{i * 7919 % 100000:05d}",
+            hashlib.sha256(b"body %d" % i).hexdigest(),
+            "note",
+            "outgoingSms",
+            str(1000 + i % 5000),
+            "2026-11-26T09:15:00-05:00",
+            text,
+            "pending",
+            "284",
+            "DDS1",
+            now,
+            now,
+        )
+        for i in range(writebacks)
+    ]
+    kinds = list(DEFAULT_INTERVALS)
+    rows = [
+        (f"dental-practices/bright-smiles-dental-{i // 3:05d}", kinds[i % 3], "c" * 38, now)
+        for i in range(cursors)
+    ]
+    base = Path(tempfile.mkdtemp(prefix="pmsctl-rows-"))
+    base.chmod(0o777)  # the server may run as another user
+    try:
+        with (
+            pg.start_server(base) as server,
+            psycopg.connect(server.database("rows"), autocommit=True) as c,
+        ):
+            c.execute(MIGRATIONS[0][2].encode())
+            with c.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO writebacks (id, practice_id, caller_id, fingerprint, kind, type,"
+                    " patient_id, occurred_at, text, status, target_type_id, provider_id,"
+                    " created_at, updated_at) VALUES"
+                    " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    notes,
+                )
+                cur.executemany(
+                    "INSERT INTO cursors (practice_key, kind, cursor, updated_at)"
+                    " VALUES (%s, %s, %s, %s)",
+                    rows,
+                )
+            c.execute("UPDATE writebacks SET status = 'sending', attempts = attempts + 1")
+            c.execute("VACUUM writebacks")
+            c.execute("UPDATE writebacks SET status = 'sent', pms_id = seq::text, sent_at = 1")
+            c.execute("UPDATE cursors SET cursor = %s", ("d" * 38,))
+            c.execute("VACUUM writebacks")
+            c.execute("VACUUM cursors")
+            size = "SELECT pg_total_relation_size(%s)"
+            wb = c.execute(size, ("writebacks",)).fetchone()
+            cu = c.execute(size, ("cursors",)).fetchone()
+            version = c.execute("SHOW server_version").fetchone()
+        assert wb is not None and cu is not None and version is not None
+        return {
+            "measure": "row bytes",
+            "postgres": version[0],
+            "writeback_row_bytes": round(wb[0] / writebacks),
+            "cursor_row_bytes": round(cu[0] / cursors),
+            "note_text_chars": len(text),
+        }
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def _parse_map(text: str) -> dict[str, float]:
     """`kind=value,kind=value` -> {kind: value}."""
     out = {}
@@ -841,6 +936,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="--simulate also at this CPU per poll (default 0.3)",
     )
     ap.add_argument(
+        "--measure-rows",
+        action="store_true",
+        help="measure PostgreSQL's bytes per writeback and cursor row (a server from tests/pg.py), print them and exit",
+    )
+    ap.add_argument(
         "--measure-check",
         type=int,
         metavar="PRACTICES",
@@ -858,6 +958,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             help=f"(default {value})",
         )
     args = ap.parse_args(argv)
+    if args.measure_rows:
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        print(json.dumps(measure_rows()))
+        return 0
     if args.measure_check:
         import asyncio
 
