@@ -20,7 +20,9 @@ measured):
     .venv/bin/python bench/capacity_model.py --from-bench row.jsonl    # inputs from a measurement
     .venv/bin/python bench/capacity_model.py --check                   # model vs measured points
 
-Every input is a flag whose default is the measured figure (or, where nothing was measured, an
+Two inputs are measured by the script itself: `--measure-check N` (the CPU of one drift check,
+the real `Engine` against the PMS simulator) and `--measure-rows` (PostgreSQL's bytes per
+writeback and cursor row, on a server from tests/pg.py). Every input is a flag whose default is the measured figure (or, where nothing was measured, an
 assumption the docs name as one), so the table can be recomputed from new measurements.
 """
 
@@ -415,6 +417,9 @@ class SimParams:
 
 @dataclass(frozen=True)
 class SimResult:
+    """What one simulated replica did in the measured window: schedule lag percentiles (ms),
+    the share of its core in use, and the most polls it had in flight at once."""
+
     practices: int
     polls: int
     lag_p50_ms: float
