@@ -225,3 +225,13 @@ def test_cli_prints_the_table_and_json(capsys: pytest.CaptureFixture[str]) -> No
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["practices"] for r in rows] == [100_000]
     assert rows[0]["replicas"] == cm.plan(100_000, cm.Inputs(cpu_per_poll_ms=0.3))["replicas"]
+
+
+def test_the_plan_in_the_docs_is_the_models() -> None:
+    """docs/scale.md's plan table holds what the model computes from its defaults: rerunning the
+    model with new measurements means updating that table too."""
+    doc = (BENCH.parent.parent / "docs" / "scale.md").read_text()
+    for n in cm.FLEETS:
+        row = cm.plan(n, cm.Inputs())
+        prefix = f"| {n:,} | {row['replicas']} ({row['pods']}) | {row['practices_per_replica']:,} |"
+        assert prefix in doc, prefix
