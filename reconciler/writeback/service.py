@@ -27,7 +27,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from reconciler.writeback import store as ops
-from reconciler.writeback.api import WritebackApi
+from reconciler.writeback.api import MAX_IN_FLIGHT, WritebackApi
 from reconciler.writeback.delivery import DeliveryPolicy, Drainer
 from reconciler.writeback.errors import WritebackConfigError
 from reconciler.writeback.metrics import WritebackMetrics
@@ -110,6 +110,7 @@ class WritebackService:
         api_thread: bool = True,
         switch_interval: float | None = API_SWITCH_INTERVAL,
         store: QueueStore | None = None,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         if not token:
             raise WritebackConfigError("WritebackService needs a token (see load_token())")
@@ -129,6 +130,7 @@ class WritebackService:
             token=token,
             metrics=self.metrics,
             max_body_bytes=max_body_bytes,
+            max_in_flight=max_in_flight,
         )
         self.app: web.Application = self.api.app()
         self.url: str | None = None
