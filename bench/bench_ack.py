@@ -15,7 +15,7 @@ each on SQLite (the queue file, `synchronous=FULL`) and on PostgreSQL (a server 
 Debian's binaries with fsync on, or `--pg-url`). All real, on loopback; three processes (this one
 with the simulator, the server, the load generator).
 
-    .venv/bin/python bench/bench_ack.py                                  # rates 100..800, 3 s each
+    .venv/bin/python bench/bench_ack.py                                  # rates 200..1500, 3 s each
     .venv/bin/python bench/bench_ack.py --rates 200,400 --seconds 5 --backends postgresql
 """
 
@@ -40,6 +40,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "tests"))  # tests/pg.py (the PostgreSQL server) imports `timing`
 TOKEN = "bench-token-0123456789abcdef"
 
 
@@ -291,7 +292,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ld.add_argument("--seconds", type=float, required=True)
     ld.add_argument("--tag", required=True)
     ld.add_argument("--practices", type=int, default=20)
-    p.add_argument("--rates", default="100,200,400,800", help="arrival rates to try (per second)")
+    p.add_argument("--rates", default="200,500,1000,1250,1500",
+                   help="arrival rates to try (per second)")  # fmt: skip
     p.add_argument("--seconds", type=float, default=3.0, help="seconds of load per rate")
     p.add_argument("--backends", default="sqlite,postgresql")
     p.add_argument("--modes", default="service,floor")
