@@ -42,14 +42,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reconciler.writeback import store as ops
 from reconciler.writeback.decide import Skip, Wait, decide
-from reconciler.writeback.delivery import Drainer
 from reconciler.writeback.errors import StoreError, WritebackConfigError
 from reconciler.writeback.metrics import WritebackMetrics
 from reconciler.writeback.model import (
@@ -68,7 +67,7 @@ from reconciler.writeback.model import (
 from reconciler.writeback.openapi import document
 from reconciler.writeback.pmsids import patient_id_problem
 from reconciler.writeback.store import QueueStore
-from reconciler.writeback.target import PracticeDirectory, not_ready
+from reconciler.writeback.target import FetchingDirectory, PracticeDirectory, not_ready
 from reconciler.writeback.tokens import TOKEN_FILE_ENV, BearerTokens, token_problem
 
 log = logging.getLogger(__name__)
@@ -150,12 +149,36 @@ def ok(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Res
     )
 
 
+class Pacing(Protocol):
+    """What the API tells the drainer's pacer (`pacing.AckPacer`): requests arrive, and how late
+    the API's loop runs."""
+
+    @property
+    def busy(self) -> bool: ...
+
+    def ack(self) -> None: ...
+
+    def lag(self, seconds: float) -> None: ...
+
+
+class DrainerLink(Protocol):
+    """The drainer as the API reaches it: the `Drainer` itself in its process, or the intake
+    process's link to it (`intake.RemoteDrainer`)."""
+
+    @property
+    def pacer(self) -> Pacing: ...
+
+    def notify_threadsafe(self, practice_id: str, *, now: bool = False) -> None: ...
+
+    async def sweep_threadsafe(self) -> None: ...
+
+
 @dataclass
 class WritebackApi:
     """The handlers, over the store, the drainer and the practice directory."""
 
     store: QueueStore
-    drainer: Drainer
+    drainer: DrainerLink
     directory: PracticeDirectory
     token: str
     metrics: WritebackMetrics
@@ -166,6 +189,9 @@ class WritebackApi:
     max_in_flight: int = MAX_IN_FLIGHT
     #: Writebacks waiting for their commit now (read by the tests and the benchmark).
     in_flight: int = field(default=0, init=False)
+    #: `GET /metrics`'s body when the metrics live in another process (the intake process asks
+    #: the engine's); None: `metrics.registry`'s.
+    exposition: Callable[[], Awaitable[bytes]] | None = None
     _heartbeat: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _openapi: bytes | None = field(default=None, init=False, repr=False)
 
@@ -311,7 +337,11 @@ class WritebackApi:
             req = parse_request(practice_id, body)
         except RequestError as exc:
             return error(exc.status, "invalid_request", str(exc), exc.field or None)
-        target = self.directory.target(practice_id)
+        directory = self.directory
+        if isinstance(directory, FetchingDirectory):
+            target = await directory.fetch(practice_id)
+        else:
+            target = directory.target(practice_id)
         if target is None and (why := not_ready(self.directory)) is not None:
             return loading_error(why)  # it may be one of the practices still being loaded
         if target is None:
@@ -467,8 +497,12 @@ class WritebackApi:
 
     async def prometheus(self, request: web.Request) -> web.Response:
         """Prometheus text exposition of the writeback metrics."""
+        if self.exposition is not None:
+            body = await self.exposition()
+        else:
+            body = generate_latest(self.metrics.registry)
         return web.Response(
-            body=generate_latest(self.metrics.registry),
+            body=body,
             headers={"Content-Type": CONTENT_TYPE_LATEST},
         )
 
