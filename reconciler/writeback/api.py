@@ -512,7 +512,11 @@ class WritebackApi:
 
     async def readyz(self, request: web.Request) -> web.Response:
         """Readiness: 200 once the practices are loaded, else 503 + Retry-After naming why."""
-        why = not_ready(self.directory)
+        directory = self.directory
+        if isinstance(directory, FetchingDirectory):
+            why = await directory.fetch_not_ready()
+        else:
+            why = not_ready(directory)
         if why is not None:
             return loading_error(why)
         return ok(200, {"ready": True})

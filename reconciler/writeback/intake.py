@@ -279,7 +279,11 @@ class IntakeProcess:
             target = snapshot(self.directory.target(pid))
             if target is not None:
                 link.held[pid] = target
-            link.send("target", pid, target)
+            self._ready_sent = why = not_ready(self.directory)
+            link.send("target", pid, target, why)
+        elif kind == "ready?":
+            self._ready_sent = why = not_ready(self.directory)
+            link.send("ready", why)
         elif kind == "events":
             _, notes, sweep, acks, lag, counts, depth, ack_times = message
             for pid, now in notes:
@@ -319,7 +323,7 @@ class IntakeProcess:
                         del link.held[pid]
                     else:
                         link.held[pid] = now
-                    link.send("target", pid, now)
+                    link.send("target", pid, now, why)
 
 
 # --- the child's side -------------------------------------------------------------------------
@@ -333,6 +337,7 @@ class SnapshotDirectory:
         self.targets: dict[str, WritebackTarget] = {}
         self.loading = loading
         self._asking: dict[str, asyncio.Future[WritebackTarget | None]] = {}
+        self._asking_ready: asyncio.Future[str | None] | None = None
 
     def target(self, practice_id: str) -> WritebackTarget | None:
         return self.targets.get(practice_id)
@@ -348,7 +353,22 @@ class SnapshotDirectory:
             self._child.send("ask", practice_id)
         return await asyncio.shield(waiting)
 
-    def answered(self, practice_id: str, target: WritebackTarget | None) -> None:
+    async def fetch_not_ready(self) -> str | None:
+        if self.loading is None:  # loaded stays loaded: no need to ask
+            return None
+        if self._asking_ready is None:
+            self._asking_ready = asyncio.get_running_loop().create_future()
+            self._child.send("ready?")
+        return await asyncio.shield(self._asking_ready)
+
+    def ready(self, why: str | None) -> None:
+        self.loading = why
+        waiting, self._asking_ready = self._asking_ready, None
+        if waiting is not None and not waiting.done():
+            waiting.set_result(why)
+
+    def answered(self, practice_id: str, target: WritebackTarget | None, why: str | None) -> None:
+        self.loading = why
         if target is None:
             self.targets.pop(practice_id, None)
         else:
@@ -514,9 +534,9 @@ class IntakeChild:
             while (message := await _receive(self.reader)) is not None:
                 kind = message[0]
                 if kind == "target":
-                    directory.answered(message[1], message[2])
+                    directory.answered(message[1], message[2], message[3])
                 elif kind == "ready":
-                    directory.loading = message[1]
+                    directory.ready(message[1])
                 elif kind == "metrics":
                     fut = self._exposition.pop(message[1], None)
                     if fut is not None and not fut.done():

@@ -81,6 +81,10 @@ class FetchingDirectory(PracticeDirectory, Protocol):
         """`target(practice_id)`, asking the practices' owner when it is not held here."""
         ...
 
+    async def fetch_not_ready(self) -> str | None:
+        """`not_ready()` as the practices' owner says it now."""
+        ...
+
 
 def not_ready(directory: PracticeDirectory) -> str | None:
     """Why `directory` is not ready yet, or None (a plain `PracticeDirectory` always is)."""
