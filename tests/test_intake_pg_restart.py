@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import pg
 import psycopg
+import pytest
 from test_writeback_e2e import TOKEN, assert_exactly_once_in_order, drained, note_body, running
 from timing import eventually
 
@@ -79,13 +80,15 @@ def own_server() -> Iterator[Restartable]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.mark.parametrize("intake_process", [True, False], ids=["intake-process", "in-process"])
 async def test_a_postgresql_restart_mid_load_answers_503_with_retry_after_and_loses_no_ack(
-    tmp_path: Path,
+    tmp_path: Path, intake_process: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     with own_server() as server:
         url = server.server.database("intake_restart")
         store = PostgresBackend(url).queue_store()
-        async with running(tmp_path, [("acme", "OpenDental")], store=store) as (
+        options: dict[str, Any] = {"store": store, "intake_process": intake_process}
+        async with running(tmp_path, [("acme", "OpenDental")], **options) as (
             sim,
             _,
             service,
@@ -140,6 +143,9 @@ async def test_a_postgresql_restart_mid_load_answers_503_with_retry_after_and_lo
                 await asyncio.wait_for(asyncio.gather(*workers), 120)
 
             assert {a["error"]["code"] for a in unavailable} == {"queue_unavailable"}
+            # The intake's own log lines (the child's too: forwarded) say why, password masked.
+            refused = [r for r in caplog.records if r.name == "reconciler.writeback.api"]
+            assert refused and all(pg.PASSWORD not in r.getMessage() for r in refused)
             assert len(acked) == CALLERS
             with psycopg.connect(url, autocommit=True) as conn:
                 rows = conn.execute("SELECT caller_id, id FROM writebacks ORDER BY seq").fetchall()

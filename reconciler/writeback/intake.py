@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import pickle
 import signal
 import socket
@@ -302,6 +301,9 @@ class IntakeProcess:
                 self.metrics.queue_depth.inc(depth)
             for seconds in ack_times:
                 self.metrics.ack_seconds.observe(seconds)
+        elif kind == "log":  # the child's log line, through this process's handlers
+            _, name, level, text = message
+            logging.getLogger(name).log(level, "%s", text)
         elif kind == "metrics?":
             link.send("metrics", message[1], generate_latest(self.metrics.registry))
 
@@ -415,6 +417,24 @@ class RemoteDrainer:
     async def sweep_threadsafe(self) -> None:
         self._child.sweep = True
         self._child.flush_soon()
+
+
+class _ForwardLogs(logging.Handler):
+    """Sends the child's log records to the parent, which logs them through its own handlers
+    (its format, its file: `pmsctl up` owns the terminal, the child must not write to it)."""
+
+    def __init__(self, child: IntakeChild) -> None:
+        super().__init__()
+        self._child = child
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            if record.exc_info:
+                text += "\n" + logging.Formatter().formatException(record.exc_info)
+            self._child.send("log", record.name, record.levelno, text)
+        except Exception:
+            self.handleError(record)
 
 
 class _RecordingHistogram(Histogram):
@@ -557,9 +577,15 @@ async def _child_main(control_fd: int, listen_fd: int) -> int:
     control = socket.socket(fileno=control_fd)
     listen = socket.socket(fileno=listen_fd)
     reader, writer = await asyncio.open_unix_connection(sock=control)
-    # The parent stops it over the control socket; a ^C on the terminal is the parent's to act on.
+    # The parent stops it over the control socket (or by closing it, when the parent dies): a
+    # ^C on the terminal or a SIGTERM to the process group is the parent's to act on.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return await IntakeChild(reader, writer).run(listen)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child = IntakeChild(reader, writer)
+    root = logging.getLogger()
+    root.handlers[:] = [_ForwardLogs(child)]
+    root.setLevel(logging.INFO)
+    return await child.run(listen)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -569,10 +595,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control", type=int, required=True)
     parser.add_argument("--listen", type=int, required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("PMSCTL_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s intake %(name)s: %(message)s",
-    )
     return asyncio.run(_child_main(args.control, args.listen))
 
 
