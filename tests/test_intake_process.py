@@ -122,3 +122,29 @@ async def test_a_setting_withdrawn_after_intake_skips_the_writeback_at_delivery(
         assert sim.notes("acme") == []
         record = service.store.read(lambda c: ops.get(c, body["id"]))
         assert record is not None and record.reason == "NotAllowed"
+
+
+async def test_a_changed_setting_reaches_the_intake_process_for_the_next_requests(
+    tmp_path: Path,
+) -> None:
+    async with (
+        running(tmp_path, [("acme", "OpenDental")], intake_process=True) as (
+            sim,
+            directory,
+            _,
+            url,
+        ),
+        aiohttp.ClientSession() as http,
+    ):
+        status, first = await post(http, url, "acme", note_body("a", "outgoingSms", "2"))
+        assert (status, first["status"]) == (202, "pending")
+        await directory.apply(practice_spec("acme", "OpenDental", sim.url, allow=[]))
+        n = 0
+
+        async def refused() -> bool:
+            nonlocal n
+            n += 1
+            _, body = await post(http, url, "acme", note_body(f"b{n}", "outgoingSms", "2"))
+            return body["status"] == "skipped" and body["reason"] == "NotAllowed"
+
+        await eventually(refused, 10, "the withdrawn setting to reach the intake process")

@@ -53,8 +53,11 @@ from reconciler.writeback.target import PracticeDirectory, WritebackTarget, not_
 
 log = logging.getLogger(__name__)
 
-#: How often the parent looks for changed snapshots of the practices the child holds.
+#: How often the parent looks for changed snapshots of the practices the child holds ...
 REFRESH_SECONDS = 0.1
+#: ... and at most how many it looks at each time (the next ones the next time): with 10,000
+#: practices held a change reaches the child within 2 s, for about 2.5 % of a core.
+REFRESH_BATCH = 500
 #: Wait this long before starting a child that died again (a crash loop costs no CPU).
 RESTART_DELAY = 0.5
 #: How long a new child may take to import and serve before it counts as failed.
@@ -309,6 +312,7 @@ class IntakeProcess:
 
     async def _refresh(self) -> None:
         """Push the snapshots that changed, and the readiness when it changes."""
+        todo: list[str] = []
         while True:
             await asyncio.sleep(REFRESH_SECONDS)
             link = self._link
@@ -318,7 +322,13 @@ class IntakeProcess:
             if why != self._ready_sent:
                 self._ready_sent = why
                 link.send("ready", why)
-            for pid, held in list(link.held.items()):
+            if not todo:
+                todo = list(link.held)
+            batch, todo = todo[:REFRESH_BATCH], todo[REFRESH_BATCH:]
+            for pid in batch:
+                held = link.held.get(pid)
+                if held is None:
+                    continue
                 now = snapshot(self.directory.target(pid))
                 if now != held:
                     if now is None:
