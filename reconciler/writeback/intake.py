@@ -176,9 +176,12 @@ class IntakeProcess:
             sock.listen(1024)
         except OSError as exc:
             sock.close()
+            # Worded as asyncio words a failed bind, which callers show (`pmsctl up`'s exit 2).
+            why = (exc.strerror or str(exc)).lower()
+            cause = OSError(exc.errno, f"error while attempting to bind on {(host, port)!r}: {why}")
             raise WritebackConfigError(
-                f"the writeback API cannot listen on {host}:{port}: {exc}"
-            ) from exc
+                f"the writeback API cannot listen on {host}:{port}: {cause}"
+            ) from cause
         sock.set_inheritable(True)
         self._sock = sock
         shown = f"[{host}]" if ":" in host else host
