@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 from test_writeback_e2e import (
+    TOKEN,
     assert_exactly_once_in_order,
     drained,
     note_body,
@@ -148,3 +149,20 @@ async def test_a_changed_setting_reaches_the_intake_process_for_the_next_request
             return body["status"] == "skipped" and body["reason"] == "NotAllowed"
 
         await eventually(refused, 10, "the withdrawn setting to reach the intake process")
+
+
+async def test_the_intake_process_applies_the_services_in_flight_limit(tmp_path: Path) -> None:
+    # A limit of 0: every writeback is over it, so the answer shows the child was given it.
+    options = {"intake_process": True, "max_in_flight": 0}
+    async with (
+        running(tmp_path, [("acme", "OpenDental")], **options) as (_, _, service, url),
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.post(
+            f"{url}/v1/practices/acme/writebacks",
+            json=note_body("a", "outgoingSms", "2"),
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        ) as resp:
+            assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+            assert (await resp.json())["error"]["code"] == "overloaded"
+        assert service.counts("acme") == {"sent": 0, "skipped": 0, "pending": 0, "failed": 0}
