@@ -58,8 +58,11 @@ REFRESH_SECONDS = 0.1
 #: ... and at most how many it looks at each time (the next ones the next time): with 10,000
 #: practices held a change reaches the child within 2 s, for about 2.5 % of a core.
 REFRESH_BATCH = 500
-#: Wait this long before starting a child that died again (a crash loop costs no CPU).
+#: Wait this long before starting a child that died again, doubled for each child in a row
+#: that died before serving (its queue unreachable at start), up to `RESTART_DELAY_MAX`: a
+#: crash loop must not spend the CPU the engine needs on starting interpreters.
 RESTART_DELAY = 0.5
+RESTART_DELAY_MAX = 10.0
 #: How long a new child may take to import and serve before it counts as failed.
 START_TIMEOUT = 60.0
 _HEADER = struct.Struct("!I")
@@ -223,9 +226,11 @@ class IntakeProcess:
             self._sock = None
 
     async def _supervise(self, first: asyncio.Future[None]) -> None:
+        delay = RESTART_DELAY
         while not self._stopping:
+            served = False
             try:
-                await self._run_child(first)
+                served = await self._run_child(first)
             except Exception as exc:
                 if not first.done():
                     first.set_exception(exc)
@@ -233,11 +238,14 @@ class IntakeProcess:
                 log.error("writeback intake process: %s", exc)
             if self._stopping:
                 return
+            delay = RESTART_DELAY if served else min(delay * 2, RESTART_DELAY_MAX)
             code = self.process.returncode if self.process is not None else None
-            log.error("the writeback intake process exited (code %s); starting it again", code)
-            await asyncio.sleep(RESTART_DELAY)
+            log.error("the writeback intake process exited (code %s); starting it again in "
+                      "%.1f s", code, delay)  # fmt: skip
+            await asyncio.sleep(delay)
 
-    async def _run_child(self, first: asyncio.Future[None]) -> None:
+    async def _run_child(self, first: asyncio.Future[None]) -> bool:
+        """Run one child until it exits; True if it served (said "up") before."""
         assert self._sock is not None
         ours, theirs = socket.socketpair()
         try:
@@ -266,6 +274,7 @@ class IntakeProcess:
                 first.set_result(None)
             while (message := await _receive(reader)) is not None:
                 self._handle(link, message)
+            return True
         finally:
             self._link = None
             writer.close()
