@@ -5,17 +5,23 @@ when it was due, so a stalled server cannot hide its queue) POSTs writebacks at 
 `--rates` for `--seconds`, and reports the ack latency p50 / p99 / p99.9 and the highest rate at
 which p99 stays under `--p99-budget-ms` (20 ms), for:
 
-- `service`: the real `WritebackService` (auth, validation, decision, the store's group commit,
-  the API on its own thread) with delivery running: the drainer writes every note to the PMS
-  simulator (in this process) through the real drivers;
+- `service`: the product's wiring, the real `WritebackService` with its intake process (auth,
+  validation, decision, the store's group commit, in a process of its own) and delivery running
+  in the service's process: the drainer writes every note to the PMS simulator (in this
+  process) through the real drivers;
+- `inproc` (not run unless named in `--modes`): the same service with the API on a thread of
+  the engine's process, for comparison;
 - `floor`: a minimal aiohttp handler that parses the body and commits it through the same store
   (one `Insert` in a group commit) and nothing else: what the store alone costs;
 
 each on SQLite (the queue file, `synchronous=FULL`) and on PostgreSQL (a server started here from
-Debian's binaries with fsync on, or `--pg-url`). All real, on loopback; three processes (this one
-with the simulator, the server, the load generator).
+Debian's binaries with fsync on, or `--pg-url`). All real, on loopback; this process runs the
+simulator, the server and its intake process and the load generator run in their own. A 503
+(overloaded, or the queue unavailable) counts against a rate: only a rate whose every answer was
+a 202 can be the highest. Each row shows the machine's 1-minute load average and the share of
+the run some task waited for a CPU (Linux PSI), so a contended figure is seen as one.
 
-    .venv/bin/python bench/bench_ack.py                                  # rates 100..800, 3 s each
+    .venv/bin/python bench/bench_ack.py                                  # rates 200..1500, 3 s each
     .venv/bin/python bench/bench_ack.py --rates 200,400 --seconds 5 --backends postgresql
 """
 
@@ -40,6 +46,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "tests"))  # tests/pg.py (the PostgreSQL server) imports `timing`
 TOKEN = "bench-token-0123456789abcdef"
 
 
@@ -109,11 +116,16 @@ async def serve(args: argparse.Namespace) -> None:
     for pid, pms in bw.practice_ids(args.practices):
         await directory.add(pid, pms, args.sim_url, 200.0, 50)
     policy = DeliveryPolicy(max_concurrent_practices=32, quantum=8, not_ready_delay=2.0)
-    service = WritebackService(directory, args.store, TOKEN, policy=policy, store=_store(args))
+    service = WritebackService(
+        directory, args.store, TOKEN, policy=policy, store=_store(args),
+        intake_process=args.mode == "service",
+    )  # fmt: skip
     url = await service.start("127.0.0.1", 0)
     Path(args.url_file).write_text(f"{url}\n")
     await stop.wait()
     await service.stop(grace=2.0)
+    for client in directory.clients:
+        await client.aclose()
 
 
 # --- the load process -------------------------------------------------------------------------
@@ -159,6 +171,15 @@ async def load(args: argparse.Namespace) -> None:
 
 
 # --- the main process -------------------------------------------------------------------------
+
+
+def cpu_pressure_us() -> int:
+    """Microseconds some task waited for a CPU, machine-wide (Linux PSI; 0 where unavailable)."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return 0
+    return int(line.rsplit("total=", 1)[1])
 
 
 def pct(values: list[float], p: float) -> float:
@@ -227,6 +248,7 @@ async def main(args: argparse.Namespace) -> int:
                         url = url_file.read_text().strip()
                         for rate in rates:
                             tag = f"{backend}-{mode}-{int(rate)}"
+                            psi0, t0 = cpu_pressure_us(), time.monotonic()
                             proc = await asyncio.create_subprocess_exec(
                                 *child("load", "--url", url, "--rate", str(rate), "--seconds",
                                        str(args.seconds), "--tag", tag, "--practices",
@@ -234,6 +256,7 @@ async def main(args: argparse.Namespace) -> int:
                                 stdout=asyncio.subprocess.PIPE,
                             )  # fmt: skip
                             out, _ = await proc.communicate()
+                            wall = time.monotonic() - t0
                             data = json.loads(out.decode().strip().splitlines()[-1])
                             acks = data["acks"]
                             row = {
@@ -241,12 +264,17 @@ async def main(args: argparse.Namespace) -> int:
                                 "requests": len(acks), "statuses": data["statuses"],
                                 "p50_ms": pct(acks, 50) * 1000, "p99_ms": pct(acks, 99) * 1000,
                                 "p999_ms": pct(acks, 99.9) * 1000,
+                                "machine_load_average_1m": round(os.getloadavg()[0], 2),
+                                "machine_cpu_wait_pct": round(
+                                    (cpu_pressure_us() - psi0) / 1e6 / wall * 100, 1),
                             }  # fmt: skip
                             results.append(row)
                             print(
                                 f"{backend:10s} {mode:7s} {rate:6.0f}/s  n={len(acks):5d}  "
                                 f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  "
-                                f"p99.9 {row['p999_ms']:7.2f} ms  {data['statuses']}",
+                                f"p99.9 {row['p999_ms']:7.2f} ms  {data['statuses']}  "
+                                f"load {row['machine_load_average_1m']:.1f} "
+                                f"cpu-wait {row['machine_cpu_wait_pct']:.0f}%",
                                 flush=True,
                             )
                     finally:
@@ -280,7 +308,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="role")
     s = sub.add_parser("serve")
-    s.add_argument("--mode", choices=("service", "floor"), required=True)
+    s.add_argument("--mode", choices=("service", "inproc", "floor"), required=True)
     s.add_argument("--store", required=True)
     s.add_argument("--sim-url", required=True)
     s.add_argument("--url-file", required=True)
@@ -291,10 +319,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ld.add_argument("--seconds", type=float, required=True)
     ld.add_argument("--tag", required=True)
     ld.add_argument("--practices", type=int, default=20)
-    p.add_argument("--rates", default="100,200,400,800", help="arrival rates to try (per second)")
+    p.add_argument("--rates", default="200,500,1000,1250,1500",
+                   help="arrival rates to try (per second)")  # fmt: skip
     p.add_argument("--seconds", type=float, default=3.0, help="seconds of load per rate")
     p.add_argument("--backends", default="sqlite,postgresql")
-    p.add_argument("--modes", default="service,floor")
+    p.add_argument("--modes", default="service,floor", help="service, floor, inproc")
     p.add_argument("--practices", type=int, default=20)
     p.add_argument("--p99-budget-ms", type=float, default=20.0)
     p.add_argument("--pg-url", default=os.environ.get("PMSCTL_BENCH_PG_URL"),

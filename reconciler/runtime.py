@@ -84,6 +84,9 @@ class RuntimeOptions:
     writeback_token: str | None = field(default=None, repr=False)
     #: The SQLite queue of accepted writebacks.
     writeback_db: Path = Path(".pmsctl/writebacks.db")
+    #: Serve the writeback API from a process of its own (`reconciler.writeback.intake`), so
+    #: acknowledgments never wait for the engine's Python; False keeps it in this process.
+    writeback_intake_process: bool = True
     #: A shared store for the cursors and the writeback queue instead of the two SQLite files
     #: (`postgresql://...`; see `reconciler.stores`). None: the SQLite files.
     store_url: str | None = field(default=None, repr=False)
@@ -271,6 +274,7 @@ class Runtime:
                 options.writeback_token,
                 metrics=writeback_metrics.process_metrics(),
                 store=backend.queue_store() if backend is not None else None,
+                intake_process=options.writeback_intake_process,
             )
         #: The writeback API's base URL once started.
         self.writeback_url: str | None = None

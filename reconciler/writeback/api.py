@@ -18,9 +18,11 @@ Errors are JSON `{"error": {"code", "message", "field"?}}`: 400 not JSON / a bad
 token, 404 unknown practice or id, 408 the body did not arrive within `body_timeout` of the
 headers, 409 callerId reused with a different body, 413 body over the limit, 415 not
 `application/json`, 422 the body does not match the request schema (or the patientId cannot
-exist in the practice's PMS), 500 a bug (logged), 503 the queue could not store it (retry with
-the same callerId) or, with `Retry-After`, the practices are still being loaded at start-up
-(an unknown practiceId is 404 only once they are: `target.LoadingDirectory`). A refused request changes nothing. Messages quote at most a few dozen
+exist in the practice's PMS), 500 a bug (logged), 503 + `Retry-After` (retry with the same
+callerId): the queue could not store or read it (the database restarting, the file locked too
+long), intake is overloaded (`MAX_IN_FLIGHT` writebacks already wait for their commit), or the
+practices are still being loaded at start-up (an unknown practiceId is 404 only once they are:
+`target.LoadingDirectory`). A refused request changes nothing. Messages quote at most a few dozen
 characters of the request.
 
 Request time is bounded: `header_timeout` for the request line and headers (aiohttp's keep-alive
@@ -40,14 +42,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reconciler.writeback import store as ops
 from reconciler.writeback.decide import Skip, Wait, decide
-from reconciler.writeback.delivery import Drainer
 from reconciler.writeback.errors import StoreError, WritebackConfigError
 from reconciler.writeback.metrics import WritebackMetrics
 from reconciler.writeback.model import (
@@ -66,7 +67,7 @@ from reconciler.writeback.model import (
 from reconciler.writeback.openapi import document
 from reconciler.writeback.pmsids import patient_id_problem
 from reconciler.writeback.store import QueueStore
-from reconciler.writeback.target import PracticeDirectory, not_ready
+from reconciler.writeback.target import FetchingDirectory, PracticeDirectory, not_ready
 from reconciler.writeback.tokens import TOKEN_FILE_ENV, BearerTokens, token_problem
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,17 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_ERROR_CHARS = 1000
 #: Retry-After (seconds) while the practices are being loaded at start-up.
 LOADING_RETRY_AFTER = 2
+#: At most this many writebacks wait for their commit at once; one more is refused with 503 +
+#: Retry-After (`OVERLOAD_RETRY_AFTER`). A group commit takes them all in one go, so a healthy
+#: store keeps this count near the arrival rate times one commit's time (a few dozen at
+#: 1,000/s); reaching the limit means the store stalls, and queueing more would only grow every
+#: caller's wait without bound.
+MAX_IN_FLIGHT = 500
+#: Retry-After (seconds) when intake is over `MAX_IN_FLIGHT`.
+OVERLOAD_RETRY_AFTER = 1
+#: Retry-After (seconds) when the queue cannot store (the database is restarting, the file
+#: stays locked): the caller sends the same request again, with the same callerId.
+STORE_RETRY_AFTER = 1
 
 
 def error(
@@ -123,10 +135,42 @@ def loading_error(why: str) -> web.Response:
     )  # fmt: skip
 
 
+def store_error() -> web.Response:
+    """503 + Retry-After: the queue could not store or read; nothing was accepted."""
+    return error(
+        503, "queue_unavailable", "the writeback queue is unavailable (nothing was accepted); "
+        "retry with the same callerId", headers={"Retry-After": str(STORE_RETRY_AFTER)},
+    )  # fmt: skip
+
+
 def ok(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
         status=status, text=dumps(body), content_type="application/json", headers=headers
     )
+
+
+class Pacing(Protocol):
+    """What the API tells the drainer's pacer (`pacing.AckPacer`): requests arrive, and how late
+    the API's loop runs."""
+
+    @property
+    def busy(self) -> bool: ...
+
+    def ack(self) -> None: ...
+
+    def lag(self, seconds: float) -> None: ...
+
+
+class DrainerLink(Protocol):
+    """The drainer as the API reaches it: the `Drainer` itself in its process, or the intake
+    process's link to it (`intake.RemoteDrainer`)."""
+
+    @property
+    def pacer(self) -> Pacing: ...
+
+    def notify_threadsafe(self, practice_id: str, *, now: bool = False) -> None: ...
+
+    async def sweep_threadsafe(self) -> None: ...
 
 
 @dataclass
@@ -134,13 +178,20 @@ class WritebackApi:
     """The handlers, over the store, the drainer and the practice directory."""
 
     store: QueueStore
-    drainer: Drainer
+    drainer: DrainerLink
     directory: PracticeDirectory
     token: str
     metrics: WritebackMetrics
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     header_timeout: float = HEADER_TIMEOUT
     body_timeout: float = BODY_TIMEOUT
+    #: The most writebacks waiting for their commit at once (`MAX_IN_FLIGHT`).
+    max_in_flight: int = MAX_IN_FLIGHT
+    #: Writebacks waiting for their commit now (read by the tests and the benchmark).
+    in_flight: int = field(default=0, init=False)
+    #: `GET /metrics`'s body when the metrics live in another process (the intake process asks
+    #: the engine's); None: `metrics.registry`'s.
+    exposition: Callable[[], Awaitable[bytes]] | None = None
     _heartbeat: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _openapi: bytes | None = field(default=None, init=False, repr=False)
 
@@ -205,6 +256,9 @@ class WritebackApi:
             log.info("writeback API: %s %s: the client closed the connection", request.method,
                      shown(request.path))  # fmt: skip
             return unread_body_error(400, "connection_lost", "the connection was closed")
+        except StoreError as exc:  # the database is away (restart, failover): try again soon
+            log.error("writeback API: %s %s: %s", request.method, shown(request.path), exc)
+            return store_error()
         except Exception:
             # A bug, not the client's fault: log it once, and answer JSON without the details.
             log.exception("writeback API: %s %s failed", request.method, shown(request.path))
@@ -241,6 +295,15 @@ class WritebackApi:
         """Take one writeback request: validate, decide, store, then answer."""
         started = time.perf_counter()
         practice_id = request.match_info["practiceId"]
+        if self.in_flight >= self.max_in_flight:
+            # Answered before reading the body: refusing must stay cheap while overloaded.
+            response = unread_body_error(
+                503, "overloaded",
+                f"{self.in_flight} writebacks are waiting for the queue; nothing was accepted, "
+                "retry with the same callerId",
+            )  # fmt: skip
+            response.headers["Retry-After"] = str(OVERLOAD_RETRY_AFTER)
+            return response
         if request.content_length is not None and request.content_length > self.max_body_bytes:
             return self._too_large()
         if request.content_type != "application/json":
@@ -274,7 +337,11 @@ class WritebackApi:
             req = parse_request(practice_id, body)
         except RequestError as exc:
             return error(exc.status, "invalid_request", str(exc), exc.field or None)
-        target = self.directory.target(practice_id)
+        directory = self.directory
+        if isinstance(directory, FetchingDirectory):
+            target = await directory.fetch(practice_id)
+        else:
+            target = directory.target(practice_id)
         if target is None and (why := not_ready(self.directory)) is not None:
             return loading_error(why)  # it may be one of the practices still being loaded
         if target is None:
@@ -300,13 +367,15 @@ class WritebackApi:
             status = Status.PENDING
             insert = ops.Insert(req, status, t, target_type_id=decision.type_id,
                                 provider_id=decision.provider_id)  # fmt: skip
+        self.in_flight += 1
         try:
             # An Insert, not a lambda: the writer stores a group commit's inserts in one statement.
             record, created = await self.store.run(insert)
         except StoreError as exc:  # not stored, so not accepted: the caller retries
             log.error("writeback intake for %s: %s", practice_id, exc)
-            return error(503, "queue_unavailable", "the writeback queue could not store the "
-                         "request; retry with the same callerId")  # fmt: skip
+            return store_error()
+        finally:
+            self.in_flight -= 1
         labels = (req.kind.value, req.type)
         if not created:
             if record.fingerprint != req.fingerprint():
@@ -428,8 +497,12 @@ class WritebackApi:
 
     async def prometheus(self, request: web.Request) -> web.Response:
         """Prometheus text exposition of the writeback metrics."""
+        if self.exposition is not None:
+            body = await self.exposition()
+        else:
+            body = generate_latest(self.metrics.registry)
         return web.Response(
-            body=generate_latest(self.metrics.registry),
+            body=body,
             headers={"Content-Type": CONTENT_TYPE_LATEST},
         )
 
@@ -439,7 +512,11 @@ class WritebackApi:
 
     async def readyz(self, request: web.Request) -> web.Response:
         """Readiness: 200 once the practices are loaded, else 503 + Retry-After naming why."""
-        why = not_ready(self.directory)
+        directory = self.directory
+        if isinstance(directory, FetchingDirectory):
+            why = await directory.fetch_not_ready()
+        else:
+            why = not_ready(directory)
         if why is not None:
             return loading_error(why)
         return ok(200, {"ready": True})

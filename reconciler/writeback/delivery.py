@@ -350,6 +350,11 @@ class Drainer:
                 if decided is False:
                     continue
                 record = decided
+            else:  # decided at intake, maybe on a snapshot a later setting overtook
+                checked = await self._decide_again(record, target)
+                if checked is False:
+                    continue
+                record = checked
             parked = await self._deliver(record, target, outstanding)
             if parked is not None:
                 return ("parked", parked)
@@ -363,17 +368,42 @@ class Drainer:
         decision = decide(record.request, target)
         if isinstance(decision, Wait):
             return None
-        wid, t = record.id, self._clock()
         if isinstance(decision, Skip):
-            reason, message = decision.reason.value, decision.message
-            await self.store.run(lambda c: ops.mark_skipped(c, wid, reason, message, now=t))
-            log.info("writeback %s for %s skipped (%s): %s", wid, target.key, reason, message)
-            self.metrics.writebacks.labels(
-                record.request.kind.value, record.request.type, "skipped"
-            ).inc()
-            self.metrics.queue_depth.dec()
+            await self._skip(record, target, decision)
             return False
-        type_id, provider = decision.type_id, decision.provider_id
+        return await self._resolve(record, decision.type_id, decision.provider_id)
+
+    async def _decide_again(
+        self, record: WritebackRecord, target: WritebackTarget
+    ) -> WritebackRecord | Literal[False]:
+        """Decide a record decided at intake again, by the practice's settings now: intake may
+        run in another process on a snapshot up to a moment old, and a setting withdrawn since
+        skips the record rather than writing it. While the PMS is not checked (a restart), the
+        intake's decision stands."""
+        decision = decide(record.request, target)
+        if isinstance(decision, Wait):
+            return record
+        if isinstance(decision, Skip):
+            await self._skip(record, target, decision)
+            return False
+        if (decision.type_id, decision.provider_id) == (record.target_type_id, record.provider_id):
+            return record
+        return await self._resolve(record, decision.type_id, decision.provider_id)
+
+    async def _skip(self, record: WritebackRecord, target: WritebackTarget, skip: Skip) -> None:
+        wid, t = record.id, self._clock()
+        reason, message = skip.reason.value, skip.message
+        await self.store.run(lambda c: ops.mark_skipped(c, wid, reason, message, now=t))
+        log.info("writeback %s for %s skipped (%s): %s", wid, target.key, reason, message)
+        self.metrics.writebacks.labels(
+            record.request.kind.value, record.request.type, "skipped"
+        ).inc()
+        self.metrics.queue_depth.dec()
+
+    async def _resolve(
+        self, record: WritebackRecord, type_id: str, provider: str
+    ) -> WritebackRecord:
+        wid, t = record.id, self._clock()
         await self.store.run(lambda c: ops.resolve(c, wid, type_id, provider, now=t))
         return replace(record, target_type_id=type_id, provider_id=provider, message=None)
 

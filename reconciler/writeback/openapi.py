@@ -226,9 +226,11 @@ def document() -> dict[str, Any]:
                             "in the practice's PMS."
                         ),
                         "503": _error(
-                            "Not stored: the queue is unusable, or (with Retry-After, code "
-                            "practices_loading) the practices are still being loaded at "
-                            "start-up. Retry, same callerId."
+                            "Not stored; always with Retry-After: the queue is unavailable "
+                            "(queue_unavailable: the database restarts, the file stays "
+                            "locked), intake is overloaded (overloaded), or the practices are "
+                            "still being loaded at start-up (practices_loading). Retry after "
+                            "Retry-After seconds, same callerId."
                         ),
                     },
                 }

@@ -10,7 +10,9 @@ engine (a `PracticeDirectory`):
     await service.stop()
 
 `start(host=None)` runs everything but the listener; then mount `service.app` in an aiohttp
-runner of your own.
+runner of your own. With `intake_process=True` (what the runtime builds) the API runs in a
+process of its own, started, supervised and stopped by the service (`intake.IntakeProcess`):
+acknowledgments then never wait for the engine's or the drainer's Python.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from reconciler.writeback import store as ops
-from reconciler.writeback.api import WritebackApi
+from reconciler.writeback.api import MAX_IN_FLIGHT, WritebackApi
 from reconciler.writeback.delivery import DeliveryPolicy, Drainer
 from reconciler.writeback.errors import WritebackConfigError
+from reconciler.writeback.intake import IntakeConfig, IntakeProcess, store_recipe
 from reconciler.writeback.metrics import WritebackMetrics
 from reconciler.writeback.model import DB_PATH_ENV, DEFAULT_DB_PATH, DEFAULT_MAX_BODY_BYTES
 from reconciler.writeback.store import QueueStore, Store
@@ -110,6 +113,8 @@ class WritebackService:
         api_thread: bool = True,
         switch_interval: float | None = API_SWITCH_INTERVAL,
         store: QueueStore | None = None,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        intake_process: bool = False,
     ) -> None:
         if not token:
             raise WritebackConfigError("WritebackService needs a token (see load_token())")
@@ -129,10 +134,27 @@ class WritebackService:
             token=token,
             metrics=self.metrics,
             max_body_bytes=max_body_bytes,
+            max_in_flight=max_in_flight,
         )
         self.app: web.Application = self.api.app()
         self.url: str | None = None
         self._api_thread = api_thread
+        #: With `intake_process`, the API runs in a process of its own (`intake.IntakeProcess`).
+        self.intake: IntakeProcess | None = None
+        if intake_process:
+            self.intake = IntakeProcess(
+                directory=directory,
+                drainer=self.drainer,
+                metrics=self.metrics,
+                config=IntakeConfig(
+                    token=token,
+                    store=store_recipe(self.store),
+                    max_body_bytes=max_body_bytes,
+                    max_in_flight=max_in_flight,
+                    loading=None,
+                    switch_interval=switch_interval,
+                ),
+            )
         self._switch_interval = switch_interval
         self._switch_restore: tuple[float, float] | None = None  # (ours, the one before)
         self._runner: web.AppRunner | None = None
@@ -153,7 +175,9 @@ class WritebackService:
         await self.drainer.start()
         if host is None:
             return None
-        if self._api_thread:
+        if self.intake is not None:
+            self.url = await self.intake.start(host, port)
+        elif self._api_thread:
             self._shorten_switch_interval()
             try:
                 self.url = await self._serve_in_thread(host, port)
@@ -203,6 +227,8 @@ class WritebackService:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop serving, let running deliveries finish (up to `grace` s), close the queue file."""
+        if self.intake is not None:
+            await self.intake.stop(grace)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -880,13 +880,14 @@ class Store(GroupCommitStore):
         self, path: str | os.PathLike[str], *, synchronous: str = "FULL", max_batch: int = 1000
     ) -> None:
         super().__init__(os.fspath(path), max_batch=max_batch)
-        self._synchronous = synchronous
+        #: SQLite's `synchronous` setting for the file (FULL: an fsync per commit).
+        self.synchronous = synchronous
 
     def connect_writer(self) -> sqlite3.Connection:
-        return connect(self.path, synchronous=self._synchronous)
+        return connect(self.path, synchronous=self.synchronous)
 
     def connect_reader(self) -> sqlite3.Connection:
-        conn = connect(self.path, synchronous=self._synchronous)
+        conn = connect(self.path, synchronous=self.synchronous)
         conn.execute("PRAGMA query_only=ON")
         return conn
 

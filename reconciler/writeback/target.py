@@ -72,6 +72,20 @@ class LoadingDirectory(PracticeDirectory, Protocol):
         ...
 
 
+@runtime_checkable
+class FetchingDirectory(PracticeDirectory, Protocol):
+    """A directory whose lookups may have to ask elsewhere (the intake process asks the engine's
+    process for a practice it holds no snapshot of): the API awaits `fetch` instead of `target`."""
+
+    async def fetch(self, practice_id: str) -> WritebackTarget | None:
+        """`target(practice_id)`, asking the practices' owner when it is not held here."""
+        ...
+
+    async def fetch_not_ready(self) -> str | None:
+        """`not_ready()` as the practices' owner says it now."""
+        ...
+
+
 def not_ready(directory: PracticeDirectory) -> str | None:
     """Why `directory` is not ready yet, or None (a plain `PracticeDirectory` always is)."""
     return directory.not_ready() if isinstance(directory, LoadingDirectory) else None
