@@ -359,6 +359,13 @@ class PgCursorStore:
             for k in [k for k in self._cache if k[0] == key]:
                 del self._cache[k]
 
+    def evict(self, key: str) -> None:
+        """Drop `key`'s cursors from memory only: another replica polls it now (`--share`), and
+        if it comes back here its cursors are read from the database again."""
+        with self._lock:
+            for k in [k for k in self._cache if k[0] == key]:
+                del self._cache[k]
+
     def all(self) -> dict[tuple[str, str], str]:
         """Every stored cursor (for tests and diagnostics)."""
         with self._lock:

@@ -1,0 +1,265 @@
+"""Replicas that share the fleet (`pmsctl operator --share`): every replica sees every
+PracticeWriteback, and each applies to its engine only the practices whose bucket it holds.
+
+`SharedFleet` keeps the latest body of every practice Kopf has shown (`observe`, fed by a Kopf
+event handler: a plain watch, so no Kopf state on the objects that replicas would fight over),
+and every `period` seconds (`sync`) looks at the members (`reconciler.stores.claims`), computes
+the buckets this replica should hold (`reconciler.engine.ring`), and then:
+
+1. for each bucket it should no longer hold: forgets its practices (pollers stopped, a poll in
+   flight saves its cursor first), then releases the bucket's claim;
+2. tries to claim the buckets it should hold and does not (a claim still held by the previous
+   owner fails and is tried again next time), and applies the practices of those it got.
+
+So a practice is polled by one replica at a time even while the replicas' views of the members
+disagree: the claim is granted to one session, and released only after the pollers stopped.
+Cursors come from the shared store, so the next owner resumes where the previous one stopped.
+A practice created, changed or deleted is applied or forgotten at once by the replica holding
+its bucket; the others only remember its body for the day they gain the bucket.
+
+The callbacks (`apply(body)`, `forget(key)`, `handled(key)`) are `reconciler.kube.handlers`'
+(engine, status writer, catalog writer); the claims' blocking calls run in worker threads. The
+loop sleeps on the injected clock; tests call `sync()` directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from reconciler.api.catalog import Catalog
+from reconciler.engine import ring
+from reconciler.engine.catalog import CatalogListener
+from reconciler.engine.clock import Clock, LoopClock
+from reconciler.kube.handlers import ANNOTATION_RECONCILE
+from reconciler.stores.claims import FleetClaims
+from reconciler.writeback.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two looks at the members (`--share-period`).
+DEFAULT_PERIOD = 2.0
+
+
+class SharedFleet:
+    """Which practices this replica runs, kept in line with the members; see the module
+    docstring. `parallel` bounds the applies (each reads the PMS) run at once on a gain."""
+
+    def __init__(
+        self,
+        claims: FleetClaims,
+        *,
+        apply: Callable[[Mapping[str, Any]], Awaitable[None]],
+        forget: Callable[[str], Awaitable[None]],
+        handled: Callable[[str], None] | None = None,
+        period: float = DEFAULT_PERIOD,
+        clock: Clock | None = None,
+        parallel: int = 16,
+    ) -> None:
+        if period <= 0:
+            raise ValueError(f"--share-period: {period:g} must be positive")
+        self.claims = claims
+        self.period = period
+        self._apply_cb = apply
+        self._forget_cb = forget
+        self._handled = handled
+        self._clock: Clock = clock or LoopClock()
+        self._parallel = asyncio.Semaphore(parallel)
+        self._bodies: dict[str, Mapping[str, Any]] = {}
+        self._bucket: dict[str, int] = {}
+        #: Keys applied to the engine (so to forget when their bucket goes).
+        self.applied: set[str] = set()
+        #: Buckets being given up: held still, but no practice of theirs is applied any more.
+        self._leaving: set[int] = set()
+        self._locks: dict[int, asyncio.Lock] = {}
+        self.members: list[str] = []
+        self.synced = False
+        self._task: asyncio.Task[None] | None = None
+
+    # -- what Kopf shows -------------------------------------------------------------------
+
+    async def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A watch event (None: the initial listing) for one PracticeWriteback."""
+        meta = body.get("metadata") or {}
+        key = f"{meta.get('namespace')}/{meta.get('name')}"
+        if event_type == "DELETED" or meta.get("deletionTimestamp"):
+            await self.withdraw(key)
+            return
+        practice_id = str((body.get("spec") or {}).get("practiceId") or "")
+        b = ring.bucket(practice_id)
+        previous = self._bucket.get(key)
+        known = self._bodies.get(key)
+        self._bodies[key] = copy.deepcopy(dict(body))
+        if previous == b and known is not None and _version(known) == _version(body):
+            return  # its own status patch, say: nothing to apply again
+        self._bucket[key] = b
+        if previous is not None and previous != b:  # its practiceId changed: maybe not ours now
+            async with self._lock(previous):
+                if key in self.applied and not self._mine(b):
+                    await self._forget(key)
+        async with self._lock(b):
+            if self._mine(b):
+                await self._apply(key)
+        if self.synced and self._handled is not None:
+            self._handled(key)
+
+    async def withdraw(self, key: str) -> None:
+        """The practice is gone (deleted): forget it if it runs here."""
+        self._bodies.pop(key, None)
+        b = self._bucket.pop(key, None)
+        if b is None:
+            return
+        async with self._lock(b):
+            if key in self.applied:
+                await self._forget(key)
+        if self._handled is not None:
+            self._handled(key)
+
+    # -- the members -----------------------------------------------------------------------
+
+    async def sync(self) -> None:
+        """Look at the members once and move practices in or out (see the module docstring)."""
+        try:
+            name = await asyncio.to_thread(self.claims.join)
+            members = await asyncio.to_thread(self.claims.members)
+        except StoreError as exc:
+            log.error("share: cannot reach the store (%s): stopping every practice here", exc)
+            await self._give_up_all()
+            return
+        if members != self.members:
+            log.info("share: members now %s (this replica: %s)", ", ".join(members), name)
+            self.members = members
+        wanted = ring.buckets_of(name, members)
+        losing = self.claims.held - wanted
+        if losing:
+            self._leaving |= losing
+            try:
+                moved = await self._forget_buckets(losing)
+                await asyncio.to_thread(self.claims.release, losing)
+            except StoreError as exc:
+                log.error("share: releasing claims failed (%s); the connection is dropped", exc)
+            finally:
+                self._leaving -= losing
+            if moved:
+                log.info("share: gave up %d practices (%d buckets)", moved, len(losing))
+        try:
+            gained = await asyncio.to_thread(self.claims.claim, wanted - self.claims.held)
+        except StoreError as exc:
+            log.error("share: claiming failed (%s): stopping every practice here", exc)
+            await self._give_up_all()
+            return
+        if gained:
+            taken = await self._apply_buckets(gained)
+            if taken:
+                log.info("share: took %d practices (%d buckets)", taken, len(gained))
+        if not self.synced:
+            self.synced = True
+            if self._handled is not None:
+                for key in list(self._bodies):
+                    self._handled(key)
+
+    async def run(self) -> None:
+        """`sync()` every `period` seconds until cancelled."""
+        while True:
+            try:
+                await self.sync()
+            except Exception:  # a bug must not end the sharing: the next look tries again
+                log.exception("share: sync failed")
+            await self._clock.sleep(self.period)
+
+    def start(self) -> None:
+        """Run `run()` in the background."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self.run(), name="pmsctl-share")
+
+    async def stop(self) -> None:
+        """Stop looking (the engine's stop ends the pollers; closing the claims leaves)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _lock(self, b: int) -> asyncio.Lock:
+        lock = self._locks.get(b)
+        if lock is None:
+            lock = self._locks[b] = asyncio.Lock()
+        return lock
+
+    def _mine(self, b: int) -> bool:
+        return b in self.claims.held and b not in self._leaving
+
+    def _keys_in(self, buckets: frozenset[int] | set[int]) -> list[str]:
+        return sorted(k for k, b in self._bucket.items() if b in buckets)
+
+    async def _apply(self, key: str) -> None:
+        body = self._bodies.get(key)
+        if body is None:
+            return
+        self.applied.add(key)
+        try:
+            await self._apply_cb(body)
+        except Exception:  # the engine reports PMS errors in status; anything else is logged
+            log.exception("share: applying %s failed", key)
+
+    async def _forget(self, key: str) -> None:
+        self.applied.discard(key)
+        try:
+            await self._forget_cb(key)
+        except Exception:
+            log.exception("share: forgetting %s failed", key)
+
+    async def _forget_buckets(self, buckets: frozenset[int]) -> int:
+        async def one(b: int) -> int:
+            async with self._lock(b):
+                keys = [k for k in self._keys_in({b}) if k in self.applied]
+                for key in keys:
+                    await self._forget(key)
+                return len(keys)
+
+        return sum(await asyncio.gather(*(one(b) for b in buckets)))
+
+    async def _apply_buckets(self, buckets: frozenset[int]) -> int:
+        async def one(b: int) -> int:
+            async with self._parallel, self._lock(b):
+                keys = self._keys_in({b}) if self._mine(b) else []
+                for key in keys:
+                    await self._apply(key)
+                return len(keys)
+
+        return sum(await asyncio.gather(*(one(b) for b in buckets)))
+
+    async def _give_up_all(self) -> None:
+        """The claims' connection is gone, and the claims with it (another replica may hold
+        them now): stop every practice at once."""
+        keys = sorted(self.applied)
+        for key in keys:
+            await self._forget(key)
+        if keys:
+            log.error("share: stopped %d practices until the store answers again", len(keys))
+
+
+def _version(body: Mapping[str, Any]) -> tuple[object, ...]:
+    """What makes a practice worth applying again: another object (uid), a spec change
+    (generation), a reconcile request (the annotation). Status patches change none of them."""
+    meta = body.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    return (meta.get("uid"), meta.get("generation"), annotations.get(ANNOTATION_RECONCILE))
+
+
+def keep_catalogs(listener: CatalogListener) -> CatalogListener:
+    """A catalog listener that ignores "practice removed": under --share a practice leaving this
+    replica is not gone, and its PracticeCatalog goes with the PracticeWriteback it belongs to
+    (its ownerReference), not when a replica stops polling it."""
+
+    async def publish(key: str, catalog: Catalog | None) -> None:
+        if catalog is not None:
+            await listener(key, catalog)
+
+    return publish
