@@ -10,6 +10,9 @@ of the members is a step of the test, not a race.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -17,8 +20,9 @@ import psycopg
 import pytest
 
 from reconciler.engine import ring
-from reconciler.kube.membership import SharedFleet
-from reconciler.stores.claims import FleetClaims, OwnedQueueStore, lock_space
+from reconciler.engine.clock import FakeClock
+from reconciler.kube.membership import FENCE_AFTER, SharedFleet
+from reconciler.stores.claims import DEAD_AFTER, FleetClaims, OwnedQueueStore, lock_space
 from reconciler.stores.postgres import PostgresBackend
 
 KEYS = [f"clinics/p{n:03d}" for n in range(60)]
@@ -42,7 +46,7 @@ class Fleet:
         self.applies: list[tuple[str, str]] = []
         self.replicas: dict[str, SharedFleet] = {}
 
-    def add(self, label: str) -> SharedFleet:
+    def add(self, label: str, clock: FakeClock | None = None) -> SharedFleet:
         claims = FleetClaims(PostgresBackend(self.url), "test-group")
 
         async def apply(b: Mapping[str, Any]) -> None:
@@ -53,7 +57,7 @@ class Fleet:
         async def forget(key: str) -> None:
             self.running.setdefault(key, set()).discard(label)
 
-        fleet = SharedFleet(claims, apply=apply, forget=forget)
+        fleet = SharedFleet(claims, apply=apply, forget=forget, clock=clock)
         self.replicas[label] = fleet
         return fleet
 
@@ -161,6 +165,43 @@ async def test_a_replica_that_loses_the_store_stops_every_practice(
     # ...and the one after joins again and takes them back.
     await a.sync()
     assert len(a.applied) == len(KEYS)
+
+
+async def test_a_replica_cut_off_from_the_store_stops_its_practices_before_it_is_replaced(
+    fleet: Fleet, pg_url: str
+) -> None:
+    clock = FakeClock()
+    a = fleet.add("a", clock)
+    await observe_all(a)
+    await fleet.sync("a")
+    assert len(a.applied) == len(KEYS)
+    assert DEAD_AFTER > FENCE_AFTER
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2"
+            " AND classid = %s::bigint::oid",
+            (lock_space("test-group", "member"),),
+        ).fetchone()
+    assert row is not None
+    backend = int(row[0])
+    # The server stops answering this replica (its backend frozen: a network cut, as the
+    # replica sees it); the next look hangs.
+    os.kill(backend, signal.SIGSTOP)
+    try:
+        look = asyncio.create_task(a.sync())
+        await clock.advance(FENCE_AFTER - 1)
+        assert not await a.check_fence()
+        assert len(a.applied) == len(KEYS)
+        await clock.advance(1)
+        assert await a.check_fence()
+        assert a.fenced and not a.applied and not any(fleet.running.values())
+        assert not look.done()
+    finally:
+        os.kill(backend, signal.SIGCONT)
+    # The server answers again and still holds the claims: the look finishes, and this replica
+    # runs its practices again.
+    await look
+    assert not a.fenced and len(a.applied) == len(KEYS)
 
 
 async def test_status_patches_do_not_reapply_but_spec_changes_and_deletes_do(

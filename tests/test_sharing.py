@@ -30,6 +30,7 @@ import yaml
 from timing import wait_until
 
 from pms_simulator import RequestRecord, Simulator
+from reconciler.kube.handlers import FINALIZER
 
 pytestmark = pytest.mark.kube
 
@@ -49,7 +50,9 @@ def practice_docs(ns: str, url: str, sim: Simulator) -> list[dict[str, Any]]:
         })  # fmt: skip
         docs.append({
             "apiVersion": "writeback.dental.dev/v1alpha1", "kind": "PracticeWriteback",
-            "metadata": {"name": name, "namespace": ns},
+            "metadata": {"name": name, "namespace": ns,
+                         # share-00 as an operator without --share left it: with Kopf's finalizer
+                         **({"finalizers": [FINALIZER]} if n == 0 else {})},
             "spec": {
                 "practiceId": pid, "displayName": f"Share {n}",
                 "pms": {"type": "Dentrix", "url": url,
@@ -138,11 +141,13 @@ def test_replicas_share_the_fleet_through_a_kill_and_a_join(
                 tail = (tmp_path / f"{replica}.log").read_text()[-4000:]
                 raise AssertionError(f"{replica} exited ({proc.returncode}); log:\n{tail}")
 
-    def every_practice_polled(since: float, times: int, by: set[str] | None = None) -> bool:
+    def every_practice_polled(
+        since: float, times: int, by: set[str] | None = None, among: list[str] = pids
+    ) -> bool:
         alive()
         return all(
             len([r for r in polls(sim, pid, since) if by is None or r.agent in by]) >= times
-            for pid in pids
+            for pid in among
         )
 
     with sim.serve_in_thread():
@@ -187,6 +192,16 @@ def test_replicas_share_the_fleet_through_a_kill_and_a_join(
             ended = time.time()
             after_join = {p: owner_after(sim, p, first_poll_4) for p in pids}
             out = kube.kubectl("get", "pwb", "-n", kube_namespace, "-o", "json").stdout
+
+            # A practice deleted: gone at once (no finalizer holds it, not even the one an
+            # operator without --share had put there), and its owner stops polling it.
+            kube.kubectl("delete", "pwb", "share-00", "-n", kube_namespace, "--timeout=30s")
+            deleted_at = time.time()
+            wait_until(
+                lambda: every_practice_polled(deleted_at + 1, 1, None, pids[1:]),
+                30, "the other practices' next polls", step=0.5,
+            )  # fmt: skip
+            polled_after_delete = polls(sim, "share-00", deleted_at + 1)
         finally:
             for proc in procs.values():
                 if proc.poll() is None:
@@ -236,6 +251,7 @@ def test_replicas_share_the_fleet_through_a_kill_and_a_join(
     assert set(after_kill.values()) == survivors
     assert {after_join[p] for p in moved} == {"pmsctl (replica-4)"}
     assert 0.1 <= len(moved) / PRACTICES <= 0.6
+    assert polled_after_delete == []
     # Only the owner writes status, and every practice is Ready whoever polls it.
     for item in json.loads(out)["items"]:
         conds = {c["type"]: c["status"] for c in item.get("status", {}).get("conditions", [])}

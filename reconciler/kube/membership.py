@@ -36,13 +36,17 @@ from reconciler.engine import ring
 from reconciler.engine.catalog import CatalogListener
 from reconciler.engine.clock import Clock, LoopClock
 from reconciler.kube.handlers import ANNOTATION_RECONCILE
-from reconciler.stores.claims import FleetClaims
+from reconciler.stores.claims import DEAD_AFTER, FleetClaims
 from reconciler.writeback.errors import StoreError
 
 log = logging.getLogger(__name__)
 
 #: Seconds between two looks at the members (`--share-period`).
 DEFAULT_PERIOD = 2.0
+#: A replica whose last successful look is this old stops every practice it runs ("fences"
+#: itself): cut off from the database, it cannot tell whether the server has ended its session
+#: and handed its claims to another replica, which the server does after `DEAD_AFTER` seconds.
+FENCE_AFTER = DEAD_AFTER - 3.0
 
 
 class SharedFleet:
@@ -59,9 +63,18 @@ class SharedFleet:
         period: float = DEFAULT_PERIOD,
         clock: Clock | None = None,
         parallel: int = 16,
+        fence_after: float = FENCE_AFTER,
     ) -> None:
-        if period <= 0:
-            raise ValueError(f"--share-period: {period:g} must be positive")
+        if not 0 < period <= fence_after / 2:
+            raise ValueError(
+                f"--share-period: {period:g} must be positive and at most {fence_after / 2:g} s "
+                f"(a replica that has not looked for {fence_after:g} s stops its practices)"
+            )
+        self.fence_after = fence_after
+        self._last_ok: float | None = None
+        #: True once this replica stopped its practices for want of the database (until a look
+        #: succeeds again).
+        self.fenced = False
         self.claims = claims
         self.period = period
         self._apply_cb = apply
@@ -79,6 +92,7 @@ class SharedFleet:
         self.members: list[str] = []
         self.synced = False
         self._task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
 
     # -- what Kopf shows -------------------------------------------------------------------
 
@@ -152,10 +166,14 @@ class SharedFleet:
             log.error("share: claiming failed (%s): stopping every practice here", exc)
             await self._give_up_all()
             return
-        if gained:
-            taken = await self._apply_buckets(gained)
-            if taken:
-                log.info("share: took %d practices (%d buckets)", taken, len(gained))
+        self._last_ok = self._clock.now()
+        if self.fenced:
+            log.info("share: the store answers again: running this replica's practices")
+            self.fenced = False
+        # The gained buckets' practices, and any of a held bucket not running (after a fence).
+        taken = await self._apply_buckets(self.claims.held)
+        if taken:
+            log.info("share: took %d practices (%d buckets new)", taken, len(gained))
         if not self.synced:
             self.synced = True
             if self._handled is not None:
@@ -171,15 +189,42 @@ class SharedFleet:
                 log.exception("share: sync failed")
             await self._clock.sleep(self.period)
 
+    async def check_fence(self) -> bool:
+        """Stop every practice when the last successful look is `fence_after` old (see
+        `FENCE_AFTER`); True when it did so now."""
+        if self._last_ok is None or self.fenced:
+            return False
+        silent = self._clock.now() - self._last_ok
+        if silent < self.fence_after:
+            return False
+        self.fenced = True
+        log.error(
+            "share: no answer from the store for %.0f s: stopping every practice here (another "
+            "replica may hold their claims soon)", silent,
+        )  # fmt: skip
+        await self._give_up_all()
+        return True
+
+    async def watch(self) -> None:
+        """`check_fence()` every `period` seconds until cancelled; apart from `run()`, whose
+        look may be the call that hangs."""
+        while True:
+            await self._clock.sleep(self.period)
+            await self.check_fence()
+
     def start(self) -> None:
-        """Run `run()` in the background."""
+        """Run `run()` and `watch()` in the background."""
+        loop = asyncio.get_running_loop()
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self.run(), name="pmsctl-share")
+            self._task = loop.create_task(self.run(), name="pmsctl-share")
+        if self._watch_task is None:
+            self._watch_task = loop.create_task(self.watch(), name="pmsctl-share-fence")
 
     async def stop(self) -> None:
         """Stop looking (the engine's stop ends the pollers; closing the claims leaves)."""
-        task, self._task = self._task, None
-        if task is not None:
+        tasks = [t for t in (self._task, self._watch_task) if t is not None]
+        self._task = self._watch_task = None
+        for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -193,7 +238,7 @@ class SharedFleet:
         return lock
 
     def _mine(self, b: int) -> bool:
-        return b in self.claims.held and b not in self._leaving
+        return b in self.claims.held and b not in self._leaving and not self.fenced
 
     def _keys_in(self, buckets: frozenset[int] | set[int]) -> list[str]:
         return sorted(k for k, b in self._bucket.items() if b in buckets)
@@ -226,14 +271,22 @@ class SharedFleet:
         return sum(await asyncio.gather(*(one(b) for b in buckets)))
 
     async def _apply_buckets(self, buckets: frozenset[int]) -> int:
-        async def one(b: int) -> int:
-            async with self._parallel, self._lock(b):
-                keys = self._keys_in({b}) if self._mine(b) else []
-                for key in keys:
-                    await self._apply(key)
-                return len(keys)
+        """Apply the practices of `buckets` that do not run here yet; how many."""
+        waiting: dict[int, list[str]] = {}
+        for key, b in self._bucket.items():
+            if b in buckets and key not in self.applied:
+                waiting.setdefault(b, []).append(key)
 
-        return sum(await asyncio.gather(*(one(b) for b in buckets)))
+        async def one(b: int, keys: list[str]) -> int:
+            async with self._parallel, self._lock(b):
+                if not self._mine(b):
+                    return 0
+                todo = [k for k in sorted(keys) if k not in self.applied and k in self._bodies]
+                for key in todo:
+                    await self._apply(key)
+                return len(todo)
+
+        return sum(await asyncio.gather(*(one(b, keys) for b, keys in waiting.items())))
 
     async def _give_up_all(self) -> None:
         """The claims' connection is gone, and the claims with it (another replica may hold

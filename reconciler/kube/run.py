@@ -100,8 +100,14 @@ def check_share(args: argparse.Namespace) -> None:
             "--share needs --store postgresql://... (or $PMSCTL_STORE): the replicas keep "
             "their membership, their claims and the cursors there"
         )
-    if args.share_period <= 0:
-        raise ValueError(f"--share-period: {args.share_period:g} must be positive")
+    from reconciler.kube.membership import FENCE_AFTER
+
+    if not 0 < args.share_period <= FENCE_AFTER / 2:
+        raise ValueError(
+            f"--share-period: {args.share_period:g} must be positive and at most "
+            f"{FENCE_AFTER / 2:g} s (a replica that could not look for {FENCE_AFTER:g} s stops "
+            "its practices)"
+        )
 
 
 def share_group(args: argparse.Namespace, namespaces: list[str] | None) -> str:

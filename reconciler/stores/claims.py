@@ -51,6 +51,14 @@ def lock_space(group: str, what: str) -> int:
     return int.from_bytes(digest, "big") & 0x7FFF_FFFF
 
 
+#: Both ends of the claims' connection give up on a peer that stopped answering after about
+#: DEAD_AFTER seconds (TCP keepalives: idle 5 s, then 3 probes 2 s apart; unacknowledged data:
+#: 10 s). The server then ends the session and frees its claims: a replica whose node is lost
+#: without closing its connections (power, network) is replaced after that, not after the
+#: operating system's default of two hours.
+KEEPALIVE = {"idle": 5, "interval": 2, "count": 3, "user_timeout_ms": 10_000}
+DEAD_AFTER = KEEPALIVE["idle"] + KEEPALIVE["interval"] * KEEPALIVE["count"]
+
 _MEMBERS_SQL = (
     "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND granted"
     " AND objsubid = 2 AND classid = %s::bigint::oid"
@@ -90,7 +98,7 @@ class FleetClaims:
             if self.name is not None and self._usable():
                 return self.name
             self._drop()
-            self._conn = self.backend.connect()
+            self._conn = self._connect()
             while True:
                 member_id = 1 + secrets.randbelow(2**31 - 1)
                 row = self._run(
@@ -147,6 +155,27 @@ class FleetClaims:
             self._drop()
 
     # -- internals (the caller holds _mutex) ----------------------------------------------
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        k = KEEPALIVE
+        conn = self.backend.connect(
+            keepalives=1,
+            keepalives_idle=k["idle"],
+            keepalives_interval=k["interval"],
+            keepalives_count=k["count"],
+            tcp_user_timeout=k["user_timeout_ms"],
+        )
+        try:  # the server's side of the same (ignored on a unix socket)
+            conn.execute(
+                f"SET tcp_keepalives_idle = {k['idle']}; "
+                f"SET tcp_keepalives_interval = {k['interval']}; "
+                f"SET tcp_keepalives_count = {k['count']}; "
+                f"SET tcp_user_timeout = {k['user_timeout_ms']}".encode()
+            )
+        except psycopg.Error as exc:
+            conn.close()
+            raise StoreError(f"{self.backend.name}: {self.backend.clean(exc)}") from None
+        return conn
 
     def _usable(self) -> bool:
         return self._conn is not None and not self._conn.closed and not self._conn.broken

@@ -154,9 +154,10 @@ class PostgresBackend:
             text = text.replace(secret, "***")
         return text
 
-    def connect(self) -> psycopg.Connection[Any]:
-        """A new autocommit connection; StoreError (password masked) when it cannot connect."""
-        kwargs: dict[str, Any] = {"autocommit": True, "application_name": "pmsctl"}
+    def connect(self, **options: Any) -> psycopg.Connection[Any]:
+        """A new autocommit connection (`options`: more libpq connection parameters); StoreError
+        (password masked) when it cannot connect."""
+        kwargs: dict[str, Any] = {"autocommit": True, "application_name": "pmsctl", **options}
         if self._password is not None:
             kwargs["password"] = self._password
         kwargs.setdefault("connect_timeout", 10)
