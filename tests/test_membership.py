@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 
 from reconciler.engine import ring
 from reconciler.engine.clock import FakeClock
@@ -175,6 +176,8 @@ async def test_a_replica_cut_off_from_the_store_stops_its_practices_before_it_is
     await observe_all(a)
     await fleet.sync("a")
     assert len(a.applied) == len(KEYS)
+    assert gauge("pmsctl_share_buckets") == ring.BUCKETS
+    assert gauge("pmsctl_share_members") == 1 and gauge("pmsctl_share_fenced") == 0
     assert DEAD_AFTER > FENCE_AFTER
     with psycopg.connect(pg_url, autocommit=True) as admin:
         row = admin.execute(
@@ -195,6 +198,7 @@ async def test_a_replica_cut_off_from_the_store_stops_its_practices_before_it_is
         await clock.advance(1)
         assert await a.check_fence()
         assert a.fenced and not a.applied and not any(fleet.running.values())
+        assert gauge("pmsctl_share_fenced") == 1 and gauge("pmsctl_share_buckets") == 0
         assert not look.done()
     finally:
         os.kill(backend, signal.SIGCONT)
@@ -202,6 +206,12 @@ async def test_a_replica_cut_off_from_the_store_stops_its_practices_before_it_is
     # runs its practices again.
     await look
     assert not a.fenced and len(a.applied) == len(KEYS)
+    assert gauge("pmsctl_share_fenced") == 0
+    assert gauge("pmsctl_share_buckets") == ring.BUCKETS
+
+
+def gauge(name: str) -> float | None:
+    return REGISTRY.get_sample_value(name, {"group": "test-group"})
 
 
 async def test_status_patches_do_not_reapply_but_spec_changes_and_deletes_do(

@@ -31,6 +31,8 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from prometheus_client import Gauge
+
 from reconciler.api.catalog import Catalog
 from reconciler.engine import ring
 from reconciler.engine.catalog import CatalogListener
@@ -40,6 +42,21 @@ from reconciler.stores.claims import DEAD_AFTER, FleetClaims
 from reconciler.writeback.errors import StoreError
 
 log = logging.getLogger(__name__)
+
+#: Per replica, labelled by the group of replicas sharing one fleet (label selector and
+#: namespaces). The buckets summed over a group's replicas are all of `ring.BUCKETS` when
+#: every practice has a replica polling it (the PmsctlShareUnclaimed alert).
+SHARE_MEMBERS = Gauge(
+    "pmsctl_share_members", "Replicas sharing the fleet, at this one's last look.", ["group"]
+)
+SHARE_BUCKETS = Gauge(
+    "pmsctl_share_buckets", "Buckets of practices whose claim this replica holds.", ["group"]
+)
+SHARE_FENCED = Gauge(
+    "pmsctl_share_fenced",
+    "1 while this replica stopped its practices for want of an answer from the store.",
+    ["group"],
+)
 
 #: Seconds between two looks at the members (`--share-period`).
 DEFAULT_PERIOD = 2.0
@@ -75,6 +92,7 @@ class SharedFleet:
         #: True once this replica stopped its practices for want of the database (until a look
         #: succeeds again).
         self.fenced = False
+        SHARE_FENCED.labels(claims.group).set(0)
         self.claims = claims
         self.period = period
         self._apply_cb = apply
@@ -147,6 +165,7 @@ class SharedFleet:
         if members != self.members:
             log.info("share: members now %s (this replica: %s)", ", ".join(members), name)
             self.members = members
+        SHARE_MEMBERS.labels(self.claims.group).set(len(members))
         wanted = ring.buckets_of(name, members)
         losing = self.claims.held - wanted
         if losing:
@@ -167,9 +186,11 @@ class SharedFleet:
             await self._give_up_all()
             return
         self._last_ok = self._clock.now()
+        SHARE_BUCKETS.labels(self.claims.group).set(len(self.claims.held))
         if self.fenced:
             log.info("share: the store answers again: running this replica's practices")
             self.fenced = False
+            SHARE_FENCED.labels(self.claims.group).set(0)
         # The gained buckets' practices, and any of a held bucket not running (after a fence).
         taken = await self._apply_buckets(self.claims.held)
         if taken:
@@ -198,11 +219,13 @@ class SharedFleet:
         if silent < self.fence_after:
             return False
         self.fenced = True
+        SHARE_FENCED.labels(self.claims.group).set(1)
         log.error(
             "share: no answer from the store for %.0f s: stopping every practice here (another "
             "replica may hold their claims soon)", silent,
         )  # fmt: skip
         await self._give_up_all()
+        SHARE_BUCKETS.labels(self.claims.group).set(0)  # held, maybe, but not polled
         return True
 
     async def watch(self) -> None:
@@ -291,6 +314,7 @@ class SharedFleet:
     async def _give_up_all(self) -> None:
         """The claims' connection is gone, and the claims with it (another replica may hold
         them now): stop every practice at once."""
+        SHARE_BUCKETS.labels(self.claims.group).set(len(self.claims.held))
         keys = sorted(self.applied)
         for key in keys:
             await self._forget(key)
