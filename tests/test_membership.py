@@ -10,6 +10,7 @@ of the members is a step of the test, not a race.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import signal
@@ -22,7 +23,8 @@ from prometheus_client import REGISTRY
 
 from reconciler.engine import ring
 from reconciler.engine.clock import FakeClock
-from reconciler.kube.membership import FENCE_AFTER, SharedFleet
+from reconciler.kube.membership import FENCE_AFTER, SharedFleet, keep_catalogs
+from reconciler.kube.run import share_group
 from reconciler.stores.claims import DEAD_AFTER, FleetClaims, OwnedQueueStore, lock_space
 from reconciler.stores.postgres import PostgresBackend
 
@@ -286,3 +288,39 @@ def test_the_claims_of_the_whole_fleet_stay_within_the_lock_table(
     finally:
         for c in claims:
             c.close()
+
+
+async def test_a_stopped_replica_applies_nothing_more(fleet: Fleet) -> None:
+    a = fleet.add("a")
+    await observe_all(a, KEYS[:5])
+    await fleet.sync("a")
+    await a.stop()
+    await a.observe("ADDED", body(KEYS[5]))
+    assert KEYS[5] not in fleet.running and len(a.applied) == 5
+
+
+async def test_catalogs_outlive_a_practice_leaving_a_replica() -> None:
+    seen: list[tuple[str, object]] = []
+
+    async def listener(key: str, catalog: Any) -> None:
+        seen.append((key, catalog))
+
+    publish = keep_catalogs(listener)
+    await publish("clinics/a", None)  # the practice moved to another replica: keep its catalog
+    catalog = object()
+    await publish("clinics/a", catalog)
+    assert seen == [("clinics/a", catalog)]
+
+
+def test_replicas_with_the_same_scope_are_one_group_whatever_the_spelling() -> None:
+    def args(selector: str | None) -> argparse.Namespace:
+        return argparse.Namespace(selector=selector)
+
+    assert share_group(args("shard=a, tier=x"), ["b", "a"]) == share_group(
+        args("tier=x,shard=a"), ["a", "b"]
+    )
+    assert share_group(args("shard=a"), None) != share_group(args("shard=b"), None)
+    assert share_group(args(None), ["a"]) != share_group(args(None), None)
+    assert lock_space("g1", "member") != lock_space("g2", "member")
+    assert lock_space("g1", "member") != lock_space("g1", "bucket")
+    assert all(0 < lock_space(g, w) < 2**31 for g in ("", "g1") for w in ("member", "bucket"))

@@ -111,11 +111,15 @@ class SharedFleet:
         self.synced = False
         self._task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
+        self.stopped = False
 
     # -- what Kopf shows -------------------------------------------------------------------
 
     async def observe(self, event_type: str | None, body: Mapping[str, Any]) -> None:
-        """A watch event (None: the initial listing) for one PracticeWriteback."""
+        """A watch event (None: the initial listing) for one PracticeWriteback. Ignored once
+        `stop()` was called: the engine is stopping, nothing is applied to it any more."""
+        if self.stopped:
+            return
         meta = body.get("metadata") or {}
         key = f"{meta.get('namespace')}/{meta.get('name')}"
         if event_type == "DELETED" or meta.get("deletionTimestamp"):
@@ -245,6 +249,7 @@ class SharedFleet:
 
     async def stop(self) -> None:
         """Stop looking (the engine's stop ends the pollers; closing the claims leaves)."""
+        self.stopped = True
         tasks = [t for t in (self._task, self._watch_task) if t is not None]
         self._task = self._watch_task = None
         for task in tasks:
