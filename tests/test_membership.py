@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 from prometheus_client import REGISTRY
+from timing import eventually
 
 from reconciler.engine import ring
 from reconciler.engine.clock import FakeClock
@@ -49,11 +50,15 @@ class Fleet:
         self.applies: list[tuple[str, str]] = []
         self.replicas: dict[str, SharedFleet] = {}
 
-    def add(self, label: str, clock: FakeClock | None = None) -> SharedFleet:
+    def add(
+        self, label: str, clock: FakeClock | None = None, gate: asyncio.Event | None = None
+    ) -> SharedFleet:
         claims = FleetClaims(PostgresBackend(self.url), "test-group")
 
         async def apply(b: Mapping[str, Any]) -> None:
             key = f"{b['metadata']['namespace']}/{b['metadata']['name']}"
+            if gate is not None:  # a slow PMS: the reconcile waits
+                await gate.wait()
             self.running.setdefault(key, set()).add(label)
             self.applies.append((label, key))
 
@@ -214,6 +219,23 @@ async def test_a_replica_cut_off_from_the_store_stops_its_practices_before_it_is
 
 def gauge(name: str) -> float | None:
     return REGISTRY.get_sample_value(name, {"group": "test-group"})
+
+
+async def test_the_looks_go_on_while_a_long_takeover_applies(fleet: Fleet) -> None:
+    clock, slow_pms = FakeClock(), asyncio.Event()
+    a = fleet.add("a", clock, slow_pms)
+    await observe_all(a)
+    # Every reconcile of the takeover waits on the PMS; the looks must not wait for them, or
+    # the replica would fence itself (and stop everything) in the middle of a big takeover.
+    for _ in range(int(FENCE_AFTER) + 2):
+        look = asyncio.create_task(a.sync(wait=False))
+        await eventually(look.done, 10, "a look that does not wait for the applies")
+        await clock.advance(1)
+        assert not await a.check_fence()
+    assert not any(fleet.running.values())
+    slow_pms.set()
+    await a.sync()
+    assert len(fleet.owners()) == len(KEYS) and not a.fenced
 
 
 async def test_status_patches_do_not_reapply_but_spec_changes_and_deletes_do(

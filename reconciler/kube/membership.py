@@ -112,6 +112,7 @@ class SharedFleet:
         self._task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self.stopped = False
+        self._applying: asyncio.Task[None] | None = None
 
     # -- what Kopf shows -------------------------------------------------------------------
 
@@ -157,8 +158,10 @@ class SharedFleet:
 
     # -- the members -----------------------------------------------------------------------
 
-    async def sync(self) -> None:
-        """Look at the members once and move practices in or out (see the module docstring)."""
+    async def sync(self, *, wait: bool = True) -> None:
+        """Look at the members once and move practices in or out (see the module docstring).
+        The practices gained are applied in a task of their own (a takeover of thousands takes
+        a while, and the looks must go on meanwhile); `wait` waits for it."""
         try:
             name = await asyncio.to_thread(self.claims.join)
             members = await asyncio.to_thread(self.claims.members)
@@ -196,9 +199,15 @@ class SharedFleet:
             self.fenced = False
             SHARE_FENCED.labels(self.claims.group).set(0)
         # The gained buckets' practices, and any of a held bucket not running (after a fence).
+        if self._applying is None or self._applying.done():
+            self._applying = asyncio.create_task(self._apply_held(len(gained)), name="share-apply")
+        if wait:
+            await asyncio.shield(self._applying)
+
+    async def _apply_held(self, gained: int) -> None:
         taken = await self._apply_buckets(self.claims.held)
         if taken:
-            log.info("share: took %d practices (%d buckets new)", taken, len(gained))
+            log.info("share: took %d practices (%d buckets new)", taken, gained)
         if not self.synced:
             self.synced = True
             if self._handled is not None:
@@ -209,7 +218,7 @@ class SharedFleet:
         """`sync()` every `period` seconds until cancelled."""
         while True:
             try:
-                await self.sync()
+                await self.sync(wait=False)
             except Exception:  # a bug must not end the sharing: the next look tries again
                 log.exception("share: sync failed")
             await self._clock.sleep(self.period)
@@ -250,8 +259,8 @@ class SharedFleet:
     async def stop(self) -> None:
         """Stop looking (the engine's stop ends the pollers; closing the claims leaves)."""
         self.stopped = True
-        tasks = [t for t in (self._task, self._watch_task) if t is not None]
-        self._task = self._watch_task = None
+        tasks = [t for t in (self._task, self._watch_task, self._applying) if t is not None]
+        self._task = self._watch_task = self._applying = None
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
