@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from reconciler.kube.handlers import FINALIZER
 
 pytestmark = pytest.mark.kube
 
+TOKEN = "share-test-token-0123456789abcdef"
 PRACTICES = 36
 INTERVAL = 5.0  # the schema's minimum
 POLL_PATH = "/appointment-status-changes"
@@ -58,10 +60,26 @@ def practice_docs(ns: str, url: str, sim: Simulator) -> list[dict[str, Any]]:
                 "pms": {"type": "Dentrix", "url": url,
                         "credentialsSecretRef": {"name": f"{name}-pms"}},
                 "providerId": "DDS1",
+                "writeback": {"missedCall": {"allow": True, "noteType": "Missed Call"}},
                 "sync": {"appointmentStatus": {"enabled": True, "interval": "5s"}},
             },
         })  # fmt: skip
     return docs
+
+
+def post_writeback(port: int, practice_id: str) -> tuple[int, dict[str, Any]]:
+    body = {
+        "callerId": "share-call-1", "type": "missedCall", "patientId": "5",
+        "occurredAt": "2026-11-26T09:15:00Z", "text": "missed call from the patient",
+    }  # fmt: skip
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/practices/{practice_id}/writebacks",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as r:
+        return r.status, json.loads(r.read())
 
 
 def polls(sim: Simulator, pid: str, since: float = 0.0) -> list[RequestRecord]:
@@ -119,6 +137,7 @@ def test_replicas_share_the_fleet_through_a_kill_and_a_join(
     sim = Simulator(rate_limit_per_second=1000, burst=1000, request_log_size=10_000)
     pids = [f"share-{n:02d}" for n in range(PRACTICES)]
     procs: dict[str, subprocess.Popen[str]] = {}
+    ports = {f"replica-{n}": testenv.free_port() for n in (1, 2, 3, 4)}
 
     def start(replica: str) -> None:
         log = (tmp_path / f"{replica}.log").open("w")
@@ -128,10 +147,14 @@ def test_replicas_share_the_fleet_through_a_kill_and_a_join(
                 "--namespace", kube_namespace,
                 "--share", "--share-period", "1", "--store", pg_url,
                 "--sink", f"file:{tmp_path / f'{replica}-events.jsonl'}",
-                "--writeback-port", "0", "--probe-port", "0", "--metrics-port", "0",
+                "--writeback-port", str(ports[replica]), "--probe-port", "0",
+                "--metrics-port", "0",
                 "--status-interval", "5", "--first-poll-jitter", "0.2",
             ],
-            env=kube.environ({"PYTHONPATH": str(testenv.REPO), "POD_NAME": replica}),
+            env=kube.environ({
+                "PYTHONPATH": str(testenv.REPO), "POD_NAME": replica,
+                "PMSCTL_WRITEBACK_TOKEN": TOKEN,
+            }),
             stdout=log, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
         )  # fmt: skip
 
@@ -167,6 +190,15 @@ def test_replicas_share_the_fleet_through_a_kill_and_a_join(
             settled = time.time()
             wait_until(lambda: every_practice_polled(settled, 2), 30, "two polls each", step=0.5)
             before_kill = {p: owner_after(sim, p, settled) for p in pids}
+
+            # A writeback accepted by the replica polling the practice is delivered once, by
+            # that replica: the others' drainers do not claim a practice they do not run.
+            target = pids[5]
+            owner = str(before_kill[target]).removeprefix("pmsctl (").removesuffix(")")
+            code, answer = post_writeback(ports[owner], target)
+            assert code == 202, answer
+            wait_until(lambda: alive() or sim.notes(target), 30, "the note in the PMS", step=0.5)
+            writes = [r for r in sim.requests(target) if r.method == "POST"]
 
             killed_at = time.time()
             procs["replica-1"].send_signal(signal.SIGKILL)
@@ -252,6 +284,8 @@ def test_replicas_share_the_fleet_through_a_kill_and_a_join(
     assert {after_join[p] for p in moved} == {"pmsctl (replica-4)"}
     assert 0.1 <= len(moved) / PRACTICES <= 0.6
     assert polled_after_delete == []
+    assert [n["writeback_id"] for n in sim.notes(target)] == [answer["id"]]
+    assert {r.agent for r in writes} == {f"pmsctl ({owner})"}, writes
     # Only the owner writes status, and every practice is Ready whoever polls it.
     for item in json.loads(out)["items"]:
         conds = {c["type"]: c["status"] for c in item.get("status", {}).get("conditions", [])}
