@@ -10,6 +10,9 @@ simulator's request log, per practice: two replicas whose polling periods overla
 none), and gaps between consecutive polls longer than two intervals (must be none), over the
 whole run: the replicas settling, a SIGKILL, a replica joining. Also printed: each replica's
 share, and the fraction of practices that moved on the join (about a third: the newcomer's).
+Also: a writeback posted to the replica polling its practice is delivered once, by that replica;
+a deleted practice (carrying the finalizer an operator without --share put there) goes at once
+and is polled no more.
 """
 
 from __future__ import annotations
