@@ -259,7 +259,7 @@ def register(sub: Any) -> None:
         default=float(_env("PMSCTL_SHARE_PERIOD", "2") or 2),
         metavar="SECONDS",
         help="look at the members this often; a replica that dies is replaced within it "
-        "(default 2)",
+        "(default 2, at most 4: a replica that could not look for 8 s stops its practices)",
     )
     p.set_defaults(func=run)
 
