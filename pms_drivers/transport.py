@@ -24,6 +24,7 @@ import functools
 import http.cookiejar
 import logging
 import math
+import os
 import ssl
 import time
 from collections.abc import Callable
@@ -320,7 +321,15 @@ def new_client(
         transport=transport,
         follow_redirects=False,
         cookies=_NoCookies(),
+        headers={"User-Agent": user_agent()},
     )
+
+
+def user_agent() -> str:
+    """`pmsctl (POD)`: which replica sent a request, for the PMS's access log ($POD_NAME, the
+    Deployment's downward API; plain `pmsctl` without it)."""
+    pod = os.environ.get("POD_NAME", "").strip()
+    return f"pmsctl ({pod})" if pod else "pmsctl"
 
 
 def bucket_of(client: httpx.AsyncClient) -> TokenBucket | None:

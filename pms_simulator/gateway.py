@@ -75,6 +75,7 @@ def gateway(
             dict(request.query),
             response.status,
             time.time(),
+            request.headers.get("User-Agent", ""),
         )
         return response
 

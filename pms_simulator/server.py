@@ -48,6 +48,8 @@ class RequestRecord:
     query: dict[str, str]
     status: int
     at: float
+    #: The client's User-Agent (which replica sent it, when the client says so).
+    agent: str = ""
 
 
 def simulator_credentials(practice_id: str, pms: str) -> dict[str, str]:
@@ -205,13 +207,20 @@ class Simulator:
     # ---- assertions -------------------------------------------------------------------------
 
     def log_request(
-        self, pid: str, method: str, path: str, query: dict[str, str], status: int, at: float
+        self,
+        pid: str,
+        method: str,
+        path: str,
+        query: dict[str, str],
+        status: int,
+        at: float,
+        agent: str = "",
     ) -> None:
         """Record one request (called by the HTTP layer)."""
         log = self._logs.get(pid)
         if log is None:
             log = self._logs[pid] = deque(maxlen=self._log_size)
-        log.append(RequestRecord(method, path, query, status, at))
+        log.append(RequestRecord(method, path, query, status, at, agent))
 
     def requests(self, practice_id: str) -> list[RequestRecord]:
         """The practice's requests, oldest first (the last `request_log_size`)."""

@@ -55,7 +55,9 @@ from reconciler.engine.sink import EventSink, sink_from_url
 from reconciler.stores import Backend, backend_from_url
 
 if TYPE_CHECKING:
+    from reconciler.stores.claims import FleetClaims
     from reconciler.writeback.service import WritebackService
+    from reconciler.writeback.store import QueueStore
     from reconciler.writeback.target import StartupGate
 
 LogFormat = Literal["text", "json"]
@@ -92,6 +94,10 @@ class RuntimeOptions:
     store_url: str | None = field(default=None, repr=False)
     #: A file holding the store's password (a mounted Secret key), when not in `store_url`.
     store_password_file: Path | None = None
+    #: Replicas share the fleet through the store's claims (`reconciler.stores.claims`, needs
+    #: a PostgreSQL `store_url`): the name of the group of replicas sharing one fleet, and
+    #: `Runtime.claims` says which practices this one may run. None: no sharing.
+    share: str | None = None
     #: Prometheus /metrics of the whole process on this port (0: not served).
     metrics_port: int = 0
     log_format: LogFormat = "text"
@@ -245,10 +251,24 @@ class Runtime:
         self.sink: EventSink = sink if sink is not None else sink_from_url(options.sink_url)
         backend: Backend | None = None
         self.store: CursorStore
+        #: This replica's membership and claims when sharing the fleet (`options.share`).
+        self.claims: FleetClaims | None = None
+        queue: QueueStore | None = None
         if options.store_url:
             backend = backend_from_url(options.store_url, password_file=options.store_password_file)
             backend.migrate()
             self.store = backend.cursor_store()
+            queue = backend.queue_store()
+            if options.share is not None:
+                from reconciler.stores.claims import FleetClaims, OwnedQueueStore
+                from reconciler.stores.postgres import PostgresBackend
+
+                if not isinstance(backend, PostgresBackend):
+                    raise ValueError("sharing the fleet needs a postgresql:// store")
+                self.claims = FleetClaims(backend, options.share)
+                queue = OwnedQueueStore(backend, self.claims.owns)
+        elif options.share is not None:
+            raise ValueError("sharing the fleet needs a postgresql:// store (--store)")
         else:
             self.store = SqliteCursorStore(options.state_db)
         self.engine = Engine(
@@ -273,7 +293,7 @@ class Runtime:
                 options.writeback_db,
                 options.writeback_token,
                 metrics=writeback_metrics.process_metrics(),
-                store=backend.queue_store() if backend is not None else None,
+                store=queue,
                 intake_process=options.writeback_intake_process,
             )
         #: The writeback API's base URL once started.
@@ -335,6 +355,8 @@ class Runtime:
             if self._started:
                 await self.writebacks.stop()
         await self.engine.stop()
+        if self.claims is not None:  # after the pollers stopped: the others take over now
+            await asyncio.to_thread(self.claims.close)
         if self._metrics is not None:
             await asyncio.to_thread(self._metrics.close)
             self._metrics = None

@@ -32,8 +32,14 @@ OVERLAYS = sorted(p.parent.name for p in (DEPLOY / "overlays").glob("*/kustomiza
 RBAC_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
 PWB = "practicewritebacks.writeback.dental.dev"
 THIRD_PARTY_CRDS = Path(__file__).resolve().parent / "third_party_crds.yaml"
-#: Replicas per Deployment: one SQLite writer per shard, or a leader and a standby on PostgreSQL.
-REPLICAS = {"dev": 1, "sharded": 1, "production": 2}
+#: Replicas per Deployment: one SQLite writer per shard, or three sharing the fleet on PostgreSQL.
+REPLICAS = {"dev": 1, "sharded": 1, "production": 3}
+#: The operator's arguments: production shares the fleet instead of electing a leader.
+ARGS = {
+    "dev": ["operator"],
+    "sharded": ["operator"],
+    "production": ["operator", "--share", "--no-leader-elect"],
+}
 
 
 def test_the_overlays_are_dev_production_and_sharded() -> None:
@@ -169,7 +175,7 @@ def test_every_deployment_is_hardened_and_probed(kube: testenv.Cluster, overlay:
         assert sc["allowPrivilegeEscalation"] is False
         assert sc["capabilities"] == {"drop": ["ALL"]}
         assert "command" not in container, "a command would bypass the image's umask entrypoint"
-        assert container["args"] == ["operator"]
+        assert container["args"] == ARGS[overlay]
         assert container["livenessProbe"] and container["readinessProbe"]
         assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
         env = _env(container)
@@ -284,9 +290,10 @@ def test_production_keeps_its_state_in_postgresql(kube: testenv.Cluster) -> None
     assert volume["secret"]["secretName"] == "pmsctl-db"
     # The CA named in the URL is in the same Secret.
     assert Path(parse_qs(store.query)["sslrootcert"][0]).parent == password.parent
-    # A leader and a standby, never on one node.
-    assert dep["spec"]["replicas"] >= 2
-    assert env["PMSCTL_LEADER_ELECT"] == "true"
+    # Three replicas sharing the practices (the base's leader election turned off by the
+    # flag, which wins over its variable), never two on one node.
+    assert dep["spec"]["replicas"] == 3
+    assert container["args"] == ["operator", "--share", "--no-leader-elect"]
     hostname = [
         c for c in pod["topologySpreadConstraints"]
         if c["topologyKey"] == "kubernetes.io/hostname"

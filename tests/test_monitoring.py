@@ -33,6 +33,7 @@ ALERTS = {
     "PmsctlWritebacksFailed",
     "PmsctlPmsRateLimited",
     "PmsctlNoLeader",
+    "PmsctlShareUnclaimed",
 }
 
 
@@ -162,7 +163,11 @@ def registered_metric_names() -> set[str]:
     that defines metrics, plus any registry the writeback path creates for itself."""
     import importlib
 
-    for module in ("reconciler.engine.metrics", "reconciler.kube.leader"):
+    for module in (
+        "reconciler.engine.metrics",
+        "reconciler.kube.leader",
+        "reconciler.kube.membership",
+    ):
         importlib.import_module(module)
     names = _exposed(REGISTRY)
     writeback = importlib.import_module("reconciler.writeback.metrics")

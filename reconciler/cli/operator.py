@@ -17,6 +17,10 @@ The writeback API (`reconciler.writeback.service`, docs/writeback.md) is served 
 or the file named by $PMSCTL_WRITEBACK_TOKEN_FILE; without one the command refuses to start
 (exit 2).
 
+With --share (PMSCTL_SHARE=true) and a PostgreSQL --store, the replicas divide the practices
+among themselves (`reconciler.kube.membership`): each runs the practices whose bucket it claims
+in the store, and takes over those of a replica that goes, from the saved cursors.
+
 With --leader-elect (PMSCTL_LEADER_ELECT=true) the process first takes a coordination.k8s.io
 Lease (`reconciler.kube.leader`; docs/operator.md, "Leader election") and only then opens the
 SQLite files and starts Kopf; a standby waits (answering /healthz so it is not restarted) and
@@ -236,6 +240,27 @@ def register(sub: Any) -> None:
             metavar="SECONDS",
             help=f"{text} (default {default})",
         )
+    sh = p.add_argument_group(
+        "sharing the fleet",
+        "replicas divide the practices among themselves through the PostgreSQL store: each "
+        "polls its share, and a replica's share moves to the others when it goes "
+        '(docs/operator.md, "Sharing the fleet")',
+    )
+    sh.add_argument(
+        "--share",
+        action=argparse.BooleanOptionalAction,
+        default=_truthy(_env("PMSCTL_SHARE")),
+        help="share the practices with the other replicas (needs --store postgresql://...; "
+        "excludes --leader-elect; default: $PMSCTL_SHARE, else off)",
+    )
+    sh.add_argument(
+        "--share-period",
+        type=float,
+        default=float(_env("PMSCTL_SHARE_PERIOD", "2") or 2),
+        metavar="SECONDS",
+        help="look at the members this often; a replica that dies is replaced within it "
+        "(default 2, at most 4: a replica that could not look for 8 s stops its practices)",
+    )
     p.set_defaults(func=run)
 
 

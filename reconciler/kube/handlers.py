@@ -127,9 +127,15 @@ class StartupReconciles:
                 await task
 
 
-def build_registry(*, labels: Mapping[str, Any] | None = None) -> kopf.OperatorRegistry:
-    """All handlers, registered on a new registry; `labels` filters practices (a shard)."""
+def build_registry(
+    *, labels: Mapping[str, Any] | None = None, share: bool = False
+) -> kopf.OperatorRegistry:
+    """All handlers, registered on a new registry; `labels` filters practices (a shard).
+    `share` (--share): practices reach `memo.share` (`reconciler.kube.membership`) through a
+    plain watch instead of the per-object handlers, which keep state on the objects (progress,
+    last-handled spec, finalizer) that replicas would fight over."""
     registry = kopf.OperatorRegistry()
+    per_object = kopf.OperatorRegistry() if share else registry  # not run under --share
     sel = dict(labels or {})
 
     @kopf.on.startup(registry=registry)
@@ -138,33 +144,45 @@ def build_registry(*, labels: Mapping[str, Any] | None = None) -> kopf.OperatorR
         await _start_runtime(memo.runtime)
         if memo.get("startup") is not None:
             memo.startup.start()
+        if memo.get("share") is not None:
+            memo.share.start()
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         if memo.get("startup") is not None:
             await memo.startup.stop()
+        if memo.get("share") is not None:
+            await memo.share.stop()
         await memo.runtime.stop()
 
     @kopf.on.login(registry=registry)
     def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
         return kopf.ConnectionInfo(**memo.connection)
 
-    @kopf.on.resume(*RESOURCE, labels=sel, registry=registry)
-    @kopf.on.create(*RESOURCE, labels=sel, registry=registry)
-    @kopf.on.update(*RESOURCE, labels=sel, registry=registry)
+    @kopf.on.resume(*RESOURCE, labels=sel, registry=per_object)
+    @kopf.on.create(*RESOURCE, labels=sel, registry=per_object)
+    @kopf.on.update(*RESOURCE, labels=sel, registry=per_object)
     async def reconcile(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         try:
             await _reconcile(body, memo)
         finally:  # applied, or failed for a reason its status shows: handled either way
             _handled(memo, f"{body['metadata']['namespace']}/{body['metadata']['name']}")
 
-    @kopf.on.delete(*RESOURCE, labels=sel, registry=registry)
+    @kopf.on.delete(*RESOURCE, labels=sel, registry=per_object)
     async def delete(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
         await memo.engine.remove(f"{namespace}/{name}")
         memo.writer.forget(f"{namespace}/{name}")
         if memo.get("catalogs") is not None:
             memo.catalogs.forget(f"{namespace}/{name}")
         _handled(memo, f"{namespace}/{name}")
+
+    if share:
+
+        @kopf.on.event(*RESOURCE, labels=sel, registry=registry)
+        async def seen(
+            event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any
+        ) -> None:
+            await memo.share.observe(event.get("type"), body)
 
     @kopf.on.event("", "v1", "secrets", registry=registry, when=_referenced)
     async def secret_changed(
@@ -241,12 +259,27 @@ async def _start_runtime(runtime: Runtime) -> None:
         raise kopf.PermanentError(f"the metrics server cannot start: {exc}") from exc
 
 
+async def apply_shared(body: Mapping[str, Any], memo: kopf.Memo) -> None:
+    """--share: apply a practice this replica runs (its status shows what went wrong)."""
+    with contextlib.suppress(kopf.TemporaryError, kopf.PermanentError):
+        await _reconcile(body, memo)
+
+
+async def forget_shared(key: str, memo: kopf.Memo) -> None:
+    """--share: stop running a practice here (deleted, or its bucket went to another replica)."""
+    await memo.engine.remove(key)
+    memo.writer.forget(key)
+    evict = getattr(memo.runtime.store, "evict", None)  # its cursors may move on elsewhere
+    if evict is not None:
+        evict(key)
+
+
 def _referenced(**kwargs: Any) -> bool:
     memo, namespace, name = kwargs["memo"], kwargs["namespace"], kwargs["name"]
     return bool(memo.engine.keys_using_secret(namespace or "", name))
 
 
-async def _reconcile(body: kopf.Body, memo: kopf.Memo) -> None:
+async def _reconcile(body: Mapping[str, Any], memo: kopf.Memo) -> None:
     meta = body["metadata"]
     key = f"{meta['namespace']}/{meta['name']}"
     memo.writer.remember(key, meta.get("uid", ""))

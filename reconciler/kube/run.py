@@ -12,6 +12,7 @@ every practice `practice_keys` lists at start-up (`handlers.StartupReconciles`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from fnmatch import fnmatchcase
@@ -48,6 +49,7 @@ def run_operator(args: argparse.Namespace) -> int:
         labels = parse_selector(args.selector)
         options = runtime_options(args)
         lease = lease_config(args)
+        check_share(args)
     except ValueError as exc:
         print(f"pmsctl operator: {exc}", file=sys.stderr)
         return 2
@@ -57,6 +59,8 @@ def run_operator(args: argparse.Namespace) -> int:
     namespaces = args.namespace
     if not namespaces and not args.all_namespaces and _env("PMSCTL_NAMESPACES"):
         namespaces = [n.strip() for n in (_env("PMSCTL_NAMESPACES") or "").split(",") if n.strip()]
+    if getattr(args, "share", False):
+        options = dataclasses.replace(options, share=share_group(args, namespaces))
     kopf.configure(
         debug=args.log_level == "debug",
         verbose=args.log_level in ("debug", "info"),
@@ -78,6 +82,38 @@ def run_operator(args: argparse.Namespace) -> int:
     except StoreError as exc:  # the store named by --store cannot be used (message scrubbed)
         print(f"pmsctl operator: {exc}", file=sys.stderr)
         return 2
+
+
+def check_share(args: argparse.Namespace) -> None:
+    """ValueError naming the flags when --share cannot work as asked."""
+    if not getattr(args, "share", False):
+        return
+    if args.leader_elect:
+        raise ValueError(
+            "--share and --leader-elect exclude each other: with --share every replica works "
+            "on its share of the practices; with --leader-elect one replica works on all"
+        )
+    from reconciler.stores import scheme
+
+    if scheme(args.store or "") not in ("postgresql", "postgres"):
+        raise ValueError(
+            "--share needs --store postgresql://... (or $PMSCTL_STORE): the replicas keep "
+            "their membership, their claims and the cursors there"
+        )
+    from reconciler.kube.membership import FENCE_AFTER
+
+    if not 0 < args.share_period <= FENCE_AFTER / 2:
+        raise ValueError(
+            f"--share-period: {args.share_period:g} must be positive and at most "
+            f"{FENCE_AFTER / 2:g} s (a replica that could not look for {FENCE_AFTER:g} s stops "
+            "its practices)"
+        )
+
+
+def share_group(args: argparse.Namespace, namespaces: list[str] | None) -> str:
+    """The replicas sharing one fleet: same label selector, same namespaces."""
+    terms = sorted(t.strip() for t in (args.selector or "").split(",") if t.strip())
+    return "|".join([",".join(terms), ",".join(sorted(namespaces or []))])
 
 
 def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
@@ -189,10 +225,12 @@ async def _work(
     from reconciler.kube.catalog import CatalogWriter
     from reconciler.kube.client import KubeSecrets, StatusWriter, connection_info
     from reconciler.kube.handlers import StartupReconciles, build_registry, make_memo
+    from reconciler.kube.membership import keep_catalogs
     from reconciler.runtime import Runtime
 
     writer = StatusWriter(api)
     catalogs = CatalogWriter(api)
+    share = bool(getattr(args, "share", False))
     runtime = Runtime(
         options,
         secrets=KubeSecrets(api),
@@ -204,7 +242,7 @@ async def _work(
         ),
         on_status=writer,
         stop=stop,
-        on_catalog=catalogs,
+        on_catalog=keep_catalogs(catalogs) if share else catalogs,
         loading="the operator has not yet reconciled every PracticeWriteback it found at start-up",
     )
 
@@ -212,13 +250,16 @@ async def _work(
         return await asyncio.to_thread(practice_keys, api, namespaces, args.selector)
 
     startup = StartupReconciles(list_keys, runtime.loaded)
+    memo = make_memo(runtime, writer, connection_info(api), catalogs, startup)
+    if share:
+        memo.share = _shared_fleet(args, runtime, memo, namespaces)
     # kopf.operator() spelled out, so that SIGTERM/SIGINT set the same stop flag as a lost
     # lease: with only Kopf's own signal handlers its stop-flag waiter outlives a SIGTERM and
     # Kopf waits 5 s for it before the Lease can be released.
     existing = asyncio.all_tasks()
     tasks = await kopf.spawn_tasks(
-        registry=build_registry(labels=labels),
-        memo=make_memo(runtime, writer, connection_info(api), catalogs, startup),
+        registry=build_registry(labels=labels, share=share),
+        memo=memo,
         standalone=True,
         clusterwide=not namespaces,
         namespaces=namespaces or [],
@@ -227,6 +268,22 @@ async def _work(
     )
     runtime.handle_signals()
     await kopf.run_tasks(tasks, ignored=existing)
+
+
+def _shared_fleet(
+    args: argparse.Namespace, runtime: Any, memo: Any, namespaces: list[str] | None
+) -> Any:
+    """The `SharedFleet` of --share over the runtime's claims and the handlers' apply/forget."""
+    from reconciler.kube.handlers import apply_shared, forget_shared
+    from reconciler.kube.membership import SharedFleet
+
+    return SharedFleet(
+        runtime.claims,
+        apply=lambda body: apply_shared(body, memo),
+        forget=lambda key: forget_shared(key, memo),
+        handled=memo.startup.handled,
+        period=args.share_period,
+    )
 
 
 def practice_keys(api: Any, namespaces: list[str] | None, selector: str | None) -> set[str]:

@@ -154,9 +154,10 @@ class PostgresBackend:
             text = text.replace(secret, "***")
         return text
 
-    def connect(self) -> psycopg.Connection[Any]:
-        """A new autocommit connection; StoreError (password masked) when it cannot connect."""
-        kwargs: dict[str, Any] = {"autocommit": True, "application_name": "pmsctl"}
+    def connect(self, **options: Any) -> psycopg.Connection[Any]:
+        """A new autocommit connection (`options`: more libpq connection parameters); StoreError
+        (password masked) when it cannot connect."""
+        kwargs: dict[str, Any] = {"autocommit": True, "application_name": "pmsctl", **options}
         if self._password is not None:
             kwargs["password"] = self._password
         kwargs.setdefault("connect_timeout", 10)
@@ -356,6 +357,13 @@ class PgCursorStore:
     def forget(self, key: str) -> None:
         with self._lock:
             self._execute("DELETE FROM cursors WHERE practice_key = %s", (key,))
+            for k in [k for k in self._cache if k[0] == key]:
+                del self._cache[k]
+
+    def evict(self, key: str) -> None:
+        """Drop `key`'s cursors from memory only: another replica polls it now (`--share`), and
+        if it comes back here its cursors are read from the database again."""
+        with self._lock:
             for k in [k for k in self._cache if k[0] == key]:
                 del self._cache[k]
 
