@@ -114,7 +114,7 @@ async def serve(args: argparse.Namespace) -> None:
 
     directory = bw.Directory()
     for pid, pms in bw.practice_ids(args.practices):
-        await directory.add(pid, pms, args.sim_url, 200.0, 50)
+        await directory.add(pid, pms, args.sim_url, args.pms_rate, 50)
     policy = DeliveryPolicy(max_concurrent_practices=32, quantum=8, not_ready_delay=2.0)
     service = WritebackService(
         directory, args.store, TOKEN, policy=policy, store=_store(args),
@@ -167,7 +167,7 @@ async def load(args: argparse.Namespace) -> None:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(http, i, due)))
         await asyncio.gather(*tasks)
-    print(json.dumps({"acks": acks, "statuses": statuses}))
+    print(json.dumps({"acks": acks, "statuses": statuses, "cpu_s": time.process_time()}))
 
 
 # --- the main process -------------------------------------------------------------------------
@@ -180,6 +180,24 @@ def cpu_pressure_us() -> int:
     except (OSError, IndexError):
         return 0
     return int(line.rsplit("total=", 1)[1])
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process `pid` and its live children (the
+    intake process), from /proc; 0 where /proc is unavailable."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except (OSError, IndexError, ValueError):
+            continue
+        todo.extend(int(c) for c in children)
+    return total
 
 
 def pct(values: list[float], p: float) -> float:
@@ -237,7 +255,8 @@ async def main(args: argparse.Namespace) -> int:
                     url_file = tmp / f"{backend}-{mode}.url"
                     server = subprocess.Popen(
                         child("serve", "--mode", mode, "--store", store, "--sim-url", sim_url,
-                              "--url-file", str(url_file), "--practices", str(args.practices))
+                              "--url-file", str(url_file), "--practices", str(args.practices),
+                              "--pms-rate", str(args.pms_rate))
                     )  # fmt: skip
                     try:
                         deadline = time.monotonic() + 60
@@ -249,6 +268,7 @@ async def main(args: argparse.Namespace) -> int:
                         for rate in rates:
                             tag = f"{backend}-{mode}-{int(rate)}"
                             psi0, t0 = cpu_pressure_us(), time.monotonic()
+                            server_cpu0, sim_cpu0 = tree_cpu_s(server.pid), time.process_time()
                             proc = await asyncio.create_subprocess_exec(
                                 *child("load", "--url", url, "--rate", str(rate), "--seconds",
                                        str(args.seconds), "--tag", tag, "--practices",
@@ -257,6 +277,8 @@ async def main(args: argparse.Namespace) -> int:
                             )  # fmt: skip
                             out, _ = await proc.communicate()
                             wall = time.monotonic() - t0
+                            server_cores = (tree_cpu_s(server.pid) - server_cpu0) / wall
+                            sim_cores = (time.process_time() - sim_cpu0) / wall
                             data = json.loads(out.decode().strip().splitlines()[-1])
                             acks = data["acks"]
                             row = {
@@ -264,6 +286,9 @@ async def main(args: argparse.Namespace) -> int:
                                 "requests": len(acks), "statuses": data["statuses"],
                                 "p50_ms": pct(acks, 50) * 1000, "p99_ms": pct(acks, 99) * 1000,
                                 "p999_ms": pct(acks, 99.9) * 1000,
+                                "server_cores": round(server_cores, 2),
+                                "simulator_cores": round(sim_cores, 2),
+                                "load_cores": round(data["cpu_s"] / wall, 2),
                                 "machine_load_average_1m": round(os.getloadavg()[0], 2),
                                 "machine_cpu_wait_pct": round(
                                     (cpu_pressure_us() - psi0) / 1e6 / wall * 100, 1),
@@ -273,6 +298,8 @@ async def main(args: argparse.Namespace) -> int:
                                 f"{backend:10s} {mode:7s} {rate:6.0f}/s  n={len(acks):5d}  "
                                 f"p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  "
                                 f"p99.9 {row['p999_ms']:7.2f} ms  {data['statuses']}  "
+                                f"cores server {server_cores:.2f} sim {sim_cores:.2f} "
+                                f"load-gen {row['load_cores']:.2f}  "
                                 f"load {row['machine_load_average_1m']:.1f} "
                                 f"cpu-wait {row['machine_cpu_wait_pct']:.0f}%",
                                 flush=True,
@@ -313,6 +340,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     s.add_argument("--sim-url", required=True)
     s.add_argument("--url-file", required=True)
     s.add_argument("--practices", type=int, default=20)
+    s.add_argument("--pms-rate", type=float, default=200.0)
     ld = sub.add_parser("load")
     ld.add_argument("--url", required=True)
     ld.add_argument("--rate", type=float, required=True)
@@ -326,6 +354,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--modes", default="service,floor", help="service, floor, inproc")
     p.add_argument("--practices", type=int, default=20)
     p.add_argument("--p99-budget-ms", type=float, default=20.0)
+    p.add_argument("--pms-rate", type=float, default=200.0,
+                   help="each practice's PMS request budget (per second) for delivery")  # fmt: skip
     p.add_argument("--pg-url", default=os.environ.get("PMSCTL_BENCH_PG_URL"),
                    help="use this database instead of starting a server")  # fmt: skip
     return p.parse_args(argv)
