@@ -19,7 +19,7 @@ import base64
 import functools
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -80,17 +80,33 @@ def _split(key: str) -> tuple[str, str]:
 
 
 class KubeSecrets:
-    """The engine's SecretSource over Kubernetes Secrets in the practice's namespace."""
+    """The engine's SecretSource over Kubernetes Secrets in the practice's namespace.
+
+    With `watch(lookup)` (the operator gives it Kopf's index over its Secrets watch) a Secret
+    the watch holds is served from memory; one it does not hold is read with a GET (`gets`
+    counts those reads), so a missing Secret still says how to create it.
+    """
 
     def __init__(self, api: Any) -> None:
         from kubernetes import client
 
         self._core = client.CoreV1Api(api)
+        self._watched: Callable[[str, str], Mapping[str, str] | None] | None = None
+        self.gets = 0
+
+    def watch(self, lookup: Callable[[str, str], Mapping[str, str] | None]) -> None:
+        """Serve Secrets from `lookup(namespace, name)` (their `data`: base64 values, as the
+        API serves them), which returns None for a Secret it does not hold."""
+        self._watched = lookup
 
     async def get(self, key: str, secret_name: str) -> Credentials:
         from kubernetes.client.exceptions import ApiException
 
         namespace, _ = _split(key)
+        data = self._watched(namespace, secret_name) if self._watched is not None else None
+        if data is not None:
+            return _credentials(data)
+        self.gets += 1
         try:
             secret = await asyncio.to_thread(
                 self._core.read_namespaced_secret, secret_name, namespace
@@ -105,11 +121,12 @@ class KubeSecrets:
                 f"spec.pms.credentialsSecretRef: cannot read Secret {namespace}/{secret_name}: "
                 f"HTTP {exc.status} {exc.reason} (check the operator's RBAC)"
             ) from None
-        values = {
-            k: base64.b64decode(v).decode("utf-8", "replace")
-            for k, v in (secret.data or {}).items()
-        }
-        return Credentials(values)
+        return _credentials(secret.data or {})
+
+
+def _credentials(data: Mapping[str, str | bytes]) -> Credentials:
+    """A Secret's `data` (base64 values) as Credentials."""
+    return Credentials({k: base64.b64decode(v).decode("utf-8", "replace") for k, v in data.items()})
 
 
 class StatusWriter:

@@ -193,9 +193,10 @@ async def _work(
 
     writer = StatusWriter(api)
     catalogs = CatalogWriter(api)
+    secrets = KubeSecrets(api)
     runtime = Runtime(
         options,
-        secrets=KubeSecrets(api),
+        secrets=secrets,
         settings=EngineSettings(
             drift_interval=args.drift_interval,
             status_interval=args.status_interval,
@@ -218,7 +219,7 @@ async def _work(
     existing = asyncio.all_tasks()
     tasks = await kopf.spawn_tasks(
         registry=build_registry(labels=labels),
-        memo=make_memo(runtime, writer, connection_info(api), catalogs, startup),
+        memo=make_memo(runtime, writer, connection_info(api), catalogs, startup, secrets),
         standalone=True,
         clusterwide=not namespaces,
         namespaces=namespaces or [],
