@@ -178,6 +178,8 @@ def build_registry(*, labels: Mapping[str, Any] | None = None) -> kopf.OperatorR
     async def delete(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
         await memo.engine.remove(f"{namespace}/{name}")
         memo.writer.forget(f"{namespace}/{name}")
+        if memo.get("secrets") is not None:
+            memo.secrets.forget(f"{namespace}/{name}")
         if memo.get("catalogs") is not None:
             memo.catalogs.forget(f"{namespace}/{name}")
         _handled(memo, f"{namespace}/{name}")
@@ -192,7 +194,10 @@ def build_registry(*, labels: Mapping[str, Any] | None = None) -> kopf.OperatorR
     ) -> None:
         if event.get("type") is None:  # the initial listing, not a change
             return
-        for key in memo.engine.keys_using_secret(namespace or "", name):
+        keys = memo.engine.keys_using_secret(namespace or "", name)
+        if memo.get("secrets") is not None:  # not those reconciled with this very data
+            keys = memo.secrets.arrived(namespace or "", name, keys)
+        for key in keys:
             await memo.engine.refresh(key)
 
     @kopf.on.probe(id="practices", registry=registry)
