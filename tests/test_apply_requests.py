@@ -154,3 +154,34 @@ def test_kopf_waits_for_its_own_patch_longer_than_a_loaded_watch_delays_it() -> 
     settings = kopf.OperatorSettings()
     configure(settings)
     assert settings.persistence.consistency_timeout >= 60
+
+
+def test_the_essence_kopf_stores_is_kopfs_own_without_copying_the_status_first() -> None:
+    """The diff-base is built from the spec, labels and annotations only (a practice's status is
+    most of its body, and Kopf builds an essence for every event): the same essence as Kopf's."""
+    body = {
+        "apiVersion": f"{bench.GROUP}/v1",
+        "kind": "PracticeWriteback",
+        "metadata": {
+            "name": "acme",
+            "namespace": NS,
+            "uid": "0000",
+            "resourceVersion": "7",
+            "labels": {"shard": "a"},
+            "annotations": {
+                "writeback.dental.dev/reconcile-requested-at": "t1",
+                "operator.writeback.dental.dev/last-handled-configuration": '{"spec": {}}',
+                "kubectl.kubernetes.io/last-applied-configuration": "{}",
+            },
+        },
+        "spec": {"practiceId": "acme", "sync": {"patients": {"enabled": True}}},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}] * 8},
+    }
+    settings = kopf.OperatorSettings()
+    configure(settings)
+    ours = settings.persistence.diffbase_storage.build(body=kopf.Body(body))
+    kopfs = kopf.AnnotationsDiffBaseStorage(
+        prefix="operator.writeback.dental.dev", key="last-handled-configuration"
+    ).build(body=kopf.Body(body))
+    assert ours == kopfs
+    assert ours["metadata"]["annotations"] == {"writeback.dental.dev/reconcile-requested-at": "t1"}

@@ -41,7 +41,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -226,10 +226,24 @@ def configure(settings: kopf.OperatorSettings) -> None:
     # Its own prefix: Kopf ignores every annotation under a storage prefix when diffing, and
     # writeback.dental.dev/reconcile-requested-at must count as a change.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = _DiffBase(
         prefix=KOPF_PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING  # the engine posts the Events that matter
+
+
+class _DiffBase(kopf.AnnotationsDiffBaseStorage):
+    """Kopf's annotation diff-base, with the essence built from the spec, labels and annotations
+    only: Kopf deep-copies the whole body first, and a practice's status (conditions, resolved
+    names, pollers) is most of it; Kopf builds an essence for every event it handles."""
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+        if extra_fields:  # no handler here asks for status fields; keep Kopf's way if one does
+            return super().build(body=body, extra_fields=extra_fields)
+        meta = body.get("metadata") or {}
+        slim = {k: v for k, v in body.items() if k not in ("metadata", "status")}
+        slim["metadata"] = {k: meta[k] for k in ("labels", "annotations") if k in meta}
+        return super().build(body=kopf.Body(cast(kopf.RawBody, slim)), extra_fields=None)
 
 
 def make_memo(
