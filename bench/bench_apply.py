@@ -66,6 +66,8 @@ AUDIT_POLICY = {
     "rules": [{"level": "Metadata"}],
 }
 TEMPLATES = sorted((ROOT / "practices").glob("*.yaml"))
+#: Seconds an audit log entry may trail the watch event of the same change.
+AUDIT_LAG = 1.0
 
 
 # --- the simulator process --------------------------------------------------------------------
@@ -557,7 +559,8 @@ def run(
             requests = [
                 r for r in audit_requests(audit) if is_operator(r) and r.namespace in ("", ns)
             ]
-            window = [r for r in requests if began <= r.at <= settled]
+            # The API server sends a change to its watchers before it logs the request's end.
+            window = [r for r in requests if began <= r.at <= settled + AUDIT_LAG]
             # Status writes until Kopf recorded the practice as handled: its PATCH follows the
             # handler, which returns after the engine's status write (the audit log and the watch
             # are not ordered closely enough to compare with the moment Ready was seen).
