@@ -272,7 +272,7 @@ class StatusWriter:
                 "kind": KIND,
                 "name": name,
                 "namespace": namespace,
-                "uid": self._uids.get(key),
+                **({"uid": self._uids[key]} if self._uids.get(key) else {}),
             },
             "reason": reason,
             "message": message[:1024],
