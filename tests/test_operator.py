@@ -1,7 +1,7 @@
 """The operator end to end: Kopf in-process against the real kube-apiserver, the PMS simulator in-process.
 
 Real: the testenv's etcd + kube-apiserver with the generated CRD installed, Kopf's watches and
-finalizers, Secrets, status patches and Events through the real API; the simulator's HTTP server;
+its Secrets index, status patches and Events through the real API; the simulator's HTTP server;
 the drivers, the scheduler, a JSONL event file and the SQLite cursor store.
 Nothing is faked. The examples in `practices/` are applied as they are, except that the namespace
 is the test's own, `spec.pms.url` points at the simulator's port, and intervals are the schema's
