@@ -22,6 +22,7 @@ FULL: list[list[str]] = [
     ["bench_scale.py", "scheduler", "--counts", "1000,3000,10000"],
     ["bench_scale.py", "engine", "--counts", "100,300,1000"],
     ["bench_writeback.py", "--practices", "1000"],
+    ["bench_apply.py", "--n", "1000"],
 ]
 QUICK: list[list[str]] = [
     ["bench_validate.py", "--count", "300", "--skip-check-jsonschema"],
@@ -30,6 +31,7 @@ QUICK: list[list[str]] = [
     ["bench_drivers.py", "--practices", "10", "--duration", "5"],
     ["bench_scale.py", "scheduler", "--counts", "100", "--duration", "3"],
     ["bench_writeback.py", "--practices", "20"],
+    ["bench_apply.py", "--n", "20", "--no-kubectl"],
 ]
 
 
