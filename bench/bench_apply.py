@@ -34,6 +34,7 @@ import contextlib
 import copy
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -661,20 +662,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for Ready")
     ap.add_argument("--profile", type=Path, default=None, metavar="PATH",
                     help="run the operator under cProfile, its stats in PATH.<start>")  # fmt: skip
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the work folder (audit log, operator logs) and print its path")  # fmt: skip
     ap.add_argument("--serve-simulator", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve_simulator is not None:
         serve_simulator(args.serve_simulator, args.out)
         return 0
-    result = run(
-        args.n,
-        concurrency=args.concurrency,
-        kubectl=not args.no_kubectl,
-        restart_after=args.restart_after,
-        timeout=args.timeout,
-        profile=args.profile,
-    )
+    workdir = Path(tempfile.mkdtemp(prefix="pmsctl-bench-apply-"))
+    try:
+        result = run(
+            args.n,
+            concurrency=args.concurrency,
+            kubectl=not args.no_kubectl,
+            restart_after=args.restart_after,
+            timeout=args.timeout,
+            profile=args.profile,
+            workdir=workdir,
+        )
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if not args.keep:
+        del result["workdir"]
     report(result)
     ok = result["parallel"]["all_ready"] and result.get("kubectl", {}).get("all_ready", True)
     return 0 if ok else 1
