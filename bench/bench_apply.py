@@ -494,6 +494,35 @@ def latency(started: dict[str, float], ready: dict[str, float]) -> dict[str, flo
     return {"p50_s": pct(0.5), "p99_s": pct(0.99), "max_s": round(lat[-1], 2)}
 
 
+def process_cpu() -> dict[str, float]:
+    """CPU seconds so far of this process and of each of its child processes by name (the API
+    server, etcd, the simulator, the operator; Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    me = os.getpid()
+    out: Counter[str] = Counter()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        comm = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        pid, ppid = int(stat.parent.name), int(fields[1])
+        if pid != me and ppid != me:
+            continue
+        if pid == me:
+            name = "bench"
+        elif b"--serve-simulator" in cmdline:
+            name = "simulator"
+        elif b"reconciler" in cmdline:
+            name = "operator"
+        else:
+            name = comm
+        out[name] += (int(fields[11]) + int(fields[12])) / tick
+    return dict(out)
+
+
 def cpu_pressure_us() -> int:
     """Linux PSI: microseconds some task waited for a CPU (0 where PSI is missing)."""
     try:
@@ -529,6 +558,7 @@ def run(
         op.start()
         try:
             load0, psi0, wall0 = os.getloadavg()[0], cpu_pressure_us(), time.monotonic()
+            cpu0 = process_cpu()
             docs = documents(0, n, ns, sim)
             progress(f"applying {n} practices, {concurrency} at a time")
             with ReadyWatch(cluster, ns) as watch:
@@ -554,6 +584,7 @@ def run(
                 watch.wait_handled(n, 30.0)
                 settled = max([done, *watch.handled.values()])
                 ready = dict(watch.ready)
+                cpu1 = process_cpu()
             op.sample()
             reconciles = op.reconciles()
             wall = time.monotonic() - wall0
@@ -590,6 +621,13 @@ def run(
                 if restart_after is None
                 else None,
                 "objects_created_twice": len(twice),
+                # From the first create until every practice was handled; an operator restarted
+                # meanwhile counts from its start.
+                "cpu_s_by_process": {
+                    k: round(v - cpu0.get(k, 0.0), 2)
+                    for k, v in sorted(cpu1.items())
+                    if k != "operator" or restart_after is None
+                },
                 "restarted_after": restart_after,
                 "load_average_1m": round(os.getloadavg()[0], 2),
                 "load_average_1m_before": round(load0, 2),
@@ -640,6 +678,7 @@ def report(result: dict[str, Any]) -> None:
     print(f"  Secret GETs per object: {p['secret_gets_per_object']}; most status writes before "
           f"Ready: {p['max_status_writes_before_ready']}; reconciles per object: "
           f"{p['reconciles_per_object']}; objects created twice: {p['objects_created_twice']}")  # fmt: skip
+    print(f"  CPU seconds by process until all were handled: {p['cpu_s_by_process']}")
     if "kubectl" in result:
         k = result["kubectl"]
         print(f"one kubectl apply -f: {k['kubectl_apply_s']} s; all Ready: {k['all_ready']} "
