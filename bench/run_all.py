@@ -23,6 +23,7 @@ FULL: list[list[str]] = [
     ["bench_scale.py", "engine", "--counts", "100,300,1000"],
     ["bench_writeback.py", "--practices", "1000"],
     ["bench_share.py", "--practices", "10000"],
+    ["bench_apply.py", "--n", "1000"],
 ]
 QUICK: list[list[str]] = [
     ["bench_validate.py", "--count", "300", "--skip-check-jsonschema"],
@@ -32,6 +33,7 @@ QUICK: list[list[str]] = [
     ["bench_scale.py", "scheduler", "--counts", "100", "--duration", "3"],
     ["bench_writeback.py", "--practices", "20"],
     ["bench_share.py", "--practices", "300", "--looks", "3"],
+    ["bench_apply.py", "--n", "20", "--no-kubectl"],
 ]
 
 

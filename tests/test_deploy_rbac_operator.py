@@ -1,8 +1,8 @@
 """The RBAC in deploy/ is enough, not just small: `pmsctl operator` runs as the rendered
 ServiceAccount (a real token, a kubeconfig with nothing else) across all namespaces with leader
-election, like the Deployment, and makes a practice Ready (watching it, reading its Secret,
-patching its finalizer and status, posting Events, holding the Lease), then lets it go when it
-is deleted, with no request refused. Real: the API server, the operator process, the simulator."""
+election, like the Deployment, and makes a practice Ready (watching it and its Secret, patching
+it (Kopf's last-handled spec) and its status, posting Events, holding the Lease), then lets it go
+when it is deleted, with no request refused. Real: the API server, the operator process, the simulator."""
 
 from __future__ import annotations
 
@@ -144,10 +144,14 @@ def test_the_operator_works_as_the_rendered_service_account(
                 return {c["type"]: c["status"] for c in obj.get("status", {}).get("conditions", [])}
 
             _wait(lambda: conditions().get("Ready") == "True", 45, "Ready", proc, log_path)
-            obj = json.loads(
-                kube.kubectl("get", "pwb", name, "-n", kube_namespace, "-o", "json").stdout
-            )
-            assert obj["metadata"].get("finalizers"), "the operator patched its finalizer in"
+
+            def patched() -> bool:
+                out = kube.kubectl("get", "pwb", name, "-n", kube_namespace, "-o", "json").stdout
+                annotations = json.loads(out)["metadata"].get("annotations") or {}
+                return "operator.writeback.dental.dev/last-handled-configuration" in annotations
+
+            _wait(patched, 30, "the operator's PATCH of the object (Kopf's last-handled spec)",
+                  proc, log_path)  # fmt: skip
             lease = json.loads(kube.kubectl("get", "lease", "-n", ns, "-o", "json").stdout)["items"]
             (holder,) = [item["spec"]["holderIdentity"] for item in lease]
             assert holder.startswith("pmsctl-operator-rbac-test")  # the pod name, then a suffix
@@ -160,7 +164,7 @@ def test_the_operator_works_as_the_rendered_service_account(
                 result = kube.kubectl("get", "pwb", name, "-n", kube_namespace, check=False)
                 return result.returncode != 0 and "NotFound" in result.stderr
 
-            _wait(gone, 30, "the finalizer to be removed", proc, log_path)
+            _wait(gone, 30, "the object to go", proc, log_path)
         finally:
             proc.send_signal(signal.SIGTERM)
             try:

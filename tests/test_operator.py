@@ -1,7 +1,7 @@
 """The operator end to end: Kopf in-process against the real kube-apiserver, the PMS simulator in-process.
 
 Real: the testenv's etcd + kube-apiserver with the generated CRD installed, Kopf's watches and
-finalizers, Secrets, status patches and Events through the real API; the simulator's HTTP server;
+its Secrets index, status patches and Events through the real API; the simulator's HTTP server;
 the drivers, the scheduler, a JSONL event file and the SQLite cursor store.
 Nothing is faked. The examples in `practices/` are applied as they are, except that the namespace
 is the test's own, `spec.pms.url` points at the simulator's port, and intervals are the schema's
@@ -205,6 +205,7 @@ class Operator:
     def __init__(self, env: Env, settings: EngineSettings, writebacks: bool = False) -> None:
         api = env.kube.api_client
         self.writer = StatusWriter(api)
+        self.secrets = KubeSecrets(api)  # served from Kopf's Secrets index, as in the operator
         self.runtime = Runtime(
             RuntimeOptions(
                 state_db=env.tmp / "state.db",
@@ -213,14 +214,14 @@ class Operator:
                 writeback_token=TOKEN if writebacks else None,
                 writeback_db=env.tmp / "writebacks.db",
             ),
-            secrets=KubeSecrets(api),
+            secrets=self.secrets,
             settings=settings,
             on_status=self.writer,
             sink=JsonlSink(env.tmp / "events.jsonl", fsync=False),
         )
         self.engine = self.runtime.engine
         self._stop = asyncio.Event()
-        memo = make_memo(self.runtime, self.writer, connection_info(api))
+        memo = make_memo(self.runtime, self.writer, connection_info(api), secrets=self.secrets)
         self.service: WritebackService | None = self.runtime.writebacks
         self.task = asyncio.create_task(
             kopf.operator(
@@ -307,7 +308,12 @@ async def test_the_examples_become_ready_with_resolved_ids_in_status(env: Env) -
         es = (await env.get("riverside-smiles"))["status"]
         assert es["noteTypes"]["taskNote"]["id"].count(":") == 1  # Eaglesoft ids are type:typeId
         obj = await env.get("lakeside-dental")
-        assert FINALIZER in obj["metadata"]["finalizers"]
+        # Nothing outside the operator needs cleaning up before a practice goes: no finalizer
+        # (two object PATCHes per practice saved); deletion is seen on the watch.
+        assert not obj["metadata"].get("finalizers")
+        # The Secrets existed before the operator started: Kopf's index held them all before
+        # the first practice was handled, so no reconcile read one from the API server.
+        assert op.secrets.gets == 0
         assert (
             "sync" in obj["spec"] and "suspend" in obj["spec"]
         )  # as written; nothing defaulted in
@@ -400,6 +406,43 @@ async def test_suspend_then_delete_stop_requests_and_leave_no_poller_or_finalize
         env.sim.clear_requests("lakeside-dental")
         await polls_again(op, f"{env.ns}/bright-smiles", "patients")
         assert env.sim.requests("lakeside-dental") == []
+
+
+async def test_a_practice_marked_for_deletion_stops_at_once_and_the_old_finalizer_is_removed(
+    env: Env,
+) -> None:
+    """Older operators put FINALIZER on every practice: Kopf takes it off. A practice that
+    another controller's finalizer keeps after its deletion stops polling as soon as it is
+    marked, not when it finally goes."""
+    await env.secrets_for_examples()
+    doc = env.example("lakeside-dental")
+    doc["metadata"]["finalizers"] = [FINALIZER, "example.com/hold"]
+    await env.create(doc)
+    key = f"{env.ns}/lakeside-dental"
+    async with operator(env) as op:
+        await env.wait_condition("lakeside-dental", "Ready", "True")
+
+        async def finalizers() -> list[str] | None:
+            found = (await env.get("lakeside-dental"))["metadata"].get("finalizers") or []
+            return found if FINALIZER not in found else None
+
+        assert await eventually(finalizers, 15, "the old finalizer removed") == ["example.com/hold"]
+        assert op.engine.spec(key) is not None
+        await env.delete("lakeside-dental")
+        await eventually(lambda: _async(op.engine.spec(key) is None), 15, "the practice forgotten")
+        assert op.engine.scheduler.kinds(key) == {}
+        assert (await env.get("lakeside-dental"))["metadata"]["deletionTimestamp"]
+        await env.patch("lakeside-dental", {"metadata": {"finalizers": None}})
+
+        async def gone() -> bool:
+            try:
+                await env.get("lakeside-dental")
+            except ApiException as exc:
+                return exc.status == 404
+            return False
+
+        await eventually(gone, 15, "the object to go")
+        assert op.engine.keys() == []
 
 
 async def test_wrong_provider_unknown_note_type_and_missing_secret_say_how_to_fix(env: Env) -> None:

@@ -1,6 +1,6 @@
 """Two PracticeWriteback resources with the same practiceId, through the real API server.
 
-Real: the testenv's kube-apiserver (creationTimestamp, status, Events, finalizers), Kopf in-process,
+Real: the testenv's kube-apiserver (creationTimestamp, status, Events, deletions), Kopf in-process,
 the PMS simulator, the drivers (the `env` fixture and `operator` helper of `test_operator.py`).
 Nothing is faked. The resource created first keeps managing the practice; the copy says so in its
 status and an Event, runs no poller, and takes over once the first one is deleted.

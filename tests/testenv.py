@@ -480,10 +480,14 @@ class Cluster:
 
 
 class ControlPlane:
-    """etcd plus kube-apiserver in one temporary folder; `start()` then `stop()` (idempotent)."""
+    """etcd plus kube-apiserver in one temporary folder; `start()` then `stop()` (idempotent).
+    `apiserver_args` are added to kube-apiserver's flags (an audit log, say)."""
 
-    def __init__(self, bin_dir: Path, workdir: Path | None = None) -> None:
+    def __init__(
+        self, bin_dir: Path, workdir: Path | None = None, apiserver_args: Sequence[str] = ()
+    ) -> None:
         self.bin_dir = bin_dir
+        self.apiserver_args = list(apiserver_args)
         if workdir is None:
             _sweep_stale_workdirs()
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
@@ -562,6 +566,7 @@ class ControlPlane:
                 "--profiling=false",
                 "--event-ttl=30m",
                 "--v=1",
+                *self.apiserver_args,
             ],
             self.workdir / "kube-apiserver.log",
         )
@@ -648,10 +653,12 @@ def _wait_http(proc: _Process, url: str, deadline: float, context: ssl.SSLContex
 
 @contextlib.contextmanager
 def start_control_plane(
-    bin_dir: Path | None = None, progress: IO[str] | None = None
+    bin_dir: Path | None = None,
+    progress: IO[str] | None = None,
+    apiserver_args: Sequence[str] = (),
 ) -> Iterator[Cluster]:
     """Build (if needed) and start a control plane; yield its Cluster; always tear it down."""
-    plane = ControlPlane(bin_dir or testenv_binaries(progress))
+    plane = ControlPlane(bin_dir or testenv_binaries(progress), apiserver_args=apiserver_args)
     try:
         yield plane.start()
     finally:

@@ -29,7 +29,7 @@ from reconciler.api.catalog import (
     Catalog,
     content_hash,
 )
-from reconciler.kube.client import GROUP, KIND, VERSION, KubeReadError
+from reconciler.kube.client import GROUP, KIND, VERSION, KubeReadError, unparsed
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class CatalogWriter:
         try:
             await asyncio.to_thread(
                 functools.partial(
-                    self._custom.patch_namespaced_custom_object,
+                    unparsed, self._custom.patch_namespaced_custom_object,
                     GROUP, CATALOG_VERSION, namespace, CATALOG_PLURAL, name, body,
                     field_manager=FIELD_MANAGER, force=True,
                     _content_type="application/apply-patch+yaml",

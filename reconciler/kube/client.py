@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -74,23 +75,111 @@ def connection_info(api: Any) -> dict[str, Any]:
     }
 
 
+def unparsed(method: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Call a `kubernetes` client `method` (blocking) whose answer is not used: the answer's bytes
+    are read, not parsed into the client's models or dicts (which costs more CPU than the call),
+    and the connection goes back to the pool. An HTTP error still raises ApiException."""
+    response = method(*args, _preload_content=False, **kwargs)
+    try:
+        response.read()
+    finally:
+        response.release_conn()
+
+
 def _split(key: str) -> tuple[str, str]:
     namespace, _, name = key.partition("/")
     return namespace, name
 
 
-class KubeSecrets:
-    """The engine's SecretSource over Kubernetes Secrets in the practice's namespace."""
+#: Seconds a reconcile waits for the watch to deliver a Secret it does not hold yet (created a
+#: moment before its practice, say) before reading it with a GET.
+WATCH_GRACE = 2.0
 
-    def __init__(self, api: Any) -> None:
+
+class KubeSecrets:
+    """The engine's SecretSource over Kubernetes Secrets in the practice's namespace.
+
+    With `watch(lookup)` (the operator gives it Kopf's index over its Secrets watch) a Secret
+    the watch holds is served from memory. One it does not hold yet is waited for (`grace`
+    seconds: applied together, a Secret and its practice race on two watches), then read with
+    a GET (`gets` counts those reads), so a missing Secret still says how to create it. A
+    Secret the watch does not hold by design (not Opaque) is read with a GET at once.
+
+    `arrived(namespace, name, keys)` is for the Secrets watch: it wakes the reconciles waiting
+    for that Secret and returns those of the practices `keys` (the ones using it) that were last
+    given other data, i.e. that need a refresh: a Secret delivered while its practice's
+    reconcile waits for it, or just after that reconcile read it with a GET, or a change of its
+    labels only, costs no second reconcile.
+    """
+
+    def __init__(self, api: Any, grace: float = WATCH_GRACE) -> None:
         from kubernetes import client
 
         self._core = client.CoreV1Api(api)
+        self._watched: Callable[[str, str], Mapping[str, str] | None] | None = None
+        self._grace = grace
+        #: practice key -> the Secret and the data it was last given (none after a failure).
+        self._served: dict[str, tuple[tuple[str, str], dict[str, str]]] = {}
+        self._unwatched: set[tuple[str, str]] = set()
+        #: Secret -> practice key -> the future its reconcile waits on.
+        self._waiting: dict[tuple[str, str], dict[str, asyncio.Future[None]]] = {}
+        self.gets = 0
+
+    def watch(self, lookup: Callable[[str, str], Mapping[str, str] | None]) -> None:
+        """Serve Secrets from `lookup(namespace, name)` (their `data`: base64 values, as the
+        API serves them), which returns None for a Secret it does not hold."""
+        self._watched = lookup
+
+    def arrived(self, namespace: str, name: str, keys: Iterable[str]) -> list[str]:
+        """The watch delivered a change of Secret `namespace/name` (or its deletion): wake the
+        reconciles waiting for it; those of `keys` last given other data (they need a refresh)."""
+        ref = (namespace, name)
+        waiting = self._waiting.pop(ref, {})
+        for waiter in waiting.values():
+            if not waiter.done():
+                waiter.set_result(None)
+        now = self._watched(*ref) if self._watched is not None else None
+        current = (ref, dict(now)) if now is not None else None
+        return [k for k in keys if k not in waiting and self._served.get(k) != current]
+
+    def forget(self, key: str) -> None:
+        """The practice `key` is gone."""
+        self._served.pop(key, None)
 
     async def get(self, key: str, secret_name: str) -> Credentials:
+        namespace, _ = _split(key)
+        ref = (namespace, secret_name)
+        self._served.pop(key, None)
+        data = await self._from_watch(key, ref)
+        if data is None:
+            data = await self._read(ref)
+        self._served[key] = (ref, dict(data))
+        return _credentials(data)
+
+    async def _from_watch(self, key: str, ref: tuple[str, str]) -> Mapping[str, str] | None:
+        if self._watched is None or ref in self._unwatched:
+            return None
+        data = self._watched(*ref)
+        if data is None and self._grace > 0:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiting.setdefault(ref, {})[key] = waiter
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiter, self._grace)
+            finally:
+                waiting = self._waiting.get(ref, {})
+                if waiting.get(key) is waiter:
+                    del waiting[key]
+                    if not waiting:
+                        del self._waiting[ref]
+            data = self._watched(*ref)
+        return data
+
+    async def _read(self, ref: tuple[str, str]) -> Mapping[str, str]:
         from kubernetes.client.exceptions import ApiException
 
-        namespace, _ = _split(key)
+        namespace, secret_name = ref
+        self.gets += 1
         try:
             secret = await asyncio.to_thread(
                 self._core.read_namespaced_secret, secret_name, namespace
@@ -105,11 +194,16 @@ class KubeSecrets:
                 f"spec.pms.credentialsSecretRef: cannot read Secret {namespace}/{secret_name}: "
                 f"HTTP {exc.status} {exc.reason} (check the operator's RBAC)"
             ) from None
-        values = {
-            k: base64.b64decode(v).decode("utf-8", "replace")
-            for k, v in (secret.data or {}).items()
-        }
-        return Credentials(values)
+        if (secret.type or "Opaque") != "Opaque":
+            self._unwatched.add(ref)  # the watch never holds it: no waiting next time
+        else:
+            self._unwatched.discard(ref)
+        return {str(k): str(v) for k, v in (secret.data or {}).items()}
+
+
+def _credentials(data: Mapping[str, str]) -> Credentials:
+    """A Secret's `data` (base64 values) as Credentials."""
+    return Credentials({k: base64.b64decode(v).decode("utf-8", "replace") for k, v in data.items()})
 
 
 class StatusWriter:
@@ -152,7 +246,7 @@ class StatusWriter:
         try:
             await asyncio.to_thread(
                 functools.partial(
-                    self._custom.patch_namespaced_custom_object_status,
+                    unparsed, self._custom.patch_namespaced_custom_object_status,
                     GROUP, VERSION, namespace, PLURAL, name, body,
                     _content_type="application/json-patch+json",
                 )
@@ -165,32 +259,33 @@ class StatusWriter:
 
     async def post_event(self, key: str, type_: str, reason: str, message: str) -> None:
         """Post a core/v1 Event about the practice (best effort: a failure is logged)."""
-        from kubernetes import client
         from kubernetes.client.exceptions import ApiException
 
         namespace, name = _split(key)
-        now = datetime.now(UTC)
-        event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{name}.", namespace=namespace),
-            involved_object=client.V1ObjectReference(
-                api_version=f"{GROUP}/{VERSION}",
-                kind=KIND,
-                name=name,
-                namespace=namespace,
-                uid=self._uids.get(key),
-            ),
-            reason=reason,
-            message=message[:1024],
-            type=type_,
-            count=1,
-            first_timestamp=now,
-            last_timestamp=now,
-            source=client.V1EventSource(component=COMPONENT),
-            reporting_component=COMPONENT,
-            reporting_instance=os.environ.get("HOSTNAME", COMPONENT),
-        )
+        now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        # A plain body, and the answer left unparsed: the client's models cost more CPU than the
+        # rest of the call, and one Event goes out per new practice.
+        event = {
+            "metadata": {"generateName": f"{name}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": name,
+                "namespace": namespace,
+                **({"uid": self._uids[key]} if self._uids.get(key) else {}),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": type_,
+            "count": 1,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": os.environ.get("HOSTNAME", COMPONENT),
+        }
         try:
-            await asyncio.to_thread(self._core.create_namespaced_event, namespace, event)
+            await asyncio.to_thread(unparsed, self._core.create_namespaced_event, namespace, event)
             self.events += 1
         except ApiException as exc:
             log.warning("%s: could not post Event %s: HTTP %s", key, reason, exc.status)

@@ -9,9 +9,15 @@ condition transitions (posting Events) and at most every `status_interval` for p
 - create / update / resume -> `engine.apply` (an update includes annotation changes, so
   `writeback.dental.dev/reconcile-requested-at: <token>` forces a reconcile; the token is echoed
   to `status.lastHandledReconcileAt`).
-- delete -> `engine.remove` (Kopf keeps its finalizer on the object until this handler returns,
-  so the practice's pollers stop before the object goes).
+- deleted (or marked for deletion) -> `engine.remove`, from the watch event: no finalizer, since
+  nothing outside the operator needs cleaning up before the object goes (the PracticeCatalog is
+  garbage-collected through its ownerReference, cursors are kept on purpose). A finalizer would
+  cost two object PATCHes per practice; one left by an older operator is removed by Kopf.
 - a Secret referenced by a practice changes -> `engine.refresh` for those practices.
+- Secrets are served to the engine from a Kopf index over the Secrets watch Kopf already runs
+  (`KubeSecrets.watch`): a reconcile reads no Secret from the API server; Kopf fills the index
+  from its initial listing before it handles any practice, so a restart reads none either. A
+  Secret the index does not hold (not Opaque, or not delivered yet) is read with a GET.
 - drift re-checks are the engine's own (one heap-scheduled check per practice, shared with the
   local mode), not a Kopf timer per object: at 10,000 practices that is one task, not 10,000.
 
@@ -35,19 +41,27 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
 from pms_drivers.errors import PmsError, TemporaryPmsError
 from reconciler.api.spec import PracticeSpec
 from reconciler.engine.engine import SecretNotFoundError
-from reconciler.kube.client import GROUP, PLURAL, VERSION
+from reconciler.kube.client import GROUP, PLURAL, VERSION, KubeSecrets
 from reconciler.runtime import Runtime
 from reconciler.writeback.errors import WritebackError
 
 ANNOTATION_RECONCILE = "writeback.dental.dev/reconcile-requested-at"
+#: The finalizer earlier releases put on every practice: no handler needs one, so Kopf removes it.
 FINALIZER = "writeback.dental.dev/finalizer"
+#: The Kopf index of Opaque Secrets: (namespace, name) -> data (base64 values, as served).
+SECRET_INDEX = "pmsctl_secrets"
+#: How long Kopf waits for the watch to deliver the version its own PATCH produced before it
+#: handles a later event (seconds). Until then the events it sees lack its last-handled state,
+#: and handling one would run the create handler again; under load (1,000 practices applied at
+#: once, an operator restart) the watch delivered it tens of seconds late, past Kopf's 5 s.
+CONSISTENCY_TIMEOUT = 120.0
 #: Where Kopf keeps its handler progress and last-handled spec (annotations).
 KOPF_PREFIX = "operator.writeback.dental.dev"
 RESOURCE = (GROUP, VERSION, PLURAL)
@@ -139,8 +153,10 @@ def build_registry(
     sel = dict(labels or {})
 
     @kopf.on.startup(registry=registry)
-    async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kw: Any) -> None:
         configure(settings)
+        if memo.get("secrets") is not None:
+            memo.secrets.watch(_index_lookup(kw[SECRET_INDEX]))
         await _start_runtime(memo.runtime)
         if memo.get("startup") is not None:
             memo.startup.start()
@@ -168,10 +184,12 @@ def build_registry(
         finally:  # applied, or failed for a reason its status shows: handled either way
             _handled(memo, f"{body['metadata']['namespace']}/{body['metadata']['name']}")
 
-    @kopf.on.delete(*RESOURCE, labels=sel, registry=per_object)
+    @kopf.on.event(*RESOURCE, labels=sel, registry=per_object, when=_deleting)
     async def delete(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
         await memo.engine.remove(f"{namespace}/{name}")
         memo.writer.forget(f"{namespace}/{name}")
+        if memo.get("secrets") is not None:
+            memo.secrets.forget(f"{namespace}/{name}")
         if memo.get("catalogs") is not None:
             memo.catalogs.forget(f"{namespace}/{name}")
         _handled(memo, f"{namespace}/{name}")
@@ -184,13 +202,20 @@ def build_registry(
         ) -> None:
             await memo.share.observe(event.get("type"), body)
 
+    @kopf.index("", "v1", "secrets", id=SECRET_INDEX, registry=registry, when=_opaque)
+    def secrets(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> Any:
+        return {(namespace or "", name): dict(body.get("data") or {})}
+
     @kopf.on.event("", "v1", "secrets", registry=registry, when=_referenced)
     async def secret_changed(
         event: Mapping[str, Any], namespace: str | None, name: str, memo: kopf.Memo, **_: Any
     ) -> None:
         if event.get("type") is None:  # the initial listing, not a change
             return
-        for key in memo.engine.keys_using_secret(namespace or "", name):
+        keys = memo.engine.keys_using_secret(namespace or "", name)
+        if memo.get("secrets") is not None:  # not those reconciled with this very data
+            keys = memo.secrets.arrived(namespace or "", name, keys)
+        for key in keys:
             await memo.engine.refresh(key)
 
     @kopf.on.probe(id="practices", registry=registry)
@@ -212,16 +237,31 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
-    settings.persistence.finalizer = FINALIZER
+    settings.persistence.finalizer = FINALIZER  # no handler needs it: Kopf removes it if found
+    settings.persistence.consistency_timeout = CONSISTENCY_TIMEOUT
     # status is the engine's (and the schema prunes unknown status fields): Kopf keeps its
     # progress and last-handled state in annotations.
     # Its own prefix: Kopf ignores every annotation under a storage prefix when diffing, and
     # writeback.dental.dev/reconcile-requested-at must count as a change.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = _DiffBase(
         prefix=KOPF_PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING  # the engine posts the Events that matter
+
+
+class _DiffBase(kopf.AnnotationsDiffBaseStorage):
+    """Kopf's annotation diff-base, with the essence built from the spec, labels and annotations
+    only: Kopf deep-copies the whole body first, and a practice's status (conditions, resolved
+    names, pollers) is most of it; Kopf builds an essence for every event it handles."""
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+        if extra_fields:  # no handler here asks for status fields; keep Kopf's way if one does
+            return super().build(body=body, extra_fields=extra_fields)
+        meta = body.get("metadata") or {}
+        slim = {k: v for k, v in body.items() if k not in ("metadata", "status")}
+        slim["metadata"] = {k: meta[k] for k in ("labels", "annotations") if k in meta}
+        return super().build(body=kopf.Body(cast(kopf.RawBody, slim)), extra_fields=None)
 
 
 def make_memo(
@@ -230,10 +270,12 @@ def make_memo(
     connection: Mapping[str, Any],
     catalogs: Any = None,
     startup: StartupReconciles | None = None,
+    secrets: KubeSecrets | None = None,
 ) -> kopf.Memo:
     """The memo every handler reads: the runtime, its engine, the status writer, the kwargs
-    of kopf.ConnectionInfo, the catalog writer (`reconciler.kube.catalog`, optional) and the
-    start-up count that makes the runtime `loaded()` (optional)."""
+    of kopf.ConnectionInfo, the catalog writer (`reconciler.kube.catalog`, optional), the
+    start-up count that makes the runtime `loaded()` (optional) and the engine's `KubeSecrets`
+    (optional: given, it is served from the Secrets index)."""
     return kopf.Memo(
         runtime=runtime,
         engine=runtime.engine,
@@ -241,6 +283,7 @@ def make_memo(
         connection=connection,
         catalogs=catalogs,
         startup=startup,
+        secrets=secrets,
     )
 
 
@@ -269,9 +312,33 @@ async def forget_shared(key: str, memo: kopf.Memo) -> None:
     """--share: stop running a practice here (deleted, or its bucket went to another replica)."""
     await memo.engine.remove(key)
     memo.writer.forget(key)
+    if memo.get("secrets") is not None:
+        memo.secrets.forget(key)
     evict = getattr(memo.runtime.store, "evict", None)  # its cursors may move on elsewhere
     if evict is not None:
         evict(key)
+
+
+def _deleting(**kwargs: Any) -> bool:
+    """The practice is gone, or marked for deletion (another finalizer may still hold it)."""
+    event, body = kwargs["event"], kwargs["body"]
+    return bool(event.get("type") == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"))
+
+
+def _opaque(**kwargs: Any) -> bool:
+    """Credentials are Opaque Secrets; service-account tokens, TLS and Helm's are not indexed."""
+    return str(kwargs["body"].get("type") or "Opaque") == "Opaque"
+
+
+def _index_lookup(index: Any) -> Callable[[str, str], Mapping[str, str] | None]:
+    """`(namespace, name) -> data` over the Kopf index (None when it holds no such Secret)."""
+
+    def lookup(namespace: str, name: str) -> Mapping[str, str] | None:
+        for data in index.get((namespace, name)) or ():
+            return dict(data)
+        return None
+
+    return lookup
 
 
 def _referenced(**kwargs: Any) -> bool:

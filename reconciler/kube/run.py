@@ -231,9 +231,10 @@ async def _work(
     writer = StatusWriter(api)
     catalogs = CatalogWriter(api)
     share = bool(getattr(args, "share", False))
+    secrets = KubeSecrets(api)
     runtime = Runtime(
         options,
-        secrets=KubeSecrets(api),
+        secrets=secrets,
         settings=EngineSettings(
             drift_interval=args.drift_interval,
             status_interval=args.status_interval,
@@ -250,7 +251,7 @@ async def _work(
         return await asyncio.to_thread(practice_keys, api, namespaces, args.selector)
 
     startup = StartupReconciles(list_keys, runtime.loaded)
-    memo = make_memo(runtime, writer, connection_info(api), catalogs, startup)
+    memo = make_memo(runtime, writer, connection_info(api), catalogs, startup, secrets)
     if share:
         memo.share = _shared_fleet(args, runtime, memo, namespaces)
     # kopf.operator() spelled out, so that SIGTERM/SIGINT set the same stop flag as a lost
