@@ -1,7 +1,8 @@
 """The aiohttp middleware both simulated APIs share: authenticate, gate, log, render errors.
 
 Order per request, as a PMS server would: the credential picks the practice (401 if none), then
-the practice's faults decide (outage 503, rate limit 429, injected 5xx, added latency), then an
+the practice's faults decide (outage 503, rate limit 429, injected 5xx, added latency; a write
+the handler stored may still be answered with a 5xx: `lost_write_rate`), then an
 adversary, when one is set (`pms_simulator.adversary`), may change rows, throttle the read or cut
 its body off half way, then the handler runs. Every request that named a practice is logged with its final status. The protocol
 modules pass their own `authenticate` and error `render` (Open Dental: text/plain; bridge: JSON).
@@ -44,7 +45,9 @@ def gateway(
         except ApiError as err:
             return render(err)
         request[PRACTICE] = practice
-        verdict = sim.gate(practice.id).check(request.method not in ("GET", "HEAD"))
+        is_write = request.method not in ("GET", "HEAD")
+        gate = sim.gate(practice.id)
+        verdict = gate.check(is_write)
         response: web.StreamResponse
         if verdict.status is not None:
             codes = {401: "unauthorized", 429: "rate_limited", 503: "unavailable"}
@@ -68,6 +71,11 @@ def gateway(
                 response = render(ApiError(exc.status, exc.reason, code))
             if hostile.drop and isinstance(response, web.Response):
                 response = await _cut_off(request, response)
+            elif is_write and response.status < 300 and gate.lose_write():
+                status = gate.config.status
+                response = render(ApiError(status, "injected error after the write was stored",
+                                           "internal" if status != 503 else "unavailable",
+                                           1 if status in (429, 503) else None))  # fmt: skip
         sim.log_request(
             practice.id,
             request.method,
