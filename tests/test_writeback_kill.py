@@ -5,26 +5,55 @@ writes with 5xx (before and after storing them) and 429.
 Real: PostgreSQL (`pg_server`, tests/pg.py), `pmsctl simulate` and two `pmsctl up` processes
 over loopback HTTP, SIGKILL (`bench/soak_writeback.py` runs them; this runs it smaller than the
 soak's 5,000, see `CI`); the simulator and the drivers in-process for the lost-answer cases.
+
+The random kills rarely land in the narrow window between a PMS write and its record, so a
+property test (hypothesis) also aims them: a replica process (this file run as a script) that
+kills itself with SIGKILL at a chosen write, at a chosen point of the sequence (before the
+write, after the write before its `sent` is committed, after the commit); a second replica on
+the same PostgreSQL queue then finishes, and every note must be in the PMS once, in order.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import importlib.util
+import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import aiohttp
 import pg
+import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_writeback_e2e import (
+    FAST,
+    TOKEN,
+    Directory,
+    assert_exactly_once_in_order,
+    note_body,
+    post,
+    practice_spec,
+    wait_for_file,
+)
+from timing import eventually
 
 from pms_drivers.base import Credentials, NoteWrite
 from pms_drivers.errors import TemporaryPmsError
 from pms_drivers.registry import create_driver
 from pms_drivers.transport import new_client
 from pms_simulator import Simulator
+from reconciler.stores.postgres import PostgresBackend
+from reconciler.writeback.service import WritebackService
 
 ROOT = Path(__file__).resolve().parent.parent
 PROVIDER = {"OpenDental": "1", "Eaglesoft": "DCM", "Dentrix": "DDS1"}
@@ -179,3 +208,155 @@ def test_up_with_a_store_keeps_the_cursors_there_and_no_sqlite_file(
         assert conn.execute("SELECT max(version) FROM pmsctl_schema").fetchone() == (1,)
     assert pg.PASSWORD not in done.stderr + done.stdout
     assert pg.PASSWORD not in (tmp_path / "state" / "pmsctl.log").read_text()
+
+
+# --- kills aimed at the send/record sequence (hypothesis) -----------------------------------------
+
+#: Where in one record's delivery the replica dies.
+POINTS = ("before-send", "after-send", "after-record")
+N_NOTES = 6
+
+
+class KillingDriver:
+    """The practice's real driver; the `at`-th note write SIGKILLs this process at `point`."""
+
+    def __init__(self, inner: Any, at: int, point: str, pg_url: str, go: str) -> None:
+        self._inner = inner
+        self._go = go
+        self._at = at
+        self._point = point
+        self._pg_url = pg_url
+        self._writes = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def write_note(self, note: NoteWrite) -> Any:
+        # Nothing is written before the test has posted every note (the file `go` exists): the
+        # kill must not cut the posting off.
+        while not Path(self._go).exists():
+            await asyncio.sleep(0.01)
+        self._writes += 1
+        if self._writes != self._at:
+            return await self._inner.write_note(note)
+        if self._point == "before-send":
+            os.kill(os.getpid(), signal.SIGKILL)
+        result = await self._inner.write_note(note)
+        if self._point == "after-send":  # in the PMS; `sent` not even queued for commit yet
+            os.kill(os.getpid(), signal.SIGKILL)
+        threading.Thread(target=self._kill_once_sent, args=(note.writeback_id,)).start()
+        return result
+
+    def _kill_once_sent(self, wid: str) -> None:
+        with psycopg.connect(self._pg_url, autocommit=True) as conn:
+            while True:
+                row = conn.execute("SELECT status FROM writebacks WHERE id = %s", (wid,)).fetchone()
+                if row and row[0] == "sent":
+                    os.kill(os.getpid(), signal.SIGKILL)
+                time.sleep(0.001)
+
+
+async def _replica(sim_url: str, pg_url: str, port_file: str, pid: str, pms: str,
+                   at: int, point: str) -> None:  # fmt: skip
+    directory = Directory(sim_url)
+    target = await directory.apply(practice_spec(pid, pms, sim_url))
+    if at:
+        directory.targets[pid] = dataclasses.replace(
+            target, driver=KillingDriver(target.driver, at, point, pg_url, f"{port_file}.go")
+        )
+    service = WritebackService(
+        directory, "unused", TOKEN, policy=FAST, store=PostgresBackend(pg_url).queue_store()
+    )
+    url = await service.start("127.0.0.1", 0)
+    Path(port_file).write_text(f"{url}\n")
+    await asyncio.Event().wait()  # until killed
+
+
+def _status(pg_url: str, wid: str) -> str | None:
+    with psycopg.connect(pg_url) as conn:
+        row = conn.execute("SELECT status FROM writebacks WHERE id = %s", (wid,)).fetchone()
+    return str(row[0]) if row else None
+
+
+async def _kill_then_finish(pg_url: str, tmp: Path, pms: str, at: int, point: str) -> None:
+    pid = f"aim-{pms.lower()}"
+    sim = Simulator(rate_limit_per_second=500, burst=500)
+    sim.add_practice(pid, pms)
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def replica(name: str, kill_at: int) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([sys.executable, __file__, "replica", sim_url, pg_url,
+                                 str(tmp / name), pid, pms, str(kill_at), point])  # fmt: skip
+        procs.append(proc)
+        return proc
+
+    try:
+        async with sim.serve() as sim_url:
+            a = replica("a", at)
+            url = await wait_for_file(tmp / "a", a)
+            posted: list[tuple[str, str]] = []
+            async with aiohttp.ClientSession() as http:
+                for n in range(N_NOTES):
+                    patient = str(2 + n % 2)
+                    status, body = await post(
+                        http, url, pid, note_body(f"n{n}", "outgoingSms", patient)
+                    )
+                    assert status == 202
+                    posted.append((body["id"], patient))
+            (tmp / "a.go").touch()
+            await asyncio.to_thread(a.wait, 30)
+            assert a.returncode == -signal.SIGKILL
+            # The kill landed where it was aimed.
+            wid = posted[at - 1][0]
+            in_pms = [n["writeback_id"] for n in sim.notes(pid)]
+            status_at_kill = _status(pg_url, wid)
+            if point == "before-send":
+                assert wid not in in_pms and status_at_kill in ("pending", "sending")
+            elif point == "after-send":
+                assert wid in in_pms and status_at_kill in ("pending", "sending")
+            else:
+                assert wid in in_pms and status_at_kill == "sent"
+
+            b = replica("b", 0)
+            await wait_for_file(tmp / "b", b)
+
+            def finished() -> bool:
+                with psycopg.connect(pg_url) as conn:
+                    row = conn.execute(
+                        "SELECT count(*) FILTER (WHERE status = 'sent'), count(*) FROM writebacks"
+                    ).fetchone()
+                return row == (N_NOTES, N_NOTES)
+
+            await eventually(finished, 30, "the second replica to send every note", step=0.05)
+            assert_exactly_once_in_order(sim.notes(pid), posted)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        sim.close()
+
+
+_examples = iter(range(1_000_000))
+
+
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    pms=st.sampled_from(["OpenDental", "Eaglesoft"]),
+    at=st.integers(1, N_NOTES),
+    point=st.sampled_from(POINTS),
+)
+def test_a_kill_at_any_point_of_a_write_leaves_each_note_in_the_pms_once(
+    pg_server: pg.Server, tmp_path_factory: pytest.TempPathFactory, pms: str, at: int, point: str
+) -> None:
+    n = next(_examples)
+    pg_url = pg_server.database(f"aim_{n}")
+    asyncio.run(_kill_then_finish(pg_url, tmp_path_factory.mktemp(f"aim{n}"), pms, at, point))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["replica"]:
+        _, _, sim_url_, pg_url_, port_file_, pid_, pms_, at_, point_ = sys.argv
+        asyncio.run(_replica(sim_url_, pg_url_, port_file_, pid_, pms_, int(at_), point_))
