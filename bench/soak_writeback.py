@@ -118,18 +118,18 @@ class SoakResult:
     drain_seconds: float = 0.0
     examples: dict[str, list[str]] = field(default_factory=dict)
     password_logged: bool = False
+    exits: list[str] = field(default_factory=list)  # replicas that exited without being killed
 
     @property
     def ok(self) -> bool:
-        return (
-            not (self.lost or self.doubled or self.phantom or self.open or self.rejected)
-            and not self.password_logged
-        )
+        bad = (self.lost, self.doubled, self.phantom, self.open, self.rejected, self.exits)
+        return not any(bad) and not self.password_logged
 
     def table(self) -> str:
         rows = [
             ("seed", self.seed),
             ("kills (SIGKILL)", self.kills),
+            ("replica exits not caused by a kill", len(self.exits)),
             ("writebacks acknowledged", self.acked),
             ("  of which replayed acks (200)", self.replayed_acks),
             ("POSTs retried (refused/503/429)", self.post_retries),
@@ -398,6 +398,10 @@ async def killer(config: SoakConfig, replicas: list[Replica], result: SoakResult
     rng = random.Random(f"{config.seed}-kill")
     while not (load_done.is_set() and result.kills >= config.min_kills):
         await asyncio.sleep(rng.uniform(*config.kill_every))
+        for r in replicas:  # one that exited by itself is a finding: counted, then restarted
+            if r.proc is not None and r.proc.poll() is not None:
+                result.exits.append(f"{r.name}: exit {r.proc.returncode}")
+                r.start()
         victim = rng.choice(replicas)
         if not victim.alive():
             continue
@@ -503,8 +507,9 @@ async def _run(config: SoakConfig, work: Path, store: str, password: str | None,
             result.load_seconds = time.monotonic() - t0
             load_done.set()
         await asyncio.wait_for(kill_task, config.timeout)
-        for r in replicas:  # a kill's restart may be under way: both run for the drain
-            if not r.alive():
+        for r in replicas:  # both run for the drain
+            if r.proc is not None and r.proc.poll() is not None:
+                result.exits.append(f"{r.name}: exit {r.proc.returncode}")
                 r.start()
 
         # Drain: until every acknowledged record is settled in the store.
