@@ -112,6 +112,7 @@ class SoakResult:
     phantom: int = 0
     kills: int = 0
     read_back_hits: int = 0  # Open Dental re-sends that found the note already there
+    key_replays: int = 0  # bridge re-sends the agent answered from their Idempotency-Key
     pms_5xx: int = 0
     pms_429: int = 0
     load_seconds: float = 0.0
@@ -143,6 +144,7 @@ class SoakResult:
             ("DOUBLED", self.doubled),
             ("PHANTOM", self.phantom),
             ("Open Dental read-backs that found the note", self.read_back_hits),
+            ("bridge re-sends answered by Idempotency-Key", self.key_replays),
             ("PMS answers 5xx / 429", f"{self.pms_5xx} / {self.pms_429}"),
             ("load seconds / drain seconds", f"{self.load_seconds:.1f} / {self.drain_seconds:.1f}"),
         ]
@@ -428,10 +430,13 @@ async def pms_notes(http: aiohttp.ClientSession, sim_url: str, pid: str) -> list
         return notes
 
 
-async def pms_statuses(http: aiohttp.ClientSession, sim_url: str, pid: str) -> Counter[int]:
+async def pms_statuses(
+    http: aiohttp.ClientSession, sim_url: str, pid: str
+) -> Counter[tuple[str, int]]:
+    """(method, status) of the practice's requests (the simulator keeps the last 2,000)."""
     async with http.get(f"{sim_url}/_admin/practices/{pid}/requests") as r:
         r.raise_for_status()
-        return Counter(int(x["status"]) for x in await r.json())
+        return Counter((str(x["method"]), int(x["status"])) for x in await r.json())
 
 
 async def run_soak(config: SoakConfig) -> SoakResult:
@@ -542,8 +547,10 @@ async def _run(config: SoakConfig, work: Path, store: str, password: str | None,
             for note in await pms_notes(http, sim_url, pid):
                 written[str(note["writeback_id"])] += 1
             codes = await pms_statuses(http, sim_url, pid)
-            result.pms_5xx += sum(n for c, n in codes.items() if c >= 500)
-            result.pms_429 += codes.get(429, 0)
+            result.pms_5xx += sum(n for (_, c), n in codes.items() if c >= 500)
+            result.pms_429 += sum(n for (_, c), n in codes.items() if c == 429)
+            if not pid.startswith("soak-opendental-"):  # the bridge: a replayed key is a 200
+                result.key_replays += codes.get(("POST", 200), 0)
         result.in_pms = sum(written.values())
         acked = set(load.acked)
         lost = sorted(acked - set(written))
