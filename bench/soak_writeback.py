@@ -563,6 +563,11 @@ async def _run(config: SoakConfig, work: Path, store: str, password: str | None,
         result.password_logged = bool(password) and str(password) in logs
 
 
+def _pair(text: str) -> tuple[float, float]:
+    low, _, high = text.partition(",")
+    return float(low), float(high or low)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--seed", type=int, default=None, help="default: a random one (printed)")
@@ -572,6 +577,8 @@ def main(argv: list[str] | None = None) -> int:
         "--pms", default="OpenDental", help="comma-separated: OpenDental,Eaglesoft,Dentrix"
     )
     p.add_argument("--practices-per-pms", type=int, default=SoakConfig.practices_per_pms)
+    p.add_argument("--patients", type=int, default=SoakConfig.patients, help="per practice")
+    p.add_argument("--kill-every", default="2,6", metavar="MIN,MAX", help="seconds (uniform)")
     p.add_argument("--write-error-rate", type=float, default=SoakConfig.write_error_rate)
     p.add_argument("--lost-write-rate", type=float, default=SoakConfig.lost_write_rate)
     p.add_argument("--rate-limit", type=float, default=SoakConfig.rate_limit)
@@ -588,6 +595,8 @@ def main(argv: list[str] | None = None) -> int:
         min_kills=args.kills,
         pms=tuple(x.strip() for x in args.pms.split(",") if x.strip()),
         practices_per_pms=args.practices_per_pms,
+        patients=args.patients,
+        kill_every=_pair(args.kill_every),
         write_error_rate=args.write_error_rate,
         lost_write_rate=args.lost_write_rate,
         rate_limit=args.rate_limit,
