@@ -6,7 +6,7 @@ window (503 + Retry-After),
 the per-practice token bucket (429 + Retry-After), a random 5xx at `error_rate` (writes also at
 `write_error_rate`), and added latency. `Gate.lose_write()` is asked after a write was stored: at
 `lost_write_rate` its answer is replaced by the error status (the note is in the PMS, the caller
-sees a 5xx). Randomness comes from a per-practice generator seeded from
+sees a 5xx); `write_answer_delay_ms` holds a stored write's answer back. Randomness comes from a per-practice generator seeded from
 the practice id, so a fault run repeats. Time is real (monotonic), not the simulated clock:
 rate limits and outages are about the caller's wall clock. `Gate(clock=)` takes that monotonic
 clock (default `time.monotonic`) so a test can move it forward instead of waiting out a window.
@@ -33,6 +33,9 @@ class FaultConfig:
     #: the way back, so the caller cannot tell the write happened (the case retries must not
     #: double).
     lost_write_rate: float = 0.0
+    #: A stored write's answer waits this long: the window in which a caller that dies leaves a
+    #: note it never recorded (a crash test aims its kills there without aiming).
+    write_answer_delay_ms: float = 0.0
     outage: bool = False
     revoked: bool = False  # the practice disabled its key/token: every request gets 401
     outage_seconds: float | None = None  # with outage=True: a window that ends by itself
@@ -46,8 +49,9 @@ class FaultConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
-        if self.latency_ms < 0:
-            raise ValueError(f"latency_ms must not be negative, got {self.latency_ms}")
+        for name in ("latency_ms", "write_answer_delay_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if not 400 <= self.status <= 599:
             raise ValueError(f"status must be an HTTP error status (400-599), got {self.status}")
         if self.rate_limit_per_second is not None and self.rate_limit_per_second <= 0:

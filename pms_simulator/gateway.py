@@ -19,6 +19,7 @@ from aiohttp import web
 
 from pms_simulator.adversary import ReadVerdict
 from pms_simulator.errors import ApiError
+from pms_simulator.faults import Gate
 from pms_simulator.state import Practice
 
 if TYPE_CHECKING:
@@ -71,11 +72,8 @@ def gateway(
                 response = render(ApiError(exc.status, exc.reason, code))
             if hostile.drop and isinstance(response, web.Response):
                 response = await _cut_off(request, response)
-            elif is_write and response.status < 300 and gate.lose_write():
-                status = gate.config.status
-                response = render(ApiError(status, "injected error after the write was stored",
-                                           "internal" if status != 503 else "unavailable",
-                                           1 if status in (429, 503) else None))  # fmt: skip
+            elif is_write and response.status < 300:
+                response = await _after_write(gate, response, render)
         sim.log_request(
             practice.id,
             request.method,
@@ -87,6 +85,22 @@ def gateway(
         return response
 
     return middleware
+
+
+async def _after_write(
+    gate: Gate, response: web.StreamResponse, render: Render
+) -> web.StreamResponse:
+    """A stored write's answer: held back `write_answer_delay_ms`, then replaced by the error
+    status at `lost_write_rate` (the note stays stored)."""
+    config = gate.config
+    if config.write_answer_delay_ms:
+        await asyncio.sleep(config.write_answer_delay_ms / 1000.0)
+    if not gate.lose_write():
+        return response
+    status = config.status
+    code = "unavailable" if status == 503 else "internal"
+    retry_after = 1 if status in (429, 503) else None
+    return render(ApiError(status, "injected error after the write was stored", code, retry_after))
 
 
 async def _cut_off(request: web.Request, response: web.Response) -> web.StreamResponse:
