@@ -1,7 +1,8 @@
 """The writeback crash soak: two `pmsctl up` replicas on one PostgreSQL store, one of them killed
 with SIGKILL at random moments, while a load generator posts writebacks to both and the PMS
-simulator (its own process) answers writes with 5xx, loses answers to stored writes, and rate
-limits with 429. At the end every acknowledged writeback is compared with the simulator's own
+simulator (its own process) answers writes with 5xx, loses answers to stored writes, holds
+stored writes' answers back 50 ms (so a kill often lands between a note stored and its record),
+and rate limits with 429. At the end every acknowledged writeback is compared with the simulator's own
 record of the notes it stored:
 
     lost     acknowledged (202/200) and not in the PMS
@@ -77,6 +78,9 @@ class SoakConfig:
     write_error_rate: float = 0.05
     lost_write_rate: float = 0.02
     error_status: int = 500
+    #: A stored write's answer is held back this long: most kills then find a replica with a
+    #: note in the PMS that it has not recorded yet (the window exactly-once is about).
+    write_answer_delay_ms: float = 50.0
     #: The simulator's per-practice rate limit (requests/s, burst the same): beyond it, 429.
     rate_limit: float = 4.5
     #: Writebacks posted per second (all practices), so that the kills land while requests
@@ -486,6 +490,7 @@ async def _run(config: SoakConfig, work: Path, store: str, password: str | None,
                 faults = {
                     "writeErrorRate": config.write_error_rate,
                     "lostWriteRate": config.lost_write_rate,
+                    "writeAnswerDelayMs": config.write_answer_delay_ms,
                     "status": config.error_status,
                     "rateLimitPerSecond": config.rate_limit,
                 }
@@ -581,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kill-every", default="2,6", metavar="MIN,MAX", help="seconds (uniform)")
     p.add_argument("--write-error-rate", type=float, default=SoakConfig.write_error_rate)
     p.add_argument("--lost-write-rate", type=float, default=SoakConfig.lost_write_rate)
+    p.add_argument("--write-answer-delay-ms", type=float, default=SoakConfig.write_answer_delay_ms)
     p.add_argument("--rate-limit", type=float, default=SoakConfig.rate_limit)
     p.add_argument("--post-rate", type=float, default=SoakConfig.post_rate)
     p.add_argument("--concurrency", type=int, default=SoakConfig.concurrency)
@@ -599,6 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         kill_every=_pair(args.kill_every),
         write_error_rate=args.write_error_rate,
         lost_write_rate=args.lost_write_rate,
+        write_answer_delay_ms=args.write_answer_delay_ms,
         rate_limit=args.rate_limit,
         post_rate=args.post_rate,
         concurrency=args.concurrency,

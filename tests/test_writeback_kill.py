@@ -144,12 +144,38 @@ async def test_a_note_stored_then_answered_500_is_found_not_written_again(pms: s
         sim.close()
 
 
-def test_lost_write_rate_is_a_fault_setting_checked_like_the_others() -> None:
+def test_the_after_write_faults_are_checked_like_the_others() -> None:
     from pms_simulator.faults import FaultConfig
 
     assert FaultConfig.from_json({"lostWriteRate": 0.25}).lost_write_rate == 0.25
+    assert FaultConfig.from_json({"writeAnswerDelayMs": 50}).write_answer_delay_ms == 50
     with pytest.raises(ValueError, match="lost_write_rate must be between 0 and 1"):
         FaultConfig(lost_write_rate=1.5)
+    with pytest.raises(ValueError, match="write_answer_delay_ms must not be negative"):
+        FaultConfig(write_answer_delay_ms=-1)
+
+
+async def test_a_held_back_answer_comes_after_the_note_is_stored() -> None:
+    sim = Simulator(db=":memory:", autotick=False)
+    pid = "held-back"
+    try:
+        async with sim.serve(host="127.0.0.1", port=0):
+            creds = sim.add_practice(pid, "Eaglesoft")
+            base = sim.base_url("Eaglesoft")
+            async with new_client(base, timeout=5, rate_per_second=0, burst=1) as client:
+                driver = create_driver("Eaglesoft", client, base, Credentials(dict(creds)))
+                note_type = next(t for t in await driver.list_note_types() if t.name == "Email")
+                sim.set_faults(pid, write_answer_delay_ms=2_000)
+                write = asyncio.create_task(driver.write_note(NoteWrite(
+                    writeback_id="wb-held", kind="outgoingEmail", patient_id="3",
+                    note_type_id=note_type.id, provider_id="DCM",
+                    occurred_at="2026-11-26T10:30:00", text="held back",
+                )))  # fmt: skip
+                await eventually(lambda: len(sim.notes(pid)) == 1, 5, "the note stored")
+                assert not write.done()  # stored, not answered yet: a kill now leaves it unrecorded
+                assert (await write).created
+    finally:
+        sim.close()
 
 
 # --- pmsctl up --store ----------------------------------------------------------------------------
