@@ -1,7 +1,7 @@
 """The writeback crash soak: two `pmsctl up` replicas on one PostgreSQL store, one of them killed
 with SIGKILL at random moments, while a load generator posts writebacks to both and the PMS
 simulator (its own process) answers writes with 5xx, loses answers to stored writes, holds
-stored writes' answers back 50 ms (so a kill often lands between a note stored and its record),
+stored writes' answers back 150 ms (so a kill often lands between a note stored and its record),
 and rate limits with 429. At the end every acknowledged writeback is compared with the simulator's own
 record of the notes it stored:
 
@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -80,7 +80,7 @@ class SoakConfig:
     error_status: int = 500
     #: A stored write's answer is held back this long: most kills then find a replica with a
     #: note in the PMS that it has not recorded yet (the window exactly-once is about).
-    write_answer_delay_ms: float = 50.0
+    write_answer_delay_ms: float = 150.0
     #: The simulator's per-practice rate limit (requests/s, burst the same): beyond it, 429.
     rate_limit: float = 4.5
     #: Writebacks posted per second (all practices), so that the kills land while requests
@@ -115,6 +115,8 @@ class SoakResult:
     doubled: int = 0
     phantom: int = 0
     kills: int = 0
+    kills_mid_write: int = 0  # kills that left notes in the PMS their replica had not recorded
+    unrecorded_at_kill: int = 0  # how many such notes, over all kills
     read_back_hits: int = 0  # Open Dental re-sends that found the note already there
     key_replays: int = 0  # bridge re-sends the agent answered from their Idempotency-Key
     pms_5xx: int = 0
@@ -134,6 +136,8 @@ class SoakResult:
         rows = [
             ("seed", self.seed),
             ("kills (SIGKILL)", self.kills),
+            ("  of which left notes stored, unrecorded", self.kills_mid_write),
+            ("  notes so left (all kills)", self.unrecorded_at_kill),
             ("replica exits not caused by a kill", len(self.exits)),
             ("writebacks acknowledged", self.acked),
             ("  of which replayed acks (200)", self.replayed_acks),
@@ -398,9 +402,10 @@ class Load:
 
 
 async def killer(config: SoakConfig, replicas: list[Replica], result: SoakResult,
-                 load_done: asyncio.Event) -> None:  # fmt: skip
+                 load_done: asyncio.Event, probe: Callable[[], Awaitable[int]]) -> None:  # fmt: skip
     """SIGKILL a random replica every few seconds and restart it, until the load is done and
-    `min_kills` kills happened."""
+    `min_kills` kills happened. After each kill `probe()` counts the notes the victim left in
+    the PMS unrecorded (the window the kill is meant to hit)."""
     rng = random.Random(f"{config.seed}-kill")
     while not (load_done.is_set() and result.kills >= config.min_kills):
         await asyncio.sleep(rng.uniform(*config.kill_every))
@@ -413,8 +418,38 @@ async def killer(config: SoakConfig, replicas: list[Replica], result: SoakResult
             continue
         await asyncio.to_thread(victim.kill)
         result.kills += 1
+        try:
+            left = await probe()
+        except Exception as exc:  # a statistic: the run goes on without it
+            print(f"soak_writeback: probe after a kill failed: {exc}", file=sys.stderr)
+            left = 0
+        result.kills_mid_write += left > 0
+        result.unrecorded_at_kill += left
         await asyncio.sleep(rng.uniform(*config.restart_after))
         victim.start()
+
+
+#: Open records of the practices no live session has claimed (see `PgQueueStore.claim`).
+UNCLAIMED_OPEN = """
+SELECT w.practice_id, w.id FROM writebacks w
+WHERE w.status IN ('pending', 'sending') AND NOT EXISTS (
+    SELECT 1 FROM pg_locks l
+    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+      AND ((l.classid::bigint << 32) | l.objid::bigint)
+          = hashtextextended('pmsctl-writeback:' || w.practice_id, 0))
+"""
+
+
+def unclaimed_open(url: str, password: str | None) -> dict[str, set[str]]:
+    """practice -> ids of its open records, for the practices nobody delivers right now."""
+    import psycopg
+
+    kwargs: dict[str, Any] = {"password": password} if password else {}
+    out: dict[str, set[str]] = {}
+    with psycopg.connect(url, **kwargs) as conn:
+        for pid, wid in conn.execute(UNCLAIMED_OPEN.encode()).fetchall():
+            out.setdefault(str(pid), set()).add(str(wid))
+    return out
 
 
 def store_state(url: str, password: str | None) -> dict[str, tuple[str, str | None, int]]:
@@ -509,7 +544,16 @@ async def _run(config: SoakConfig, work: Path, store: str, password: str | None,
 
         load = Load(config, replicas, result)
         load_done = asyncio.Event()
-        kill_task = asyncio.create_task(killer(config, replicas, result, load_done))
+
+        async def probe() -> int:
+            """Notes in the PMS whose records are open and unclaimed: the dead replica's."""
+            left = 0
+            for pid, ids in (await asyncio.to_thread(unclaimed_open, store, password)).items():
+                stored = {str(n["writeback_id"]) for n in await pms_notes(http, sim_url, pid)}
+                left += len(ids & stored)
+            return left
+
+        kill_task = asyncio.create_task(killer(config, replicas, result, load_done, probe))
         t0 = time.monotonic()
         try:
             await asyncio.wait_for(load.run(plan(config, practices)), config.timeout)
