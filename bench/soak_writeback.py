@@ -447,8 +447,12 @@ def unclaimed_open(url: str, password: str | None) -> dict[str, set[str]]:
     kwargs: dict[str, Any] = {"password": password} if password else {}
     out: dict[str, set[str]] = {}
     with psycopg.connect(url, **kwargs) as conn:
-        for pid, wid in conn.execute(UNCLAIMED_OPEN.encode()).fetchall():
-            out.setdefault(str(pid), set()).add(str(wid))
+        try:
+            rows = conn.execute(UNCLAIMED_OPEN.encode()).fetchall()
+        except psycopg.errors.UndefinedTable:  # killed before any replica created the schema
+            return out
+    for pid, wid in rows:
+        out.setdefault(str(pid), set()).add(str(wid))
     return out
 
 

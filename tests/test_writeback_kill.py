@@ -103,6 +103,7 @@ async def test_two_replicas_killed_at_random_lose_double_and_invent_no_note(
     # cut requests off (the client retried).
     assert result.read_back_hits > 0 and result.key_replays > 0
     assert result.pms_5xx > 0 and result.post_retries > 0
+    assert result.kills_mid_write > 0  # kills that left a note in the PMS and not in the queue
     assert not result.password_logged
 
 
