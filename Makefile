@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PRACTICES ?= practices
 
-.PHONY: help setup run test test-fast testenv postgres check lint typecheck crds check-crds deps check-contracts bench soak clean \
+.PHONY: help setup run test test-fast testenv postgres check lint typecheck crds check-crds deps check-contracts bench soak soak-writeback clean \
 	deploy-crds image lint-dockerfile promtool check-rules sbom
 
 help: ## Show the targets
@@ -98,6 +98,9 @@ bench: setup ## Run the benchmarks in bench/ (minutes; figures go in the README)
 
 soak: setup ## Soak change capture: 10,000+ hostile changes per PMS, lost/doubled counts (minutes)
 	$(BIN)/python bench/soak_capture.py $(SOAK_ARGS)
+
+soak-writeback: setup postgres ## Two pmsctl up replicas SIGKILLed 20+ times over 5,000 writebacks: lost/doubled notes (minutes)
+	$(BIN)/python bench/soak_writeback.py $(SOAK_ARGS)
 
 clean: ## Remove .venv and caches (not the testenv cache in ~/.cache/pmsctl)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .pmsctl dist

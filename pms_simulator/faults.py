@@ -4,7 +4,9 @@
 `Gate.check()` turns it into a verdict for one request: revoked credentials (401), an outage
 window (503 + Retry-After),
 the per-practice token bucket (429 + Retry-After), a random 5xx at `error_rate` (writes also at
-`write_error_rate`), and added latency. Randomness comes from a per-practice generator seeded from
+`write_error_rate`), and added latency. `Gate.lose_write()` is asked after a write was stored: at
+`lost_write_rate` its answer is replaced by the error status (the note is in the PMS, the caller
+sees a 5xx); `write_answer_delay_ms` holds a stored write's answer back. Randomness comes from a per-practice generator seeded from
 the practice id, so a fault run repeats. Time is real (monotonic), not the simulated clock:
 rate limits and outages are about the caller's wall clock. `Gate(clock=)` takes that monotonic
 clock (default `time.monotonic`) so a test can move it forward instead of waiting out a window.
@@ -27,6 +29,13 @@ class FaultConfig:
     latency_ms: float = 0.0
     error_rate: float = 0.0
     write_error_rate: float = 0.0
+    #: Writes that are stored and then answered with `status` all the same: the answer lost on
+    #: the way back, so the caller cannot tell the write happened (the case retries must not
+    #: double).
+    lost_write_rate: float = 0.0
+    #: A stored write's answer waits this long: the window in which a caller that dies leaves a
+    #: note it never recorded (a crash test aims its kills there without aiming).
+    write_answer_delay_ms: float = 0.0
     outage: bool = False
     revoked: bool = False  # the practice disabled its key/token: every request gets 401
     outage_seconds: float | None = None  # with outage=True: a window that ends by itself
@@ -36,12 +45,13 @@ class FaultConfig:
     burst: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("error_rate", "write_error_rate"):
+        for name in ("error_rate", "write_error_rate", "lost_write_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
-        if self.latency_ms < 0:
-            raise ValueError(f"latency_ms must not be negative, got {self.latency_ms}")
+        for name in ("latency_ms", "write_answer_delay_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if not 400 <= self.status <= 599:
             raise ValueError(f"status must be an HTTP error status (400-599), got {self.status}")
         if self.rate_limit_per_second is not None and self.rate_limit_per_second <= 0:
@@ -151,3 +161,8 @@ class Gate:
                 cfg.status, 1 if cfg.status in (429, 503) else None, "injected write error"
             )
         return Verdict(delay=cfg.latency_ms / 1000.0)
+
+    def lose_write(self) -> bool:
+        """After a write was stored: whether to answer it with the error status anyway."""
+        rate = self.config.lost_write_rate
+        return bool(rate) and self._rng.random() < rate

@@ -1,7 +1,8 @@
 """The aiohttp middleware both simulated APIs share: authenticate, gate, log, render errors.
 
 Order per request, as a PMS server would: the credential picks the practice (401 if none), then
-the practice's faults decide (outage 503, rate limit 429, injected 5xx, added latency), then an
+the practice's faults decide (outage 503, rate limit 429, injected 5xx, added latency; a write
+the handler stored may still be answered with a 5xx: `lost_write_rate`), then an
 adversary, when one is set (`pms_simulator.adversary`), may change rows, throttle the read or cut
 its body off half way, then the handler runs. Every request that named a practice is logged with its final status. The protocol
 modules pass their own `authenticate` and error `render` (Open Dental: text/plain; bridge: JSON).
@@ -18,6 +19,7 @@ from aiohttp import web
 
 from pms_simulator.adversary import ReadVerdict
 from pms_simulator.errors import ApiError
+from pms_simulator.faults import Gate
 from pms_simulator.state import Practice
 
 if TYPE_CHECKING:
@@ -44,7 +46,9 @@ def gateway(
         except ApiError as err:
             return render(err)
         request[PRACTICE] = practice
-        verdict = sim.gate(practice.id).check(request.method not in ("GET", "HEAD"))
+        is_write = request.method not in ("GET", "HEAD")
+        gate = sim.gate(practice.id)
+        verdict = gate.check(is_write)
         response: web.StreamResponse
         if verdict.status is not None:
             codes = {401: "unauthorized", 429: "rate_limited", 503: "unavailable"}
@@ -68,6 +72,8 @@ def gateway(
                 response = render(ApiError(exc.status, exc.reason, code))
             if hostile.drop and isinstance(response, web.Response):
                 response = await _cut_off(request, response)
+            elif is_write and response.status < 300:
+                response = await _after_write(gate, response, render)
         sim.log_request(
             practice.id,
             request.method,
@@ -80,6 +86,22 @@ def gateway(
         return response
 
     return middleware
+
+
+async def _after_write(
+    gate: Gate, response: web.StreamResponse, render: Render
+) -> web.StreamResponse:
+    """A stored write's answer: held back `write_answer_delay_ms`, then replaced by the error
+    status at `lost_write_rate` (the note stays stored)."""
+    config = gate.config
+    if config.write_answer_delay_ms:
+        await asyncio.sleep(config.write_answer_delay_ms / 1000.0)
+    if not gate.lose_write():
+        return response
+    status = config.status
+    code = "unavailable" if status == 503 else "internal"
+    retry_after = 1 if status in (429, 503) else None
+    return render(ApiError(status, "injected error after the write was stored", code, retry_after))
 
 
 async def _cut_off(request: web.Request, response: web.Response) -> web.StreamResponse:

@@ -6,6 +6,7 @@ credentials from a local file or the environment.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,6 +74,22 @@ def register(sub: Any) -> None:
         default=Path(".pmsctl"),
         metavar="DIR",
         help="cursors, simulator data and the default events file (default: .pmsctl)",
+    )
+    p.add_argument(
+        "--store",
+        default=os.environ.get("PMSCTL_STORE") or None,
+        metavar="URL",
+        help="keep the cursors and the writeback queue in this database instead of the SQLite "
+        "files in STATE_DIR: postgresql://USER@HOST/DB, shared by every pmsctl up (or operator) "
+        "given the same URL (default: $PMSCTL_STORE; see docs/store.md)",
+    )
+    p.add_argument(
+        "--store-password-file",
+        default=os.environ.get("PMSCTL_STORE_PASSWORD_FILE") or None,
+        type=Path,
+        metavar="PATH",
+        help="a file holding the store's password (default: $PMSCTL_STORE_PASSWORD_FILE, else "
+        "the password in the URL, if any)",
     )
     p.add_argument(
         "--once",
@@ -171,6 +188,8 @@ def options_from_args(args: argparse.Namespace) -> UpOptions:
         writeback_port=args.writeback_port or None,
         metrics_port=args.metrics_port,
         skip_other_kinds=args.skip_other_kinds,
+        store_url=args.store,
+        store_password_file=args.store_password_file,
         log_format=args.log_format,
         log_level=args.log_level,
     )
@@ -183,10 +202,11 @@ def run(args: argparse.Namespace) -> int:
 
     from reconciler.local.errors import UpError
     from reconciler.local.up import run_up
+    from reconciler.writeback.errors import StoreError
 
     try:
         return asyncio.run(run_up(options_from_args(args)))
-    except UpError as exc:
+    except (UpError, StoreError) as exc:  # a StoreError names the store without its password
         print(f"pmsctl up: {exc}", file=sys.stderr)
         return 2
 

@@ -50,6 +50,7 @@ from reconciler.runtime import (
     Runtime,
     RuntimeOptions,
     check_sink_url,
+    check_store_url,
     setup_logging,
     stop_on_signals,
     writeback_token,
@@ -99,6 +100,12 @@ class UpOptions:
     metrics_port: int = 0
     #: Skip documents of other kinds (Secrets next to the practices), as `pmsctl validate` does.
     skip_other_kinds: bool = False
+    #: A shared store (`postgresql://...`) for the cursors and the writeback queue instead of
+    #: the SQLite files in `state_dir` (None: those files). Kept out of repr: it may hold a
+    #: password.
+    store_url: str | None = dataclasses.field(default=None, repr=False)
+    #: A file holding the store's password, when it is not in `store_url`.
+    store_password_file: Path | None = None
     log_format: LogFormat = "text"
     log_level: LogLevel = "info"
 
@@ -295,10 +302,19 @@ def runtime_options(options: UpOptions, token: str | None) -> RuntimeOptions:
         writeback_token=token,
         writeback_db=options.state_dir / "writebacks.db",
         metrics_port=options.metrics_port,
+        store_url=options.store_url,
+        store_password_file=options.store_password_file,
         log_format=options.log_format,
         log_level=options.log_level,
         log_file=options.state_dir / "pmsctl.log",
     )
+
+
+def _store_name(url: str | None) -> str | None:
+    """The store URL as a message may show it (password masked), or None."""
+    from reconciler.stores import scrub
+
+    return scrub(url) if url else None
 
 
 def _on_signal(sig: signal.Signals, repeated: bool) -> None:
@@ -364,6 +380,8 @@ async def run_up(options: UpOptions, out: TextIO | None = None) -> int:
     try:
         if options.sink_url:
             check_sink_url(options.sink_url)
+        if options.store_url:
+            check_store_url(options.store_url)
         if options.writeback_port is not None:
             token, token_from = writeback_token(options.state_dir / "writeback-token")
     except (ValueError, WritebackConfigError) as exc:
@@ -399,7 +417,7 @@ async def run_up(options: UpOptions, out: TextIO | None = None) -> int:
             )
             _info(
                 f"watching {options.path}; events -> {options.sink_url or options.events_path}; "
-                f"cursors in {settings.state_db}"
+                f"cursors in {_store_name(options.store_url) or settings.state_db}"
             )
             try:
                 await stack.enter_async_context(runtime)  # stopped before the simulator
