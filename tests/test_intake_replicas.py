@@ -10,6 +10,7 @@ of a new writeback, not from the sweep.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import time
@@ -158,6 +159,61 @@ async def test_ack_to_delivery_across_replicas_is_a_notification_not_a_sweep(
             print(f"ack->delivery across replicas: p50 {delays[10] * 1000:.1f} ms, "
                   f"max {delays[-1] * 1000:.1f} ms")  # fmt: skip
             assert delays[-1] < POLICY.sweep_interval / 10
+        await holds_acme.close()
+        await holds_none.close()
+    sim.close()
+
+
+async def test_a_replica_leaves_the_writebacks_of_a_practice_held_elsewhere_alone(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """B holds nothing and would fail a practice unknown to it at once (no grace); acme's
+    holder A cannot deliver for a while (its driver not built yet). B's drainer turns come
+    and go without claiming or failing acme's writeback; A writes it once its driver is back."""
+    sim = Simulator(rate_limit_per_second=200, burst=200)
+    sim.add_practice("acme", "OpenDental")
+    async with sim.serve() as sim_url:
+        holds_acme, holds_none = Directory(sim_url), Directory(sim_url)
+        ready = await holds_acme.apply(practice_spec("acme", "OpenDental", sim_url))
+        holds_acme.targets["acme"] = dataclasses.replace(ready, driver=None)
+        async with replica(tmp_path, pg_url, "replica-a", holds_acme) as (a, _):
+            b = WritebackService(
+                holds_none,
+                tmp_path / "b.db",
+                TOKEN,
+                policy=dataclasses.replace(FAST, unknown_practice_grace=0.0),
+                store=PostgresBackend(pg_url).queue_store(),
+                intake_process=True,
+                shared=PostgresBackend(pg_url).shared_settings("replica-b"),
+            )
+            api_b = await b.start("127.0.0.1", 0)
+            assert api_b is not None
+            try:
+                turns: collections.Counter[str] = collections.Counter()
+                elsewhere = b.drainer._elsewhere
+                assert elsewhere is not None
+
+                def counted(pid: str) -> bool:
+                    turns[pid] += 1
+                    return elsewhere(pid)
+
+                b.drainer._elsewhere = counted
+                await eventually(
+                    lambda: b.shared is not None and b.shared.lookup("acme"), 10, "published"
+                )
+                async with aiohttp.ClientSession() as http:
+                    status, answer = await post(
+                        http, api_b, "acme", note_body("c1", "outgoingSms", "2")
+                    )
+                assert status == 202, answer
+                await eventually(lambda: turns["acme"] >= 5, 10, "B's drainer to look at acme")
+                assert b.counts("acme") == {"sent": 0, "skipped": 0, "pending": 1, "failed": 0}
+                holds_acme.targets["acme"] = ready  # A's driver is built
+                await eventually(lambda: len(sim.notes("acme")) == 1, 10, "acme's note written")
+                await eventually(lambda: a.counts("acme")["sent"] == 1, 10, "recorded as sent")
+                assert b.counts("acme")["failed"] == 0
+            finally:
+                await b.stop(grace=1.0)
         await holds_acme.close()
         await holds_none.close()
     sim.close()
