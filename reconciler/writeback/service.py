@@ -112,6 +112,8 @@ async def _serve(app: web.Application, host: str, port: int) -> tuple[web.AppRun
 PUBLISH_SECONDS = 0.1
 #: ... and at most how many each time (10,000 practices: a change is published within 2 s).
 PUBLISH_BATCH = 500
+#: While the store refuses, try again this often.
+PUBLISH_RETRY_SECONDS = 1.0
 
 
 class Publisher:
@@ -130,6 +132,7 @@ class Publisher:
         self.shared = shared
         self._published: dict[str, Any] = {}  # practice id -> the snapshot stored
         self._task: asyncio.Task[None] | None = None
+        self._failing = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="practice-settings-publisher")
@@ -147,28 +150,35 @@ class Publisher:
             if not todo:
                 held = set(self.practice_ids())
                 for pid in [p for p in self._published if p not in held]:
-                    await self._call(self.shared.withdraw, pid)
+                    if not await self._call(self.shared.withdraw, pid):
+                        break
                     self._published.pop(pid, None)
                 todo = sorted(held)
             batch, todo = todo[:PUBLISH_BATCH], todo[PUBLISH_BATCH:]
-            for pid in batch:
+            for n, pid in enumerate(batch):
                 target = self.directory.target(pid)
                 if target is None:
                     continue
                 now = dataclasses.replace(target, driver=None)
-                if self._published.get(pid) != now and await self._call(
-                    self.shared.publish, pid, snapshot_json(now)
-                ):
-                    self._published[pid] = now
-            await asyncio.sleep(PUBLISH_SECONDS)
+                if self._published.get(pid) == now:
+                    continue
+                if not await self._call(self.shared.publish, pid, snapshot_json(now)):
+                    todo = batch[n:] + todo  # the store is down: these go first next time
+                    break
+                self._published[pid] = now
+            await asyncio.sleep(PUBLISH_SECONDS if not self._failing else PUBLISH_RETRY_SECONDS)
 
-    @staticmethod
-    async def _call(fn: Callable[..., None], *args: Any) -> bool:
+    async def _call(self, fn: Callable[..., None], *args: Any) -> bool:
         try:
             await asyncio.to_thread(fn, *args)
-        except Exception as exc:  # the store is down: the next turn tries again
-            log.warning("practice settings: %s", exc)
+        except Exception as exc:  # the store is down: said once, tried again later
+            if not self._failing:
+                log.warning("practice settings: cannot publish (trying again): %s", exc)
+            self._failing = True
             return False
+        if self._failing:
+            log.info("practice settings: publishing again")
+        self._failing = False
         return True
 
 
