@@ -26,6 +26,7 @@ from timing import eventually
 from pms_simulator.server import Simulator
 from reconciler.stores.postgres import PostgresBackend
 from reconciler.writeback.service import WritebackService
+from reconciler.writeback.target import snapshot_json
 
 #: Delivery must not wait for a sweep (see the module doc).
 POLICY = dataclasses.replace(FAST, sweep_interval=60.0)
@@ -215,5 +216,54 @@ async def test_a_replica_leaves_the_writebacks_of_a_practice_held_elsewhere_alon
             finally:
                 await b.stop(grace=1.0)
         await holds_acme.close()
+        await holds_none.close()
+    sim.close()
+
+
+async def test_the_writebacks_of_a_practice_whose_holder_is_gone_fail_as_unknown(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """A row left by a replica that is gone (no session on the store): its practice is nobody's,
+    so its writebacks fail as an unknown practice's do (here at once: no grace), instead of
+    waiting forever for a holder."""
+    sim = Simulator(rate_limit_per_second=200, burst=200)
+    sim.add_practice("acme", "OpenDental")
+    async with sim.serve() as sim_url:
+        resolved, holds_none = Directory(sim_url), Directory(sim_url)
+        target = await resolved.apply(practice_spec("acme", "OpenDental", sim_url))
+        backend = PostgresBackend(pg_url)
+        backend.migrate()
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO practice_settings (practice_id, snapshot, owner, updated_at)"
+                " VALUES ('acme', %s::jsonb, 'replica-gone', 0)",
+                (snapshot_json(dataclasses.replace(target, driver=None)),),
+            )
+        b = WritebackService(
+            holds_none,
+            tmp_path / "b.db",
+            TOKEN,
+            policy=dataclasses.replace(FAST, unknown_practice_grace=0.0),
+            store=backend.queue_store(),
+            intake_process=True,
+            shared=backend.shared_settings("replica-b"),
+        )
+        api_b = await b.start("127.0.0.1", 0)
+        assert api_b is not None
+        try:
+            assert b.shared is not None and not b.shared.alive("replica-gone")
+            async with aiohttp.ClientSession() as http:
+                status, answer = await post(
+                    http, api_b, "acme", note_body("c1", "outgoingSms", "2")
+                )
+            assert status == 202, answer  # decided from the row, as the holder left it
+            final = await eventually(
+                lambda: (c := b.counts("acme"))["failed"] == 1 and c, 10, "failed as unknown"
+            )
+            assert final == {"sent": 0, "skipped": 0, "pending": 0, "failed": 1}
+            assert sim.notes("acme") == []
+        finally:
+            await b.stop(grace=1.0)
+        await resolved.close()
         await holds_none.close()
     sim.close()

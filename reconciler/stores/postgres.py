@@ -186,9 +186,9 @@ class PostgresBackend:
             text = text.replace(secret, "***")
         return text
 
-    def connect(self) -> psycopg.Connection[Any]:
+    def connect(self, application_name: str = "pmsctl") -> psycopg.Connection[Any]:
         """A new autocommit connection; StoreError (password masked) when it cannot connect."""
-        kwargs: dict[str, Any] = {"autocommit": True, "application_name": "pmsctl"}
+        kwargs: dict[str, Any] = {"autocommit": True, "application_name": application_name}
         if self._password is not None:
             kwargs["password"] = self._password
         kwargs.setdefault("connect_timeout", 10)
@@ -416,7 +416,17 @@ class PgSharedSettings:
     NOTIFY arrives (a few milliseconds after the writer's commit), on a listener thread with a
     connection of its own. When that connection breaks, the thread connects again and reloads
     the table, since notifications sent meanwhile are lost.
+
+    The listener's connection is also the replica's sign of life: its `application_name` is
+    `REPLICA_PREFIX` + the owner's name, and every `LIVE_SECONDS` the listener reads which of
+    those sessions exist (`alive`). A row whose owner has no session is nobody's: a replica that
+    died, or a practice deleted while no replica ran.
     """
+
+    #: The listener sessions' application_name prefix (PostgreSQL keeps 63 bytes of it).
+    REPLICA_PREFIX = "pmsctl-replica:"
+    #: How often the listener reads which replicas have a session.
+    LIVE_SECONDS = 2.0
 
     #: How long the listener waits for a notification before it looks at `stop()`.
     POLL_SECONDS = 0.5
@@ -432,6 +442,8 @@ class PgSharedSettings:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._loaded = threading.Event()
+        self._live: set[str] = set()
+        self._session = (self.REPLICA_PREFIX + owner).encode()[:63].decode(errors="ignore")
 
     def _write(self, sql: str, params: tuple[Any, ...]) -> None:
         with self._write_lock:
@@ -468,6 +480,18 @@ class PgSharedSettings:
     def lookup(self, practice_id: str) -> tuple[str, str] | None:
         return self._rows.get(practice_id)
 
+    def alive(self, owner: str) -> bool:
+        """Whether replica `owner` has a session on the store (as of the last look)."""
+        name = (self.REPLICA_PREFIX + owner).encode()[:63].decode(errors="ignore")
+        return owner == self.owner or name in self._live
+
+    def _look_alive(self, conn: psycopg.Connection[Any]) -> None:
+        rows = conn.execute(
+            b"SELECT DISTINCT application_name FROM pg_stat_activity"
+            b" WHERE application_name LIKE 'pmsctl-replica:%'"
+        ).fetchall()
+        self._live = {str(r[0]) for r in rows}
+
     def start(self, on_change: Callable[[str], None], on_writeback: Callable[[str], None]) -> None:
         """Load the table, then listen on a thread of its own (see the class doc)."""
         if self._thread is not None:
@@ -500,7 +524,7 @@ class PgSharedSettings:
     ) -> None:
         while not self._stopping.is_set():
             try:
-                conn = self.backend.connect()
+                conn = self.backend.connect(self._session)
             except StoreError as exc:
                 log.warning("practice settings listener: %s", exc)
                 self._loaded.set()  # start() goes on; lookups answer from what was loaded
@@ -511,8 +535,13 @@ class PgSharedSettings:
                     conn.execute(f"LISTEN {SETTINGS_CHANNEL}".encode())
                     conn.execute(f"LISTEN {WRITEBACK_CHANNEL}".encode())
                     self._load(conn)  # after LISTEN: a change from now on is not missed
+                    self._look_alive(conn)
+                    looked = time.monotonic()
                     self._loaded.set()
                     while not self._stopping.is_set():
+                        if time.monotonic() - looked >= self.LIVE_SECONDS:
+                            self._look_alive(conn)
+                            looked = time.monotonic()
                         # Read out first (the connection runs no query while it waits for
                         # notifications), one at a time: it returns as soon as one arrives.
                         notes = list(conn.notifies(timeout=self.POLL_SECONDS, stop_after=1))

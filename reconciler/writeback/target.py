@@ -144,6 +144,10 @@ class SharedSettings(Protocol):
         """(owner, snapshot JSON) of the practice, from the cache the notifications keep."""
         ...
 
+    def alive(self, owner: str) -> bool:
+        """Whether replica `owner` is running (has a session on the store), as of a moment ago."""
+        ...
+
     def start(self, on_change: Callable[[str], None], on_writeback: Callable[[str], None]) -> None:
         """Load the table and listen: `on_change(practice_id)` after a row changed,
         `on_writeback(practice_id)` after any replica stored a writeback (both called on a
@@ -228,11 +232,13 @@ class SharedDirectory:
         return target
 
     def held_elsewhere(self, practice_id: str) -> bool:
-        """Whether another replica holds the practice (and this one does not)."""
+        """Whether another running replica holds the practice (and this one does not). A row
+        whose owner is gone holds nothing: its writebacks are treated as any unknown
+        practice's (delivered by whoever loads the practice, else failed after the grace)."""
         if self.inner.target(practice_id) is not None:
             return False
         row = self.shared.lookup(practice_id)
-        return row is not None and row[0] != self.shared.owner
+        return row is not None and row[0] != self.shared.owner and self.shared.alive(row[0])
 
     def not_ready(self) -> str | None:
         return not_ready(self.inner)
