@@ -10,9 +10,12 @@ of a new writeback, not from the sweep.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import functools
+import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -125,6 +128,87 @@ async def test_a_writeback_posted_to_either_replica_is_delivered_once_by_the_hol
             assert [(r[0], r[2]) for r in rows] == [("acme", 1), ("beta", 1)]
         await holds_acme.close()
         await holds_beta.close()
+    sim.close()
+
+
+async def _replica_process(pg_url: str, sim_url: str, name: str, pid: str, pms: str) -> None:
+    """A replica holding `pid`, in a process of its own (`python THIS_FILE ...`): prints its
+    API's URL, then reads commands from stdin ("narrow": allow only incomingSms) until it
+    closes."""
+    holds = Directory(sim_url)
+    await holds.apply(practice_spec(pid, pms, sim_url))
+    async with replica(Path(os.environ["REPLICA_DIR"]), pg_url, name, holds) as (_, api):
+        print(api, flush=True)
+        loop = asyncio.get_running_loop()
+        while line := await loop.run_in_executor(None, sys.stdin.readline):
+            if line.strip() == "narrow":
+                await holds.apply(practice_spec(pid, pms, sim_url, allow=["incomingSms"]))
+                print("narrowed", flush=True)
+    await holds.close()
+
+
+async def test_two_replica_processes_each_take_writebacks_for_the_other_s_practice(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """As above, with the holder in a process of its own (its engine's directory, drainer,
+    listener and intake process all outside this one)."""
+    sim = Simulator(rate_limit_per_second=200, burst=200)
+    sim.add_practice("acme", "OpenDental")
+    async with sim.serve() as sim_url:
+        here = Path(__file__).resolve().parent
+        env = dict(os.environ, REPLICA_DIR=str(tmp_path),
+                   PYTHONPATH=os.pathsep.join([str(here), str(here.parent)]))  # fmt: skip
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, pg_url, sim_url, "replica-a", "acme", "OpenDental",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
+        )  # fmt: skip
+        assert proc.stdin is not None and proc.stdout is not None
+        holds_none = Directory(sim_url)
+        try:
+            api_a = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode().strip()
+            assert api_a.startswith("http://"), api_a
+            async with (
+                replica(tmp_path, pg_url, "replica-b", holds_none) as (b, api_b),
+                aiohttp.ClientSession() as http,
+            ):
+                await eventually(
+                    lambda: b.shared is not None and b.shared.lookup("acme"), 10, "published"
+                )
+                status, answer = await post(
+                    http, api_b, "acme", note_body("p1", "outgoingSms", "2")
+                )
+                assert status == 202 and answer["status"] == "pending", answer
+                await eventually(lambda: len(sim.notes("acme")) == 1, 10, "acme's note written")
+                assert [n["writeback_id"] for n in sim.notes("acme")] == [answer["id"]]
+                for api in (api_a, api_b):
+                    status, answer = await post(
+                        http, api, "nobody", note_body("p2", "outgoingSms", "2")
+                    )
+                    assert status == 404, answer
+                proc.stdin.write(b"narrow\n")
+                await proc.stdin.drain()
+                assert (await asyncio.wait_for(proc.stdout.readline(), 30)).strip() == b"narrowed"
+                tries: list[str] = []
+
+                async def skipped_on_b() -> bool:
+                    tries.append(f"p3-{len(tries)}")
+                    status, answer = await post(
+                        http, api_b, "acme", note_body(tries[-1], "outgoingSms", "2")
+                    )
+                    assert status == 202, answer
+                    return bool(answer["status"] == "skipped")
+
+                await eventually(skipped_on_b, 10, "B to skip what acme no longer allows")
+        finally:
+            proc.stdin.close()
+            try:
+                assert await asyncio.wait_for(proc.wait(), 30) == 0
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+            await holds_none.close()
+        assert len(sim.notes("acme")) == 1  # the skipped ones were never written
     sim.close()
 
 
@@ -267,3 +351,7 @@ async def test_the_writebacks_of_a_practice_whose_holder_is_gone_fail_as_unknown
         await resolved.close()
         await holds_none.close()
     sim.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(_replica_process(*sys.argv[1:6]))
