@@ -106,6 +106,14 @@ class RuntimeOptions:
     log_file: Path | None = None
 
 
+def replica_name() -> str:
+    """This process's name among the replicas sharing a store: $POD_NAME (the Deployment's
+    downward API) or the host name, and the process id."""
+    import socket
+
+    return f"{os.environ.get('POD_NAME') or socket.gethostname()}:{os.getpid()}"
+
+
 def check_sink_url(url: str) -> None:
     """ValueError naming the fix when `url` is not a sink `sink_from_url` can build. Opens
     nothing, so an adapter can check its flags before it holds anything."""
@@ -288,6 +296,9 @@ class Runtime:
             from reconciler.writeback.target import StartupGate
 
             self._gate = StartupGate(self.engine, loading)
+            # A shared store: other replicas' APIs decide this engine's practices from the
+            # snapshots it publishes, and this API decides theirs.
+            shared = backend.shared_settings(replica_name()) if backend is not None else None
             self.writebacks = WritebackService(
                 self._gate,
                 options.writeback_db,
@@ -295,12 +306,19 @@ class Runtime:
                 metrics=writeback_metrics.process_metrics(),
                 store=queue,
                 intake_process=options.writeback_intake_process,
+                shared=shared,
+                practice_ids=self._practice_ids,
             )
         #: The writeback API's base URL once started.
         self.writeback_url: str | None = None
         self._metrics: engine_metrics.MetricsServer | None = None
         self._remove_signals: Callable[[], None] | None = None
         self._started = False
+
+    def _practice_ids(self) -> list[str]:
+        """The practice ids the engine holds (what this replica publishes)."""
+        specs = (self.engine.spec(key) for key in self.engine.keys())  # noqa: SIM118
+        return [spec.practice_id for spec in specs if spec is not None]
 
     @property
     def metrics_url(self) -> str | None:

@@ -2,6 +2,11 @@
 standby (answering /healthz so the liveness probe does not restart it), keep renewing once the
 Lease is held, stop the work when it is lost, release it after a clean stop.
 
+With a shared store (PostgreSQL) a standby also serves the writeback API (`standby`, built by
+`reconciler.kube.run.standby_writebacks`): it accepts writebacks for the leader's practices and
+is Ready, so the PodDisruptionBudget can drain any pod. It stops before the work starts, which
+then serves the API on the same port.
+
 `reconciler.kube.leader` holds the election itself (timing decisions, the Lease writes, the
 renewal thread); this module wires it around one `work()` coroutine and the stop event the
 work ends on. No Kopf here: `reconciler.kube.run` passes the Kopf run as `work`.
@@ -32,6 +37,9 @@ from reconciler.runtime import STOP_SIGNALS, stop_on_signals
 
 log = logging.getLogger("reconciler.kube.run")
 
+#: Starts a standby's writeback service; returns the coroutine function that stops it.
+Standby = Callable[[], Awaitable[Callable[[], Awaitable[None]]]]
+
 
 def lease_config(args: argparse.Namespace) -> LeaseConfig | None:
     """The Lease to hold under --leader-elect (None without it); LeaderElectionError naming
@@ -54,14 +62,16 @@ async def run_as_leader(
     probe_port: int,
     stop: asyncio.Event,
     work: Callable[[], Awaitable[None]],
+    standby: Standby | None = None,
 ) -> int:
-    """Take the Lease, keep renewing it, and run `work()` (which ends once `stop` is set).
-    0: a clean stop (or SIGTERM while standby); 1: the Lease was lost."""
+    """Take the Lease, keep renewing it, and run `work()` (which ends once `stop` is set);
+    while waiting, run `standby` (see the module doc). 0: a clean stop (or SIGTERM while
+    standby); 1: the Lease was lost."""
     elector = LeaderElector(api, lease)
     log.info("leader election: lease %s as %s", elector.where, lease.identity)
     lost: list[str] = []
     try:
-        if not await _acquire_as_standby(elector, probe_port, stop):
+        if not await _acquire_as_standby(elector, probe_port, stop, standby):
             log.info("stopped while waiting for lease %s; it was never held", elector.where)
             return 0
         loop = asyncio.get_running_loop()
@@ -115,7 +125,9 @@ def _hard_exit(where: str) -> None:
     os._exit(1)
 
 
-async def _acquire_as_standby(elector: LeaderElector, probe_port: int, stop: asyncio.Event) -> bool:
+async def _acquire_as_standby(
+    elector: LeaderElector, probe_port: int, stop: asyncio.Event, standby: Standby | None = None
+) -> bool:
     """Wait for the Lease; True once held. While waiting, answer /healthz on `probe_port` (so
     the liveness probe does not restart a standby) and treat SIGTERM/SIGINT as "stop waiting"
     (False). Once the Lease is held they set `stop` instead, so a signal before the work starts
@@ -126,9 +138,11 @@ async def _acquire_as_standby(elector: LeaderElector, probe_port: int, stop: asy
         loop.add_signal_handler(sig, waiting.cancel)
     probe = None
     held = False
+    stop_standby = None
     try:
         if probe_port:
             probe = await _standby_probe(elector, probe_port)
+        stop_standby = await _start_standby(standby)
         await waiting
         held = True
         return True
@@ -145,8 +159,22 @@ async def _acquire_as_standby(elector: LeaderElector, probe_port: int, stop: asy
             loop.remove_signal_handler(sig)
         if held:
             stop_on_signals(stop)
+        if stop_standby is not None:  # before the work serves the API on the same port
+            await stop_standby()
         if probe is not None:
             await probe.cleanup()
+
+
+async def _start_standby(standby: Standby | None) -> Callable[[], Awaitable[None]] | None:
+    """Start the standby's writeback service; None without one, or when it cannot start (the
+    standby then waits for the Lease as before, not Ready)."""
+    if standby is None:
+        return None
+    try:
+        return await standby()
+    except Exception as exc:
+        log.error("standby: the writeback API did not start: %s", exc)
+        return None
 
 
 def _current_task_cancelling() -> bool:

@@ -7,6 +7,9 @@ Kopf's part: the runtime is started and stopped by the startup and cleanup handl
 (`reconciler.kube.handlers`, through the memo), and Kopf's stop flag is the runtime's stop event.
 The writeback API answers 503 (and /readyz, the readiness probe, too) until Kopf has handled
 every practice `practice_keys` lists at start-up (`handlers.StartupReconciles`).
+
+Under --leader-elect with a shared store, a standby serves the writeback API too
+(`standby_writebacks`); with the SQLite files it serves only /healthz (docs/operator.md).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ if TYPE_CHECKING:
     import asyncio
 
     from reconciler.kube.leader import LeaseConfig
+    from reconciler.kube.leading import Standby
+    from reconciler.writeback.target import WritebackTarget
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -168,10 +173,62 @@ async def _operate(
         if lease is None:
             await work()
             return 0
-        return await run_as_leader(api, lease, args.probe_port, stop, work)
+        standby = standby_writebacks(options)
+        return await run_as_leader(api, lease, args.probe_port, stop, work, standby)
     finally:
         if webhooks is not None:
             await webhooks.stop()
+
+
+class _HoldsNothing:
+    """A standby's `PracticeDirectory`: it holds no practice (the leader's engine does)."""
+
+    def target(self, practice_id: str) -> WritebackTarget | None:
+        return None
+
+
+def standby_writebacks(options: RuntimeOptions) -> Standby | None:
+    """A standby's writeback service on a shared store: the API (decisions from the snapshots
+    the leader publishes; Ready once it serves) and a drainer that delivers nothing, since it
+    holds nothing (the leader is woken by the store's notification). None without a shared store
+    or without a writeback API: on the SQLite files only the process that opened the queue
+    file may use it."""
+    url, token, port = options.store_url, options.writeback_token, options.writeback_port
+    if not url or not token or port is None:
+        return None
+
+    async def start() -> Any:
+        import math
+
+        from reconciler.runtime import replica_name
+        from reconciler.stores import backend_from_url
+        from reconciler.writeback.delivery import DeliveryPolicy
+        from reconciler.writeback.metrics import process_metrics
+        from reconciler.writeback.service import WritebackService
+
+        backend = backend_from_url(url, password_file=options.store_password_file)
+        service = WritebackService(
+            _HoldsNothing(),
+            options.writeback_db,
+            token,
+            # No practice is unknown for good here: it is the leader's.
+            policy=DeliveryPolicy(unknown_practice_grace=math.inf),
+            metrics=process_metrics(),
+            store=backend.queue_store(),
+            intake_process=options.writeback_intake_process,
+            shared=backend.shared_settings(replica_name()),
+        )
+        try:
+            served = await service.start(options.listen_host, port)
+        except BaseException:
+            await service.stop(grace=1.0)
+            raise
+        import logging
+
+        logging.getLogger(__name__).info("standby: writeback API on %s", served)
+        return service.stop
+
+    return start
 
 
 async def _start_webhooks(args: argparse.Namespace, api: Any) -> Any:

@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from reconciler.engine.cursors import CursorStore
 from reconciler.writeback.errors import StoreError
 from reconciler.writeback.store import QueueStore
+from reconciler.writeback.target import SharedSettings
 
 STORE_ENV = "PMSCTL_STORE"
 STORE_PASSWORD_FILE_ENV = "PMSCTL_STORE_PASSWORD_FILE"
@@ -49,6 +50,10 @@ class Backend(Protocol):
 
     def cursor_store(self) -> CursorStore:
         """The poller cursors (ready to use)."""
+        ...
+
+    def shared_settings(self, owner: str) -> SharedSettings:
+        """The practices' snapshots every replica reads, as replica `owner` (not started)."""
         ...
 
 

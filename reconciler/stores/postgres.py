@@ -85,7 +85,39 @@ CREATE TABLE cursors (
 );
 """,
     ),
+    (
+        2,
+        "practice settings every replica reads; notifications of new writebacks",
+        """
+CREATE TABLE practice_settings (
+    practice_id TEXT PRIMARY KEY,
+    snapshot JSONB NOT NULL,
+    version BIGINT NOT NULL DEFAULT 1,
+    owner TEXT NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL
+);
+CREATE FUNCTION pmsctl_notify_writeback() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('pmsctl_writebacks', NEW.practice_id);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER writebacks_notify AFTER INSERT ON writebacks
+    FOR EACH ROW EXECUTE FUNCTION pmsctl_notify_writeback();
+CREATE FUNCTION pmsctl_notify_settings() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('pmsctl_practice_settings',
+                      CASE WHEN TG_OP = 'DELETE' THEN OLD.practice_id ELSE NEW.practice_id END);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER practice_settings_notify AFTER INSERT OR UPDATE OR DELETE ON practice_settings
+    FOR EACH ROW EXECUTE FUNCTION pmsctl_notify_settings();
+""",
+    ),
 )
+#: NOTIFY channels (one database is one store): a new writeback (payload: its practice id) and
+#: a changed or removed `practice_settings` row (payload: the practice id).
+WRITEBACK_CHANNEL = "pmsctl_writebacks"
+SETTINGS_CHANNEL = "pmsctl_practice_settings"
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 #: The advisory lock key migrations run under (any constant no other application uses).
 MIGRATION_LOCK = 0x706D_7363_746C_0001
@@ -154,10 +186,14 @@ class PostgresBackend:
             text = text.replace(secret, "***")
         return text
 
-    def connect(self, **options: Any) -> psycopg.Connection[Any]:
+    def connect(self, application_name: str = "pmsctl", **options: Any) -> psycopg.Connection[Any]:
         """A new autocommit connection (`options`: more libpq connection parameters); StoreError
         (password masked) when it cannot connect."""
-        kwargs: dict[str, Any] = {"autocommit": True, "application_name": "pmsctl", **options}
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "application_name": application_name,
+            **options,
+        }
         if self._password is not None:
             kwargs["password"] = self._password
         kwargs.setdefault("connect_timeout", 10)
@@ -220,6 +256,10 @@ class PostgresBackend:
     def cursor_store(self) -> PgCursorStore:
         """The poller cursors (connected now)."""
         return PgCursorStore(self)
+
+    def shared_settings(self, owner: str) -> PgSharedSettings:
+        """The practices' published snapshots, as replica `owner` (not started yet)."""
+        return PgSharedSettings(self, owner)
 
     def __repr__(self) -> str:
         return f"PostgresBackend({self.name!r})"
@@ -379,3 +419,161 @@ class PgCursorStore:
 
     def __repr__(self) -> str:
         return f"PgCursorStore({self.path!r})"
+
+
+class PgSharedSettings:
+    """`practice_settings` for one replica (a `reconciler.writeback.target.SharedSettings`).
+
+    Reads come from memory: the whole table is loaded at `start()` and each row again when its
+    NOTIFY arrives (a few milliseconds after the writer's commit), on a listener thread with a
+    connection of its own. When that connection breaks, the thread connects again and reloads
+    the table, since notifications sent meanwhile are lost.
+
+    The listener's connection is also the replica's sign of life: its `application_name` is
+    `REPLICA_PREFIX` + the owner's name, and every `LIVE_SECONDS` the listener reads which of
+    those sessions exist (`alive`). A row whose owner has no session is nobody's: a replica that
+    died, or a practice deleted while no replica ran.
+    """
+
+    #: The listener sessions' application_name prefix (PostgreSQL keeps 63 bytes of it).
+    REPLICA_PREFIX = "pmsctl-replica:"
+    #: How often the listener reads which replicas have a session.
+    LIVE_SECONDS = 2.0
+
+    #: How long the listener waits for a notification before it looks at `stop()`.
+    POLL_SECONDS = 0.5
+    #: After a failed connection, wait this long before the next try.
+    RETRY_SECONDS = 1.0
+
+    def __init__(self, backend: PostgresBackend, owner: str) -> None:
+        self.backend = backend
+        self.owner = owner
+        self._rows: dict[str, tuple[str, str]] = {}
+        self._write_conn: psycopg.Connection[Any] | None = None
+        self._write_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._loaded = threading.Event()
+        self._live: set[str] = set()
+        self._session = (self.REPLICA_PREFIX + owner).encode()[:63].decode(errors="ignore")
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> None:
+        with self._write_lock:
+            try:
+                conn = self._write_conn
+                if conn is None or conn.closed or conn.broken:
+                    conn = self._write_conn = self.backend.connect()
+                conn.execute(sql.encode(), params)
+            except (psycopg.Error, StoreError) as exc:
+                # The next publish tries again (the publisher keeps what it could not write).
+                raise StoreError(f"{self.backend.name}: {self.backend.clean(exc)}") from None
+
+    def publish(self, practice_id: str, snapshot_json: str) -> None:
+        self._write(
+            "INSERT INTO practice_settings (practice_id, snapshot, owner, updated_at)"
+            " VALUES (%s, %s::jsonb, %s, %s) ON CONFLICT (practice_id) DO UPDATE"
+            " SET snapshot = excluded.snapshot, owner = excluded.owner,"
+            " version = practice_settings.version + 1, updated_at = excluded.updated_at"
+            " WHERE practice_settings.snapshot IS DISTINCT FROM excluded.snapshot"
+            " OR practice_settings.owner IS DISTINCT FROM excluded.owner",
+            (practice_id, snapshot_json, self.owner, time.time()),
+        )
+        self._rows[practice_id] = (self.owner, snapshot_json)
+
+    def withdraw(self, practice_id: str) -> None:
+        self._write(
+            "DELETE FROM practice_settings WHERE practice_id = %s AND owner = %s",
+            (practice_id, self.owner),
+        )
+        row = self._rows.get(practice_id)
+        if row is not None and row[0] == self.owner:
+            del self._rows[practice_id]
+
+    def lookup(self, practice_id: str) -> tuple[str, str] | None:
+        return self._rows.get(practice_id)
+
+    def alive(self, owner: str) -> bool:
+        """Whether replica `owner` has a session on the store (as of the last look)."""
+        name = (self.REPLICA_PREFIX + owner).encode()[:63].decode(errors="ignore")
+        return owner == self.owner or name in self._live
+
+    def _look_alive(self, conn: psycopg.Connection[Any]) -> None:
+        rows = conn.execute(
+            b"SELECT DISTINCT application_name FROM pg_stat_activity"
+            b" WHERE application_name LIKE 'pmsctl-replica:%'"
+        ).fetchall()
+        self._live = {str(r[0]) for r in rows}
+
+    def start(self, on_change: Callable[[str], None], on_writeback: Callable[[str], None]) -> None:
+        """Load the table, then listen on a thread of its own (see the class doc)."""
+        if self._thread is not None:
+            return
+        self._stopping.clear()
+        self._loaded.clear()
+        self._thread = threading.Thread(
+            target=self._listen, args=(on_change, on_writeback),
+            name="pmsctl-settings-listener", daemon=True,
+        )  # fmt: skip
+        self._thread.start()
+        self._loaded.wait(15.0)
+
+    def _load(self, conn: psycopg.Connection[Any]) -> None:
+        rows = conn.execute(b"SELECT practice_id, owner, snapshot::text FROM practice_settings")
+        self._rows = {str(pid): (str(owner), str(text)) for pid, owner, text in rows.fetchall()}
+
+    def _reload(self, conn: psycopg.Connection[Any], practice_id: str) -> None:
+        row = conn.execute(
+            b"SELECT owner, snapshot::text FROM practice_settings WHERE practice_id = %s",
+            (practice_id,),
+        ).fetchone()
+        if row is None:
+            self._rows.pop(practice_id, None)
+        else:
+            self._rows[practice_id] = (str(row[0]), str(row[1]))
+
+    def _listen(
+        self, on_change: Callable[[str], None], on_writeback: Callable[[str], None]
+    ) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn = self.backend.connect(self._session)
+            except StoreError as exc:
+                log.warning("practice settings listener: %s", exc)
+                self._loaded.set()  # start() goes on; lookups answer from what was loaded
+                self._stopping.wait(self.RETRY_SECONDS)
+                continue
+            try:
+                with conn:
+                    conn.execute(f"LISTEN {SETTINGS_CHANNEL}".encode())
+                    conn.execute(f"LISTEN {WRITEBACK_CHANNEL}".encode())
+                    self._load(conn)  # after LISTEN: a change from now on is not missed
+                    self._look_alive(conn)
+                    looked = time.monotonic()
+                    self._loaded.set()
+                    while not self._stopping.is_set():
+                        if time.monotonic() - looked >= self.LIVE_SECONDS:
+                            self._look_alive(conn)
+                            looked = time.monotonic()
+                        # Read out first (the connection runs no query while it waits for
+                        # notifications), one at a time: it returns as soon as one arrives.
+                        notes = list(conn.notifies(timeout=self.POLL_SECONDS, stop_after=1))
+                        for note in notes:
+                            if note.channel == WRITEBACK_CHANNEL:
+                                on_writeback(note.payload)
+                            else:
+                                self._reload(conn, note.payload)
+                                on_change(note.payload)
+            except psycopg.Error as exc:
+                if not self._stopping.is_set():
+                    log.warning("practice settings listener: %s", self.backend.clean(exc))
+                    self._stopping.wait(self.RETRY_SECONDS)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(10.0)
+            self._thread = None
+        with self._write_lock:
+            if self._write_conn is not None:
+                self._write_conn.close()
+                self._write_conn = None

@@ -22,6 +22,8 @@ Scheduling (in memory; the queue itself is durable, so nothing here needs to sur
 - On a queue several replicas share (PostgreSQL), a turn first claims its practice
   (`QueueStore.claim`): a practice another replica is delivering is parked here and retried
   later, so each practice has one deliverer at a time.
+- A practice another replica holds (a shared store's `practice_settings` names its holder) is
+  left alone: no claim, no delivery, and its records never fail here as unknown.
 - A sweep every `sweep_interval` seconds picks up practices with open records that nobody
   announced: records left `pending`/`sending` by a previous process (a restart resumes them;
   the drivers' writes are idempotent by writeback id, so re-sending an interrupted write cannot
@@ -104,8 +106,13 @@ class Drainer:
         policy: DeliveryPolicy | None = None,
         metrics: WritebackMetrics | None = None,
         clock: Callable[[], float] = ops.now,
+        elsewhere: Callable[[str], bool] | None = None,
     ) -> None:
         self.store = store
+        #: Whether another replica holds a practice (a shared store): its records are that
+        #: replica's to deliver, so this drainer leaves them alone (and never fails them as
+        #: unknown).
+        self._elsewhere = elsewhere
         self.directory = directory
         self.policy = policy or DeliveryPolicy()
         self.metrics = metrics or WritebackMetrics.create()
@@ -311,6 +318,8 @@ class Drainer:
         # claim keeps one deliverer per practice, so its records go out once and in order. It
         # is released only after this turn's changes are committed, so the next owner reads
         # them; a replica that dies loses its claim with its connection.
+        if self._elsewhere is not None and self._elsewhere(pid):
+            return ("idle", 0.0)
         if not await self.store.claim(pid):
             return ("parked", self.policy.not_ready_delay)
         outstanding: list[asyncio.Future[Any]] = []

@@ -13,15 +13,25 @@ engine (a `PracticeDirectory`):
 runner of your own. With `intake_process=True` (what the runtime builds) the API runs in a
 process of its own, started, supervised and stopped by the service (`intake.IntakeProcess`):
 acknowledgments then never wait for the engine's or the drainer's Python.
+
+On a store several replicas share (PostgreSQL), pass `shared` (the store's `practice_settings`)
+and `practice_ids` (the practices this replica's engine holds): the service publishes each held
+practice's snapshot there (`Publisher`), its API decides writebacks for practices another
+replica holds from their published snapshots (`SharedDirectory`), its drainer leaves those
+practices to their holder, and a writeback stored by any replica wakes the holder's drainer at
+once (the store's NOTIFY; the sweep stays the safety net).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import logging
 import os
 import sys
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +46,14 @@ from reconciler.writeback.intake import IntakeConfig, IntakeProcess, store_recip
 from reconciler.writeback.metrics import WritebackMetrics
 from reconciler.writeback.model import DB_PATH_ENV, DEFAULT_DB_PATH, DEFAULT_MAX_BODY_BYTES
 from reconciler.writeback.store import QueueStore, Store
-from reconciler.writeback.target import PracticeDirectory
+from reconciler.writeback.target import (
+    PracticeDirectory,
+    SharedDirectory,
+    SharedSettings,
+    snapshot_json,
+)
+
+log = logging.getLogger(__name__)
 
 TOKEN_ENV = "PMSCTL_WRITEBACK_TOKEN"
 TOKEN_FILE_ENV = "PMSCTL_WRITEBACK_TOKEN_FILE"
@@ -91,6 +108,80 @@ async def _serve(app: web.Application, host: str, port: int) -> tuple[web.AppRun
     return runner, f"http://{shown}:{bound}"
 
 
+#: How often the publisher looks at the held practices' snapshots ...
+PUBLISH_SECONDS = 0.1
+#: ... and at most how many each time (10,000 practices: a change is published within 2 s).
+PUBLISH_BATCH = 500
+#: While the store refuses, try again this often.
+PUBLISH_RETRY_SECONDS = 1.0
+
+
+class Publisher:
+    """Keeps `practice_settings` up to date with the practices this replica holds: a changed
+    snapshot is published, a practice that left the engine (its resource deleted) withdrawn.
+    A replica that stops withdraws nothing: the next holder publishes over its rows."""
+
+    def __init__(
+        self,
+        directory: PracticeDirectory,
+        practice_ids: Callable[[], Iterable[str]],
+        shared: SharedSettings,
+    ) -> None:
+        self.directory = directory
+        self.practice_ids = practice_ids
+        self.shared = shared
+        self._published: dict[str, Any] = {}  # practice id -> the snapshot stored
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="practice-settings-publisher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        todo: list[str] = []
+        while True:
+            if not todo:
+                held = set(self.practice_ids())
+                for pid in [p for p in self._published if p not in held]:
+                    if not await self._call(self.shared.withdraw, pid):
+                        break
+                    self._published.pop(pid, None)
+                todo = sorted(held)
+            batch, todo = todo[:PUBLISH_BATCH], todo[PUBLISH_BATCH:]
+            for n, pid in enumerate(batch):
+                target = self.directory.target(pid)
+                if target is None:
+                    continue
+                now = dataclasses.replace(target, driver=None)
+                if self._published.get(pid) == now:
+                    continue
+                if not await self._call(self.shared.publish, pid, snapshot_json(now)):
+                    todo = batch[n:] + todo  # the store is down: these go first next time
+                    break
+                self._published[pid] = now
+            await asyncio.sleep(PUBLISH_SECONDS if not self._failing else PUBLISH_RETRY_SECONDS)
+
+    async def _call(self, fn: Callable[..., None], *args: Any) -> bool:
+        try:
+            await asyncio.to_thread(fn, *args)
+        except Exception as exc:  # the store is down: said once, tried again later
+            if not self._failing:
+                log.warning("practice settings: cannot publish (trying again): %s", exc)
+            self._failing = True
+            return False
+        if self._failing:
+            log.info("practice settings: publishing again")
+        self._failing = False
+        return True
+
+
 def default_db_path() -> str:
     """$PMSCTL_WRITEBACK_DB, else `.pmsctl/writebacks.db`."""
     return os.environ.get(DB_PATH_ENV) or DEFAULT_DB_PATH
@@ -115,6 +206,8 @@ class WritebackService:
         store: QueueStore | None = None,
         max_in_flight: int = MAX_IN_FLIGHT,
         intake_process: bool = False,
+        shared: SharedSettings | None = None,
+        practice_ids: Callable[[], Iterable[str]] | None = None,
     ) -> None:
         if not token:
             raise WritebackConfigError("WritebackService needs a token (see load_token())")
@@ -126,11 +219,23 @@ class WritebackService:
         # `metrics` shares metric objects already registered (the process's, see
         # `process_metrics()`); else they are registered anew in `registry` (None: a private one).
         self.metrics = metrics if metrics is not None else WritebackMetrics.create(registry)
-        self.drainer = Drainer(self.store, directory, policy=policy, metrics=self.metrics)
+        #: The practices the API knows: with `shared`, also those other replicas hold.
+        self.shared = shared
+        api_directory: PracticeDirectory = directory
+        elsewhere: Callable[[str], bool] | None = None
+        self.publisher: Publisher | None = None
+        if shared is not None:
+            both = SharedDirectory(directory, shared)
+            api_directory, elsewhere = both, both.held_elsewhere
+            if practice_ids is not None:
+                self.publisher = Publisher(directory, practice_ids, shared)
+        self.drainer = Drainer(
+            self.store, directory, policy=policy, metrics=self.metrics, elsewhere=elsewhere
+        )
         self.api = WritebackApi(
             store=self.store,
             drainer=self.drainer,
-            directory=directory,
+            directory=api_directory,
             token=token,
             metrics=self.metrics,
             max_body_bytes=max_body_bytes,
@@ -143,7 +248,7 @@ class WritebackService:
         self.intake: IntakeProcess | None = None
         if intake_process:
             self.intake = IntakeProcess(
-                directory=directory,
+                directory=api_directory,
                 drainer=self.drainer,
                 metrics=self.metrics,
                 config=IntakeConfig(
@@ -173,6 +278,10 @@ class WritebackService:
         """
         self.store.open()
         await self.drainer.start()
+        if self.shared is not None:
+            await asyncio.to_thread(self.shared.start, self._changed, self._stored)
+        if self.publisher is not None:
+            self.publisher.start()
         if host is None:
             return None
         if self.intake is not None:
@@ -187,6 +296,14 @@ class WritebackService:
         else:
             self._runner, self.url = await _serve(self.app, host, port)
         return self.url
+
+    def _changed(self, practice_id: str) -> None:
+        """A practice's published snapshot changed (the API reads it from the cache)."""
+
+    def _stored(self, practice_id: str) -> None:
+        """Some replica stored a writeback for `practice_id`: deliver it now if it is ours."""
+        if self.directory.target(practice_id) is not None:
+            self.drainer.notify_threadsafe(practice_id)
 
     async def _serve_in_thread(self, host: str, port: int) -> str:
         ready = threading.Event()
@@ -238,6 +355,10 @@ class WritebackService:
                 box["loop"].call_soon_threadsafe(box["stop"].set)
             await asyncio.to_thread(self._thread.join, 30)
             self._thread = None
+        if self.publisher is not None:
+            await self.publisher.stop()
+        if self.shared is not None:
+            await asyncio.to_thread(self.shared.stop)
         await self.drainer.stop(grace)
         self.store.close()
         self._restore_switch_interval()
