@@ -229,7 +229,15 @@ def fresh_pg(url: str) -> None:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("DROP TABLE IF EXISTS writebacks, cursors, pmsctl_schema")
+        tables = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        for (table,) in tables.fetchall():
+            conn.execute(f'DROP TABLE IF EXISTS "{table}" CASCADE')
+        functions = conn.execute(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n "
+            "ON n.oid = p.pronamespace WHERE n.nspname = 'public'"
+        )
+        for (function,) in functions.fetchall():
+            conn.execute(f"DROP FUNCTION IF EXISTS {function} CASCADE")
 
 
 async def main(args: argparse.Namespace) -> int:
