@@ -7,8 +7,9 @@ wall-clock waits (about a second where Retry-After says so).
 
 Faked, and why: one test wraps the real network transport so that the first POST's answer is
 lost after the simulator has written the note (a client-side timeout after the server committed).
-The simulator's latency fault delays every request, including the read that precedes an Open
-Dental write, so it cannot produce "the write happened, the answer did not arrive" on its own.
+The simulator can answer a stored write with an error (`lost_write_rate`, tested in
+tests/test_writeback_kill.py) or hold every stored write's answer back (`write_answer_delay_ms`),
+but not time out one answer and let the next through, which is what this test needs.
 """
 
 from __future__ import annotations
