@@ -75,6 +75,7 @@ async def test_one_poller_per_key_and_kind_runs_at_its_interval() -> None:
     assert len(rec.starts) == 6  # at 0, 0.1, ..., 0.5
     assert min(gaps(rec.starts)) >= 0.099
     assert rec.max_active == 1
+    assert s.stats.runs_by_kind == {"patients": 6}
 
 
 async def test_interval_change_reschedules_without_a_second_poller() -> None:

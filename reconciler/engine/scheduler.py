@@ -93,6 +93,8 @@ class SchedulerStats:
 
     runs: int = 0
     failures: int = 0
+    #: Runs per poller kind (the drift check is a kind of its own, not a poll of the PMS's changes).
+    runs_by_kind: dict[str, int] = field(default_factory=dict)
     lags: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
 
 
@@ -294,7 +296,9 @@ class Scheduler:
             emitted = 0
         finally:
             p.runs += 1
-            self.stats.runs += 1
+            stats = self.stats
+            stats.runs += 1
+            stats.runs_by_kind[p.kind] = stats.runs_by_kind.get(p.kind, 0) + 1
         if self._workers is not None:
             self._workers.release()
         p.task = None
