@@ -278,7 +278,7 @@ class Engine:
             max_jitter=s.max_jitter,
             max_backoff=s.max_backoff,
             on_result=self._on_poll_result,
-            on_lag=lambda kind, lag: metrics.POLL_LAG.labels(kind).observe(lag),
+            on_lag=lambda kind, lag: metrics.poll_lag(kind).observe(lag),
             clock=self._clock,
         )
 
@@ -607,9 +607,9 @@ class Engine:
             try:
                 result = await with_retry(fn, policy=self.settings.retry_policy)
             except PmsError as exc:
-                metrics.PMS_CALLS.labels(pms, operation, type(exc).__name__).inc()
+                metrics.pms_calls(pms, operation, type(exc).__name__).inc()
                 raise
-            metrics.PMS_CALLS.labels(pms, operation, "ok").inc()
+            metrics.pms_calls(pms, operation, "ok").inc()
             return result
 
         info = await call("server_info", driver.server_info)
@@ -731,15 +731,15 @@ class Engine:
                 ]
                 next_cursor = pp.cursor
         except PmsError as exc:
-            metrics.PMS_CALLS.labels(pms, op, type(exc).__name__).inc()
+            metrics.pms_calls(pms, op, type(exc).__name__).inc()
             raise
-        metrics.PMS_CALLS.labels(pms, op, "ok").inc()
+        metrics.pms_calls(pms, op, "ok").inc()
         # The read above may be cancelled freely (nothing happened yet); from here on, publishing
         # and saving the cursor are one unit: a stop that lands in between would leave the events
         # in the sink without their cursor, and the next run would send the page again.
         if events or (next_cursor and next_cursor != cursor):
             await self._uncancelled(self._commit(p, kind, events, cursor, next_cursor))
-        metrics.POLL_DURATION.labels(str(kind)).observe(self._clock.now() - started)
+        metrics.poll_duration(kind).observe(self._clock.now() - started)
         return len(events)
 
     async def _commit(
@@ -752,7 +752,7 @@ class Engine:
     ) -> None:
         if events:
             await self._sink.publish(events)
-            metrics.EVENTS_EMITTED.labels(str(kind)).inc(len(events))
+            metrics.events_emitted(kind).inc(len(events))
         # Only now, with the events accepted, does the cursor move.
         if next_cursor and next_cursor != cursor:
             self._store.put(p.key, str(kind), next_cursor)
