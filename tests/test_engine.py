@@ -683,6 +683,41 @@ def test_the_gc_policy_freezes_on_growth_refreshes_hourly_and_lets_go_when_small
         gc.set_threshold(*thresholds)
 
 
+async def test_a_drift_check_that_finds_the_pms_unchanged_writes_its_checked_at_with_the_counters(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """An unchanged PMS re-read by the drift check is not a reconcile's status write at once
+    (333 a second at 10,000 practices, past the status budget): the check's new checkedAt goes
+    out with the next counter-only write. A change the check finds is still written at once (the
+    renamed-note-type test above)."""
+    listener = Statuses()
+    clock = FakeClock(wall=datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC))
+    settings = EngineSettings(**{**DRIFT_30.__dict__, "status_interval": 100.0})
+    engine = make_engine(sim, tmp_path, listener, settings=settings, clock=clock)
+    await engine.start()
+    only_patients = {"patients": {"enabled": True, "interval": "3600s"}}
+    key = "clinics/acme"
+    try:
+        assert (await engine.apply(key, spec_for(sim, sync=only_patients))).ready
+        check = definitions_read(sim)
+        written = len(listener.calls)
+        assert listener.calls[-1][1].to_dict()["pms"]["checkedAt"] == "2031-05-06T07:08:09Z"
+        await clock.advance(30.5)  # past the drift check: the PMS was read again...
+        await eventually(lambda: definitions_read(sim) == 2 * check, what="the drift check")
+        await elapse(1.0)
+        assert len(listener.calls) == written  # ...and nothing was written for it
+        await clock.advance(70.0)  # checks at 60 s and 90 s, then the counter flush at 100 s
+        await eventually(lambda: len(listener.calls) > written, what="the counter write")
+        assert definitions_read(sim) == 4 * check
+        assert len(listener.calls) == written + 1
+        key_, status, transitions = listener.calls[-1]
+        assert (key_, transitions) == (key, ())
+        assert status.ready
+        assert status.to_dict()["pms"]["checkedAt"] == "2031-05-06T07:09:39Z"  # the 90 s check
+    finally:
+        await engine.stop()
+
+
 async def test_an_injected_clock_dates_the_status_and_drives_the_drift_check(
     sim: Simulator, tmp_path: Path
 ) -> None:
