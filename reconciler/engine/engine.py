@@ -791,6 +791,10 @@ class Engine:
         # and saving the cursor are one unit: a stop that lands in between would leave the events
         # in the sink without their cursor, and the next run would send the page again.
         if events or (next_cursor and next_cursor != cursor):
+            # The rest waits on the disk (the sink's fsync, the cursor write), not on the PMS: a
+            # poll worker held through an fsync that takes seconds (an initial sync writing
+            # hundreds of thousands of events) made every due poll late.
+            self.scheduler.release_worker(p.key, str(kind))
             await self._uncancelled(self._commit(p, kind, events, cursor, next_cursor))
         metrics.poll_duration(kind).observe(self._clock.now() - started)
         return len(events)
