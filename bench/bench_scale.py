@@ -249,9 +249,13 @@ class CountingCursorStore(SqliteCursorStore):
     """The operator's SQLite cursor store, counting its writes (one SQLite transaction each)."""
 
     puts = 0
+    #: Longest single write (seconds): it runs on the event loop, so it delays every poll.
+    put_max = 0.0
 
     def put(self, key: str, kind: str, cursor: str) -> None:
+        began = time.perf_counter()
         super().put(key, kind, cursor)
+        self.put_max = max(self.put_max, time.perf_counter() - began)
         self.puts += 1
 
 
@@ -364,6 +368,7 @@ async def bench_engine(
         startup_wall = initial_sync_s - reconcile_s
         startup_fsyncs = sink.fsyncs - fsync0
         startup_puts = store.puts - puts0
+        startup_put_max, store.put_max = store.put_max, 0.0
         await asyncio.sleep(warmup)
         startup_lags.extend(stats.lags)
         stats.lags.clear()
@@ -409,6 +414,7 @@ async def bench_engine(
             **lag_summary("startup_", startup_lags),
             "startup_fsyncs_per_s": round(startup_fsyncs / max(startup_wall, 1e-9), 1),
             "startup_cursor_writes_per_s": round(startup_puts / max(startup_wall, 1e-9), 1),
+            "startup_cursor_write_max_ms": round(startup_put_max * 1000, 1),
             "polls_per_s": round(polls / wall, 1),
             "expected_polls_per_s": round(count * sum(1 / v for v in INTERVALS.values()), 1),
             "drift_checks_per_s": round(drifts / wall, 1),
@@ -420,6 +426,7 @@ async def bench_engine(
             "sim_cpu_ms_per_poll": round(sim_cpu * wall / max(polls, 1) * 1000, 3),
             "fsyncs_per_s": round(fsyncs / wall, 1),
             "cursor_writes_per_s": round(puts / wall, 1),
+            "cursor_write_max_ms": round(store.put_max * 1000, 1),
             "status_writes_per_s": round(writes / wall, 1),
             "machine_cpu_wait_pct": round(cpu_wait * 100, 1),
             "load_avg_1m": round(os.getloadavg()[0], 2),

@@ -91,7 +91,7 @@ from reconciler.engine.core import (
     Transition,
     decide,
 )
-from reconciler.engine.cursors import CursorStore
+from reconciler.engine.cursors import CursorCommits, CursorStore
 from reconciler.engine.decisions import (
     DRIFT,
     FLUSH_SLICE,
@@ -258,6 +258,7 @@ class Engine:
         self._clock: Clock = clock or LoopClock()
         self._sink = sink
         self._store = store
+        self._cursors = CursorCommits(store)
         self._secrets = secrets
         self._on_status = on_status
         self._override = connection_override
@@ -810,9 +811,10 @@ class Engine:
         if events:
             await self._sink.publish(events)
             metrics.events_emitted(kind).inc(len(events))
-        # Only now, with the events accepted, does the cursor move.
+        # Only now, with the events accepted, does the cursor move (grouped with the other
+        # polls' cursors saved meanwhile, off the event loop; stored before this returns).
         if next_cursor and next_cursor != cursor:
-            self._store.put(p.key, str(kind), next_cursor)
+            await self._cursors.save(p.key, str(kind), next_cursor)
 
     async def _uncancelled(self, coro: Awaitable[None]) -> None:
         """Run `coro` to its end even when the caller is cancelled meanwhile (for at most
