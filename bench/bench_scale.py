@@ -6,24 +6,35 @@ p50/p99/max), CPU (cores used by this process, and by the simulator), and memory
   scheduler  3 pollers per practice with a trivial poll, no I/O: the scheduler's own overhead.
              `--mode heap` is `reconciler.engine.scheduler.Scheduler` (one heap, one dispatcher, a bounded
              pool); `--mode tasks` is the naive design (one sleeping task per poller) for comparison.
-  engine     the real `Engine`: every practice reconciled against the PMS simulator (running in
-             its own process, so it does not steal this process's GIL), then the three pollers per
-             practice at the product intervals (appointmentStatus 15 s, patients 30 s,
-             appointments 60 s) with real drivers, a JSONL sink and the SQLite cursor store.
+  engine     the real `Engine` as the operator runs it: every practice reconciled against the PMS
+             simulator (running in its own process, so it does not steal this process's GIL;
+             its CPU is reported apart, `sim_cpu_*`), then the three pollers per practice at the
+             product intervals (appointmentStatus 15 s, patients 30 s, appointments 60 s) with
+             real drivers, the drift check at its default (30 s), a JSONL sink that fsyncs, the
+             SQLite cursor store, and a status listener shaped like the operator's (the status
+             as a JSON patch body, a thread hop per write) under the `--status-qps` budget.
 
     .venv/bin/python bench/bench_scale.py scheduler --counts 1000,10000 --mode both
-    .venv/bin/python bench/bench_scale.py engine --counts 100,1000,3000 --duration 60
+    .venv/bin/python bench/bench_scale.py engine --counts 1000,3000 --duration 30 --warmup 10
+    .venv/bin/python bench/bench_scale.py engine --counts 10000 --duration 60 --warmup 30
 
-The first-poll jitter spreads each poller's first run over its interval. The engine bench waits
-until every poller has read its practice's history once (`initial_sync_s`: each practice starts
-from an empty cursor, ~350 events) and then `--warmup` more seconds (default 16) before measuring,
-so the figures are steady state.
-The report says at which count p99 lag first passes 1 s. Engine rows also carry what explains
-the lag on a shared machine: `cpu_ms_per_poll` (the engine's CPU per poll), `gc_*` (the cyclic
-collector's passes and time in the window), and `machine_cpu_wait_pct` (Linux PSI: the share of
-the window in which some task on the machine waited for a CPU; high means the figures are
-contended). `--profile PATH` writes a cProfile of the measured window to PATH.<count>;
-`--no-gc-tuning` runs the engine with Python's collector as it comes (`EngineSettings.gc_tuning`).
+The last line is the 10,000-practice run (about 5-10 minutes on a quiet 2-core machine, most of
+it the initial sync); run it alone on the machine.
+
+The first-poll jitter spreads each poller's first run over its interval. The engine bench first
+measures the start (`startup_*`: schedule lag, fsyncs and cursor commits a second, the longest
+cursor transaction) from the moment every practice was applied until every poller has read its
+practice's history once (`initial_sync_s`: each practice starts from an empty cursor, ~350
+events), then waits `--warmup` more seconds and measures the steady state for `--duration`.
+The report says at which count p99 lag first passes 1 s. Engine rows also carry
+`cpu_ms_per_poll` (the engine's whole CPU, drift checks and status writes included, over its
+polls; `drift_checks_per_s` says how many checks that covers), `fsyncs_per_s`,
+`cursor_writes_per_s`, `status_writes_per_s`, `gc_*` (the cyclic collector's passes and time in
+the window), `load_avg_1m` and `machine_cpu_wait_pct` (Linux PSI: the share of the window in
+which some task on the machine waited for a CPU; high means the figures are contended).
+`--profile PATH` writes a cProfile (CPU time) of the measured window to PATH.<count>;
+`--no-gc-tuning`, `--no-fsync`, `--no-status`, `--drift-interval` and `--status-qps` run the
+engine differently from the operator, for comparison.
 """
 
 from __future__ import annotations
@@ -39,7 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -246,17 +257,22 @@ class StatusCounter:
 
 
 class CountingCursorStore(SqliteCursorStore):
-    """The operator's SQLite cursor store, counting its writes (one SQLite transaction each)."""
+    """The operator's SQLite cursor store, counting cursors written and transactions."""
 
     puts = 0
-    #: Longest single write (seconds): it runs on the event loop, so it delays every poll.
+    commits = 0
+    #: Longest single transaction (seconds).
     put_max = 0.0
 
     def put(self, key: str, kind: str, cursor: str) -> None:
+        self.put_many([(key, kind, cursor)])
+
+    def put_many(self, cursors: Sequence[tuple[str, str, str]]) -> None:
         began = time.perf_counter()
-        super().put(key, kind, cursor)
+        super().put_many(cursors)
         self.put_max = max(self.put_max, time.perf_counter() - began)
-        self.puts += 1
+        self.puts += len(cursors)
+        self.commits += 1
 
 
 def lag_summary(prefix: str, lags: list[float]) -> dict[str, float]:
@@ -360,6 +376,7 @@ async def bench_engine(
         stats = engine.scheduler.stats
         startup_lags: list[float] = []
         fsync0, puts0, writes0 = sink.fsyncs, store.puts, listener.writes if listener else 0
+        commits0 = store.commits
         while not synced() and time.monotonic() - t0 < 1800:
             await asyncio.sleep(1)
             startup_lags.extend(stats.lags)
@@ -368,6 +385,7 @@ async def bench_engine(
         startup_wall = initial_sync_s - reconcile_s
         startup_fsyncs = sink.fsyncs - fsync0
         startup_puts = store.puts - puts0
+        startup_commits = store.commits - commits0
         startup_put_max, store.put_max = store.put_max, 0.0
         await asyncio.sleep(warmup)
         startup_lags.extend(stats.lags)
@@ -375,6 +393,7 @@ async def bench_engine(
         runs0 = dict(stats.runs_by_kind)
         fails0 = stats.failures
         fsync0, puts0, writes0 = sink.fsyncs, store.puts, listener.writes if listener else 0
+        commits0 = store.commits
         profiler = None
         if profile:
             import cProfile
@@ -402,7 +421,7 @@ async def bench_engine(
         drifts = runs.get(DRIFT, 0)
         fails = stats.failures - fails0
         rss = rss_mb()
-        fsyncs, puts = sink.fsyncs - fsync0, store.puts - puts0
+        fsyncs, puts, commits = sink.fsyncs - fsync0, store.puts - puts0, store.commits - commits0
         writes = (listener.writes - writes0) if listener else 0
         await engine.stop()
         settings = engine.settings
@@ -414,7 +433,8 @@ async def bench_engine(
             **lag_summary("startup_", startup_lags),
             "startup_fsyncs_per_s": round(startup_fsyncs / max(startup_wall, 1e-9), 1),
             "startup_cursor_writes_per_s": round(startup_puts / max(startup_wall, 1e-9), 1),
-            "startup_cursor_write_max_ms": round(startup_put_max * 1000, 1),
+            "startup_cursor_commits_per_s": round(startup_commits / max(startup_wall, 1e-9), 1),
+            "startup_cursor_commit_max_ms": round(startup_put_max * 1000, 1),
             "polls_per_s": round(polls / wall, 1),
             "expected_polls_per_s": round(count * sum(1 / v for v in INTERVALS.values()), 1),
             "drift_checks_per_s": round(drifts / wall, 1),
@@ -426,7 +446,8 @@ async def bench_engine(
             "sim_cpu_ms_per_poll": round(sim_cpu * wall / max(polls, 1) * 1000, 3),
             "fsyncs_per_s": round(fsyncs / wall, 1),
             "cursor_writes_per_s": round(puts / wall, 1),
-            "cursor_write_max_ms": round(store.put_max * 1000, 1),
+            "cursor_commits_per_s": round(commits / wall, 1),
+            "cursor_commit_max_ms": round(store.put_max * 1000, 1),
             "status_writes_per_s": round(writes / wall, 1),
             "machine_cpu_wait_pct": round(cpu_wait * 100, 1),
             "load_avg_1m": round(os.getloadavg()[0], 2),

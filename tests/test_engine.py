@@ -683,6 +683,60 @@ def test_the_gc_policy_freezes_on_growth_refreshes_hourly_and_lets_go_when_small
         gc.set_threshold(*thresholds)
 
 
+class SlowDiskSink:
+    """A JSONL sink whose disk takes its time for one practice's events: their publishes wait
+    until `release` is set (an fsync that takes seconds during an initial sync)."""
+
+    def __init__(self, path: Path, slow_practice: str) -> None:
+        self.inner = JsonlSink(path, fsync=False)
+        self.slow_practice = slow_practice
+        self.release = asyncio.Event()
+        self.waiting = 0
+
+    async def publish(self, events: Sequence[Any]) -> None:
+        if any(e["practiceid"] == self.slow_practice for e in events):
+            self.waiting += 1
+            await self.release.wait()
+        await self.inner.publish(events)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def test_polls_waiting_on_a_slow_sink_do_not_hold_the_poll_workers(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Two workers; acme's two pollers both wait on the sink with their first page. bright's
+    poller still runs every second: the workers went back once acme's polls had read."""
+    secrets = DictSecrets({f"{pid}-pms": sim.credentials(pid) for pid, _ in sim.practices()})
+    sink = SlowDiskSink(tmp_path / "events.jsonl", "acme")
+    settings = EngineSettings(**{**FAST.__dict__, "poll_workers": 2})
+    engine = Engine(
+        sink=sink,
+        store=SqliteCursorStore(tmp_path / "state.db"),
+        secrets=secrets,
+        settings=settings,
+    )
+    await engine.start()
+    one = {"appointmentStatus": {"enabled": True, "interval": "1s"}}
+    two = {k: {"enabled": True, "interval": "1s"} for k in ("patients", "appointments")}
+    try:
+        assert (await engine.apply("clinics/bright", spec_for(sim, "bright", sync=one))).ready
+        await elapse(2.5)  # bright's first page is in; its later polls find nothing new
+        assert (await engine.apply("clinics/acme", spec_for(sim, sync=two))).ready
+        await eventually(lambda: sink.waiting == 2, what="acme's two polls waiting on the sink")
+        before = engine.scheduler.stats.runs_by_kind["appointmentStatus"]
+        await elapse(5.0)
+        assert engine.scheduler.stats.runs_by_kind["appointmentStatus"] - before >= 4
+        assert sink.waiting == 2  # acme's pollers did not run again meanwhile
+        sink.release.set()
+        await elapse(1.5)
+        assert "acme" in {e["practiceid"] for e in events(tmp_path)}  # the held pages landed
+    finally:
+        sink.release.set()
+        await engine.stop()
+
+
 async def test_a_drift_check_that_finds_the_pms_unchanged_writes_its_checked_at_with_the_counters(
     sim: Simulator, tmp_path: Path
 ) -> None:

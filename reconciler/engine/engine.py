@@ -179,9 +179,10 @@ class EngineSettings:
     retry_policy: RetryPolicy = field(
         default_factory=lambda: RetryPolicy(max_attempts=3, base_delay=0.5, max_delay=5.0)
     )
-    #: Polls in flight at once, across all practices. A poll waits on its PMS for tens of ms, so
-    #: this caps the polls a second: at 7,000 practices 64 left polls queued for a worker (lag
-    #: p50 452 ms, p99 6.5 s in bench_scale); 256 did not (p50 1.3 ms, p99 243 ms).
+    #: Polls reading from their PMS at once, across all practices. A poll waits on its PMS for
+    #: tens of ms, so this caps the polls a second: at 7,000 practices 64 left polls queued for
+    #: a worker (lag p50 452 ms, p99 6.5 s in bench_scale); 256 did not (p50 1.3 ms, p99 243 ms).
+    #: As many more may be publishing what they read (waiting on the sink and the cursor store).
     poll_workers: int = 256
     #: First poll of a new poller waits U(0, first_poll_jitter * interval) seconds (max_jitter cap).
     first_poll_jitter: float = 1.0
@@ -259,6 +260,9 @@ class Engine:
         self._sink = sink
         self._store = store
         self._cursors = CursorCommits(store)
+        # poll_workers 0 means no cap on reads; then publishes are not capped either.
+        workers = self.settings.poll_workers
+        self._publishing = asyncio.Semaphore(workers if workers > 0 else 2**31)
         self._secrets = secrets
         self._on_status = on_status
         self._override = connection_override
@@ -794,9 +798,12 @@ class Engine:
         if events or (next_cursor and next_cursor != cursor):
             # The rest waits on the disk (the sink's fsync, the cursor write), not on the PMS: a
             # poll worker held through an fsync that takes seconds (an initial sync writing
-            # hundreds of thousands of events) made every due poll late.
-            self.scheduler.release_worker(p.key, str(kind))
-            await self._uncancelled(self._commit(p, kind, events, cursor, next_cursor))
+            # hundreds of thousands of events) made every due poll late. The worker is given
+            # back once a publishing slot is held, so the events waiting for the disk stay
+            # bounded (`poll_workers` polls' worth, as many as are reading).
+            async with self._publishing:
+                self.scheduler.release_worker(p.key, str(kind))
+                await self._uncancelled(self._commit(p, kind, events, cursor, next_cursor))
         metrics.poll_duration(kind).observe(self._clock.now() - started)
         return len(events)
 
