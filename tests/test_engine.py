@@ -737,6 +737,44 @@ async def test_polls_waiting_on_a_slow_sink_do_not_hold_the_poll_workers(
         await engine.stop()
 
 
+async def test_initial_syncs_take_turns_without_holding_a_poll_worker(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """`initial_syncs=1`: of acme's two first reads (whole histories) one runs at a time, the
+    other waits its turn; meanwhile bright's polls (one worker) go on."""
+    secrets = DictSecrets({f"{pid}-pms": sim.credentials(pid) for pid, _ in sim.practices()})
+    sink = SlowDiskSink(tmp_path / "events.jsonl", "acme")
+    settings = EngineSettings(**{**FAST.__dict__, "poll_workers": 1, "initial_syncs": 1})
+    engine = Engine(
+        sink=sink,
+        store=SqliteCursorStore(tmp_path / "state.db"),
+        secrets=secrets,
+        settings=settings,
+    )
+    await engine.start()
+    one = {"appointmentStatus": {"enabled": True, "interval": "1s"}}
+    two = {k: {"enabled": True, "interval": "1s"} for k in ("patients", "appointments")}
+    try:
+        assert (await engine.apply("clinics/bright", spec_for(sim, "bright", sync=one))).ready
+        await elapse(2.5)
+        assert (await engine.apply("clinics/acme", spec_for(sim, sync=two))).ready
+        await eventually(lambda: sink.waiting == 1, what="acme's first history on the sink")
+        before = engine.scheduler.stats.runs_by_kind["appointmentStatus"]
+        await elapse(5.0)
+        assert engine.scheduler.stats.runs_by_kind["appointmentStatus"] - before >= 4
+        assert sink.waiting == 1  # the other history waited for its turn
+        sink.release.set()
+        await elapse(2.0)
+        kinds = {e["type"] for e in events(tmp_path) if e["practiceid"] == "acme"}
+        assert kinds == {
+            "dev.dental.pmsctl.patient.changed",
+            "dev.dental.pmsctl.appointment.changed",
+        }
+    finally:
+        sink.release.set()
+        await engine.stop()
+
+
 async def test_a_drift_check_that_finds_the_pms_unchanged_writes_its_checked_at_with_the_counters(
     sim: Simulator, tmp_path: Path
 ) -> None:

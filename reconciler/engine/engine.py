@@ -182,8 +182,11 @@ class EngineSettings:
     #: Polls reading from their PMS at once, across all practices. A poll waits on its PMS for
     #: tens of ms, so this caps the polls a second: at 7,000 practices 64 left polls queued for
     #: a worker (lag p50 452 ms, p99 6.5 s in bench_scale); 256 did not (p50 1.3 ms, p99 243 ms).
-    #: As many more may be publishing what they read (waiting on the sink and the cursor store).
+    #: A poll gives its worker back once it has read (publishing waits on the disk, not the PMS).
     poll_workers: int = 256
+    #: Initial syncs (a poller without a cursor: the practice's whole history) reading and
+    #: publishing at once; they wait for their turn without a poll worker.
+    initial_syncs: int = 64
     #: First poll of a new poller waits U(0, first_poll_jitter * interval) seconds (max_jitter cap).
     first_poll_jitter: float = 1.0
     jitter: float = 0.1
@@ -260,9 +263,7 @@ class Engine:
         self._sink = sink
         self._store = store
         self._cursors = CursorCommits(store)
-        # poll_workers 0 means no cap on reads; then publishes are not capped either.
-        workers = self.settings.poll_workers
-        self._publishing = asyncio.Semaphore(workers if workers > 0 else 2**31)
+        self._initial_syncs = asyncio.Semaphore(max(1, self.settings.initial_syncs))
         self._secrets = secrets
         self._on_status = on_status
         self._override = connection_override
@@ -763,12 +764,22 @@ class Engine:
         return poll
 
     async def _poll(self, p: _Practice, kind: SyncKind) -> int:
+        cursor = self._store.get(p.key, str(kind))
+        if cursor is not None:
+            return await self._read(p, kind, cursor)
+        # An initial sync reads and writes the practice's whole history: a few at a time, and
+        # waiting for its turn without a poll worker, so a fleet's first start neither holds
+        # every history in memory at once nor makes the other practices' polls late.
+        self.scheduler.release_worker(p.key, str(kind))
+        async with self._initial_syncs:
+            return await self._read(p, kind, cursor)
+
+    async def _read(self, p: _Practice, kind: SyncKind, cursor: str | None) -> int:
         driver = p.driver
         if driver is None:
             raise EngineError(f"{p.key}: no PMS client (the last reconcile failed)")
         spec = p.spec
         pms = PMS_LABEL[spec.pms.type]
-        cursor = self._store.get(p.key, str(kind))
         started = self._clock.now()
         events: list[CloudEvent]
         op = _POLL_OPERATION[kind]
@@ -798,12 +809,10 @@ class Engine:
         if events or (next_cursor and next_cursor != cursor):
             # The rest waits on the disk (the sink's fsync, the cursor write), not on the PMS: a
             # poll worker held through an fsync that takes seconds (an initial sync writing
-            # hundreds of thousands of events) made every due poll late. The worker is given
-            # back once a publishing slot is held, so the events waiting for the disk stay
-            # bounded (`poll_workers` polls' worth, as many as are reading).
-            async with self._publishing:
-                self.scheduler.release_worker(p.key, str(kind))
-                await self._uncancelled(self._commit(p, kind, events, cursor, next_cursor))
+            # hundreds of thousands of events) made every due poll late. What waits for the disk
+            # is at most one page per poller, and whole histories only `initial_syncs` at once.
+            self.scheduler.release_worker(p.key, str(kind))
+            await self._uncancelled(self._commit(p, kind, events, cursor, next_cursor))
         metrics.poll_duration(kind).observe(self._clock.now() - started)
         return len(events)
 
