@@ -15,8 +15,8 @@ p50/p99/max), CPU (cores used by this process, and by the simulator), and memory
              as a JSON patch body, a thread hop per write) under the `--status-qps` budget.
 
     .venv/bin/python bench/bench_scale.py scheduler --counts 1000,10000 --mode both
-    .venv/bin/python bench/bench_scale.py engine --counts 1000,3000 --duration 30 --warmup 10
-    .venv/bin/python bench/bench_scale.py engine --counts 10000 --duration 60 --warmup 30
+    .venv/bin/python bench/bench_scale.py engine --counts 1000,3000 --duration 60
+    .venv/bin/python bench/bench_scale.py engine --counts 10000 --duration 60
 
 The last line is the 10,000-practice run (about 5-10 minutes on a quiet 2-core machine, most of
 it the initial sync); run it alone on the machine.
@@ -25,7 +25,10 @@ The first-poll jitter spreads each poller's first run over its interval. The eng
 measures the start (`startup_*`: schedule lag, fsyncs and cursor commits a second, the longest
 cursor transaction) from the moment every practice was applied until every poller has read its
 practice's history once (`initial_sync_s`: each practice starts from an empty cursor, ~350
-events), then waits `--warmup` more seconds and measures the steady state for `--duration`.
+events), then waits `--warmup` more seconds (default 60, the longest interval: until then pollers still
+ask for URLs they have not asked for before) and measures the steady state for `--duration` (a
+multiple of the 30 s drift period: the drift checks of practices applied together are due
+together, so a shorter window catches an uneven share of them).
 The report says at which count p99 lag first passes 1 s. Engine rows also carry
 `cpu_ms_per_poll` (the engine's whole CPU, drift checks and status writes included, over its
 polls; `drift_checks_per_s` says how many checks that covers), `fsyncs_per_s`,
@@ -472,7 +475,12 @@ def main() -> int:
         help="scheduler bench: which design",
     )
     p.add_argument("--duration", type=float, default=30.0, help="seconds measured per count")
-    p.add_argument("--warmup", type=float, default=16.0, help="seconds before measuring")
+    p.add_argument(
+        "--warmup",
+        type=float,
+        help="seconds before measuring (scheduler: 16 by default; engine: 60, counted after the"
+        " initial sync: the longest interval, so every poller has run with its settled cursor)",
+    )
     p.add_argument("--workers", type=int, default=256, help="polls in flight at once")
     p.add_argument("--pms", choices=("OpenDental", "Dentrix", "Eaglesoft"), default="Dentrix")
     p.add_argument(
@@ -514,6 +522,8 @@ def main() -> int:
     p.add_argument("--json", action="store_true", help="print JSON lines only")
     args = p.parse_args()
     counts = [int(c) for c in args.counts.split(",") if c]
+    if args.warmup is None:
+        args.warmup = 60.0 if args.bench == "engine" else 16.0
     rows: list[dict[str, Any]] = []
     for count in counts:
         modes = ("heap", "tasks") if args.mode == "both" else (args.mode,)

@@ -703,6 +703,31 @@ class SlowDiskSink:
         await self.inner.close()
 
 
+async def test_a_drift_check_keeps_the_practice_client_while_the_secret_is_the_same(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Every drift check reads the Secret again (a new `Credentials` with the same values): the
+    practice keeps its client, its connection pool and its open connections. A changed Secret
+    still gets a new client."""
+    secrets = DictSecrets({"acme-pms": sim.credentials("acme")})
+    engine = make_engine(sim, tmp_path, settings=DRIFT_30, secrets=secrets)
+    await engine.start()
+    key = "clinics/acme"
+    only_patients = {"patients": {"enabled": True, "interval": "3600s"}}
+    try:
+        assert (await engine.apply(key, spec_for(sim, sync=only_patients))).ready
+        client = engine._practices[key].client
+        check = definitions_read(sim)
+        await elapse(60.5)  # two drift checks
+        assert definitions_read(sim) == 3 * check
+        assert engine._practices[key].client is client
+        secrets.secrets["acme-pms"] = {**sim.credentials("acme"), "note": "rotated"}
+        await engine.refresh(key)
+        assert engine._practices[key].client is not client
+    finally:
+        await engine.stop()
+
+
 async def test_polls_waiting_on_a_slow_sink_do_not_hold_the_poll_workers(
     sim: Simulator, tmp_path: Path
 ) -> None:
