@@ -323,3 +323,23 @@ async def test_a_store_without_put_many_gets_its_cursors_one_by_one_off_the_even
     await asyncio.gather(*(commits.save(f"ns/p{i}", "patients", f"c{i}") for i in range(5)))
     assert store.saved == {(f"ns/p{i}", "patients"): f"c{i}" for i in range(5)}
     assert threading.main_thread().name not in store.threads
+
+
+def test_a_cursor_read_does_not_wait_for_a_group_commit_in_progress(tmp_path: Path) -> None:
+    """`get()` runs on the event loop; a group commit holds the store's write lock on a worker
+    thread for as long as the disk takes. A cursor not in memory is read meanwhile."""
+    db = tmp_path / "cursors.db"
+    other = SqliteCursorStore(db)
+    other.put("ns/a", "patients", "c1")  # in the file, not in `store`'s memory
+    other.close()
+    store = SqliteCursorStore(db)
+    answer: list[str | None] = []
+    try:
+        with store._lock:  # a commit in progress on another thread
+            reader = threading.Thread(target=lambda: answer.append(store.get("ns/a", "patients")))
+            reader.start()
+            reader.join(timeout=5)
+            assert not reader.is_alive(), "get() waited for the writer's lock"
+        assert answer == ["c1"]
+    finally:
+        store.close()

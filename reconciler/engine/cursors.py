@@ -52,6 +52,11 @@ class SqliteCursorStore:
             private.private_dir(Path(self.path).parent)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
+        # Reads of cursors not in memory have a connection of their own: `get()` runs on the
+        # event loop, and the writer's lock may be held by a group commit on a worker thread
+        # for as long as the disk takes (WAL lets the read go on meanwhile).
+        self._reader = self._db
+        self._read_lock = self._lock
         # (key, kind) -> cursor, for every cursor this store read or wrote (write-through).
         self._cache: dict[tuple[str, str], str] = {}
         with self._lock:
@@ -66,19 +71,22 @@ class SqliteCursorStore:
         # ones take the file's 0600); until then the file sits in the 0700 folder made above.
         if self.path != ":memory:":
             private.private_file(self.path)
+            self._reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._read_lock = threading.Lock()
 
     def get(self, key: str, kind: str) -> str | None:
         cached = self._cache.get((key, kind))
         if cached is not None:
             return cached
-        with self._lock:
-            row = self._db.execute(
+        with self._read_lock:
+            row = self._reader.execute(
                 "SELECT cursor FROM cursors WHERE practice_key = ? AND kind = ?", (key, kind)
             ).fetchone()
-            if row is None:
-                return None  # not cached: "no cursor yet" is asked once per poller anyway
-            cursor = self._cache[(key, kind)] = str(row[0])
-        return cursor
+        if row is None:
+            return None  # not cached: "no cursor yet" is asked once per poller anyway
+        cursor = str(row[0])
+        # A put that finished meanwhile wins: it is newer than what was read.
+        return self._cache.setdefault((key, kind), cursor)
 
     def put(self, key: str, kind: str, cursor: str) -> None:
         with self._lock:
@@ -127,6 +135,9 @@ class SqliteCursorStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        if self._reader is not self._db:
+            with self._read_lock:
+                self._reader.close()
 
     def __repr__(self) -> str:
         return f"SqliteCursorStore({self.path!r})"
