@@ -283,6 +283,9 @@ def lag_summary(prefix: str, lags: list[float]) -> dict[str, float]:
         f"{prefix}lag_p50_ms": round(pct(lags, 0.5) * 1000, 1),
         f"{prefix}lag_p99_ms": round(pct(lags, 0.99) * 1000, 1),
         f"{prefix}lag_max_ms": round(max(lags, default=0) * 1000, 1),
+        # How many runs started more than 1 s late: a handful of very late runs is one stall
+        # (of this process, or of the machine), a steady share is a saturated event loop.
+        f"{prefix}late_over_1s": sum(1 for lag in lags if lag > 1.0),
     }
 
 
