@@ -42,9 +42,11 @@ PAUSING_STATUSES = frozenset({429, 503})
 #: so each poll would pay a TCP connect and close; keeping them halves the CPU per poll
 #: (bench_scale, docs/operator.md).
 KEEPALIVE_SECONDS = 120.0
-#: Parsed URLs each `PracticeClient` keeps (~700 bytes each): a practice polls three URLs, and
-#: a cursor that moved makes the old URL useless, so a few are enough.
-URL_CACHE_SIZE = 4
+#: Parsed URLs each `PracticeClient` keeps (~700 bytes each): a practice polls three URLs and its
+#: drift check (every 30 s by default) reads four more (version, providers, note types, document
+#: categories); with fewer than those seven, each drift check pushed the pollers' URLs out and
+#: every request parsed its URL again. A cursor that moved makes its old URL useless.
+URL_CACHE_SIZE = 8
 #: A `Retry-After` longer than this is clamped (a misbehaving server must not park a practice for hours).
 MAX_PAUSE_SECONDS = 300.0
 
@@ -269,9 +271,19 @@ class _NoCookies(http.cookiejar.CookieJar):
         return None
 
 
+class _UnkeptCookies(httpx.Cookies):
+    """The client's cookies, which never take any from a response: httpx wraps every response
+    and its request in urllib's cookie views before the jar sees them (a tenth of a request's
+    CPU), even when the jar keeps nothing."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
 class PracticeClient(httpx.AsyncClient):
     """The `httpx.AsyncClient` `new_client()` returns: the same API, but each distinct URL string
-    is parsed once (httpx's pure-Python URL parser is the biggest single cost of a request).
+    is parsed once (httpx's pure-Python URL parser is the biggest single cost of a request), and
+    responses' cookies are neither kept nor looked at (PMS APIs authenticate with headers).
 
     A poller asks for the same URL until its cursor moves, so the last `URL_CACHE_SIZE` URLs are
     kept per client. Requests that pass `params=` are built by httpx as usual.
@@ -280,6 +292,8 @@ class PracticeClient(httpx.AsyncClient):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._urls: dict[str, httpx.URL] = {}
+        # httpx's `cookies` setter would wrap the jar in a plain `httpx.Cookies` again.
+        self._cookies = _UnkeptCookies(_NoCookies())
 
     def build_request(self, method: str, url: httpx.URL | str, **kwargs: Any) -> httpx.Request:
         if isinstance(url, str) and kwargs.get("params") is None:

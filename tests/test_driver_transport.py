@@ -481,6 +481,16 @@ async def test_the_practice_client_parses_a_repeated_url_once_and_keeps_no_cooki
             assert len(client._urls) == URL_CACHE_SIZE
             assert (await client.get(url)).json() == {"since": "c1"}  # parsed again, same answer
             assert len(client.cookies) == 0
+            # A practice's seven URLs (three pollers, the drift check's four reads) all stay
+            # parsed: a drift check does not push the pollers' URLs out.
+            practice = [f"http://127.0.0.1:{port}/page?since=u{i}" for i in range(7)]
+            for u in practice:
+                await client.get(u)
+            parsed = {u: client._urls[u] for u in practice}
+            for u in practice:
+                assert (await client.get(u)).request.url._uri_reference is (
+                    parsed[u]._uri_reference
+                )
     finally:
         await runner.cleanup()
     assert seen == [None] * len(seen)

@@ -683,6 +683,158 @@ def test_the_gc_policy_freezes_on_growth_refreshes_hourly_and_lets_go_when_small
         gc.set_threshold(*thresholds)
 
 
+class SlowDiskSink:
+    """A JSONL sink whose disk takes its time for one practice's events: their publishes wait
+    until `release` is set (an fsync that takes seconds during an initial sync)."""
+
+    def __init__(self, path: Path, slow_practice: str) -> None:
+        self.inner = JsonlSink(path, fsync=False)
+        self.slow_practice = slow_practice
+        self.release = asyncio.Event()
+        self.waiting = 0
+
+    async def publish(self, events: Sequence[Any]) -> None:
+        if any(e["practiceid"] == self.slow_practice for e in events):
+            self.waiting += 1
+            await self.release.wait()
+        await self.inner.publish(events)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def test_a_drift_check_keeps_the_practice_client_while_the_secret_is_the_same(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Every drift check reads the Secret again (a new `Credentials` with the same values): the
+    practice keeps its client, its connection pool and its open connections. A changed Secret
+    still gets a new client."""
+    secrets = DictSecrets({"acme-pms": sim.credentials("acme")})
+    engine = make_engine(sim, tmp_path, settings=DRIFT_30, secrets=secrets)
+    await engine.start()
+    key = "clinics/acme"
+    only_patients = {"patients": {"enabled": True, "interval": "3600s"}}
+    try:
+        assert (await engine.apply(key, spec_for(sim, sync=only_patients))).ready
+        client = engine._practices[key].client
+        check = definitions_read(sim)
+        await elapse(60.5)  # two drift checks
+        assert definitions_read(sim) == 3 * check
+        assert engine._practices[key].client is client
+        secrets.secrets["acme-pms"] = {**sim.credentials("acme"), "note": "rotated"}
+        await engine.refresh(key)
+        assert engine._practices[key].client is not client
+    finally:
+        await engine.stop()
+
+
+async def test_polls_waiting_on_a_slow_sink_do_not_hold_the_poll_workers(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Two workers; acme's two pollers both wait on the sink with their first page. bright's
+    poller still runs every second: the workers went back once acme's polls had read."""
+    secrets = DictSecrets({f"{pid}-pms": sim.credentials(pid) for pid, _ in sim.practices()})
+    sink = SlowDiskSink(tmp_path / "events.jsonl", "acme")
+    settings = EngineSettings(**{**FAST.__dict__, "poll_workers": 2})
+    engine = Engine(
+        sink=sink,
+        store=SqliteCursorStore(tmp_path / "state.db"),
+        secrets=secrets,
+        settings=settings,
+    )
+    await engine.start()
+    one = {"appointmentStatus": {"enabled": True, "interval": "1s"}}
+    two = {k: {"enabled": True, "interval": "1s"} for k in ("patients", "appointments")}
+    try:
+        assert (await engine.apply("clinics/bright", spec_for(sim, "bright", sync=one))).ready
+        await elapse(2.5)  # bright's first page is in; its later polls find nothing new
+        assert (await engine.apply("clinics/acme", spec_for(sim, sync=two))).ready
+        await eventually(lambda: sink.waiting == 2, what="acme's two polls waiting on the sink")
+        before = engine.scheduler.stats.runs_by_kind["appointmentStatus"]
+        await elapse(5.0)
+        assert engine.scheduler.stats.runs_by_kind["appointmentStatus"] - before >= 4
+        assert sink.waiting == 2  # acme's pollers did not run again meanwhile
+        sink.release.set()
+        await elapse(1.5)
+        assert "acme" in {e["practiceid"] for e in events(tmp_path)}  # the held pages landed
+    finally:
+        sink.release.set()
+        await engine.stop()
+
+
+async def test_initial_syncs_take_turns_without_holding_a_poll_worker(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """`initial_syncs=1`: of acme's two first reads (whole histories) one runs at a time, the
+    other waits its turn; meanwhile bright's polls (one worker) go on."""
+    secrets = DictSecrets({f"{pid}-pms": sim.credentials(pid) for pid, _ in sim.practices()})
+    sink = SlowDiskSink(tmp_path / "events.jsonl", "acme")
+    settings = EngineSettings(**{**FAST.__dict__, "poll_workers": 1, "initial_syncs": 1})
+    engine = Engine(
+        sink=sink,
+        store=SqliteCursorStore(tmp_path / "state.db"),
+        secrets=secrets,
+        settings=settings,
+    )
+    await engine.start()
+    one = {"appointmentStatus": {"enabled": True, "interval": "1s"}}
+    two = {k: {"enabled": True, "interval": "1s"} for k in ("patients", "appointments")}
+    try:
+        assert (await engine.apply("clinics/bright", spec_for(sim, "bright", sync=one))).ready
+        await elapse(2.5)
+        assert (await engine.apply("clinics/acme", spec_for(sim, sync=two))).ready
+        await eventually(lambda: sink.waiting == 1, what="acme's first history on the sink")
+        before = engine.scheduler.stats.runs_by_kind["appointmentStatus"]
+        await elapse(5.0)
+        assert engine.scheduler.stats.runs_by_kind["appointmentStatus"] - before >= 4
+        assert sink.waiting == 1  # the other history waited for its turn
+        sink.release.set()
+        await elapse(2.0)
+        kinds = {e["type"] for e in events(tmp_path) if e["practiceid"] == "acme"}
+        assert kinds == {
+            "dev.dental.pmsctl.patient.changed",
+            "dev.dental.pmsctl.appointment.changed",
+        }
+    finally:
+        sink.release.set()
+        await engine.stop()
+
+
+async def test_a_drift_check_that_finds_the_pms_unchanged_writes_its_checked_at_with_the_counters(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """An unchanged PMS re-read by the drift check is not a reconcile's status write at once
+    (333 a second at 10,000 practices, past the status budget): the check's new checkedAt goes
+    out with the next counter-only write. A change the check finds is still written at once (the
+    renamed-note-type test above)."""
+    listener = Statuses()
+    clock = FakeClock(wall=datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC))
+    settings = EngineSettings(**{**DRIFT_30.__dict__, "status_interval": 100.0})
+    engine = make_engine(sim, tmp_path, listener, settings=settings, clock=clock)
+    await engine.start()
+    only_patients = {"patients": {"enabled": True, "interval": "3600s"}}
+    key = "clinics/acme"
+    try:
+        assert (await engine.apply(key, spec_for(sim, sync=only_patients))).ready
+        check = definitions_read(sim)
+        written = len(listener.calls)
+        assert listener.calls[-1][1].to_dict()["pms"]["checkedAt"] == "2031-05-06T07:08:09Z"
+        await clock.advance(30.5)  # past the drift check: the PMS was read again...
+        await eventually(lambda: definitions_read(sim) == 2 * check, what="the drift check")
+        await elapse(1.0)
+        assert len(listener.calls) == written  # ...and nothing was written for it
+        await clock.advance(70.0)  # checks at 60 s and 90 s, then the counter flush at 100 s
+        await eventually(lambda: len(listener.calls) > written, what="the counter write")
+        assert definitions_read(sim) == 4 * check
+        assert len(listener.calls) == written + 1
+        key_, status, transitions = listener.calls[-1]
+        assert (key_, transitions) == (key, ())
+        assert status.ready
+        assert status.to_dict()["pms"]["checkedAt"] == "2031-05-06T07:09:39Z"  # the 90 s check
+    finally:
+        await engine.stop()
+
+
 async def test_an_injected_clock_dates_the_status_and_drives_the_drift_check(
     sim: Simulator, tmp_path: Path
 ) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import pytest
@@ -75,6 +76,7 @@ async def test_one_poller_per_key_and_kind_runs_at_its_interval() -> None:
     assert len(rec.starts) == 6  # at 0, 0.1, ..., 0.5
     assert min(gaps(rec.starts)) >= 0.099
     assert rec.max_active == 1
+    assert s.stats.runs_by_kind == {"patients": 6}
 
 
 async def test_interval_change_reschedules_without_a_second_poller() -> None:
@@ -197,6 +199,51 @@ async def test_worker_pool_bounds_polls_in_flight() -> None:
     assert runs == 40  # each ran once; 10 rounds of 4 at 0.05 s each
     assert max(s.stats.lags) >= 0.2  # the queue was real: later polls started late
     assert max(s.stats.lags) == pytest.approx(0.45)  # the tenth round waited for nine
+
+
+async def test_a_run_that_gives_its_worker_back_lets_the_next_due_poll_start() -> None:
+    """With one worker, polls whose second half waits on a slow disk (released early) still
+    start on time; the releasing poller does not run again before its run ends, and a second
+    release (or the run's own end) frees no extra worker."""
+    clock = FakeClock()
+    s = Scheduler(workers=1, first_jitter=0.0, jitter=0.0, clock=clock)
+    await s.start()
+    disk = asyncio.Event()
+    starts: dict[str, list[float]] = {"a": [], "b": [], "c": []}
+    active = 0
+    peak = 0
+
+    def poll(name: str) -> Callable[[], Awaitable[int]]:
+        async def run() -> int:
+            nonlocal active, peak
+            starts[name].append(clock.now())
+            active += 1
+            peak = max(peak, active)
+            await clock.sleep(0.01)  # the PMS read, holding the worker
+            active -= 1
+            s.release_worker(f"ns/{name}", "patients")
+            s.release_worker(f"ns/{name}", "patients")  # twice: still one worker given back
+            if name == "a":
+                await disk.wait()  # the fsync, without a worker
+            return 0
+
+        return run
+
+    try:
+        for name in starts:
+            s.ensure(f"ns/{name}", "patients", 1.0, poll(name))
+        await clock.advance(0.05)
+        assert [len(v) for v in starts.values()] == [1, 1, 1]  # b and c did not wait for a
+        assert max(s.stats.lags) == pytest.approx(0.02)  # each waited only for the reads before
+        await clock.advance(2.0)
+        assert len(starts["a"]) == 1  # a's run is still waiting on its disk: no second run
+        assert len(starts["b"]) == 3
+        disk.set()
+        await clock.advance(0.0)
+        assert starts["a"] == [1000.0, 1002.05]  # overdue once its run ended: at once
+    finally:
+        await s.close()
+    assert peak == 1  # the reads never overlapped: one worker, never two
 
 
 async def test_first_runs_are_spread_by_jitter() -> None:

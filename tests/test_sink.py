@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from pms_drivers.base import Appointment, AppointmentStatusChange, Patient
-from reconciler.engine.cursors import SqliteCursorStore
+from reconciler.engine.cursors import CursorCommits, SqliteCursorStore
 from reconciler.engine.sink import (
     BATCH_CONTENT_TYPE,
     TYPE_APPOINTMENT,
@@ -245,3 +247,99 @@ def test_the_store_answers_from_memory_but_saves_every_cursor_at_once(tmp_path: 
     finally:
         writer.close()
         reader.close()
+
+
+async def test_cursor_saves_made_meanwhile_share_one_transaction_and_are_stored_on_return(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "cursors.db"
+    writer = SqliteCursorStore(db)
+    reader = SqliteCursorStore(db)  # another connection sees only what reached SQLite
+    commits = CursorCommits(writer)
+    try:
+
+        async def save(i: int) -> None:
+            await commits.save(f"ns/p{i}", "patients", f"c{i}")
+            assert reader.all()[(f"ns/p{i}", "patients")] == f"c{i}"  # stored before return
+
+        await asyncio.gather(*(save(i) for i in range(50)))
+        assert 1 <= commits.commits <= 2  # the first alone, maybe; the other 49 together
+        assert len(reader.all()) == 50
+        assert writer.get("ns/p7", "patients") == "c7"
+    finally:
+        writer.close()
+        reader.close()
+
+
+async def test_a_failed_cursor_write_fails_every_save_of_its_group_and_moves_no_cursor(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "cursors.db"
+    store = SqliteCursorStore(db)
+    commits = CursorCommits(store)
+    await commits.save("ns/a", "patients", "c1")
+    # A read-only database: the real failure a full or unwritable volume gives.
+    store._db.execute("PRAGMA query_only = ON")
+    try:
+        results = await asyncio.gather(
+            commits.save("ns/a", "patients", "c2"),
+            commits.save("ns/b", "patients", "y"),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, sqlite3.Error) for r in results), results
+        assert store.get("ns/a", "patients") == "c1"  # the cache kept the stored cursor
+        assert store.get("ns/b", "patients") is None
+        store._db.execute("PRAGMA query_only = OFF")
+        await commits.save("ns/b", "patients", "y")  # the next group writes again
+        assert store.all() == {("ns/a", "patients"): "c1", ("ns/b", "patients"): "y"}
+    finally:
+        store.close()
+
+
+class DictCursorStore:
+    """A complete `CursorStore` without `put_many` (a backend that saves one cursor at a time)."""
+
+    def __init__(self) -> None:
+        self.saved: dict[tuple[str, str], str] = {}
+        self.threads: set[str] = set()
+
+    def get(self, key: str, kind: str) -> str | None:
+        return self.saved.get((key, kind))
+
+    def put(self, key: str, kind: str, cursor: str) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.saved[(key, kind)] = cursor
+
+    def forget(self, key: str) -> None:
+        self.saved = {k: v for k, v in self.saved.items() if k[0] != key}
+
+    def close(self) -> None:
+        return None
+
+
+async def test_a_store_without_put_many_gets_its_cursors_one_by_one_off_the_event_loop() -> None:
+    store = DictCursorStore()
+    commits = CursorCommits(store)
+    await asyncio.gather(*(commits.save(f"ns/p{i}", "patients", f"c{i}") for i in range(5)))
+    assert store.saved == {(f"ns/p{i}", "patients"): f"c{i}" for i in range(5)}
+    assert threading.main_thread().name not in store.threads
+
+
+def test_a_cursor_read_does_not_wait_for_a_group_commit_in_progress(tmp_path: Path) -> None:
+    """`get()` runs on the event loop; a group commit holds the store's write lock on a worker
+    thread for as long as the disk takes. A cursor not in memory is read meanwhile."""
+    db = tmp_path / "cursors.db"
+    other = SqliteCursorStore(db)
+    other.put("ns/a", "patients", "c1")  # in the file, not in `store`'s memory
+    other.close()
+    store = SqliteCursorStore(db)
+    answer: list[str | None] = []
+    try:
+        with store._lock:  # a commit in progress on another thread
+            reader = threading.Thread(target=lambda: answer.append(store.get("ns/a", "patients")))
+            reader.start()
+            reader.join(timeout=5)
+            assert not reader.is_alive(), "get() waited for the writer's lock"
+        assert answer == ["c1"]
+    finally:
+        store.close()

@@ -91,7 +91,7 @@ from reconciler.engine.core import (
     Transition,
     decide,
 )
-from reconciler.engine.cursors import CursorStore
+from reconciler.engine.cursors import CursorCommits, CursorStore
 from reconciler.engine.decisions import (
     DRIFT,
     FLUSH_SLICE,
@@ -179,10 +179,14 @@ class EngineSettings:
     retry_policy: RetryPolicy = field(
         default_factory=lambda: RetryPolicy(max_attempts=3, base_delay=0.5, max_delay=5.0)
     )
-    #: Polls in flight at once, across all practices. A poll waits on its PMS for tens of ms, so
-    #: this caps the polls a second: at 7,000 practices 64 left polls queued for a worker (lag
-    #: p50 452 ms, p99 6.5 s in bench_scale); 256 did not (p50 1.3 ms, p99 243 ms).
+    #: Polls reading from their PMS at once, across all practices. A poll waits on its PMS for
+    #: tens of ms, so this caps the polls a second: at 7,000 practices 64 left polls queued for
+    #: a worker (lag p50 452 ms, p99 6.5 s in bench_scale); 256 did not (p50 1.3 ms, p99 243 ms).
+    #: A poll gives its worker back once it has read (publishing waits on the disk, not the PMS).
     poll_workers: int = 256
+    #: Initial syncs (a poller without a cursor: the practice's whole history) reading and
+    #: publishing at once; they wait for their turn without a poll worker.
+    initial_syncs: int = 64
     #: First poll of a new poller waits U(0, first_poll_jitter * interval) seconds (max_jitter cap).
     first_poll_jitter: float = 1.0
     jitter: float = 0.1
@@ -258,6 +262,8 @@ class Engine:
         self._clock: Clock = clock or LoopClock()
         self._sink = sink
         self._store = store
+        self._cursors = CursorCommits(store)
+        self._initial_syncs = asyncio.Semaphore(max(1, self.settings.initial_syncs))
         self._secrets = secrets
         self._on_status = on_status
         self._override = connection_override
@@ -278,7 +284,7 @@ class Engine:
             max_jitter=s.max_jitter,
             max_backoff=s.max_backoff,
             on_result=self._on_poll_result,
-            on_lag=lambda kind, lag: metrics.POLL_LAG.labels(kind).observe(lag),
+            on_lag=lambda kind, lag: metrics.poll_lag(kind).observe(lag),
             clock=self._clock,
         )
 
@@ -516,6 +522,59 @@ class Engine:
             p.pms_identity = None
             self._forget_catalogs(p)
             p.reach_error = p.reconcile_error = None
+        await self._settle(p)
+
+    async def _drift(self, p: _Practice) -> None:
+        """The drift re-check (caller holds p.lock): read the PMS again, and when it answered
+        what the last reconcile saw, stop there. At 10,000 practices and a 30 s period this runs
+        333 times a second; deciding, re-planning pollers and writing the status at once for an
+        unchanged PMS made it cost more than the polls. The new `checkedAt` goes out with the
+        next counter write (under `status_qps`); anything that changed takes the whole reconcile."""
+        before = self._seen(p)
+        if before is None:
+            await self._reconcile(p)
+            return
+        await self._observe(p)
+        if p.last_error is None and self._seen(p) == before:
+            metrics.RECONCILES.labels("ok").inc()
+            p.dirty = True
+            if self._catalog_due(p):
+                await self._publish_catalog(p)
+            return
+        await self._settle(p)
+
+    def _seen(self, p: _Practice) -> tuple[Any, ...] | None:
+        """What a reconcile's outcome depends on besides the spec (which only `apply` changes):
+        the connection and the PMS's answers; None when `p` is not in the plain healthy state
+        (a failure, a duplicate, no client), which always takes the whole reconcile."""
+        if (
+            p.duplicate_of is not None
+            or p.driver is None
+            or p.last_error is not None
+            or p.reach_error is not None
+            or p.reconcile_error is not None
+            or p.decision is None
+        ):
+            return None
+        return (
+            p.connection,
+            p.client_shape,
+            p.pms_identity,
+            p.pms_version,
+            p.providers,
+            p.note_types,
+            p.document_categories,
+        )
+
+    def _catalog_due(self, p: _Practice) -> bool:
+        """Whether an unchanged catalog is due for its periodic refresh (or was never written)."""
+        last = p.catalog_published
+        return self._on_catalog is not None and (
+            last is None or self._clock.now() - last.at >= self.settings.catalog_refresh
+        )
+
+    async def _settle(self, p: _Practice) -> None:
+        """The rest of a reconcile, after the PMS was read: decide, apply pollers, publish."""
         failed = p.last_error is not None or p.duplicate_of is not None
         metrics.RECONCILES.labels("error" if failed else "ok").inc()
         decision = self._decide(p)
@@ -607,9 +666,9 @@ class Engine:
             try:
                 result = await with_retry(fn, policy=self.settings.retry_policy)
             except PmsError as exc:
-                metrics.PMS_CALLS.labels(pms, operation, type(exc).__name__).inc()
+                metrics.pms_calls(pms, operation, type(exc).__name__).inc()
                 raise
-            metrics.PMS_CALLS.labels(pms, operation, "ok").inc()
+            metrics.pms_calls(pms, operation, "ok").inc()
             return result
 
         info = await call("server_info", driver.server_info)
@@ -685,7 +744,7 @@ class Engine:
         async def drift() -> int:
             async with p.lock:
                 if not p.removed:
-                    await self._reconcile(p)
+                    await self._drift(p)
             return 0
 
         return drift
@@ -705,12 +764,22 @@ class Engine:
         return poll
 
     async def _poll(self, p: _Practice, kind: SyncKind) -> int:
+        cursor = self._store.get(p.key, str(kind))
+        if cursor is not None:
+            return await self._read(p, kind, cursor)
+        # An initial sync reads and writes the practice's whole history: a few at a time, and
+        # waiting for its turn without a poll worker, so a fleet's first start neither holds
+        # every history in memory at once nor makes the other practices' polls late.
+        self.scheduler.release_worker(p.key, str(kind))
+        async with self._initial_syncs:
+            return await self._read(p, kind, cursor)
+
+    async def _read(self, p: _Practice, kind: SyncKind, cursor: str | None) -> int:
         driver = p.driver
         if driver is None:
             raise EngineError(f"{p.key}: no PMS client (the last reconcile failed)")
         spec = p.spec
         pms = PMS_LABEL[spec.pms.type]
-        cursor = self._store.get(p.key, str(kind))
         started = self._clock.now()
         events: list[CloudEvent]
         op = _POLL_OPERATION[kind]
@@ -731,15 +800,20 @@ class Engine:
                 ]
                 next_cursor = pp.cursor
         except PmsError as exc:
-            metrics.PMS_CALLS.labels(pms, op, type(exc).__name__).inc()
+            metrics.pms_calls(pms, op, type(exc).__name__).inc()
             raise
-        metrics.PMS_CALLS.labels(pms, op, "ok").inc()
+        metrics.pms_calls(pms, op, "ok").inc()
         # The read above may be cancelled freely (nothing happened yet); from here on, publishing
         # and saving the cursor are one unit: a stop that lands in between would leave the events
         # in the sink without their cursor, and the next run would send the page again.
         if events or (next_cursor and next_cursor != cursor):
+            # The rest waits on the disk (the sink's fsync, the cursor write), not on the PMS: a
+            # poll worker held through an fsync that takes seconds (an initial sync writing
+            # hundreds of thousands of events) made every due poll late. What waits for the disk
+            # is at most one page per poller, and whole histories only `initial_syncs` at once.
+            self.scheduler.release_worker(p.key, str(kind))
             await self._uncancelled(self._commit(p, kind, events, cursor, next_cursor))
-        metrics.POLL_DURATION.labels(str(kind)).observe(self._clock.now() - started)
+        metrics.poll_duration(kind).observe(self._clock.now() - started)
         return len(events)
 
     async def _commit(
@@ -752,10 +826,11 @@ class Engine:
     ) -> None:
         if events:
             await self._sink.publish(events)
-            metrics.EVENTS_EMITTED.labels(str(kind)).inc(len(events))
-        # Only now, with the events accepted, does the cursor move.
+            metrics.events_emitted(kind).inc(len(events))
+        # Only now, with the events accepted, does the cursor move (grouped with the other
+        # polls' cursors saved meanwhile, off the event loop; stored before this returns).
         if next_cursor and next_cursor != cursor:
-            self._store.put(p.key, str(kind), next_cursor)
+            await self._cursors.save(p.key, str(kind), next_cursor)
 
     async def _uncancelled(self, coro: Awaitable[None]) -> None:
         """Run `coro` to its end even when the caller is cancelled meanwhile (for at most

@@ -11,6 +11,11 @@
     pmsctl_practice_ready{practice}                 1 while a practice is Ready, 0 while it is not
                                                     (no series while it is suspended)
 
+The hot path (every poll) goes through `pms_calls()`, `poll_lag()`, `poll_duration()` and
+`events_emitted()`: each looks a labelled child up once and keeps it, because prometheus_client's
+`labels()` (argument checks, a lock, a dict lookup) costs more than the increment it serves.
+Those four metrics' children are never removed, so a kept child is always the registered one.
+
 The metric objects live in `REGISTRY`, the process's one registry (prometheus_client's default,
 which the writeback path's process metrics join too); `serve(port)` exposes all of it on one port.
 """
@@ -18,6 +23,7 @@ which the writeback path's process metrics join too); `serve(port)` exposes all 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from wsgiref.simple_server import WSGIServer
 
@@ -49,6 +55,30 @@ PRACTICES = Gauge("pmsctl_practices", "Practices the engine holds.")
 PRACTICE_READY = Gauge(
     "pmsctl_practice_ready", "1 while the practice is Ready, 0 while it is not.", ["practice"]
 )
+
+
+@functools.cache
+def pms_calls(pms: str, operation: str, status: str) -> Counter:
+    """The pmsctl_pms_calls_total child for these labels (looked up once)."""
+    return PMS_CALLS.labels(pms, operation, status)
+
+
+@functools.cache
+def poll_lag(kind: str) -> Histogram:
+    """The pmsctl_poll_lag_seconds child of `kind` (looked up once)."""
+    return POLL_LAG.labels(kind)
+
+
+@functools.cache
+def poll_duration(kind: str) -> Histogram:
+    """The pmsctl_poll_duration_seconds child of `kind` (looked up once)."""
+    return POLL_DURATION.labels(kind)
+
+
+@functools.cache
+def events_emitted(kind: str) -> Counter:
+    """The pmsctl_events_emitted_total child of `kind` (looked up once)."""
+    return EVENTS_EMITTED.labels(kind)
 
 
 def record_ready(key: str, status: PracticeStatus | None) -> None:

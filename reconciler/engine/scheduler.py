@@ -15,6 +15,10 @@ Timing rules:
 - `ensure()` with a new interval reschedules the same poller (no second poller): the next start
   becomes `last start + new interval` (or now, if that is already past).
 - A poller never runs twice at once; `stop()` cancels an in-flight run and waits for it.
+- A run holds one of the `workers` while it waits on its PMS; `release_worker()` gives it back
+  early when the rest of the run waits on something else (the engine: the sink's fsync and the
+  cursor write), so a slow disk during an initial sync does not leave due polls waiting for a
+  worker. The poller still never runs twice at once.
 - `ensure(..., first_delay=, jitter=)` overrides the first delay and the jitter of one poller
   (the engine's drift check runs exactly one period after each reconcile), and `postpone()`
   moves a waiting poller's next run to a given delay from now.
@@ -75,6 +79,8 @@ class _Poller:
     runs: int = 0
     task: asyncio.Task[None] | None = None
     stopped: bool = False
+    #: The run in flight holds one of the scheduler's workers (until it ends or gives it back).
+    holds_worker: bool = False
 
     def state(self) -> PollerState:
         return PollerState(
@@ -93,6 +99,8 @@ class SchedulerStats:
 
     runs: int = 0
     failures: int = 0
+    #: Runs per poller kind (the drift check is a kind of its own, not a poll of the PMS's changes).
+    runs_by_kind: dict[str, int] = field(default_factory=dict)
     lags: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
 
 
@@ -218,6 +226,19 @@ class Scheduler:
         """The kinds that have a poller for `key`, with their intervals."""
         return {kind: p.interval for kind, p in self._by_key.get(key, {}).items()}
 
+    def release_worker(self, key: str, kind: str) -> None:
+        """The run of (key, kind) in flight no longer needs its worker: free it for the next due
+        poller (no-op when that poller holds none)."""
+        p = self._pollers.get((key, kind))
+        if p is not None:
+            self._give_back(p)
+
+    def _give_back(self, p: _Poller) -> None:
+        if p.holds_worker:
+            p.holds_worker = False
+            if self._workers is not None:
+                self._workers.release()
+
     def state(self, key: str, kind: str) -> PollerState | None:
         p = self._pollers.get((key, kind))
         return p.state() if p is not None else None
@@ -269,6 +290,7 @@ class Scheduler:
                 if p.stopped or p.version != version:
                     self._workers.release()
                     continue
+            p.holds_worker = self._workers is not None
             lag = clock.now() - due
             self.stats.lags.append(lag)
             if self._on_lag is not None:
@@ -286,17 +308,17 @@ class Scheduler:
         except asyncio.CancelledError:
             p.task = None
             self._in_flight -= 1
-            if self._workers is not None:
-                self._workers.release()
+            self._give_back(p)
             raise
         except Exception as exc:
             error = exc
             emitted = 0
         finally:
             p.runs += 1
-            self.stats.runs += 1
-        if self._workers is not None:
-            self._workers.release()
+            stats = self.stats
+            stats.runs += 1
+            stats.runs_by_kind[p.kind] = stats.runs_by_kind.get(p.kind, 0) + 1
+        self._give_back(p)
         p.task = None
         self._in_flight -= 1
         if p.stopped:
