@@ -5,12 +5,13 @@ when it was due, so a stalled server cannot hide its queue) POSTs writebacks at 
 `--rates` for `--seconds`, and reports the ack latency p50 / p99 / p99.9 and the highest rate at
 which p99 stays under `--p99-budget-ms` (20 ms), for:
 
-- `service`: the product's wiring, the real `WritebackService` with its intake process (auth,
-  validation, decision, the store's group commit, in a process of its own) and delivery running
-  in the service's process: the drainer writes every note to the PMS simulator (in this
-  process) through the real drivers;
-- `inproc` (not run unless named in `--modes`): the same service with the API on a thread of
-  the engine's process, for comparison;
+- `service`: the product's wiring (its default), the real `WritebackService` (auth,
+  validation, decision, the store's group commit) with the API on its own thread and event
+  loop, and delivery running in the same process: the drainer writes every note to the PMS
+  simulator (in this process) through the real drivers, each practice within its PMS budget
+  (`--pms-rate`, default the product's 5 requests a second);
+- `process` (`--writeback-intake process`): the same service with the API in a process of its
+  own (`reconciler.writeback.intake`), for comparison;
 - `floor`: a minimal aiohttp handler that parses the body and commits it through the same store
   (one `Insert` in a group commit) and nothing else: what the store alone costs;
 
@@ -118,7 +119,7 @@ async def serve(args: argparse.Namespace) -> None:
     policy = DeliveryPolicy(max_concurrent_practices=32, quantum=8, not_ready_delay=2.0)
     service = WritebackService(
         directory, args.store, TOKEN, policy=policy, store=_store(args),
-        intake_process=args.mode == "service",
+        intake_process=args.mode == "process",
     )  # fmt: skip
     url = await service.start("127.0.0.1", 0)
     Path(args.url_file).write_text(f"{url}\n")
@@ -343,12 +344,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="role")
     s = sub.add_parser("serve")
-    s.add_argument("--mode", choices=("service", "inproc", "floor"), required=True)
+    s.add_argument("--mode", choices=("service", "process", "floor"), required=True)
     s.add_argument("--store", required=True)
     s.add_argument("--sim-url", required=True)
     s.add_argument("--url-file", required=True)
     s.add_argument("--practices", type=int, default=20)
-    s.add_argument("--pms-rate", type=float, default=200.0)
+    s.add_argument("--pms-rate", type=float, default=5.0)
     ld = sub.add_parser("load")
     ld.add_argument("--url", required=True)
     ld.add_argument("--rate", type=float, required=True)
@@ -359,10 +360,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="arrival rates to try (per second)")  # fmt: skip
     p.add_argument("--seconds", type=float, default=3.0, help="seconds of load per rate")
     p.add_argument("--backends", default="sqlite,postgresql")
-    p.add_argument("--modes", default="service,floor", help="service, floor, inproc")
+    p.add_argument("--modes", default="service,process,floor", help="service, process, floor")
     p.add_argument("--practices", type=int, default=20)
     p.add_argument("--p99-budget-ms", type=float, default=20.0)
-    p.add_argument("--pms-rate", type=float, default=200.0,
+    p.add_argument("--pms-rate", type=float, default=5.0,
                    help="each practice's PMS request budget (per second) for delivery")  # fmt: skip
     p.add_argument("--pg-url", default=os.environ.get("PMSCTL_BENCH_PG_URL"),
                    help="use this database instead of starting a server")  # fmt: skip

@@ -86,9 +86,11 @@ class RuntimeOptions:
     writeback_token: str | None = field(default=None, repr=False)
     #: The SQLite queue of accepted writebacks.
     writeback_db: Path = Path(".pmsctl/writebacks.db")
-    #: Serve the writeback API from a process of its own (`reconciler.writeback.intake`), so
-    #: acknowledgments never wait for the engine's Python; False keeps it in this process.
-    writeback_intake_process: bool = True
+    #: Serve the writeback API from a process of its own (`reconciler.writeback.intake`)
+    #: instead of its own thread and event loop here. The thread is the default: on the 2-core
+    #: benchmark machine its ack p99 was lower in every paired run (bench/bench_ack.py,
+    #: `service` vs `inproc`); the process gives the API a core of its own where there are more.
+    writeback_intake_process: bool = False
     #: A shared store for the cursors and the writeback queue instead of the two SQLite files
     #: (`postgresql://...`; see `reconciler.stores`). None: the SQLite files.
     store_url: str | None = field(default=None, repr=False)

@@ -153,6 +153,12 @@ def register(sub: Any) -> None:
         help="serve no writeback API (same as --writeback-port 0; needs no token)",
     )
     p.add_argument(
+        "--writeback-intake",
+        choices=("thread", "process"),
+        default=_env("PMSCTL_WRITEBACK_INTAKE", "thread"),
+        help="where the writeback API runs: thread (default: its own thread and event loop in this process) or process (a process of its own; measured slower on 2 cores, see docs/writeback.md)",
+    )
+    p.add_argument(
         "--writeback-db",
         default=None,
         metavar="PATH",

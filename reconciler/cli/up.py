@@ -127,6 +127,12 @@ def register(sub: Any) -> None:
         help="do not start the writeback API (same as --writeback-port 0)",
     )
     p.add_argument(
+        "--writeback-intake",
+        choices=("thread", "process"),
+        default=os.environ.get("PMSCTL_WRITEBACK_INTAKE", "thread"),
+        help="where the writeback API runs: thread (default: its own thread and event loop in this process) or process (a process of its own; measured slower on 2 cores, see docs/writeback.md)",
+    )
+    p.add_argument(
         "--metrics-port",
         type=_port,
         default=0,
@@ -186,6 +192,7 @@ def options_from_args(args: argparse.Namespace) -> UpOptions:
         output=args.output,
         tick_seconds=args.tick_seconds,
         writeback_port=args.writeback_port or None,
+        writeback_intake_process=args.writeback_intake == "process",
         metrics_port=args.metrics_port,
         skip_other_kinds=args.skip_other_kinds,
         store_url=args.store,

@@ -136,6 +136,7 @@ def runtime_options(args: argparse.Namespace) -> RuntimeOptions:
         state_db=Path(args.state_db),
         listen_host="0.0.0.0",
         writeback_port=args.writeback_port if token is not None else None,
+        writeback_intake_process=getattr(args, "writeback_intake", "thread") == "process",
         writeback_token=token,
         writeback_db=Path(args.writeback_db or default_db_path()),
         store_url=getattr(args, "store", None),

@@ -96,6 +96,8 @@ class UpOptions:
     #: `run_up`; None: no writeback service). `pmsctl up --writeback-port 0` arrives as None:
     #: on the command line 0 means off, as in `pmsctl operator`.
     writeback_port: int | None = 8081
+    #: The writeback API in a process of its own instead of a thread (`--writeback-intake`).
+    writeback_intake_process: bool = False
     #: Prometheus /metrics of the engine and the writeback path on 127.0.0.1 (0: not served).
     metrics_port: int = 0
     #: Skip documents of other kinds (Secrets next to the practices), as `pmsctl validate` does.
@@ -299,6 +301,7 @@ def runtime_options(options: UpOptions, token: str | None) -> RuntimeOptions:
         state_db=options.state_dir / "state.db",
         listen_host="127.0.0.1",
         writeback_port=options.writeback_port,
+        writeback_intake_process=options.writeback_intake_process,
         writeback_token=token,
         writeback_db=options.state_dir / "writebacks.db",
         metrics_port=options.metrics_port,
