@@ -254,14 +254,16 @@ class Inputs:
     #: A replica is planned to use at most this much of its one core (7,000 practices ran at
     #: 0.77 cores with p99 lag 243 ms; 9,000 at 0.90 with p50 already 94 ms).
     target_cores: float = 0.7
-    #: PostgreSQL connections of one working replica: the queue's writer, the claims, the
-    #: cursors, and a reader per thread that reads the queue (estimated; a standby opens none).
-    db_connections_per_replica: int = 12
+    #: PostgreSQL connections of one replica: the queue's writer, the claims, the cursors, the
+    #: practice settings' listener and writer, and a reader per thread that reads the queue
+    #: (estimated; a --leader-elect standby on PostgreSQL serves writebacks and opens most).
+    db_connections_per_replica: int = 14
     #: Practice claims (session advisory locks) a replica holds at most: the drainer's
     #: DeliveryPolicy.max_concurrent_practices.
     claims_per_replica: int = 64
-    #: Pods per replica: a leader and a standby (leader election) per shard.
-    pods_per_replica: int = 2
+    #: Pods beyond the replicas the load needs: `--share` replicas take over a lost one's
+    #: practices, so one spare keeps the plan's headroom while a pod is gone.
+    spare_pods: int = 1
 
     def changes_per_second(self) -> dict[str, float]:
         return {k: v / 3600.0 for k, v in self.changes_per_hour.items()}
@@ -346,7 +348,7 @@ def plan(practices: int, inp: Inputs, per_replica: int | None = None) -> dict[st
         "practices": practices,
         "practices_per_replica": n,
         "replicas": replicas,
-        "pods": replicas * inp.pods_per_replica,
+        "pods": replicas + inp.spare_pods,
         "cores_total": round(cores, 2),
         "cores_per_replica": round(cores / replicas, 2),
         "rss_mb_per_replica": round(

@@ -111,7 +111,7 @@ def test_plan_covers_the_fleet_within_the_cpu_budget() -> None:
         row = cm.plan(n, inp)
         assert row["replicas"] * row["practices_per_replica"] >= n
         assert row["cores_per_replica"] <= inp.target_cores
-        assert row["pods"] == 2 * row["replicas"]
+        assert row["pods"] == row["replicas"] + inp.spare_pods  # --share: one spare pod
     # Cheaper polls, fewer replicas; rarer drift checks, fewer still.
     now = cm.plan(100_000, inp)["replicas"]
     goal = cm.plan(100_000, replace(inp, cpu_per_poll_ms=0.3))["replicas"]
