@@ -21,6 +21,7 @@ import pytest
 from reconciler.engine.cursors import CursorStore, SqliteCursorStore
 from reconciler.stores.postgres import PgConn, PostgresBackend
 from reconciler.writeback import store as ops
+from reconciler.writeback.errors import StoreError
 from reconciler.writeback.model import Status, parse_request
 from reconciler.writeback.store import GroupCommitStore, QueueStore, Store
 
@@ -297,6 +298,31 @@ async def test_grouped_state_changes_end_where_the_same_changes_one_by_one_end(
     assert (by_caller["b"].status, by_caller["b"].reason) == (Status.FAILED, "PmsRejected")
     assert (by_caller["c"].status, by_caller["c"].next_attempt_at) == (Status.PENDING, 60.0)
     assert (by_caller["d"].status, by_caller["d"].attempts) == (Status.SENDING, 1)
+
+
+def test_a_group_of_cursors_is_saved_in_one_transaction_or_not_at_all(backing: Backing) -> None:
+    """`put_many`, which the engine's cursor group commit uses, on both backends: a group lands
+    whole, and a group with one bad row leaves the database and the cache as they were."""
+    store = backing.cursors("g")
+    try:
+        store.put_many([("ns/a", "patients", "p1"), ("ns/a", "appointments", "a1")])  # type: ignore[attr-defined]
+        store.put("ns/b", "patients", "b1")
+        with pytest.raises(StoreError if backing.kind == "postgresql" else sqlite3.Error):
+            store.put_many(  # type: ignore[attr-defined]
+                [("ns/a", "patients", "p2"), ("ns/b", "patients", None)]  # NOT NULL cursor
+            )
+        assert store.get("ns/a", "patients") == "p1"
+    finally:
+        store.close()
+    reopened = backing.cursors("g")
+    try:
+        assert reopened.all() == {  # type: ignore[attr-defined]
+            ("ns/a", "patients"): "p1",
+            ("ns/a", "appointments"): "a1",
+            ("ns/b", "patients"): "b1",
+        }
+    finally:
+        reopened.close()
 
 
 def test_cursors_are_saved_replaced_forgotten_and_survive_a_reopen(backing: Backing) -> None:

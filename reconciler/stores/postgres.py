@@ -25,7 +25,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -393,6 +393,26 @@ class PgCursorStore:
                 (key, kind, cursor, time.time()),
             )
             self._cache[(key, kind)] = cursor  # only once the database has it
+
+    def put_many(self, cursors: Sequence[tuple[str, str, str]]) -> None:
+        """Save (key, kind, cursor) triples in one transaction: all of them or, on an error,
+        none (the cache then keeps the cursors from before)."""
+        now = time.time()
+        with self._lock:
+            try:
+                if self._db.closed or self._db.broken:
+                    self._db = self.backend.connect()
+                with self._db.transaction(), self._db.cursor() as cur:
+                    cur.executemany(
+                        b"INSERT INTO cursors (practice_key, kind, cursor, updated_at)"
+                        b" VALUES (%s, %s, %s, %s) ON CONFLICT (practice_key, kind) DO UPDATE"
+                        b" SET cursor = excluded.cursor, updated_at = excluded.updated_at",
+                        [(key, kind, cursor, now) for key, kind, cursor in cursors],
+                    )
+            except psycopg.Error as exc:
+                raise StoreError(f"{self.path}: {self.backend.clean(exc)}") from None
+            for key, kind, cursor in cursors:
+                self._cache[(key, kind)] = cursor
 
     def forget(self, key: str) -> None:
         with self._lock:
