@@ -372,6 +372,39 @@ async def test_claims_are_exclusive_between_stores_sharing_a_queue(backing: Back
         two.close()
 
 
+async def test_a_claim_whose_connection_died_no_longer_holds(backing: Backing) -> None:
+    """`holds()`, asked before every PMS write: true while the claim stands, false once its
+    session is gone (PostgreSQL: the backend terminated, as when a network cut or a database
+    restart drops it) even after the store has connected again for other claims, and false for
+    a practice never claimed or released. The SQLite file has one process: always true."""
+    one, two = backing.make("h"), backing.make("h")
+    one.open()
+    two.open()
+    try:
+        assert await one.claim("p1")
+        assert await one.holds("p1")
+        if backing.kind == "sqlite":
+            assert await one.holds("never-claimed")
+            return
+        assert not await one.holds("never-claimed")
+        await one.release("p1")
+        assert not await one.holds("p1")
+        assert await one.claim("p1")
+        lock_conn = one._lock_conn  # type: ignore[attr-defined]
+        assert lock_conn is not None
+        backend_pid = lock_conn.info.backend_pid
+        with one.backend.connect() as admin:  # type: ignore[attr-defined]
+            admin.execute("SELECT pg_terminate_backend(%s)", (backend_pid,))
+        assert not await one.holds("p1")
+        assert await two.claim("p1")  # the next owner may take it at once
+        assert await one.claim("p2")  # a new claim connection ...
+        assert not await one.holds("p1")  # ... does not hold what the old one held
+        assert await one.holds("p2")
+    finally:
+        one.close()
+        two.close()
+
+
 async def test_one_caller_id_sent_through_two_stores_at_once_is_stored_once(
     backing: Backing,
 ) -> None:

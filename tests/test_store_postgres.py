@@ -34,6 +34,7 @@ from test_writeback_e2e import (
     practice_spec,
     wait_for_file,
 )
+from timing import eventually
 
 from pms_drivers.base import NoteWrite
 from pms_simulator.server import Simulator
@@ -433,3 +434,76 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["serve"]:
         _, _, sim_url_, url_, port_file_, practices_ = sys.argv
         asyncio.run(_serve_child(sim_url_, url_, port_file_, json.loads(practices_)))
+
+
+async def test_a_replica_whose_claim_connection_dies_stops_writing_until_it_claims_again(
+    pg_url: str,
+) -> None:
+    """The claim's connection dies under a running replica (the server terminates its backend,
+    as a network cut or a failover does) and another replica takes the practice at once. The
+    first replica checks its claim before every PMS write (`holds`), so it stops: while the
+    other holds the practice it writes nothing more, however often its drainer tries. Once the
+    other lets go, it claims again and delivers the rest: every writeback once, in order.
+    Real PostgreSQL, real simulator; the claim attempts are counted by wrapping the store's own
+    `claim` (instrumentation only, the claims are real)."""
+    pid = "od-fence"
+    sim = Simulator(rate_limit_per_second=500, burst=500)
+    sim.add_practice(pid, "OpenDental")
+    sim.set_faults(pid, latency_ms=100)  # one write at a time, slowly
+    directory: Directory | None = None
+    service: WritebackService | None = None
+    other = PostgresBackend(pg_url).queue_store()
+    try:
+        async with sim.serve() as sim_url:
+            directory = Directory(sim_url)
+            await directory.apply(practice_spec(pid, "OpenDental", sim_url))
+            store = PostgresBackend(pg_url).queue_store()
+            claims: list[bool] = []
+            real_claim = store.claim
+
+            async def counted_claim(practice_id: str) -> bool:
+                claims.append(await real_claim(practice_id))
+                return claims[-1]
+
+            store.claim = counted_claim  # type: ignore[method-assign]
+            service = WritebackService(directory, "unused", TOKEN, policy=FAST, store=store)
+            url = await service.start("127.0.0.1", 0)
+            assert url is not None
+            n = 12
+            async with aiohttp.ClientSession() as http:
+                for k in range(n):
+                    status, _ = await post(
+                        http, url, pid, note_body(f"fence-{k}", "outgoingSms", "2")
+                    )
+                    assert status == 202
+            await eventually(lambda: len(sim.notes(pid)) >= 2, what="the first notes")
+            other.open()
+            lock_conn = store._lock_conn
+            assert lock_conn is not None
+            with store.backend.connect() as admin:
+                # Mid-write (each takes 100 ms): the other replica claims before this one's
+                # drainer can reconnect and claim again.
+                admin.execute("SELECT pg_terminate_backend(%s)", (lock_conn.info.backend_pid,))
+            assert await other.claim(pid)
+            written = len(sim.notes(pid))
+            assert written < n, "every note was written before the claim was lost"
+            tries = len(claims)
+            await eventually(lambda: len(claims) >= tries + 3, what="three more claim attempts")
+            assert not any(claims[tries:]), "claimed while the other replica held the practice"
+            # At most the write in flight when the claim died lands; none after it.
+            assert len(sim.notes(pid)) <= written + 1
+            await other.release(pid)
+            assert await drained(service.counts, pid, timeout=30) == {
+                "sent": n, "skipped": 0, "pending": 0, "failed": 0,
+            }  # fmt: skip
+            stored = store.read(lambda c: ops.list_records(c, practice_id=pid))
+            assert_exactly_once_in_order(
+                sim.notes(pid), [(r.id, r.request.patient_id) for r in stored]
+            )
+    finally:
+        if service is not None:
+            await service.stop(grace=1.0)
+        if directory is not None:
+            await directory.close()
+        other.close()
+        sim.close()

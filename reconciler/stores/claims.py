@@ -214,3 +214,6 @@ class OwnedQueueStore(PgQueueStore):
         if not self._owns(practice_id):
             return False
         return await super().claim(practice_id)
+
+    async def holds(self, practice_id: str) -> bool:
+        return self._owns(practice_id) and await super().holds(practice_id)

@@ -265,6 +265,15 @@ class PostgresBackend:
         return f"PostgresBackend({self.name!r})"
 
 
+#: Whether this session holds a practice's claim (pg_locks keeps a bigint advisory key as
+#: classid, the high 32 bits, and objid, the low 32, with objsubid 1).
+HOLDS_SQL = (
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+    " AND pid = pg_backend_pid() AND objsubid = 1"
+    " AND ((classid::bigint << 32) | objid::bigint) = hashtextextended(%s, 0))"
+)
+
+
 class PgQueueStore(GroupCommitStore):
     """The writeback queue in PostgreSQL; several processes may share it (see `claim`)."""
 
@@ -315,10 +324,12 @@ class PgQueueStore(GroupCommitStore):
                 bad.close()
             raise StoreError(f"{self.path}: read failed: {self.backend.clean(exc)}") from None
 
-    def _locked(self, sql: str, practice_id: str) -> bool:
+    def _locked(self, sql: str, practice_id: str, *, reconnect: bool = True) -> bool:
         with self._lock_mutex:
             try:
                 if self._lock_conn is None or self._lock_conn.closed or self._lock_conn.broken:
+                    if not reconnect:
+                        return False
                     self._lock_conn = self.backend.connect()
                 row = self._lock_conn.execute(
                     sql.encode(), (CLAIM_PREFIX + practice_id,)
@@ -333,6 +344,15 @@ class PgQueueStore(GroupCommitStore):
         return await asyncio.to_thread(
             self._locked, "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", practice_id
         )
+
+    async def holds(self, practice_id: str) -> bool:
+        """Whether this session holds the practice's advisory lock, asked of the server: a
+        claim connection that broke (and was replaced since) holds nothing any more."""
+        with self._lock_mutex:
+            conn = self._lock_conn
+            if conn is None or conn.closed or conn.broken:
+                return False
+        return await asyncio.to_thread(self._locked, HOLDS_SQL, practice_id, reconnect=False)
 
     async def release(self, practice_id: str) -> None:
         await asyncio.to_thread(

@@ -364,6 +364,12 @@ class Drainer:
                 if checked is False:
                     continue
                 record = checked
+            if not await self.store.holds(pid):
+                # The claim went with its connection (or the bucket moved): another replica may
+                # hold the practice now, and two writers could both miss a note already there.
+                log.warning("writeback delivery for %s: the practice's claim is gone; stopping "
+                            "this turn", pid)  # fmt: skip
+                return ("parked", self.policy.not_ready_delay)
             parked = await self._deliver(record, target, outstanding)
             if parked is not None:
                 return ("parked", parked)

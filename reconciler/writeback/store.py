@@ -670,6 +670,11 @@ class QueueStore(Protocol):
 
     async def claim(self, practice_id: str) -> bool: ...
 
+    async def holds(self, practice_id: str) -> bool:
+        """Whether this process's claim on `practice_id` still stands (asked before each PMS
+        write: a claim lost with its connection must not go on writing beside the next owner)."""
+        ...
+
     async def release(self, practice_id: str) -> None: ...
 
 
@@ -711,6 +716,10 @@ class GroupCommitStore:
 
     async def claim(self, practice_id: str) -> bool:
         """True: this process alone delivers `practice_id` (one process per queue: always)."""
+        return True
+
+    async def holds(self, practice_id: str) -> bool:
+        """True while `claim(practice_id)` stands (one process per queue: always)."""
         return True
 
     async def release(self, practice_id: str) -> None:
