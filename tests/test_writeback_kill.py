@@ -52,7 +52,7 @@ from pms_drivers.errors import TemporaryPmsError
 from pms_drivers.registry import create_driver
 from pms_drivers.transport import new_client
 from pms_simulator import Simulator
-from reconciler.stores.postgres import PostgresBackend
+from reconciler.stores.postgres import SCHEMA_VERSION, PostgresBackend
 from reconciler.writeback.service import WritebackService
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -234,7 +234,8 @@ def test_up_with_a_store_keeps_the_cursors_there_and_no_sqlite_file(
     assert not (tmp_path / "state" / "state.db").exists()
     assert not (tmp_path / "state" / "writebacks.db").exists()
     with psycopg.connect(url) as conn:
-        assert conn.execute("SELECT max(version) FROM pmsctl_schema").fetchone() == (1,)
+        latest = conn.execute("SELECT max(version) FROM pmsctl_schema").fetchone()
+        assert latest == (SCHEMA_VERSION,)  # every migration applied
     assert pg.PASSWORD not in done.stderr + done.stdout
     assert pg.PASSWORD not in (tmp_path / "state" / "pmsctl.log").read_text()
 
