@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -403,6 +404,26 @@ async def test_a_claim_whose_connection_died_no_longer_holds(backing: Backing) -
     finally:
         one.close()
         two.close()
+
+
+async def test_closing_the_store_lets_a_read_in_progress_finish(backing: Backing) -> None:
+    """A read still running on a worker thread when the store closes (a drainer sweep whose
+    task was cancelled at shutdown) finishes on its connection, which is closed after it:
+    closing it under the running statement crashed the interpreter."""
+    store = backing.make("r")
+    store.open()
+    started, go = threading.Event(), threading.Event()
+
+    def slow(conn: ops.Conn) -> list[Any]:
+        started.set()
+        assert go.wait(10)
+        return ops.list_records(conn)  # the connection, used after close() was called
+
+    reading = asyncio.get_running_loop().run_in_executor(None, store.read, slow)
+    assert await asyncio.to_thread(started.wait, 10)
+    store.close()
+    go.set()
+    assert await reading == []
 
 
 async def test_one_caller_id_sent_through_two_stores_at_once_is_stored_once(

@@ -696,6 +696,8 @@ class GroupCommitStore:
         self._conn: Any = None
         self._local = threading.local()
         self._readers: list[Any] = []
+        #: Readers in use right now (one entry per read in progress).
+        self._busy: list[Any] = []
         self._readers_lock = threading.Lock()
         self.commits = 0  # group commits so far (for the benchmark)
 
@@ -747,7 +749,11 @@ class GroupCommitStore:
             self._conn = None
         with self._readers_lock:
             for reader in self._readers:
-                reader.close()
+                # A reader another thread is using right now (a sweep's read still running
+                # after its task was cancelled) is closed by that thread when its read ends:
+                # closing a connection under a running statement can crash the interpreter.
+                if not any(reader is busy for busy in self._busy):
+                    reader.close()
             self._readers.clear()
         self._local = threading.local()
 
@@ -772,7 +778,16 @@ class GroupCommitStore:
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)
-        result: T = op(conn)
+        with self._readers_lock:
+            self._busy.append(conn)
+        try:
+            result: T = op(conn)
+        finally:
+            with self._readers_lock:
+                self._busy.remove(conn)
+                orphaned = not any(conn is reader for reader in self._readers)
+            if orphaned:  # the store was closed while this read ran (see `close`)
+                conn.close()
         return result
 
     def _writer(self) -> None:
