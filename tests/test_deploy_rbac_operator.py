@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 import testenv
 import yaml
-from timing import wait_until
+from timing import stop_processes, wait_until
 
 from pms_simulator import Simulator
 
@@ -166,12 +165,7 @@ def test_the_operator_works_as_the_rendered_service_account(
 
             _wait(gone, 30, "the object to go", proc, log_path)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_processes(proc)
             log.close()
     text = log_path.read_text()
     assert proc.returncode == 0, text[-3000:]

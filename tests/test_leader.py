@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 import testenv
 import yaml
-from timing import elapse, wait_until
+from timing import elapse, stop_processes, wait_until
 
 from pms_simulator import Simulator
 from reconciler.kube.leader import (
@@ -623,14 +623,7 @@ def test_a_second_operator_process_stands_by_until_the_first_is_stopped_then_tak
             assert "it is now held by intruder" in text
             assert holder() == "intruder"  # a holder that lost the lease never releases it
         finally:
-            for proc in procs.values():
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        proc.wait(20)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+            stop_processes(*procs.values())
     sim.close()
 
 

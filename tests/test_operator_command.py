@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import testenv
 import yaml
-from timing import wait_until
+from timing import stop_processes, wait_until
 
 from pms_simulator import Simulator
 
@@ -155,12 +155,7 @@ def test_pmsctl_operator_makes_a_practice_ready_and_serves_probes_and_metrics(
             assert 'outcome="accepted",type="missedCall"} 1.0' in text
             assert 'pmsctl_reconciles_total{result="ok"}' in text
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_processes(proc)
             log.close()
         assert proc.returncode == 0, (tmp_path / "operator.log").read_text()[-3000:]
         lines = (tmp_path / "operator.log").read_text().splitlines()
@@ -301,14 +296,7 @@ def test_operator_killed_mid_drain_and_restarted_loses_and_doubles_no_writeback(
             want = {"sent": len(posted), "skipped": 0, "pending": 0, "failed": 0}
             _wait(lambda: status().get("writebacks") == want, 25, f"writebacks {want}", second)
         finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        proc.wait(20)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+            stop_processes(*procs)
         notes = sim.notes(pid)
         written = [n["writeback_id"] for n in notes]
         assert len(written) == len(set(written)), "a writeback was written twice"

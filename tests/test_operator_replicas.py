@@ -10,7 +10,6 @@ writeback for the leader's practice, which the leader then writes to the PMS.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import urllib.error
@@ -21,7 +20,7 @@ from typing import Any
 import pytest
 import testenv
 import yaml
-from timing import wait_until
+from timing import stop_processes, wait_until
 
 from pms_simulator import Simulator
 
@@ -153,14 +152,7 @@ def test_the_standby_is_ready_and_its_writebacks_are_delivered_by_the_leader(
             status, _ = _post(f"http://127.0.0.1:{standby}/v1/practices/nobody/writebacks", body)
             assert status == 404
         finally:
-            for proc in procs.values():
-                proc.send_signal(signal.SIGTERM)
-            for proc in procs.values():
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_processes(*procs.values())
         for who, proc in procs.items():
             assert proc.returncode == 0, log_of(who)
             assert TOKEN not in log_of(who)

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 import testenv
 import yaml
-from timing import wait_until
+from timing import stop_processes, wait_until
 
 from pms_simulator import RequestRecord, Simulator
 from reconciler.kube.handlers import FINALIZER
@@ -238,15 +238,7 @@ def test_replicas_share_the_fleet_through_a_kill_and_a_join(
             )  # fmt: skip
             polled_after_delete = polls(sim, "share-00", deleted_at + 1)
         finally:
-            for proc in procs.values():
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-            for proc in procs.values():
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_processes(*procs.values(), grace=30)
 
     # Every poll from the first one of the settled fleet to the end of the run.
     records = {pid: polls(sim, pid, settled) for pid in pids}

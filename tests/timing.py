@@ -9,6 +9,8 @@
   server answering, a process writing a line). `check` may be a coroutine function (a check
   that asks the API server). On a looptime loop the timeout is fake seconds.
 - `wait_until(check, ...)`: the same for synchronous tests that wait for a real process.
+- `stop_processes(*procs)`: SIGTERM the child processes still running, wait up to `grace`
+  seconds for each, and SIGKILL the ones that did not stop (a test's `finally`).
 - `Monotonic`: a `time.monotonic` stand-in that a test moves forward (`jump`), for code that
   takes a monotonic clock function (the simulator's rate-limit and outage windows, the
   transport's `Retry-After` pause): the window ends because the test says so, not because
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -85,3 +89,17 @@ class Monotonic:
     def jump(self, seconds: float) -> None:
         """Move this clock `seconds` forward."""
         self.offset += seconds
+
+
+def stop_processes(*procs: subprocess.Popen[Any], grace: float = 20.0) -> None:
+    """SIGTERM every process still running, then wait up to `grace` seconds for each and SIGKILL
+    the ones that are still there; every process has ended when this returns."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
