@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import json
 import os
 import shutil
@@ -45,24 +44,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchlib import ROOT, cpu_pressure_us, load_module, tests_pg
+
 sys.path.insert(0, str(ROOT))
-sys.path.insert(1, str(ROOT / "tests"))  # tests/pg.py (the PostgreSQL server) imports `timing`
 TOKEN = "bench-token-0123456789abcdef"
-
-
-def _module(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _bench_writeback() -> ModuleType:
     """bench_writeback.py: its practices, specs and engine-like directory."""
-    return _module(Path(__file__).resolve().parent / "bench_writeback.py", "bench_writeback")
+    return load_module(ROOT / "bench" / "bench_writeback.py", "bench_writeback")
 
 
 # --- the server process -----------------------------------------------------------------------
@@ -174,15 +164,6 @@ async def load(args: argparse.Namespace) -> None:
 # --- the main process -------------------------------------------------------------------------
 
 
-def cpu_pressure_us() -> int:
-    """Microseconds some task waited for a CPU, machine-wide (Linux PSI; 0 where unavailable)."""
-    try:
-        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except (OSError, IndexError):
-        return 0
-    return int(line.rsplit("total=", 1)[1])
-
-
 def tree_cpu_s(pid: int) -> float:
     """CPU seconds (user + system) used so far by process `pid` and its live children (the
     intake process), from /proc; 0 where /proc is unavailable."""
@@ -216,7 +197,7 @@ def postgres(url: str | None) -> Iterator[str | None]:
     if url:
         yield url
         return
-    pg = _module(ROOT / "tests" / "pg.py", "pmsctl_tests_pg")
+    pg = tests_pg()
     base = Path(tempfile.mkdtemp(prefix="pmsctl-bench-pg-"))
     try:
         with pg.start_server(base, fsync=True) as server:

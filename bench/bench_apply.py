@@ -54,6 +54,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))  # benchlib, also when a test loads this file by path
+from benchlib import cpu_pressure_us  # noqa: E402
 
 GROUP, PLURAL = "writeback.dental.dev", "practicewritebacks"
 #: The version the practices are created in: the storage version, as the operator reads them (the
@@ -521,15 +523,6 @@ def process_cpu() -> dict[str, float]:
             name = comm
         out[name] += (int(fields[11]) + int(fields[12])) / tick
     return dict(out)
-
-
-def cpu_pressure_us() -> int:
-    """Linux PSI: microseconds some task waited for a CPU (0 where PSI is missing)."""
-    try:
-        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
-        return int(line.rsplit("total=", 1)[1])
-    except (OSError, IndexError, ValueError):
-        return 0
 
 
 def run(

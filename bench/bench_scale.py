@@ -59,6 +59,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))  # benchlib, also when capacity_model.py loads this file
+
+from benchlib import cpu_pressure_us  # noqa: E402
 
 from pms_drivers.base import Credentials  # noqa: E402
 from reconciler.api.spec import PracticeSpec  # noqa: E402
@@ -83,15 +86,6 @@ def proc_cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
-
-
-def cpu_pressure_us() -> int:
-    """Microseconds some task waited for a CPU, machine-wide (Linux PSI; 0 where unavailable)."""
-    try:
-        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except (OSError, IndexError):
-        return 0
-    return int(line.rsplit("total=", 1)[1])
 
 
 def self_cpu_seconds() -> float:

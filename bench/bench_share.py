@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import json
 import shutil
 import sys
@@ -30,6 +29,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchlib import tests_pg  # noqa: E402
+
 
 @contextlib.contextmanager
 def postgres(url: str | None) -> Iterator[str]:
@@ -37,12 +38,7 @@ def postgres(url: str | None) -> Iterator[str]:
     if url:
         yield url
         return
-    spec = importlib.util.spec_from_file_location("pmsctl_tests_pg", ROOT / "tests" / "pg.py")
-    assert spec is not None and spec.loader is not None
-    sys.path.insert(0, str(ROOT / "tests"))  # pg.py imports its sibling timing.py
-    pg = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = pg  # its dataclasses look their module up
-    spec.loader.exec_module(pg)
+    pg = tests_pg()
     base = Path(tempfile.mkdtemp(prefix="pmsctl-bench-pg-"))
     try:
         with pg.start_server(base) as server:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import heapq
-import importlib.util
 import json
 import math
 import random
@@ -42,6 +41,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchlib, also when loaded by path
+from benchlib import cpu_pressure_us, load_module, tests_pg
 
 #: The product's default poll intervals (schemas/: appointmentStatus 15s, patients 30s,
 #: appointments 60s), in seconds.
@@ -676,13 +678,7 @@ def inputs_from_bench(path: Path, inp: Inputs) -> Inputs:
 
 def _bench_scale() -> ModuleType:
     """bench/bench_scale.py, for its simulator process and secrets."""
-    path = Path(__file__).resolve().parent / "bench_scale.py"
-    spec = importlib.util.spec_from_file_location("bench_scale", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_scale"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module(Path(__file__).resolve().parent / "bench_scale.py", "bench_scale")
 
 
 async def measure_check(practices: int, drift_interval: float, duration: float) -> dict[str, Any]:
@@ -745,7 +741,7 @@ async def measure_check(practices: int, drift_interval: float, duration: float) 
         n0, cpu0, psi0, wall0 = (
             checks(),
             bs.self_cpu_seconds(),
-            bs.cpu_pressure_us(),
+            cpu_pressure_us(),
             time.monotonic(),
         )
         await asyncio.sleep(duration)
@@ -758,7 +754,7 @@ async def measure_check(practices: int, drift_interval: float, duration: float) 
             "checks_per_s": round(done / wall, 1),
             "cpu_cores": round(cpu / wall, 3),
             "cpu_ms_per_check": round(cpu / max(done, 1) * 1000, 2),
-            "machine_cpu_wait_pct": round((bs.cpu_pressure_us() - psi0) / 1e6 / wall * 100, 1),
+            "machine_cpu_wait_pct": round((cpu_pressure_us() - psi0) / 1e6 / wall * 100, 1),
             "load_average": round(os.getloadavg()[0], 1),
         }
         await engine.stop()
@@ -783,13 +779,7 @@ def measure_rows(writebacks: int = 20_000, cursors: int = 30_000) -> dict[str, A
 
     from reconciler.stores.postgres import MIGRATIONS
 
-    root = Path(__file__).resolve().parent.parent
-    sys.path.insert(0, str(root / "tests"))
-    spec = importlib.util.spec_from_file_location("pmsctl_tests_pg", root / "tests" / "pg.py")
-    assert spec is not None and spec.loader is not None
-    pg = importlib.util.module_from_spec(spec)
-    sys.modules["pmsctl_tests_pg"] = pg  # dataclasses look their module up
-    spec.loader.exec_module(pg)
+    pg = tests_pg()
     text = (
         "Reminder: your cleaning at Bright Smiles Dental is tomorrow, 9:00 AM. Reply C to"
         " confirm or call 555-0142 to reschedule. Reply STOP to opt out."

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import json
 import os
 import random
@@ -42,12 +41,14 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))  # benchlib, also when a test loads this file by path
+from benchlib import tests_pg  # noqa: E402
+
 TOKEN = "soak-token-0123456789abcdef0123456789"
 PROVIDER = {"OpenDental": "1", "Dentrix": "DDS1", "Eaglesoft": "DCM"}
 KINDS = ("outgoingSms", "incomingSms", "outgoingEmail", "incomingCall", "patientNote")
@@ -160,15 +161,6 @@ class SoakResult:
         return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
 
-def _module(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @contextlib.contextmanager
 def postgres(config: SoakConfig, base: Path) -> Iterator[tuple[str, str | None]]:
     """(URL without its password, password) of an empty database for the run."""
@@ -181,9 +173,7 @@ def postgres(config: SoakConfig, base: Path) -> Iterator[tuple[str, str | None]]
             netloc = netloc.replace(f":{parts.password}@", "@", 1)
         yield urlunsplit(parts._replace(netloc=netloc)), parts.password
         return
-    if str(ROOT / "tests") not in sys.path:
-        sys.path.insert(0, str(ROOT / "tests"))  # tests/pg.py imports tests/timing.py
-    pg = _module(ROOT / "tests" / "pg.py", "pmsctl_tests_pg")
+    pg = tests_pg()
     with pg.start_server(base / "pg", fsync=config.pg_fsync) as server:
         server.database("soak")
         yield server.url_for("soak", password=False), pg.PASSWORD
