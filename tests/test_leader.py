@@ -676,7 +676,10 @@ def test_a_standby_operator_answers_its_liveness_probe_and_exits_0_on_sigterm(
 
         body = _wait(healthz, 20, "the standby's /healthz")
         assert body["standby"]["lease"] == f"{kube_namespace}/held"
-        assert f"waiting for lease {kube_namespace}/held held by elsewhere" in log.read_text()
+        # The probe answers from the start; the line comes once the first read of the Lease is
+        # back, which may be a moment later.
+        waiting = f"waiting for lease {kube_namespace}/held held by elsewhere"
+        _wait(lambda: waiting in log.read_text(), 10, "the standby's waiting line")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0, log.read_text()[-3000:]
     finally:
